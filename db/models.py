@@ -1,0 +1,226 @@
+"""SQLAlchemy 2 typed models: the tables of DESIGN.md §3.
+
+Column types are portable (JSON, DateTime(timezone=True), String lengths) so the same
+Alembic revisions run on SQLite and PostgreSQL. Every schema change goes through Alembic.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names so batch migrations on SQLite can find them again.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ROLES = ("admin", "annotator")
+MODEL_KINDS = ("base", "sft", "reward", "policy", "external")
+TASK_KINDS = ("compare", "rank", "demonstrate")
+TASK_STATES = ("open", "done", "archived")
+ASSIGNMENT_STATES = ("assigned", "submitted", "skipped", "expired")
+CHOICES = ("a", "b", "tie", "both_bad")
+STRENGTHS = ("slight", "clear", "strong")
+FLAGS = ("hallucination", "fails_instruction", "harmful", "inappropriate", "other")
+DEMO_STATES = ("submitted", "accepted", "rejected")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+TS = DateTime(timezone=True)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(80), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[str] = mapped_column(String(20), default="annotator")
+    password_hash: Mapped[str | None] = mapped_column(String(300))
+    # OIDC subject/email when the identity comes from st.login.
+    external_id: Mapped[str | None] = mapped_column(String(300), unique=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Pseudo-users that own imported labels (HH, TRL, OASST) cannot sign in.
+    is_system: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    guidelines: Mapped[str] = mapped_column(Text, default="")
+    labels_per_task: Mapped[int] = mapped_column(Integer, default=1)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)
+
+
+class Prompt(Base):
+    __tablename__ = "prompts"
+    __table_args__ = (UniqueConstraint("project_id", "content_hash"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    text: Mapped[str | None] = mapped_column(Text)
+    # OpenAI-style chat turns [{"role", "content"}] when the prompt is a conversation.
+    messages: Mapped[list[Any] | None] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(300), default="")
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)
+
+    project: Mapped[Project] = relationship()
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    path: Mapped[str] = mapped_column(String(1000), default="")
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # What it was trained on: {"project", "label_table", "ids"|"max_id", "filters"}.
+    label_snapshot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)
+
+    parent: Mapped[ModelVersion | None] = relationship(remote_side=[id])
+
+
+class Response(Base):
+    __tablename__ = "responses"
+    __table_args__ = (UniqueConstraint("prompt_id", "model_version_id", "content_hash", "sample_index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    # NULL: written by a human (demonstration or imported text of unknown origin).
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    sample_index: Mapped[int] = mapped_column(Integer, default=0)
+    content_hash: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)
+
+    prompt: Mapped[Prompt] = relationship()
+    model_version: Mapped[ModelVersion | None] = relationship()
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("project_id", "dedup_key"),
+        # next_task scans open tasks of a project, closest to completion first, then oldest.
+        Index("ix_tasks_queue", "project_id", "status", "n_submitted", "id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    # Display order (A, B, ...), randomized once at creation and stored.
+    response_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(20), default="open")
+    n_submitted: Mapped[int] = mapped_column(Integer, default=0)
+    dedup_key: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(300), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)
+
+    prompt: Mapped[Prompt] = relationship()
+    project: Mapped[Project] = relationship()
+
+
+class Assignment(Base):
+    __tablename__ = "assignments"
+    __table_args__ = (
+        UniqueConstraint("task_id", "user_id"),
+        Index("ix_assignments_user_state", "user_id", "state"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    state: Mapped[str] = mapped_column(String(20), default="assigned")
+    assigned_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(TS)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(TS)
+    skip_reason: Mapped[str | None] = mapped_column(Text)
+
+    task: Mapped[Task] = relationship()
+
+
+class PreferenceLabel(Base):
+    __tablename__ = "preference_labels"
+    __table_args__ = (UniqueConstraint("task_id", "user_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    choice: Mapped[str] = mapped_column(String(20))
+    strength: Mapped[str | None] = mapped_column(String(20))
+    flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(TS)
+
+    task: Mapped[Task] = relationship()
+    user: Mapped[User] = relationship()
+
+
+class Ranking(Base):
+    __tablename__ = "rankings"
+    __table_args__ = (UniqueConstraint("task_id", "user_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    # Best first; each element is a list of response ids that tie: [[3], [1, 4], [2]].
+    ordering: Mapped[list[Any]] = mapped_column(JSON)
+    flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(TS)
+
+    task: Mapped[Task] = relationship()
+    user: Mapped[User] = relationship()
+
+
+class Demonstration(Base):
+    __tablename__ = "demonstrations"
+    __table_args__ = (UniqueConstraint("prompt_id", "user_id", "content_hash"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64), default="")
+    seconds: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(20), default="submitted")
+    review_note: Mapped[str] = mapped_column(Text, default="")
+    reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(TS)
+
+    prompt: Mapped[Prompt] = relationship()
+    user: Mapped[User] = relationship(foreign_keys=[user_id])

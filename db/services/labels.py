@@ -1,0 +1,285 @@
+"""Label submission (preference, ranking, demonstration), revision, history, review.
+
+Submitting is idempotent: a second submit of the same task by the same user returns the first
+label and writes nothing (double clicks, retries after a network error).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import (CHOICES, FLAGS, STRENGTHS, Assignment, Demonstration, PreferenceLabel, Project,
+                       Ranking, Task, utcnow)
+from db.services.content import sha
+from db.services.errors import InputError, NotFound, ServiceError
+from db.services.projects import setting
+from db.session import write_transaction
+
+
+def _check_flags(flags: Sequence[str] | None) -> list[str]:
+    flags = list(flags or [])
+    bad = [f for f in flags if f not in FLAGS]
+    if bad:
+        raise InputError(f"unknown flag(s) {', '.join(map(repr, bad))}; allowed: {', '.join(FLAGS)}",
+                         field="flags")
+    return sorted(set(flags))
+
+
+def _check_preference(choice: str, strength: str | None) -> None:
+    if choice not in CHOICES:
+        raise InputError(f"choice must be one of {', '.join(CHOICES)}, not {choice!r}", field="choice")
+    if strength is not None and strength not in STRENGTHS:
+        raise InputError(f"strength must be one of {', '.join(STRENGTHS)}, not {strength!r}", field="strength")
+
+
+def _as_utc(t: dt.datetime) -> dt.datetime:
+    # SQLite returns naive datetimes; everything we store is UTC.
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def _claim_slot(session: Session, task: Task, user_id: int, now: dt.datetime) -> None:
+    """Mark the user's assignment submitted (creating one if the task still has room) and count it."""
+    a = session.scalar(select(Assignment).where(Assignment.task_id == task.id, Assignment.user_id == user_id))
+    if a is None:
+        project = session.get(Project, task.project_id)
+        if task.n_submitted >= project.labels_per_task:
+            raise ServiceError(f"task {task.id} already has all its labels")
+        a = Assignment(task_id=task.id, user_id=user_id, assigned_at=now, expires_at=now)
+        session.add(a)
+    elif a.state == "skipped":
+        raise ServiceError(f"task {task.id} was skipped by this user")
+    # An expired lease still counts: the work was done, a slight over-label beats losing it.
+    a.state, a.finished_at = "submitted", now
+    task.n_submitted += 1
+    if task.n_submitted >= session.get(Project, task.project_id).labels_per_task:
+        task.status = "done"
+
+
+def _task(session: Session, task_id: int, kind: str) -> Task:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    if task.kind != kind:
+        raise ServiceError(f"task {task_id} is a {task.kind} task, not {kind}")
+    return task
+
+
+def submit_preference(session: Session, user_id: int, task_id: int, choice: str, *,
+                      strength: str | None = None, flags: Sequence[str] | None = None, comment: str = "",
+                      seconds: float | None = None, now: dt.datetime | None = None
+                      ) -> tuple[PreferenceLabel, bool]:
+    """Record a pairwise judgement. Returns (label, created); created is False on a repeat submit."""
+    _check_preference(choice, strength)
+    flags = _check_flags(flags)
+    now = now or utcnow()
+    try:
+        with write_transaction(session):
+            task = _task(session, task_id, "compare")
+            existing = session.scalar(select(PreferenceLabel).where(PreferenceLabel.task_id == task_id,
+                                                                    PreferenceLabel.user_id == user_id))
+            if existing is not None:
+                return existing, False
+            _claim_slot(session, task, user_id, now)
+            label = PreferenceLabel(task_id=task_id, user_id=user_id, choice=choice,
+                                    strength=strength if choice in ("a", "b") else None, flags=flags,
+                                    comment=comment or "", seconds=seconds, created_at=now)
+            session.add(label)
+            session.flush()
+            return label, True
+    except IntegrityError:
+        # A concurrent duplicate submit won the race (PostgreSQL); return its label.
+        existing = session.scalar(select(PreferenceLabel).where(PreferenceLabel.task_id == task_id,
+                                                                PreferenceLabel.user_id == user_id))
+        if existing is None:
+            raise
+        return existing, False
+
+
+def _check_ordering(task: Task, ordering: Sequence[Sequence[int]]) -> list[list[int]]:
+    try:
+        groups = [[int(x) for x in g] for g in ordering]
+    except (TypeError, ValueError) as e:
+        raise InputError("ordering must be a list of lists of response ids", field="ordering") from e
+    flat = [x for g in groups for x in g]
+    if sorted(flat) != sorted(task.response_ids) or any(not g for g in groups):
+        raise InputError("ordering must place every response of the task exactly once", field="ordering")
+    if len(groups) < 2:
+        raise InputError("a ranking where everything ties says nothing; separate at least two groups",
+                         field="ordering")
+    return groups
+
+
+def submit_ranking(session: Session, user_id: int, task_id: int, ordering: Sequence[Sequence[int]], *,
+                   flags: Sequence[str] | None = None, comment: str = "", seconds: float | None = None,
+                   now: dt.datetime | None = None) -> tuple[Ranking, bool]:
+    """Record an ordering, best first; responses in one inner list tie."""
+    flags = _check_flags(flags)
+    now = now or utcnow()
+    try:
+        with write_transaction(session):
+            task = _task(session, task_id, "rank")
+            groups = _check_ordering(task, ordering)
+            existing = session.scalar(select(Ranking).where(Ranking.task_id == task_id,
+                                                            Ranking.user_id == user_id))
+            if existing is not None:
+                return existing, False
+            _claim_slot(session, task, user_id, now)
+            r = Ranking(task_id=task_id, user_id=user_id, ordering=groups, flags=flags, comment=comment or "",
+                        seconds=seconds, created_at=now)
+            session.add(r)
+            session.flush()
+            return r, True
+    except IntegrityError:
+        existing = session.scalar(select(Ranking).where(Ranking.task_id == task_id, Ranking.user_id == user_id))
+        if existing is None:
+            raise
+        return existing, False
+
+
+def submit_demonstration(session: Session, user_id: int, task_id: int, text: str, *,
+                         seconds: float | None = None, now: dt.datetime | None = None
+                         ) -> tuple[Demonstration, bool]:
+    """Record an ideal response written by the annotator (minimum length from project settings)."""
+    now = now or utcnow()
+    text = (text or "").strip()
+    try:
+        with write_transaction(session):
+            task = _task(session, task_id, "demonstrate")
+            minimum = int(setting(session.get(Project, task.project_id), "min_demonstration_chars") or 1)
+            if len(text) < minimum:
+                raise InputError(f"the demonstration has {len(text)} characters; write at least {minimum}",
+                                 field="text")
+            existing = session.scalar(select(Demonstration).where(Demonstration.task_id == task_id,
+                                                                  Demonstration.user_id == user_id))
+            if existing is not None:
+                return existing, False
+            _claim_slot(session, task, user_id, now)
+            d = Demonstration(prompt_id=task.prompt_id, task_id=task_id, user_id=user_id, text=text,
+                              content_hash=sha(text), seconds=seconds, created_at=now)
+            session.add(d)
+            session.flush()
+            return d, True
+    except IntegrityError:
+        existing = session.scalar(select(Demonstration).where(Demonstration.task_id == task_id,
+                                                              Demonstration.user_id == user_id))
+        if existing is None:
+            raise
+        return existing, False
+
+
+def _check_revision_window(session: Session, task_id: int, created_at: dt.datetime,
+                           now: dt.datetime) -> None:
+    project = session.get(Project, session.get(Task, task_id).project_id)
+    hours = setting(project, "revision_window_hours")
+    if hours is not None and now - _as_utc(created_at) > dt.timedelta(hours=float(hours)):
+        raise ServiceError(f"labels can be revised for {hours} hours after submitting; this one is older")
+
+
+def revise_preference(session: Session, user_id: int, label_id: int, choice: str, *,
+                      strength: str | None = None, flags: Sequence[str] | None = None,
+                      comment: str | None = None, now: dt.datetime | None = None) -> PreferenceLabel:
+    _check_preference(choice, strength)
+    flags = _check_flags(flags)
+    now = now or utcnow()
+    with write_transaction(session):
+        label = session.get(PreferenceLabel, label_id)
+        if label is None or label.user_id != user_id:
+            raise NotFound(f"no label {label_id} of yours")
+        _check_revision_window(session, label.task_id, label.created_at, now)
+        label.choice, label.strength, label.flags = choice, strength if choice in ("a", "b") else None, flags
+        if comment is not None:
+            label.comment = comment
+        label.updated_at = now
+        session.flush()
+        return label
+
+
+def revise_ranking(session: Session, user_id: int, ranking_id: int, ordering: Sequence[Sequence[int]], *,
+                   flags: Sequence[str] | None = None, now: dt.datetime | None = None) -> Ranking:
+    now = now or utcnow()
+    with write_transaction(session):
+        r = session.get(Ranking, ranking_id)
+        if r is None or r.user_id != user_id:
+            raise NotFound(f"no ranking {ranking_id} of yours")
+        _check_revision_window(session, r.task_id, r.created_at, now)
+        r.ordering = _check_ordering(session.get(Task, r.task_id), ordering)
+        r.flags = _check_flags(flags)
+        r.updated_at = now
+        session.flush()
+        return r
+
+
+def revise_demonstration(session: Session, user_id: int, demo_id: int, text: str, *,
+                         now: dt.datetime | None = None) -> Demonstration:
+    now = now or utcnow()
+    with write_transaction(session):
+        d = session.get(Demonstration, demo_id)
+        if d is None or d.user_id != user_id:
+            raise NotFound(f"no demonstration {demo_id} of yours")
+        if d.status != "submitted":
+            raise ServiceError(f"demonstration {demo_id} was already {d.status} by a reviewer")
+        if d.task_id is not None:
+            _check_revision_window(session, d.task_id, d.created_at, now)
+        text = (text or "").strip()
+        minimum = int(setting(session.get(Project, d.prompt.project_id), "min_demonstration_chars") or 1)
+        if len(text) < minimum:
+            raise InputError(f"the demonstration has {len(text)} characters; write at least {minimum}",
+                             field="text")
+        d.text, d.content_hash, d.updated_at = text, sha(text), now
+        session.flush()
+        return d
+
+
+def review_demonstration(session: Session, demo_id: int, reviewer_id: int, accept: bool,
+                         note: str = "") -> Demonstration:
+    with write_transaction(session):
+        d = session.get(Demonstration, demo_id)
+        if d is None:
+            raise NotFound(f"no demonstration {demo_id}")
+        d.status, d.review_note, d.reviewed_by = ("accepted" if accept else "rejected"), note or "", reviewer_id
+        d.updated_at = utcnow()
+        session.flush()
+        return d
+
+
+def list_demonstrations(session: Session, project_id: int, status: str | None = None,
+                        limit: int = 200) -> list[Demonstration]:
+    from db.models import Prompt
+    q = (select(Demonstration).join(Prompt, Prompt.id == Demonstration.prompt_id)
+         .where(Prompt.project_id == project_id))
+    if status:
+        q = q.where(Demonstration.status == status)
+    return list(session.scalars(q.order_by(Demonstration.id).limit(limit)))
+
+
+def history(session: Session, user_id: int, *, project_id: int | None = None,
+            limit: int = 100) -> list[dict[str, Any]]:
+    """The user's own labels, newest first, as plain rows for the history page."""
+    rows: list[dict[str, Any]] = []
+    for model, kind in ((PreferenceLabel, "compare"), (Ranking, "rank")):
+        q = select(model, Task).join(Task, Task.id == model.task_id).where(model.user_id == user_id)
+        if project_id is not None:
+            q = q.where(Task.project_id == project_id)
+        for lab, task in session.execute(q.order_by(model.id.desc()).limit(limit)):
+            row = {"kind": kind, "id": lab.id, "task_id": task.id, "created_at": _as_utc(lab.created_at),
+                   "updated_at": lab.updated_at, "flags": lab.flags, "seconds": lab.seconds}
+            if kind == "compare":
+                row.update(choice=lab.choice, strength=lab.strength, comment=lab.comment)
+            else:
+                row.update(ordering=lab.ordering)
+            rows.append(row)
+    from db.models import Prompt
+    q = (select(Demonstration, Prompt).join(Prompt, Prompt.id == Demonstration.prompt_id)
+         .where(Demonstration.user_id == user_id))
+    if project_id is not None:
+        q = q.where(Prompt.project_id == project_id)
+    for d, _p in session.execute(q.order_by(Demonstration.id.desc()).limit(limit)):
+        rows.append({"kind": "demonstrate", "id": d.id, "task_id": d.task_id,
+                     "created_at": _as_utc(d.created_at), "updated_at": d.updated_at, "status": d.status,
+                     "text": d.text, "seconds": d.seconds, "review_note": d.review_note})
+    rows.sort(key=lambda r: r["created_at"], reverse=True)
+    return rows[:limit]

@@ -1,0 +1,74 @@
+"""Projects: create, list, update guidelines and overlap."""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Project
+from db.services.errors import InputError, NotFound, ServiceError
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "min_demonstration_chars": 20,
+    "revision_window_hours": 24,  # annotators may revise their own labels this long after submitting
+}
+
+
+def create_project(session: Session, name: str, *, guidelines: str = "", labels_per_task: int = 1,
+                   settings: dict[str, Any] | None = None) -> Project:
+    name = (name or "").strip()
+    if not name:
+        raise InputError("project name is empty", field="name")
+    if labels_per_task < 1:
+        raise InputError("labels_per_task must be >= 1", field="labels_per_task")
+    if session.scalar(select(Project).where(Project.name == name)) is not None:
+        raise ServiceError(f"project {name!r} already exists")
+    project = Project(name=name, guidelines=guidelines, labels_per_task=labels_per_task,
+                      settings={**DEFAULT_SETTINGS, **(settings or {})})
+    session.add(project)
+    session.flush()
+    return project
+
+
+def get_project(session: Session, name: str) -> Project:
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        known = ", ".join(p.name for p in list_projects(session)) or "none"
+        raise NotFound(f"unknown project {name!r} (known: {known})")
+    return project
+
+
+def get_project_by_id(session: Session, project_id: int) -> Project:
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"no project with id {project_id}")
+    return project
+
+
+def ensure_project(session: Session, name: str, **kwargs: Any) -> Project:
+    project = session.scalar(select(Project).where(Project.name == name))
+    return project if project is not None else create_project(session, name, **kwargs)
+
+
+def list_projects(session: Session) -> list[Project]:
+    return list(session.scalars(select(Project).order_by(Project.id)))
+
+
+def update_project(session: Session, name: str, *, guidelines: str | None = None,
+                   labels_per_task: int | None = None, settings: dict[str, Any] | None = None) -> Project:
+    project = get_project(session, name)
+    if guidelines is not None:
+        project.guidelines = guidelines
+    if labels_per_task is not None:
+        if labels_per_task < 1:
+            raise InputError("labels_per_task must be >= 1", field="labels_per_task")
+        project.labels_per_task = labels_per_task
+    if settings is not None:
+        project.settings = {**project.settings, **settings}
+    session.flush()
+    return project
+
+
+def setting(project: Project, key: str) -> Any:
+    return (project.settings or {}).get(key, DEFAULT_SETTINGS.get(key))

@@ -1,0 +1,99 @@
+"""One engine/session factory for the whole project."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.settings import database_url
+
+_engines: dict[str, Engine] = {}
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+    # FK enforcement is off by default in SQLite; WAL lets readers run during a write;
+    # the busy timeout makes concurrent writers queue instead of failing at once.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _sqlite_begin(conn) -> None:  # noqa: ANN001
+    # pysqlite's own transaction handling is disabled (below) so that we can issue
+    # BEGIN IMMEDIATE for writes: it takes the write lock up front, which makes
+    # next_task's read-then-claim atomic across threads and processes.
+    immediate = conn.get_execution_options().get("sqlite_immediate")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """Engine for `url` (default `DATABASE_URL`), cached per URL."""
+    url = url or database_url()
+    if url in _engines:
+        return _engines[url]
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+
+        @event.listens_for(engine, "connect")
+        def _no_autobegin(dbapi_conn, _rec):  # noqa: ANN001, ANN202
+            dbapi_conn.isolation_level = None
+
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    _engines[url] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    for e in _engines.values():
+        e.dispose()
+    _engines.clear()
+
+
+def session_factory(url: str | None = None) -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any error (one transaction)."""
+    session = session_factory(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+@contextlib.contextmanager
+def write_transaction(session: Session) -> Iterator[Session]:
+    """Run the block as one write transaction and commit it.
+
+    SQLite: BEGIN IMMEDIATE takes the database write lock before the first read, so a
+    read-then-claim cannot interleave with another writer. PostgreSQL: a plain transaction;
+    callers lock rows (FOR UPDATE SKIP LOCKED). Pending work in the session is committed first.
+    """
+    if session.in_transaction():
+        session.commit()
+    session.connection(execution_options={"sqlite_immediate": True})
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise

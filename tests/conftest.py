@@ -1,0 +1,99 @@
+"""Shared fixtures: a fresh database per test on SQLite and on the real PostgreSQL server.
+
+`make test` starts a throwaway PostgreSQL on a loopback port and sets TEST_DATABASE_URL.
+With REQUIRE_POSTGRES=1 (set by `make test`), a missing server fails the run instead of skipping.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from db.models import Base
+from db.session import dispose_engines, get_engine, session_factory
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not SHARED_DATA.exists():  # CI clones may place shared/ beside or inside the repo
+    SHARED_DATA = Path(__file__).resolve().parents[1] / "shared" / "data"
+
+PG_URL = os.environ.get("TEST_DATABASE_URL", "")
+
+
+def pytest_report_header(config):  # noqa: ANN001, ANN201
+    return f"postgres: {PG_URL or 'not configured'}; shared data: {SHARED_DATA}"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+_pg_ready = False
+
+
+def _pg_fresh_url() -> str:
+    """A fresh PostgreSQL schema for one test (tables created, search_path pinned to it)."""
+    global _pg_ready
+    if not PG_URL:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail("REQUIRE_POSTGRES=1 but TEST_DATABASE_URL is not set: the PostgreSQL server did not start")
+        pytest.skip("no PostgreSQL (set TEST_DATABASE_URL, or run `make test`)")
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+def fresh_url(kind: str, tmp_path: Path, *, create: bool = True) -> str:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / ('t_' + uuid.uuid4().hex[:8] + '.sqlite3')}"
+    else:
+        url = _pg_fresh_url()
+    if create:
+        Base.metadata.create_all(get_engine(url))
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> str:  # noqa: ANN001
+    """URL of a fresh, fully created database (SQLite and PostgreSQL)."""
+    url = fresh_url(request.param, tmp_path)
+    yield url
+    dispose_engines()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def empty_db_url(request, tmp_path) -> str:  # noqa: ANN001
+    """URL of an empty database (for migration tests)."""
+    url = fresh_url(request.param, tmp_path, create=False)
+    yield url
+    dispose_engines()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:  # noqa: ANN001
+    url = fresh_url("sqlite", tmp_path)
+    yield url
+    dispose_engines()
+
+
+@pytest.fixture
+def session(db_url):  # noqa: ANN001, ANN201
+    s = session_factory(db_url)()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_session(sqlite_url):  # noqa: ANN001, ANN201
+    s = session_factory(sqlite_url)()
+    yield s
+    s.close()
