@@ -9,6 +9,7 @@ the same tokens without storing a data cursor.
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def load_split(data_dir: str | Path, split: str) -> np.memmap:
 
 def batch_rng(seed: int, step: int, micro: int, rank: int, split: str) -> np.random.Generator:
     # SeedSequence mixes the tuple into independent streams: no collisions between steps, ranks or splits.
-    return np.random.default_rng([seed, step, micro, rank, 0 if split == "train" else 1])
+    return np.random.default_rng([seed, step, micro, rank, zlib.crc32(split.encode())])
 
 
 def get_batch(data: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator,
