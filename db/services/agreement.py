@@ -1,0 +1,212 @@
+"""Label quality: inter-annotator agreement (percent, Cohen's and Fleiss' kappa), agreement with the
+majority per annotator, annotator speed, disagreements to review, and an annotator's own progress.
+
+Agreement is computed on pairwise-preference labels (categories a / b / tie / both_bad) of tasks that
+have at least two labels. The kappa functions are pure and take plain counts so they are easy to test.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import statistics
+from collections import Counter, defaultdict
+from itertools import combinations
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import CHOICES, Demonstration, PreferenceLabel, Prompt, Ranking, Task, User, utcnow
+from db.services.content import prompt_as_text
+
+
+# ---------------------------------------------------------------- pure statistics
+def fleiss_kappa(items: Sequence[Sequence[int]]) -> float:
+    """Fleiss' kappa for items x categories count rows (raters may differ per item, each >= 2).
+
+    Returns nan when there is nothing to compare, 1.0 when everybody always used one category.
+    """
+    rows = [list(r) for r in items if sum(r) >= 2]
+    if not rows:
+        return math.nan
+    k = len(rows[0])
+    total = sum(sum(r) for r in rows)
+    p_j = [sum(r[j] for r in rows) / total for j in range(k)]
+    p_i = [(sum(x * x for x in r) - sum(r)) / (sum(r) * (sum(r) - 1)) for r in rows]
+    p_bar = sum(p_i) / len(p_i)
+    p_e = sum(p * p for p in p_j)
+    if math.isclose(p_e, 1.0):
+        return 1.0 if math.isclose(p_bar, 1.0) else math.nan
+    return (p_bar - p_e) / (1 - p_e)
+
+
+def cohen_kappa(x: Sequence[Any], y: Sequence[Any]) -> float:
+    """Cohen's kappa of two raters over the same items."""
+    if len(x) != len(y):
+        raise ValueError("both raters must label the same items")
+    n = len(x)
+    if n == 0:
+        return math.nan
+    p_o = sum(a == b for a, b in zip(x, y)) / n
+    cx, cy = Counter(x), Counter(y)
+    p_e = sum(cx[c] * cy[c] for c in set(cx) | set(cy)) / (n * n)
+    if math.isclose(p_e, 1.0):
+        return 1.0 if math.isclose(p_o, 1.0) else math.nan
+    return (p_o - p_e) / (1 - p_e)
+
+
+def percent_agreement(groups: Iterable[Sequence[Any]]) -> float:
+    """Mean over items of the share of rater pairs that agree."""
+    shares = []
+    for g in groups:
+        pairs = list(combinations(g, 2))
+        if pairs:
+            shares.append(sum(a == b for a, b in pairs) / len(pairs))
+    return sum(shares) / len(shares) if shares else math.nan
+
+
+def _majority(values: Sequence[Any]) -> Any | None:
+    """The unique most common value, or None on a tie (or nothing)."""
+    if not values:
+        return None
+    top = Counter(values).most_common()
+    if len(top) > 1 and top[0][1] == top[1][1]:
+        return None
+    return top[0][0]
+
+
+# ---------------------------------------------------------------- database reports
+def _preference_rows(session: Session, project_id: int | None) -> list[tuple[PreferenceLabel, str]]:
+    q = (select(PreferenceLabel, User.username).join(User, User.id == PreferenceLabel.user_id)
+         .join(Task, Task.id == PreferenceLabel.task_id))
+    if project_id is not None:
+        q = q.where(Task.project_id == project_id)
+    return [(lab, u) for lab, u in session.execute(q.order_by(PreferenceLabel.task_id, PreferenceLabel.id))]
+
+
+def preference_agreement(session: Session, project_id: int | None = None, *,
+                         min_shared: int = 1) -> dict[str, Any]:
+    """Agreement report on compare tasks with several labels.
+
+    Returns {"n_tasks", "n_labels", "percent_agreement", "fleiss_kappa",
+    "pairs": DataFrame[annotator_a, annotator_b, shared_tasks, percent_agreement, cohen_kappa],
+    "per_annotator": DataFrame[annotator, labels, compared, agrees_with_majority]}.
+    Majority is leave-one-out (the other annotators' majority), tasks where it ties are left out.
+    """
+    by_task: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for label, username in _preference_rows(session, project_id):
+        by_task[label.task_id].append((username, label.choice))
+    multi = {t: v for t, v in by_task.items() if len(v) >= 2}
+    cats = list(CHOICES)
+    table = [[sum(1 for _, c in v if c == cat) for cat in cats] for v in multi.values()]
+
+    # Cohen's kappa for every pair of annotators on their shared tasks.
+    per_user: dict[str, dict[int, str]] = defaultdict(dict)
+    for t, v in multi.items():
+        for u, c in v:
+            per_user[u][t] = c
+    pair_rows = []
+    for a, b in combinations(sorted(per_user), 2):
+        shared = sorted(set(per_user[a]) & set(per_user[b]))
+        if len(shared) < min_shared:
+            continue
+        xa, xb = [per_user[a][t] for t in shared], [per_user[b][t] for t in shared]
+        pair_rows.append({"annotator_a": a, "annotator_b": b, "shared_tasks": len(shared),
+                          "percent_agreement": sum(p == q for p, q in zip(xa, xb)) / len(shared),
+                          "cohen_kappa": cohen_kappa(xa, xb)})
+
+    ann_rows = []
+    counts = Counter(u for v in by_task.values() for u, _ in v)
+    for u in sorted(counts):
+        compared = agree = 0
+        for t, v in multi.items():
+            mine = [c for uu, c in v if uu == u]
+            if not mine:
+                continue
+            maj = _majority([c for uu, c in v if uu != u])
+            if maj is None:
+                continue
+            compared += 1
+            agree += mine[0] == maj
+        ann_rows.append({"annotator": u, "labels": counts[u], "compared": compared,
+                         "agrees_with_majority": agree / compared if compared else math.nan})
+
+    return {
+        "n_tasks": len(multi),
+        "n_labels": sum(len(v) for v in multi.values()),
+        "percent_agreement": percent_agreement([[c for _, c in v] for v in multi.values()]),
+        "fleiss_kappa": fleiss_kappa(table),
+        "pairs": pd.DataFrame(pair_rows, columns=["annotator_a", "annotator_b", "shared_tasks",
+                                                  "percent_agreement", "cohen_kappa"]),
+        "per_annotator": pd.DataFrame(ann_rows, columns=["annotator", "labels", "compared",
+                                                         "agrees_with_majority"]),
+    }
+
+
+def disagreements(session: Session, project_id: int | None = None, *, limit: int = 200) -> pd.DataFrame:
+    """Compare tasks whose labels are not unanimous, for review: one row per task."""
+    by_task: dict[int, list[tuple[str, PreferenceLabel]]] = defaultdict(list)
+    for label, username in _preference_rows(session, project_id):
+        by_task[label.task_id].append((username, label))
+    rows = []
+    for task_id, v in by_task.items():
+        if len(v) < 2 or len({lab.choice for _, lab in v}) == 1:
+            continue
+        task = session.get(Task, task_id)
+        prompt = session.get(Prompt, task.prompt_id)
+        text = prompt_as_text(prompt)
+        rows.append({
+            "task_id": task_id,
+            "prompt": text[:160] + ("…" if len(text) > 160 else ""),
+            "labels": "; ".join(f"{u}: {lab.choice}" + (f" ({lab.strength})" if lab.strength else "")
+                                for u, lab in v),
+            "majority": _majority([lab.choice for _, lab in v]) or "(split)",
+            "comments": " | ".join(f"{u}: {lab.comment}" for u, lab in v if lab.comment),
+        })
+        if len(rows) >= limit:
+            break
+    return pd.DataFrame(rows, columns=["task_id", "prompt", "labels", "majority", "comments"])
+
+
+def annotator_speed(session: Session, project_id: int | None = None) -> pd.DataFrame:
+    """Median and p90 seconds per task for each annotator and kind (labels with a recorded time)."""
+    samples: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for model, kind in ((PreferenceLabel, "compare"), (Ranking, "rank")):
+        q = (select(User.username, model.seconds).join(User, User.id == model.user_id)
+             .join(Task, Task.id == model.task_id).where(model.seconds.is_not(None)))
+        if project_id is not None:
+            q = q.where(Task.project_id == project_id)
+        for u, s in session.execute(q):
+            samples[(u, kind)].append(float(s))
+    q = (select(User.username, Demonstration.seconds).join(User, User.id == Demonstration.user_id)
+         .join(Prompt, Prompt.id == Demonstration.prompt_id).where(Demonstration.seconds.is_not(None)))
+    if project_id is not None:
+        q = q.where(Prompt.project_id == project_id)
+    for u, s in session.execute(q):
+        samples[(u, "demonstrate")].append(float(s))
+    rows = []
+    for (u, kind), xs in sorted(samples.items()):
+        xs.sort()
+        rows.append({"annotator": u, "kind": kind, "labels": len(xs),
+                     "median_seconds": statistics.median(xs),
+                     "p90_seconds": xs[min(len(xs) - 1, int(math.ceil(0.9 * len(xs))) - 1)]})
+    return pd.DataFrame(rows, columns=["annotator", "kind", "labels", "median_seconds", "p90_seconds"])
+
+
+def annotator_progress(session: Session, user_id: int, project_id: int, *,
+                       now: dt.datetime | None = None) -> dict[str, int]:
+    """The user's own label counts in the project: {"today", "total"} (today = since 00:00 UTC)."""
+    now = now or utcnow()
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    out = {"today": 0, "total": 0}
+    for model in (PreferenceLabel, Ranking):
+        base = (select(func.count()).select_from(model).join(Task, Task.id == model.task_id)
+                .where(model.user_id == user_id, Task.project_id == project_id))
+        out["total"] += session.scalar(base) or 0
+        out["today"] += session.scalar(base.where(model.created_at >= start)) or 0
+    base = (select(func.count()).select_from(Demonstration).join(Prompt, Prompt.id == Demonstration.prompt_id)
+            .where(Demonstration.user_id == user_id, Prompt.project_id == project_id))
+    out["total"] += session.scalar(base) or 0
+    out["today"] += session.scalar(base.where(Demonstration.created_at >= start)) or 0
+    return out

@@ -1,0 +1,64 @@
+"""Agreement statistics: known textbook values and the database report."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from db.services import accounts, agreement, content, labels, projects, tasks
+from db.services.assignment import next_task
+
+
+def test_fleiss_kappa_wikipedia_example():
+    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    assert agreement.fleiss_kappa(table) == pytest.approx(0.210, abs=1e-3)
+
+
+def test_cohen_kappa_wikipedia_example():
+    x = ["y"] * 20 + ["y"] * 5 + ["n"] * 10 + ["n"] * 15
+    y = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
+    assert agreement.cohen_kappa(x, y) == pytest.approx(0.4)
+    assert agreement.cohen_kappa(["a", "a"], ["a", "a"]) == 1.0
+    assert math.isnan(agreement.cohen_kappa([], []))
+
+
+def test_percent_agreement_and_majority():
+    assert agreement.percent_agreement([["a", "a", "b"], ["a", "a"]]) == pytest.approx((1 / 3 + 1) / 2)
+    assert agreement._majority(["a", "b"]) is None
+    assert agreement._majority(["a", "b", "a"]) == "a"
+
+
+def test_report_on_database(sqlite_session):
+    s = sqlite_session
+    p = projects.create_project(s, "agree", labels_per_task=3)
+    users = [accounts.create_user(s, f"u{i}", "password123") for i in range(3)]
+    task_ids = []
+    for i in range(4):
+        pr, _ = content.add_prompt(s, p.id, text=f"prompt {i}")
+        r1, _ = content.add_response(s, pr.id, "one")
+        r2, _ = content.add_response(s, pr.id, "two")
+        t, _ = tasks.create_task(s, p.id, "compare", pr.id, [r1.id, r2.id], shuffle=False)
+        task_ids.append(t.id)
+    s.commit()
+    # u0 and u1 always agree; u2 disagrees on tasks 0 and 1.
+    votes = {0: ["a", "a", "b"], 1: ["b", "b", "a"], 2: ["a", "a", "a"], 3: ["tie", "tie", "tie"]}
+    for ti, choices in votes.items():
+        for u, c in zip(users, choices):
+            labels.submit_preference(s, u.id, task_ids[ti], c, strength="clear" if c in "ab" else None,
+                                     seconds=10.0 + u.id)
+    rep = agreement.preference_agreement(s, p.id)
+    assert rep["n_tasks"] == 4 and rep["n_labels"] == 12
+    assert rep["percent_agreement"] == pytest.approx((1 / 3 + 1 / 3 + 1 + 1) / 4)
+    per = rep["per_annotator"].set_index("annotator")
+    assert per.loc["u0", "agrees_with_majority"] == 1.0
+    assert per.loc["u2", "agrees_with_majority"] == 0.5
+    pairs = rep["pairs"].set_index(["annotator_a", "annotator_b"])
+    assert pairs.loc[("u0", "u1"), "cohen_kappa"] == pytest.approx(1.0)
+    dis = agreement.disagreements(s, p.id)
+    assert sorted(dis["task_id"]) == sorted(task_ids[:2])
+    speed = agreement.annotator_speed(s, p.id).set_index("annotator")
+    assert speed.loc["u0", "median_seconds"] == pytest.approx(10.0 + users[0].id)
+    prog = agreement.annotator_progress(s, users[0].id, p.id)
+    assert prog == {"today": 4, "total": 4}
+    assert next_task(s, users[0].id, p.id) is None
