@@ -1,0 +1,102 @@
+"""Native GPT: local-window masking, GPT-Neo window semantics, exact HF export (logits + greedy decoding)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pretrain.export import to_hf
+from pretrain.model import GPT, CausalSelfAttention, GPTConfig, banded_causal_mask
+
+W = 6
+
+
+def _cfg(**kw) -> GPTConfig:
+    base = dict(vocab_size=320, block_size=96, n_layer=4, n_head=2, n_embd=64, window=W)
+    return GPTConfig(**{**base, **kw})
+
+
+def _randomized(cfg: GPTConfig, seed: int = 0) -> GPT:
+    """Non-trivial weights everywhere (biases, LayerNorms) so any mapping mistake changes the logits."""
+    torch.manual_seed(seed)
+    m = GPT(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def test_mask_matches_gpt_neo_definition():
+    # transformers' GPTNeoSelfAttention: bias = tril(ones) xor tril(tril(ones), -window_size)
+    t = 20
+    tril = torch.tril(torch.ones(t, t, dtype=torch.bool))
+    neo = torch.bitwise_xor(tril, torch.tril(tril, -W))
+    assert torch.equal(banded_causal_mask(t, W), neo)
+    assert banded_causal_mask(t, W).sum(1).max() == W  # W keys including itself
+
+
+def test_local_layer_ignores_keys_beyond_window():
+    torch.manual_seed(0)
+    cfg = _cfg(attention="sparse")
+    local, dense = CausalSelfAttention(cfg, local=True), CausalSelfAttention(cfg, local=False)
+    dense.load_state_dict(local.state_dict())
+    x = torch.randn(1, 40, cfg.n_embd)
+    x2 = x.clone()
+    x2[0, 3] += 5.0  # perturb the token at position 3
+    with torch.no_grad():
+        yl, yl2 = local(x), local(x2)
+        yd, yd2 = dense(x), dense(x2)
+    moved_l = (yl - yl2).abs().amax(-1)[0]
+    moved_d = (yd - yd2).abs().amax(-1)[0]
+    # positions 3 .. 3+W-1 see it, later ones on the local layer provably do not
+    assert (moved_l[3:3 + W] > 1e-4).all()
+    assert moved_l[3 + W:].max() == 0
+    assert (moved_d[3:] > 1e-4).all()  # the dense layer sees it everywhere after it
+    assert moved_l[:3].max() == 0 and moved_d[:3].max() == 0  # causal
+
+
+def test_receptive_field_of_whole_model():
+    x = torch.randint(0, 320, (1, 60))
+    x2 = x.clone()
+    x2[0, 0] = (x[0, 0] + 1) % 320
+    all_local = _randomized(_cfg(attention="sparse", local_layers=[0, 1, 2, 3]))
+    gpt3 = _randomized(_cfg(attention="sparse"))  # alternating dense / local
+    with torch.no_grad():
+        d_local = (all_local(x)[0] - all_local(x2)[0]).abs().amax(-1)[0]
+        d_gpt3 = (gpt3(x)[0] - gpt3(x2)[0]).abs().amax(-1)[0]
+    reach = 4 * (W - 1)  # each local layer extends the receptive field by W-1 positions
+    assert d_local[reach + 1:].max() == 0 and d_local[reach] > 0
+    assert (d_gpt3 > 0).all()  # the dense layers carry it to the end
+
+
+@pytest.mark.parametrize("attention", ["dense", "sparse"])
+def test_export_logits_and_greedy_generation(attention, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    native = _randomized(_cfg(attention=attention))
+    hf = to_hf(native, {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1})
+    hf.save_pretrained(str(tmp_path))
+    # reload through the Auto class: no custom code; eager keeps GPT-Neo's local window
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    assert type(hf).__name__ == ("GPT2LMHeadModel" if attention == "dense" else "GPTNeoForCausalLM")
+    x = torch.randint(0, 320, (3, 80))
+    with torch.no_grad():
+        diff = (native(x)[0] - hf(x).logits).abs().max().item()
+    assert diff < 1e-4
+    prompt = x[:1, :8]
+    n_new = W + 40  # 40 tokens past the window
+    ours = native.generate(prompt, n_new, temperature=0.0)
+    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_new,
+                         do_sample=False, pad_token_id=1, eos_token_id=None)
+    assert torch.equal(ours, theirs)
+
+
+def test_sparse_with_qkv_bias_refuses_export():
+    with pytest.raises(ValueError, match="qkv_bias"):
+        to_hf(GPT(_cfg(attention="sparse", qkv_bias=True)))
+
+
+def test_bad_config():
+    with pytest.raises(ValueError):
+        GPTConfig(n_embd=65, n_head=2)
+    with pytest.raises(ValueError):
+        GPTConfig(attention="banded")
