@@ -1,0 +1,64 @@
+# InstructLoop: `make demo` runs the app, `make test` runs every test. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+PORT ?= 8501
+export DATABASE_URL ?= sqlite:///data/instructloop.sqlite3
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps demo demo-data app test test-fast bench lint clean help
+
+help:
+	@echo "make demo   install, migrate, seed a demo project and run the app on http://localhost:$(PORT)"
+	@echo "make test   install, start a throwaway PostgreSQL, run all tests on SQLite and PostgreSQL"
+	@echo "make bench  print the benchmark figures"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: a bare torch requirement would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+system-deps:
+	@scripts/system_deps.sh
+
+demo-data: install
+	$(PY) -m db upgrade
+	$(PY) -m db demo
+
+app: install
+	$(VENV)/bin/streamlit run labeling_ui/app.py --server.port $(PORT) --server.headless true \
+		--browser.gatherUsageStats false
+
+demo: demo-data app
+
+# A throwaway PostgreSQL on a free loopback port (unless TEST_DATABASE_URL is given), pytest on
+# SQLite and PostgreSQL, the server stopped afterwards; exits with pytest's status.
+test: install system-deps
+	@set -u; pgdir=$$(mktemp -d /tmp/instructloop-pg.XXXXXX); own=0; \
+	if [ -z "$${TEST_DATABASE_URL:-}" ]; then \
+	  port=$$($(PY) -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'); \
+	  url=$$(scripts/pg_test_server.sh start $$pgdir/data $$port) || { echo "could not start PostgreSQL"; exit 1; }; \
+	  own=1; export TEST_DATABASE_URL=$$url; \
+	fi; \
+	[ -x /usr/bin/chromium ] && export REQUIRE_BROWSER=1; \
+	echo "PostgreSQL: $$TEST_DATABASE_URL"; \
+	REQUIRE_POSTGRES=1 $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	[ $$own = 1 ] && scripts/pg_test_server.sh stop $$pgdir/data; rm -rf $$pgdir; exit $$status
+
+bench: install
+	$(PY) bench/db_throughput.py
+
+lint: install
+	$(VENV)/bin/ruff check db rlhf pretrain labeling_ui tests bench
+
+clean:
+	rm -rf $(VENV) data runs exports test-artifacts .pytest_cache

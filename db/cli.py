@@ -1,0 +1,300 @@
+"""Admin CLI: `python -m db <command> …` (every command has --help).
+
+Errors in input print one line naming file, line and field, exit with status 2, and write nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from db.services.errors import ServiceError
+from db.settings import DEFAULT_DATABASE_URL
+
+
+def _session(args: argparse.Namespace):  # noqa: ANN202
+    from db.session import session_scope
+    return session_scope(args.url)
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    # Never from argv: it would land in shell history and `ps`.
+    if args.password_stdin:
+        pw = sys.stdin.readline().rstrip("\n")
+    else:
+        pw = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != pw:
+            raise ServiceError("the two passwords differ")
+    return pw
+
+
+# ----------------------------------------------------------------------------------- commands
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from db.migrate import upgrade
+    rev = upgrade(args.url, args.revision)
+    print(f"database at revision {rev}")
+    return 0
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    from db.services import accounts
+    pw = _read_password(args)
+    with _session(args) as s:
+        u = accounts.create_user(s, args.username, pw, role=args.role, display_name=args.display_name or "")
+        print(f"created {u.role} {u.username!r} (id {u.id})")
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    from db.services import accounts
+    with _session(args) as s:
+        rows = [{"id": u.id, "username": u.username, "display_name": u.display_name, "role": u.role,
+                 "active": u.active, "created_at": u.created_at} for u in accounts.list_users(s)]
+    print(pd.DataFrame(rows).to_string(index=False) if rows else "no users")
+    return 0
+
+
+def cmd_users_deactivate(args: argparse.Namespace) -> int:
+    from db.services import accounts
+    with _session(args) as s:
+        accounts.set_active(s, args.username, args.activate)
+    print(f"{args.username}: {'activated' if args.activate else 'deactivated'}")
+    return 0
+
+
+def cmd_users_set_password(args: argparse.Namespace) -> int:
+    from db.services import accounts
+    pw = _read_password(args)
+    with _session(args) as s:
+        accounts.set_password(s, args.username, pw)
+    print(f"password of {args.username} changed")
+    return 0
+
+
+def cmd_users_set_role(args: argparse.Namespace) -> int:
+    from db.services import accounts
+    with _session(args) as s:
+        accounts.set_role(s, args.username, args.role)
+    print(f"{args.username} is now {args.role}")
+    return 0
+
+
+def cmd_projects_create(args: argparse.Namespace) -> int:
+    from db.services import projects
+    guidelines = Path(args.guidelines).read_text(encoding="utf-8") if args.guidelines else ""
+    with _session(args) as s:
+        p = projects.create_project(s, args.name, guidelines=guidelines, labels_per_task=args.labels_per_task)
+        print(f"created project {p.name!r} (id {p.id}, {p.labels_per_task} label(s) per task)")
+    return 0
+
+
+def cmd_projects_list(args: argparse.Namespace) -> int:
+    from db.services import stats
+    with _session(args) as s:
+        df = stats.per_project(s)
+    print(df.to_string(index=False) if len(df) else "no projects")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from db.services import importers, tasks
+    with _session(args) as s:  # one transaction: any error rolls the whole file back
+        if args.what == "prompts":
+            r = importers.import_prompts(s, args.file, args.project)
+            if args.tasks == "demonstrate":
+                from db.services import projects
+                n = tasks.create_demonstrate_tasks(s, projects.get_project(s, args.project).id)
+                r.details["demonstrate tasks"] = n
+        elif args.what == "preferences":
+            r = importers.import_preferences(s, args.file, args.project, fmt=args.format)
+        else:
+            r = importers.import_oasst(s, args.file, args.project)
+    print(r.summary())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from db.services import export
+    filters: dict = {"project": args.project, "since": args.since, "until": args.until,
+                     "annotator": args.annotator}
+    if args.what == "preferences":
+        filters.update(fmt=args.format or "trl", aggregate=args.aggregate, include_ties=args.include_ties,
+                       model_version=args.model_version, min_agreement=args.min_agreement,
+                       conversational=args.conversational)
+    elif args.what == "sft":
+        filters.update(fmt=args.format or "prompt_completion", conversational=args.conversational,
+                       statuses=tuple(args.status.split(",")))
+    else:
+        filters.update(model_version=args.model_version)
+    out = args.output or f"exports/{args.what}{'-' + args.project if args.project else ''}.jsonl"
+    with _session(args) as s:
+        m = export.export_file(s, args.what, out, **filters)
+    print(f"wrote {m['rows']} rows to {out} (manifest: {out}.manifest.json)")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from db.services import projects, stats
+    with _session(args) as s:
+        pid = projects.get_project(s, args.project).id if args.project else None
+        proj = stats.per_project(s)
+        ann = stats.per_annotator(s, pid)
+        mv = stats.model_versions_table(s)
+    if args.json:
+        print(json.dumps({"projects": proj.to_dict("records"), "annotators": ann.to_dict("records"),
+                          "model_versions": mv.to_dict("records")}, default=str, indent=2))
+        return 0
+    pd.set_option("display.max_colwidth", 80)
+    print("Projects\n" + (proj.to_string(index=False) if len(proj) else "  none"))
+    print("\nAnnotators" + (f" ({args.project})" if args.project else "") + "\n"
+          + (ann.to_string(index=False) if len(ann) else "  no labels yet"))
+    print("\nModel versions\n" + (mv.drop(columns=["created_at"]).to_string(index=False) if len(mv) else "  none"))
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from db.services import stats
+    with _session(args) as s:
+        mv = stats.model_versions_table(s)
+    print(mv.to_string(index=False) if len(mv) else "no model versions")
+    return 0
+
+
+def cmd_models_register(args: argparse.Namespace) -> int:
+    from db.services import registry
+    with _session(args) as s:
+        mv = registry.register_model_version(s, args.name, args.kind, args.path, parent=args.parent)
+        print(f"registered {mv.kind} model version {mv.name!r} (id {mv.id})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from db.demo import bootstrap
+    bootstrap(args.url, model=args.model, quiet=False)
+    return 0
+
+
+# ------------------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m db", description="InstructLoop admin: database, users, "
+                                "projects, imports, exports and statistics.")
+    p.add_argument("--url", default=None, help=f"database URL (default: $DATABASE_URL or {DEFAULT_DATABASE_URL})")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(parent, name: str, func: Callable, help_: str) -> argparse.ArgumentParser:  # noqa: ANN001
+        sp = parent.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=func)
+        return sp
+
+    up = add(sub, "upgrade", cmd_upgrade, "create or migrate the schema to the latest revision (alembic upgrade)")
+    up.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+
+    users = sub.add_parser("users", help="manage accounts", description="manage accounts")
+    us = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    ua = add(us, "add", cmd_users_add, "create a user (password asked at a prompt, or read from stdin)")
+    ua.add_argument("username", help="login name (letters, digits, . _ @ -)")
+    ua.add_argument("--role", choices=["annotator", "admin"], default="annotator", help="default: annotator")
+    ua.add_argument("--display-name", help="name shown in the app (default: the username)")
+    ua.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    add(us, "list", cmd_users_list, "list users")
+    ud = add(us, "deactivate", cmd_users_deactivate, "deactivate a user (they can no longer sign in)")
+    ud.add_argument("username")
+    ud.add_argument("--activate", action="store_true", help="reactivate instead")
+    sp_ = add(us, "set-password", cmd_users_set_password, "set a user's password (prompt or stdin)")
+    sp_.add_argument("username")
+    sp_.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    sr = add(us, "set-role", cmd_users_set_role, "make a user admin or annotator")
+    sr.add_argument("username")
+    sr.add_argument("role", choices=["annotator", "admin"])
+
+    projects = sub.add_parser("projects", help="manage projects", description="manage projects")
+    ps = projects.add_subparsers(dest="projects_command", required=True, metavar="ACTION")
+    pc = add(ps, "create", cmd_projects_create, "create a project")
+    pc.add_argument("name")
+    pc.add_argument("--labels-per-task", type=int, default=1, help="annotators per task (overlap; default 1)")
+    pc.add_argument("--guidelines", help="markdown file with the labeling guidelines")
+    add(ps, "list", cmd_projects_list, "list projects with their progress")
+
+    imp = sub.add_parser("import", help="import prompts or existing labels",
+                         description="import prompts or existing labels (one transaction: all or nothing; "
+                                     "re-importing the same file adds nothing)")
+    ims = imp.add_subparsers(dest="what", required=True, metavar="WHAT")
+    ip = add(ims, "prompts", cmd_import, "prompts: JSONL with 'prompt' or 'messages' (also MT-Bench 'turns', "
+                                          "Alpaca 'instruction'), or CSV with a 'prompt' column")
+    ip.add_argument("--tasks", choices=["none", "demonstrate"], default="none",
+                    help="also queue a demonstrate task per new prompt (default: none; use rlhf.generate "
+                         "for compare/rank tasks)")
+    ipr = add(ims, "preferences", cmd_import, "preference pairs: TRL (prompt/chosen/rejected[/margin], strings "
+                                               "or chat turns) or Anthropic HH (chosen/rejected transcripts)")
+    ipr.add_argument("--format", choices=["auto", "trl", "hh"], default="auto", help="default: detect per row")
+    add(ims, "oasst", cmd_import, "OpenAssistant message trees (JSONL): ranked replies become rank tasks "
+                                  "with the tree's ranking as a label")
+    for sp in (ip, ipr, ims.choices["oasst"]):
+        sp.add_argument("file", help="path of the file to import")
+        sp.add_argument("--project", required=True, help="project name (must exist)")
+
+    exp = sub.add_parser("export", help="export datasets as JSONL (+ manifest)",
+                         description="export datasets as JSONL, streamed and ordered by id, with a "
+                                     "<file>.manifest.json recording counts, filters and schema revision")
+    es = exp.add_subparsers(dest="what", required=True, metavar="WHAT")
+    ep = add(es, "preferences", cmd_export, "pairs for reward models: TRL {prompt, chosen, rejected, margin} "
+                                             "or --format hh; rankings expand into all pairs with a group id")
+    ep.add_argument("--format", choices=["trl", "hh"], help="trl (default) or hh")
+    ep.add_argument("--aggregate", choices=["majority", "all", "unanimous"], default="majority",
+                    help="several labels per task: strict majority (default), every label, or only unanimous")
+    ep.add_argument("--include-ties", action="store_true", help="also write ties / both-bad (with a 'tie' field)")
+    ep.add_argument("--min-agreement", type=float, help="only tasks whose majority share is at least this (0-1)")
+    ep.add_argument("--model-version", help="only tasks showing a response of this model version")
+    es_ = add(es, "sft", cmd_export, "demonstrations for SFT: {prompt, completion} or --format messages")
+    es_.add_argument("--format", choices=["prompt_completion", "messages"], help="default: prompt_completion")
+    es_.add_argument("--status", default="accepted,submitted",
+                     help="comma-separated review states to include (default: accepted,submitted)")
+    er = add(es, "raw", cmd_export, "one row per label with pseudonymous annotator, times, flags, model versions")
+    er.add_argument("--model-version", help="only tasks showing a response of this model version")
+    for sp in (ep, es_):
+        sp.add_argument("--conversational", choices=["auto", "always", "never"], default="auto",
+                        help="message lists instead of strings (auto: when the project has chat prompts)")
+    for sp in (ep, es_, er):
+        sp.add_argument("--project", help="project name (default: all projects)")
+        sp.add_argument("--since", help="labels created on/after this ISO date")
+        sp.add_argument("--until", help="labels created before this ISO date")
+        sp.add_argument("--annotator", help="only this annotator's labels (username)")
+        sp.add_argument("-o", "--output", help="output file (default: exports/<what>[-<project>].jsonl)")
+
+    st = add(sub, "stats", cmd_stats, "progress per project and annotator, model versions with their metrics")
+    st.add_argument("--project", help="annotator table for this project only")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    models = sub.add_parser("models", help="model-version registry", description="model-version registry")
+    ms = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    add(ms, "list", cmd_models_list, "list model versions with lineage and metrics")
+    mr = add(ms, "register", cmd_models_register, "register a checkpoint (local path or hub id)")
+    mr.add_argument("name")
+    mr.add_argument("path", help="local checkpoint folder or hub id")
+    mr.add_argument("--kind", choices=["base", "sft", "reward", "policy", "external"], default="external")
+    mr.add_argument("--parent", help="parent version name")
+
+    dm = add(sub, "demo", cmd_demo, "migrate and seed a demo project (users admin/admin-pass, "
+                                    "annotator/annotator-pass) with responses from a tiny model")
+    dm.add_argument("--model", help="HF model dir to sample responses from (default: build the tiny "
+                                    "pretrained demo model, or canned responses if torch is missing)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130

@@ -1,0 +1,48 @@
+"""Alembic from Python: the same revisions `alembic upgrade head` runs, found from the package."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from db.session import get_engine
+from db.settings import database_url
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def alembic_config(url: str | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["url"] = url or database_url()
+    return cfg
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> str | None:
+    url = url or database_url()
+    cfg = alembic_config(url)
+    with get_engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    return current_revision(url)
+
+
+def downgrade(url: str | None = None, revision: str = "base") -> str | None:
+    url = url or database_url()
+    cfg = alembic_config(url)
+    with get_engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+    return current_revision(url)
+
+
+def current_revision(url: str | None = None) -> str | None:
+    with get_engine(url or database_url()).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

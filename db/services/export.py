@@ -1,0 +1,405 @@
+"""Exports (DESIGN.md §5): preferences, sft, raw — streamed, ordered by id, with a manifest.
+
+The row iterators here are also what `rlhf/` trains on (`--project NAME`), so a model trained from
+the database and one trained from the exported JSONL see exactly the same rows.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import itertools
+import json
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sqlalchemy import exists, inspect, select, text
+from sqlalchemy.orm import Session
+
+from db.models import (Demonstration, ModelVersion, PreferenceLabel, Project, Prompt, Ranking, Response,
+                       Task, User, utcnow)
+from db.services import accounts, projects
+from db.services.content import prompt_messages
+from db.services.errors import InputError
+
+MARGIN_FOR_STRENGTH = {"slight": 0.5, "clear": 1.0, "strong": 2.0}
+AGGREGATES = ("majority", "all", "unanimous")
+PREF_FORMATS = ("trl", "hh")
+SFT_FORMATS = ("prompt_completion", "messages")
+CHUNK = 1000
+
+
+# --------------------------------------------------------------------------------------- filters
+
+def _resolve_filters(session: Session, project: str | None, model_version: str | None,
+                     annotator: str | None) -> tuple[int | None, int | None, int | None]:
+    pid = projects.get_project(session, project).id if project else None
+    mvid = None
+    if model_version:
+        mv = session.scalar(select(ModelVersion).where(ModelVersion.name == model_version))
+        if mv is None:
+            raise InputError(f"unknown model version {model_version!r}", field="model_version")
+        mvid = mv.id
+    uid = accounts.get_user(session, annotator).id if annotator else None
+    return pid, mvid, uid
+
+
+def _parse_date(value: str | dt.datetime | None, fieldname: str) -> dt.datetime | None:
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    try:
+        d = dt.datetime.fromisoformat(value)
+    except ValueError as e:
+        raise InputError(f"not an ISO date ({value!r}); use YYYY-MM-DD", field=fieldname) from e
+    return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
+
+
+def _task_batches(session: Session, kinds: tuple[str, ...], pid: int | None, mvid: int | None,
+                  label_tables: Iterable[Any]) -> Iterator[list[Task]]:
+    """Tasks with at least one label, in id order, a chunk at a time (keyset pagination: flat memory)."""
+    has_label = None
+    for t in label_tables:
+        cond = exists().where(t.task_id == Task.id)
+        has_label = cond if has_label is None else (has_label | cond)
+    last = 0
+    while True:
+        q = select(Task).where(Task.kind.in_(kinds), Task.id > last, has_label)
+        if pid is not None:
+            q = q.where(Task.project_id == pid)
+        if mvid is not None:
+            q = q.where(exists().where(Response.prompt_id == Task.prompt_id, Response.model_version_id == mvid))
+        batch = list(session.scalars(q.order_by(Task.id).limit(CHUNK)))
+        if not batch:
+            return
+        if mvid is not None:
+            ids = {rid for t in batch for rid in t.response_ids}
+            mine = set(session.scalars(select(Response.id).where(Response.id.in_(ids),
+                                                                 Response.model_version_id == mvid)))
+            batch_f = [t for t in batch if mine.intersection(t.response_ids)]
+        else:
+            batch_f = batch
+        yield batch_f
+        last = batch[-1].id
+
+
+def _load(session: Session, batch: list[Task]) -> tuple[dict[int, Prompt], dict[int, Response]]:
+    prompts = {p.id: p for p in session.scalars(select(Prompt).where(Prompt.id.in_({t.prompt_id for t in batch})))}
+    rids = {rid for t in batch for rid in t.response_ids}
+    responses = {r.id: r for r in session.scalars(select(Response).where(Response.id.in_(rids)))}
+    return prompts, responses
+
+
+def _labels(session: Session, table: Any, batch: list[Task], uid: int | None, since: dt.datetime | None,
+            until: dt.datetime | None) -> dict[int, list[Any]]:
+    q = select(table).where(table.task_id.in_([t.id for t in batch]))
+    if uid is not None:
+        q = q.where(table.user_id == uid)
+    if since is not None:
+        q = q.where(table.created_at >= since)
+    if until is not None:
+        q = q.where(table.created_at < until)
+    out: dict[int, list[Any]] = defaultdict(list)
+    for lab in session.scalars(q.order_by(table.id)):
+        out[lab.task_id].append(lab)
+    return out
+
+
+# ----------------------------------------------------------------------------------- preferences
+
+def _pair_votes(task: Task, prefs: list[PreferenceLabel], ranks: list[Ranking]
+                ) -> dict[tuple[int, int], list[tuple[str, float | None, int, str]]]:
+    """Votes per unordered response pair: (winner id as 'x'/'y'/'tie'/'both_bad', margin, label id, table)."""
+    votes: dict[tuple[int, int], list] = defaultdict(list)
+    if task.kind == "compare":
+        a, b = task.response_ids
+        key = (min(a, b), max(a, b))
+        for lab in prefs:
+            if lab.choice in ("a", "b"):
+                winner = a if lab.choice == "a" else b
+                verdict = "x" if winner == key[0] else "y"
+            else:
+                verdict = lab.choice
+            votes[key].append((verdict, MARGIN_FOR_STRENGTH.get(lab.strength or ""), lab.id, "preference_labels"))
+    else:
+        for r in ranks:
+            rank_of = {rid: i for i, group in enumerate(r.ordering) for rid in group}
+            for x, y in itertools.combinations(sorted(task.response_ids), 2):
+                if x not in rank_of or y not in rank_of:
+                    continue
+                verdict = "tie" if rank_of[x] == rank_of[y] else ("x" if rank_of[x] < rank_of[y] else "y")
+                votes[(x, y)].append((verdict, None, r.id, "rankings"))
+    return votes
+
+
+def _aggregate(votes: list[tuple[str, float | None, int, str]], aggregate: str
+               ) -> list[tuple[str, float | None, float, list[tuple[int, str]]]]:
+    """→ [(verdict, margin, agreement, [(label id, table)])]: one entry, or one per label for 'all'."""
+    counts = Counter(v[0] for v in votes)
+    top, n_top = counts.most_common(1)[0]
+    agreement = n_top / len(votes)
+    if aggregate == "all":
+        return [(v[0], v[1], agreement, [(v[2], v[3])]) for v in votes]
+    if aggregate == "unanimous" and len(counts) > 1:
+        return []
+    if aggregate == "majority" and list(counts.values()).count(n_top) > 1:
+        return []  # no strict majority
+    margins = [v[1] for v in votes if v[0] == top and v[1] is not None]
+    return [(top, sum(margins) / len(margins) if margins else None, agreement,
+             [(v[2], v[3]) for v in votes if v[0] == top])]
+
+
+def _hh(messages: list[dict[str, str]], reply: str) -> str:
+    turns = "".join(f"\n\n{'Human' if m['role'] != 'assistant' else 'Assistant'}: {m['content']}"
+                    for m in messages)
+    return f"{turns}\n\nAssistant: {reply}"
+
+
+def _conversational(session: Session, pid: int | None, mode: str) -> bool:
+    if mode in ("always", "never"):
+        return mode == "always"
+    if mode != "auto":
+        raise InputError(f"conversational must be auto, always or never, not {mode!r}", field="conversational")
+    q = select(Prompt.id).where(Prompt.messages.is_not(None))
+    if pid is not None:
+        q = q.where(Prompt.project_id == pid)
+    return session.scalar(q.limit(1)) is not None
+
+
+def iter_preference_rows(session: Session, *, project: str | None = None, fmt: str = "trl",
+                         aggregate: str = "majority", include_ties: bool = False,
+                         since: str | dt.datetime | None = None, until: str | dt.datetime | None = None,
+                         model_version: str | None = None, annotator: str | None = None,
+                         min_agreement: float | None = None, conversational: str = "auto",
+                         collect: dict[str, list[int]] | None = None) -> Iterator[dict[str, Any]]:
+    """Preference pairs in TRL explicit-prompt format ({prompt, chosen, rejected, margin}) or HH.
+
+    Rankings expand into all C(K,2) pairs with a `group` per prompt. Ties and both-bad are left out
+    unless `include_ties` (then rows carry `"tie": true`). `collect` receives the label ids used.
+    """
+    if fmt not in PREF_FORMATS:
+        raise InputError(f"format must be one of {', '.join(PREF_FORMATS)}, not {fmt!r}", field="format")
+    if aggregate not in AGGREGATES:
+        raise InputError(f"aggregate must be one of {', '.join(AGGREGATES)}, not {aggregate!r}",
+                         field="aggregate")
+    pid, mvid, uid = _resolve_filters(session, project, model_version, annotator)
+    since, until = _parse_date(since, "since"), _parse_date(until, "until")
+    chat = _conversational(session, pid, conversational) if fmt == "trl" else False
+    for batch in _task_batches(session, ("compare", "rank"), pid, mvid, (PreferenceLabel, Ranking)):
+        prompts, responses = _load(session, batch)
+        prefs = _labels(session, PreferenceLabel, batch, uid, since, until)
+        ranks = _labels(session, Ranking, batch, uid, since, until)
+        for task in batch:
+            votes = _pair_votes(task, prefs.get(task.id, []), ranks.get(task.id, []))
+            if not votes:
+                continue
+            prompt = prompts[task.prompt_id]
+            msgs = prompt_messages(prompt)
+            for (x, y), pair_votes in sorted(votes.items()):
+                for verdict, margin, agreement, used in _aggregate(pair_votes, aggregate):
+                    if min_agreement is not None and agreement < min_agreement:
+                        continue
+                    tie = verdict in ("tie", "both_bad")
+                    if tie and not include_ties:
+                        continue
+                    win, lose = (x, y) if verdict in ("x", "tie", "both_bad") else (y, x)
+                    cw, cl = responses[win].text, responses[lose].text
+                    if fmt == "hh":
+                        row: dict[str, Any] = {"chosen": _hh(msgs, cw), "rejected": _hh(msgs, cl)}
+                    elif chat:
+                        row = {"prompt": msgs, "chosen": [{"role": "assistant", "content": cw}],
+                               "rejected": [{"role": "assistant", "content": cl}]}
+                    else:
+                        row = {"prompt": prompt.text if not prompt.messages else prompt_as_plain(msgs),
+                               "chosen": cw, "rejected": cl}
+                    row["margin"] = float(margin) if margin is not None else 0.0
+                    if task.kind == "rank":
+                        row["group"] = f"prompt-{prompt.id}"
+                    if tie:
+                        row["tie"] = verdict
+                    if collect is not None:
+                        for lid, table in used:
+                            collect.setdefault(table, []).append(lid)
+                    yield row
+
+
+def prompt_as_plain(msgs: list[dict[str, str]]) -> str:
+    """A chat prompt flattened to text for plain (non-conversational) rows."""
+    if len(msgs) == 1:
+        return msgs[0]["content"]
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in msgs)
+
+
+# -------------------------------------------------------------------------------------------- sft
+
+def iter_sft_rows(session: Session, *, project: str | None = None, fmt: str = "prompt_completion",
+                  statuses: tuple[str, ...] = ("accepted", "submitted"), since: str | dt.datetime | None = None,
+                  until: str | dt.datetime | None = None, annotator: str | None = None,
+                  conversational: str = "auto", collect: dict[str, list[int]] | None = None
+                  ) -> Iterator[dict[str, Any]]:
+    """Demonstrations as {prompt, completion} or {messages: [...]} (OpenAI chat), by id."""
+    if fmt not in SFT_FORMATS:
+        raise InputError(f"format must be one of {', '.join(SFT_FORMATS)}, not {fmt!r}", field="format")
+    pid, _, uid = _resolve_filters(session, project, None, annotator)
+    since, until = _parse_date(since, "since"), _parse_date(until, "until")
+    chat = _conversational(session, pid, conversational) if fmt == "prompt_completion" else True
+    last = 0
+    while True:
+        q = (select(Demonstration, Prompt).join(Prompt, Prompt.id == Demonstration.prompt_id)
+             .where(Demonstration.id > last, Demonstration.status.in_(statuses)))
+        if pid is not None:
+            q = q.where(Prompt.project_id == pid)
+        if uid is not None:
+            q = q.where(Demonstration.user_id == uid)
+        if since is not None:
+            q = q.where(Demonstration.created_at >= since)
+        if until is not None:
+            q = q.where(Demonstration.created_at < until)
+        rows = session.execute(q.order_by(Demonstration.id).limit(CHUNK)).all()
+        if not rows:
+            return
+        for d, p in rows:
+            msgs = prompt_messages(p)
+            if fmt == "messages":
+                yield {"messages": msgs + [{"role": "assistant", "content": d.text}]}
+            elif chat:
+                yield {"prompt": msgs, "completion": [{"role": "assistant", "content": d.text}]}
+            else:
+                yield {"prompt": p.text if not p.messages else prompt_as_plain(msgs), "completion": d.text}
+            if collect is not None:
+                collect.setdefault("demonstrations", []).append(d.id)
+        last = rows[-1][0].id
+
+
+# -------------------------------------------------------------------------------------------- raw
+
+def iter_raw_rows(session: Session, *, project: str | None = None, since: str | dt.datetime | None = None,
+                  until: str | dt.datetime | None = None, model_version: str | None = None,
+                  annotator: str | None = None, collect: dict[str, list[int]] | None = None
+                  ) -> Iterator[dict[str, Any]]:
+    """One row per label for audits: pseudonymous annotator, times, flags, the model versions judged."""
+    pid, mvid, uid = _resolve_filters(session, project, model_version, annotator)
+    since, until = _parse_date(since, "since"), _parse_date(until, "until")
+    versions = {mv.id: mv.name for mv in session.scalars(select(ModelVersion))}
+    pnames = {p.id: p.name for p in session.scalars(select(Project))}
+    iso = lambda t: (t if t is None or t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).isoformat() if t else None  # noqa: E731
+    for batch in _task_batches(session, ("compare", "rank"), pid, mvid, (PreferenceLabel, Ranking)):
+        _, responses = _load(session, batch)
+        prefs = _labels(session, PreferenceLabel, batch, uid, since, until)
+        ranks = _labels(session, Ranking, batch, uid, since, until)
+        for task in batch:
+            shown = [{"response_id": rid, "model_version": versions.get(responses[rid].model_version_id)
+                      if responses[rid].model_version_id else None} for rid in task.response_ids]
+            for lab in prefs.get(task.id, []) + ranks.get(task.id, []):
+                is_pref = isinstance(lab, PreferenceLabel)
+                row = {"label_id": lab.id, "kind": task.kind, "project": pnames[task.project_id],
+                       "task_id": task.id, "prompt_id": task.prompt_id,
+                       "annotator": accounts.pseudonym(lab.user_id), "created_at": iso(lab.created_at),
+                       "updated_at": iso(lab.updated_at), "seconds": lab.seconds, "flags": lab.flags,
+                       "comment": lab.comment, "responses": shown}
+                if is_pref:
+                    row.update(choice=lab.choice, strength=lab.strength)
+                else:
+                    row.update(ordering=lab.ordering)
+                if collect is not None:
+                    collect.setdefault("preference_labels" if is_pref else "rankings", []).append(lab.id)
+                yield row
+    if mvid is not None:
+        return  # demonstrations are human-written: no model version to filter on
+    last = 0
+    while True:
+        q = (select(Demonstration, Prompt).join(Prompt, Prompt.id == Demonstration.prompt_id)
+             .where(Demonstration.id > last))
+        if pid is not None:
+            q = q.where(Prompt.project_id == pid)
+        if uid is not None:
+            q = q.where(Demonstration.user_id == uid)
+        if since is not None:
+            q = q.where(Demonstration.created_at >= since)
+        if until is not None:
+            q = q.where(Demonstration.created_at < until)
+        rows = session.execute(q.order_by(Demonstration.id).limit(CHUNK)).all()
+        if not rows:
+            return
+        for d, p in rows:
+            if collect is not None:
+                collect.setdefault("demonstrations", []).append(d.id)
+            yield {"label_id": d.id, "kind": "demonstrate", "project": pnames[p.project_id], "task_id": d.task_id,
+                   "prompt_id": d.prompt_id, "annotator": accounts.pseudonym(d.user_id),
+                   "created_at": iso(d.created_at), "updated_at": iso(d.updated_at), "seconds": d.seconds,
+                   "status": d.status, "review_note": d.review_note, "text": d.text}
+        last = rows[-1][0].id
+
+
+# ------------------------------------------------------------------------------- files and bytes
+
+def iter_rows(session: Session, kind: str, collect: dict[str, list[int]] | None = None,
+              **filters: Any) -> Iterator[dict[str, Any]]:
+    if kind == "preferences":
+        return iter_preference_rows(session, collect=collect, **filters)
+    if kind == "sft":
+        return iter_sft_rows(session, collect=collect, **filters)
+    if kind == "raw":
+        return iter_raw_rows(session, collect=collect, **filters)
+    raise InputError(f"unknown export {kind!r}: use preferences, sft or raw", field="kind")
+
+
+def schema_revision(session: Session) -> str | None:
+    if not inspect(session.get_bind()).has_table("alembic_version"):
+        return None
+    return session.scalar(text("SELECT version_num FROM alembic_version"))
+
+
+def _manifest(session: Session, kind: str, filters: dict[str, Any], n: int,
+              collect: dict[str, list[int]]) -> dict[str, Any]:
+    return {
+        "kind": kind, "rows": n,
+        "filters": {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in filters.items()},
+        "labels": {table: {"count": len(set(ids)), "max_id": max(ids) if ids else None}
+                   for table, ids in sorted(collect.items())},
+        "schema_revision": schema_revision(session),
+        "created_at": utcnow().isoformat(),
+    }
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], fh: io.TextIOBase) -> int:
+    n = 0
+    for row in rows:
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def export_file(session: Session, kind: str, out: str | Path, **filters: Any) -> dict[str, Any]:
+    """Stream the export to `out` (written to a temp file, renamed at the end: never half-written)
+    and write `<out>.manifest.json` beside it. Returns the manifest."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    collect: dict[str, list[int]] = {}
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            n = write_jsonl(iter_rows(session, kind, collect=collect, **filters), fh)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest = {**_manifest(session, kind, filters, n, collect), "file": str(out)}
+    out.with_name(out.name + ".manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def export_bytes(session: Session, kind: str, **filters: Any) -> tuple[bytes, dict[str, Any]]:
+    """The export as JSONL bytes (UI downloads) plus its manifest."""
+    buf = io.StringIO()
+    collect: dict[str, list[int]] = {}
+    n = write_jsonl(iter_rows(session, kind, collect=collect, **filters), buf)
+    return buf.getvalue().encode("utf-8"), _manifest(session, kind, filters, n, collect)
+
+
+def label_ids(collect: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Sorted unique ids per label table, for a model version's `label_snapshot`."""
+    return {k: sorted(set(v)) for k, v in collect.items()}
+
+
+__all__ = ["iter_preference_rows", "iter_sft_rows", "iter_raw_rows", "iter_rows", "export_file",
+           "export_bytes", "label_ids", "MARGIN_FOR_STRENGTH", "User"]

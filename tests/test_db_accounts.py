@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+
+from db.models import User
+from db.services import accounts, projects, registry
+from db.services.errors import InputError, NotFound, ServiceError
+
+
+def test_create_and_authenticate(session):
+    u = accounts.create_user(session, "alice", "correct horse", role="admin")
+    session.commit()
+    assert u.password_hash.startswith("scrypt$") and "correct horse" not in u.password_hash
+    assert accounts.authenticate(session, "alice", "correct horse").id == u.id
+    assert accounts.authenticate(session, "alice", "wrong password") is None
+    assert accounts.authenticate(session, "nobody", "correct horse") is None
+
+
+def test_deactivate_and_password_reset(session):
+    accounts.create_user(session, "bob", "password-1")
+    accounts.deactivate(session, "bob")
+    assert accounts.authenticate(session, "bob", "password-1") is None
+    accounts.set_active(session, "bob", True)
+    accounts.set_password(session, "bob", "password-2")
+    assert accounts.authenticate(session, "bob", "password-1") is None
+    assert accounts.authenticate(session, "bob", "password-2") is not None
+
+
+def test_bad_users(session):
+    accounts.create_user(session, "carol", "password-1")
+    with pytest.raises(ServiceError, match="already exists"):
+        accounts.create_user(session, "carol", "password-1")
+    with pytest.raises(InputError, match="password"):
+        accounts.create_user(session, "dave", "short")
+    with pytest.raises(InputError, match="role"):
+        accounts.create_user(session, "erin", "password-1", role="root")
+    with pytest.raises(InputError, match="username"):
+        accounts.create_user(session, "bad name!", "password-1")
+    with pytest.raises(NotFound):
+        accounts.set_password(session, "ghost", "password-1")
+
+
+def test_system_users_cannot_sign_in(session):
+    u = accounts.system_user(session, "import:hh")
+    assert accounts.system_user(session, "import:hh").id == u.id
+    assert accounts.authenticate(session, "import:hh", "") is None
+    assert all(x.username != "import:hh" for x in accounts.list_users(session))
+
+
+def test_oidc_identity_mapping(session):
+    accounts.create_user(session, "ann@example.org", None)
+    u = accounts.user_for_identity(session, "sub-123", email="ann@example.org", name="Ann")
+    assert u is not None and u.external_id == "sub-123"
+    assert accounts.user_for_identity(session, "sub-123").id == u.id
+    assert accounts.user_for_identity(session, "sub-999", email="stranger@example.org") is None
+
+
+def test_projects_and_registry(session):
+    p = projects.create_project(session, "p1", guidelines="# Be kind", labels_per_task=3)
+    assert projects.get_project(session, "p1").labels_per_task == 3
+    with pytest.raises(NotFound, match="unknown project 'nope'"):
+        projects.get_project(session, "nope")
+    with pytest.raises(ServiceError):
+        projects.create_project(session, "p1")
+    projects.update_project(session, "p1", guidelines="new", settings={"min_demonstration_chars": 5})
+    assert p.guidelines == "new" and projects.setting(p, "min_demonstration_chars") == 5
+    base = registry.register_model_version(session, "base-1", "base", "/ckpt/base")
+    sft = registry.register_model_version(session, "sft-1", "sft", "/ckpt/sft", parent="base-1",
+                                          label_snapshot={"demonstrations": [1, 2]})
+    assert [m.name for m in registry.lineage(session, "sft-1")] == ["sft-1", "base-1"]
+    assert registry.resolve(session, "/ckpt/base").id == base.id
+    assert registry.resolve(session, sft.id).name == "sft-1"
+    with pytest.raises(InputError):
+        registry.register_model_version(session, "x", "weird", "")
+    session.commit()
+    assert session.query(User).count() == 0

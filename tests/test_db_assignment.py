@@ -1,0 +1,150 @@
+"""next_task: exact overlap, atomic under concurrency, leases expire, skip, idempotent submit."""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import Counter
+
+import pytest
+from sqlalchemy import func, select
+
+from db.models import Assignment, PreferenceLabel, Task, utcnow
+from db.services import assignment, labels
+from db.services.errors import ServiceError
+from db.session import session_factory
+from tests.db_helpers import make_compare_project, make_users
+
+
+def _label_everything(session, users, pid):
+    """Each user labels until nothing is left; returns Counter of task ids labelled."""
+    seen = Counter()
+    for uid in users:
+        while (v := assignment.next_task(session, uid, pid)) is not None:
+            labels.submit_preference(session, uid, v.task_id, "a", strength="clear")
+            seen[v.task_id] += 1
+    return seen
+
+
+@pytest.mark.parametrize("overlap", [1, 3])
+def test_overlap_is_exact(session, overlap):
+    users = make_users(session, 4)
+    pid, task_ids = make_compare_project(session, n_tasks=6, overlap=overlap)
+    seen = _label_everything(session, users, pid)
+    assert sorted(seen) == sorted(task_ids)
+    assert set(seen.values()) == {overlap}
+    assert session.scalar(select(func.count()).select_from(PreferenceLabel)) == 6 * overlap
+    assert {t.status for t in session.scalars(select(Task))} == {"done"}
+
+
+def test_prefers_tasks_closest_to_completion(session):
+    u1, u2 = make_users(session, 2)
+    pid, task_ids = make_compare_project(session, n_tasks=4, overlap=2)
+    v = assignment.next_task(session, u1, pid)
+    assert v.task_id == task_ids[0]  # oldest first when none is started
+    labels.submit_preference(session, u1, task_ids[0], "b")
+    assert assignment.next_task(session, u2, pid).task_id == task_ids[0]  # one label away from done
+
+
+def test_same_task_again_while_lease_is_live(session):
+    (u,) = make_users(session, 1)
+    pid, _ = make_compare_project(session, n_tasks=3)
+    assert assignment.next_task(session, u, pid).task_id == assignment.next_task(session, u, pid).task_id
+
+
+def test_lease_expiry_returns_task_to_pool(session):
+    u1, u2 = make_users(session, 2)
+    pid, (tid,) = make_compare_project(session, n_tasks=1)
+    t0 = utcnow()
+    assert assignment.next_task(session, u1, pid, now=t0).task_id == tid
+    assert assignment.next_task(session, u2, pid, now=t0 + dt.timedelta(minutes=5)) is None
+    later = t0 + dt.timedelta(minutes=31)
+    assert assignment.next_task(session, u2, pid, now=later).task_id == tid
+    assert assignment.expire_leases(session, now=later) == 1  # u1's lease
+    # u1 comes back late and still submits: the work is kept (one slight over-label).
+    _, created = labels.submit_preference(session, u1, tid, "a", now=later)
+    assert created
+
+
+def test_skip_gives_task_to_someone_else(session):
+    u1, u2 = make_users(session, 2)
+    pid, (tid,) = make_compare_project(session, n_tasks=1)
+    assignment.next_task(session, u1, pid)
+    a = assignment.skip_task(session, u1, tid, "I cannot judge code")
+    assert a.state == "skipped" and a.skip_reason == "I cannot judge code"
+    assert assignment.next_task(session, u1, pid) is None
+    assert assignment.next_task(session, u2, pid).task_id == tid
+    with pytest.raises(ServiceError):
+        labels.submit_preference(session, u1, tid, "a")
+
+
+def test_double_submit_records_one_label(session):
+    (u,) = make_users(session, 1)
+    pid, _ = make_compare_project(session, n_tasks=2)
+    v = assignment.next_task(session, u, pid)
+    l1, c1 = labels.submit_preference(session, u, v.task_id, "a", strength="strong", seconds=3.5)
+    l2, c2 = labels.submit_preference(session, u, v.task_id, "b")
+    assert (c1, c2) == (True, False) and l1.id == l2.id
+    assert session.scalar(select(func.count()).select_from(PreferenceLabel)) == 1
+    assert session.get(Task, v.task_id).n_submitted == 1
+
+
+@pytest.mark.parametrize("overlap", [1, 3])
+def test_concurrent_next_task_never_hands_a_slot_twice(db_url, overlap):
+    s = session_factory(db_url)()
+    users = make_users(s, 8)
+    pid, task_ids = make_compare_project(s, n_tasks=5, overlap=overlap)
+    s.close()
+    got: dict[int, list[int]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def worker(uid: int) -> None:
+        sess = session_factory(db_url)()
+        try:
+            barrier.wait()
+            mine = []
+            while (v := assignment.next_task(sess, uid, pid)) is not None:
+                labels.submit_preference(sess, uid, v.task_id, "a")
+                mine.append(v.task_id)
+            got[uid] = mine
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            sess.close()
+
+    threads = [threading.Thread(target=worker, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    counts = Counter(t for mine in got.values() for t in mine)
+    assert counts == {t: overlap for t in task_ids}
+    for mine in got.values():
+        assert len(mine) == len(set(mine))  # never the same task twice to one user
+    s = session_factory(db_url)()
+    assert s.scalar(select(func.count()).select_from(PreferenceLabel)) == 5 * overlap
+    assert s.scalar(select(func.count()).select_from(Assignment).where(Assignment.state == "submitted")) == 5 * overlap
+    s.close()
+
+
+def test_concurrent_leases_without_submit(db_url):
+    """8 annotators lease at once on 3 single-slot tasks: exactly 3 get one, each a different task."""
+    s = session_factory(db_url)()
+    users = make_users(s, 8)
+    pid, task_ids = make_compare_project(s, n_tasks=3, overlap=1)
+    s.close()
+    got, barrier = [], threading.Barrier(8)
+
+    def worker(uid: int) -> None:
+        sess = session_factory(db_url)()
+        barrier.wait()
+        v = assignment.next_task(sess, uid, pid)
+        got.append(v.task_id if v else None)
+        sess.close()
+
+    threads = [threading.Thread(target=worker, args=(u,)) for u in users]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    taken = [g for g in got if g is not None]
+    assert sorted(taken) == sorted(task_ids)
