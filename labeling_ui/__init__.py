@@ -1,0 +1,1 @@
+"""Streamlit labeling app (run: `streamlit run labeling_ui/app.py`)."""

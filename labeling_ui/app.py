@@ -1,0 +1,58 @@
+"""InstructLoop labeling app: `streamlit run labeling_ui/app.py`.
+
+Navigation depends on who is signed in: visitors get only the sign-in page (every URL shows it),
+annotators get the labeling pages and their history (admin URLs show a refusal), admins get all.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from labeling_ui import auth  # noqa: E402
+
+st.set_page_config(page_title="InstructLoop", page_icon=":material/thumbs_up_down:", layout="wide")
+
+HERE = Path(__file__).parent
+V = HERE / "views"
+
+ANNOTATOR_PAGES = [
+    st.Page(V / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare", default=True),
+    st.Page(V / "rank.py", title="Rank", icon=":material/format_list_numbered:", url_path="rank"),
+    st.Page(V / "demonstrate.py", title="Demonstrate", icon=":material/edit_note:", url_path="demonstrate"),
+    st.Page(V / "history.py", title="My history", icon=":material/history:", url_path="history"),
+]
+ADMIN_PAGES = [
+    ("dashboard.py", "Dashboard", ":material/monitoring:", "dashboard"),
+    ("agreement.py", "Agreement", ":material/handshake:", "agreement"),
+    ("review.py", "Review demonstrations", ":material/rate_review:", "review"),
+    ("projects.py", "Projects", ":material/folder:", "projects"),
+    ("users.py", "Users", ":material/group:", "users"),
+    ("imports.py", "Import", ":material/upload_file:", "import"),
+    ("models.py", "Model versions", ":material/model_training:", "models"),
+    ("export.py", "Export", ":material/download:", "export"),
+]
+
+user = auth.current_user()
+if user is None:
+    pg = st.navigation([st.Page(auth.sign_in_page, title="Sign in", icon=":material/login:",
+                                url_path="signin", default=True)], position="hidden")
+else:
+    with st.sidebar:
+        st.markdown(f"**{user['display_name']}**  \n:gray[{user['role']}]")
+        if st.button("Sign out", icon=":material/logout:", key="signout_btn"):
+            auth.sign_out("You have signed out.")
+            st.rerun()
+    if user["role"] == "admin":
+        admin = [st.Page(V / f, title=t, icon=i, url_path=u) for f, t, i, u in ADMIN_PAGES]
+        pg = st.navigation({"Label": ANNOTATOR_PAGES, "Admin": admin})
+    else:
+        # Admin URLs stay registered (hidden) so that opening one shows a refusal, not a random page.
+        hidden = [st.Page(auth.refuse, title=t, url_path=u, visibility="hidden") for _, t, _, u in ADMIN_PAGES]
+        pg = st.navigation({"Label": ANNOTATOR_PAGES, "": hidden})
+pg.run()

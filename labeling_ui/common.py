@@ -1,0 +1,174 @@
+"""Small view helpers shared by the pages: database scope, project picker, safe text, progress."""
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from typing import Any, Iterator
+
+import streamlit as st
+from sqlalchemy.orm import Session
+
+from db.services import assignment, projects
+from db.services.errors import ServiceError
+from db.session import session_scope
+
+PROJECT_KEY = "project_id"
+
+
+@contextlib.contextmanager
+def db() -> Iterator[Session]:
+    """One unit of work against DATABASE_URL (read at call time), committed on success."""
+    with session_scope() as s:
+        yield s
+
+
+# ------------------------------------------------------------------ safe rendering of model text
+_FENCE = re.compile(r"(^[ \t]*(```|~~~).*?(?:^[ \t]*\2[ \t]*$|\Z))", re.S | re.M)
+_INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.S)
+_ESCAPE = re.compile(r"([<$])")
+
+
+def _escape_prose(text: str) -> str:
+    out, last = [], 0
+    for m in _INLINE_CODE.finditer(text):
+        out.append(_ESCAPE.sub(r"\\\1", text[last:m.start()]))
+        out.append(m.group(0))
+        last = m.end()
+    out.append(_ESCAPE.sub(r"\\\1", text[last:]))
+    return "".join(out)
+
+
+def safe_markdown(text: str) -> str:
+    """Markdown source that shows raw HTML (and `$`) literally while keeping code blocks intact.
+
+    Streamlit never renders raw HTML without unsafe_allow_html, but it would silently drop tags
+    such as `<script>`; annotators must *see* them (a response full of HTML is a bad response),
+    so `<` and `$` outside code are backslash-escaped. Code blocks and spans render
+    verbatim by Markdown's own rules.
+    """
+    text = text or ""
+    out, last = [], 0
+    for m in _FENCE.finditer(text):
+        out.append(_escape_prose(text[last:m.start()]))
+        out.append(m.group(0))
+        last = m.end()
+    out.append(_escape_prose(text[last:]))
+    return "".join(out)
+
+
+def show_text(text: str) -> None:
+    """Render model or user text as markdown, never as HTML."""
+    if not (text or "").strip():
+        st.caption("(empty)")
+        return
+    st.markdown(safe_markdown(text))
+
+
+def render_prompt(view: Any) -> None:
+    """The prompt as a conversation (one st.chat_message per turn)."""
+    avatars = {"user": ":material/person:", "assistant": ":material/smart_toy:", "system": ":material/settings:"}
+    for turn in view.messages:
+        role = turn.get("role", "user")
+        with st.chat_message(role if role in ("user", "assistant") else "ai", avatar=avatars.get(role)):
+            if role == "system":
+                st.caption("System")
+            show_text(turn.get("content", ""))
+
+
+# ------------------------------------------------------------------ projects, guidelines, progress
+def project_picker(where: Any = None) -> dict[str, Any] | None:
+    """A project selector (sidebar by default); returns {"id", "name", "guidelines", ...} or None."""
+    with db() as s:
+        rows = [{"id": p.id, "name": p.name, "guidelines": p.guidelines or "",
+                 "labels_per_task": p.labels_per_task, "settings": dict(p.settings or {})}
+                for p in projects.list_projects(s)]
+    if not rows:
+        return None
+    by_id = {r["id"]: r for r in rows}
+    if st.session_state.get(PROJECT_KEY) not in by_id:
+        st.session_state[PROJECT_KEY] = rows[0]["id"]
+    container = where if where is not None else st.sidebar
+    container.selectbox("Project", list(by_id), format_func=lambda i: by_id[i]["name"], key=PROJECT_KEY)
+    return by_id[st.session_state[PROJECT_KEY]]
+
+
+@st.dialog("Guidelines", width="large")
+def guidelines_dialog(project: dict[str, Any]) -> None:
+    st.markdown(f"**{project['name']}**")
+    if project["guidelines"].strip():
+        st.markdown(project["guidelines"])
+    else:
+        st.info("This project has no guidelines yet.")
+
+
+def guidelines_button(project: dict[str, Any], where: Any = None) -> None:
+    container = where if where is not None else st.sidebar
+    if container.button("Guidelines", icon=":material/menu_book:", key="guidelines_btn",
+                        shortcut="G", width="stretch"):
+        guidelines_dialog(project)
+
+
+def progress_line(user_id: int, project_id: int) -> None:
+    from db.services.agreement import annotator_progress
+    with db() as s:
+        mine = annotator_progress(s, user_id, project_id)
+        left = assignment.tasks_left(s, user_id, project_id)
+    st.caption(f":material/check_circle: **{mine['today']}** done today · **{mine['total']}** in total · "
+               f"**{left}** tasks left")
+
+
+# ------------------------------------------------------------------ current task per page
+def held_key(kind: str, project_id: int) -> str:
+    return f"task:{kind}:{project_id}"
+
+
+def current_task(user_id: int, project_id: int, kind: str) -> Any | None:
+    """The task on screen for this page (leased through next_task), with the time it was first shown."""
+    key = held_key(kind, project_id)
+    view = st.session_state.get(key)
+    if view is None:
+        with db() as s:
+            view = assignment.next_task(s, user_id, project_id, kind=kind)
+        if view is None:
+            st.session_state.pop(key, None)
+            return None
+        st.session_state[key] = view
+        st.session_state[key + ":shown"] = time.time()
+    return view
+
+
+def seconds_on(kind: str, project_id: int) -> float:
+    return round(time.time() - st.session_state.get(held_key(kind, project_id) + ":shown", time.time()), 2)
+
+
+def done_with(kind: str, project_id: int) -> None:
+    st.session_state.pop(held_key(kind, project_id), None)
+    st.session_state.pop(held_key(kind, project_id) + ":shown", None)
+
+
+def release_held_tasks(user_id: int) -> None:
+    """Give back leases held by this browser session (sign-out), so others can take them at once."""
+    for k, v in list(st.session_state.items()):
+        if isinstance(k, str) and k.startswith("task:") and not k.endswith(":shown") and v is not None:
+            try:
+                with db() as s:
+                    assignment.release_task(s, user_id, v.task_id)
+            except ServiceError:
+                pass
+
+
+def empty_state(message: str) -> None:
+    st.success(message, icon=":material/celebration:")
+
+
+def show_error(e: Exception) -> None:
+    st.error(str(e), icon=":material/error:")
+
+
+def ordering_from_ranks(ranks: dict[int, int]) -> list[list[int]]:
+    """{response_id: rank} (1 = best, equal ranks tie) -> [[best ids], [next ids], ...]."""
+    groups: dict[int, list[int]] = {}
+    for rid, r in ranks.items():
+        groups.setdefault(int(r), []).append(rid)
+    return [sorted(groups[r]) for r in sorted(groups)]

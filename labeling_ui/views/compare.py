@@ -1,0 +1,114 @@
+"""Compare: prompt, responses A and B side by side, choice + strength + flags, submit / skip."""
+from __future__ import annotations
+
+import streamlit as st
+
+from db.models import FLAGS, STRENGTHS
+from db.services import assignment, labels
+from db.services.errors import ServiceError
+from labeling_ui import auth
+from labeling_ui.vocab import CHOICES, FLAG_NAMES, SKIP_REASONS, STRENGTH_KEYS
+from labeling_ui.common import (current_task, db, done_with, empty_state, guidelines_button, progress_line,
+                                project_picker, render_prompt, seconds_on, show_error, show_text)
+
+KIND = "compare"
+user = auth.require_user()
+project = project_picker()
+if project is None:
+    st.info("No projects yet. An admin creates one on the Projects page.")
+    st.stop()
+guidelines_button(project)
+with st.sidebar.expander("Keyboard shortcuts", icon=":material/keyboard:"):
+    st.markdown("**1** A better · **2** B better · **3** tie · **4** both bad  \n"
+                "**Q / W / E** slight / clear / strong  \n**Enter** submit · **S** skip · **G** guidelines")
+
+
+def _set(key: str, value: str) -> None:
+    st.session_state[key] = value
+
+
+@st.fragment
+def compare_body(project: dict) -> None:
+    user = auth.require_user()
+    pid = project["id"]
+    flash = st.session_state.pop("_flash", None)
+    if flash:
+        st.toast(flash[0], icon=flash[1])
+    top = st.columns([3, 2], vertical_alignment="bottom")
+    top[0].subheader(f"Compare · {project['name']}")
+    with top[1]:
+        progress_line(user["id"], pid)
+    view = current_task(user["id"], pid, KIND)
+    if view is None:
+        empty_state("No tasks left in this project — thanks!")
+        return
+    tid = view.task_id
+    ck, sk, fk, mk = (f"cmp_choice_{tid}", f"cmp_strength_{tid}", f"cmp_flags_{tid}", f"cmp_comment_{tid}")
+    st.session_state.setdefault(sk, "clear")
+
+    with st.container(border=True, key="prompt_box"):
+        st.caption("PROMPT")
+        render_prompt(view)
+    cols = st.columns(2, gap="medium")
+    for col, letter, resp in zip(cols, "AB", view.responses):
+        with col:
+            with st.container(border=True, height=440, key=f"resp_{letter}"):
+                st.markdown(f"#### Response {letter}")
+                show_text(resp["text"])
+
+    choice = st.session_state.get(ck)
+    with st.container(border=True, key="action_bar"):
+        row = st.columns(4)
+        for c, (value, label, key) in zip(row, CHOICES):
+            c.button(label, key=f"btn_{value}_{tid}", shortcut=key, width="stretch",
+                     type="primary" if choice == value else "secondary", on_click=_set, args=(ck, value))
+        opts = st.columns([3, 4, 3], vertical_alignment="bottom")
+        with opts[0]:
+            st.caption("Strength" + ("" if choice in (None, "a", "b") else " (only for A/B)"))
+            srow = st.columns(3)
+            for c, s_ in zip(srow, STRENGTHS):
+                c.button(s_.capitalize(), key=f"btn_{s_}_{tid}", shortcut=STRENGTH_KEYS[s_], width="stretch",
+                         type="primary" if st.session_state[sk] == s_ else "secondary",
+                         on_click=_set, args=(sk, s_))
+        with opts[1]:
+            st.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=fk)
+        with opts[2]:
+            st.text_input("Comment (optional)", key=mk, placeholder="Anything the reviewers should know")
+        arow = st.columns([2, 3, 1], vertical_alignment="bottom")
+        submit = arow[0].button("Submit", key=f"submit_{tid}", type="primary", shortcut="Enter",
+                                icon=":material/send:", width="stretch")
+        reason = arow[1].selectbox("Skip reason", SKIP_REASONS, key=f"skip_reason_{tid}",
+                                   label_visibility="collapsed")
+        skip = arow[2].button("Skip", key=f"skip_{tid}", shortcut="S", width="stretch")
+        msg = st.empty()
+
+    if submit:
+        if choice is None:
+            msg.warning("Pick one first: A better (1), B better (2), tie (3) or both bad (4).")
+            return
+        try:
+            with db() as s:
+                _, created = labels.submit_preference(
+                    s, user["id"], tid, choice, strength=st.session_state[sk] if choice in ("a", "b") else None,
+                    flags=st.session_state.get(fk) or [], comment=st.session_state.get(mk, ""),
+                    seconds=seconds_on(KIND, pid))
+        except ServiceError as e:
+            show_error(e)
+            return
+        st.session_state["_flash"] = (("Saved" if created else "Already saved — nothing changed"),
+                                      ":material/check:")
+        done_with(KIND, pid)
+        st.rerun(scope="fragment")
+    if skip:
+        try:
+            with db() as s:
+                assignment.skip_task(s, user["id"], tid, reason)
+        except ServiceError as e:
+            show_error(e)
+            return
+        st.session_state["_flash"] = ("Skipped", ":material/skip_next:")
+        done_with(KIND, pid)
+        st.rerun(scope="fragment")
+
+
+compare_body(project)

@@ -1,0 +1,68 @@
+"""Admin: progress dashboard — labels over time, per annotator, per project, tasks by state."""
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from db.services import stats
+from labeling_ui import auth
+from labeling_ui.common import db, project_picker
+
+user = auth.require_user("admin")
+st.subheader("Dashboard")
+project = project_picker(st)
+scope_all = st.toggle("All projects", key="dash_all")
+pid = None if (scope_all or project is None) else project["id"]
+
+with db() as s:
+    prog = stats.progress(s, project["id"]) if project is not None else None
+    over_time = stats.labels_over_time(s, pid)
+    annot = stats.per_annotator(s, pid)
+    per_proj = stats.per_project(s)
+
+if prog is not None and not scope_all:
+    m = st.columns(5)
+    m[0].metric("Tasks", prog["tasks"])
+    m[1].metric("Done", prog["tasks_by_state"].get("done", 0))
+    m[2].metric("Labels", prog["labels"])
+    m[3].metric("Labels today", prog["labels_today"])
+    m[4].metric("Skipped", prog["skipped"])
+
+left, right = st.columns(2)
+with left:
+    st.markdown("##### Labels over time")
+    if len(over_time):
+        st.altair_chart(alt.Chart(over_time).mark_bar().encode(
+            x=alt.X("yearmonthdate(day):T", title="day"), y=alt.Y("sum(n):Q", title="labels"),
+            color=alt.Color("kind:N"), tooltip=["day:T", "project", "annotator", "kind", "n"]),
+            width="stretch")
+    else:
+        st.info("No labels yet.")
+with right:
+    st.markdown("##### Per annotator")
+    if len(annot):
+        st.altair_chart(alt.Chart(annot).mark_bar().encode(
+            x=alt.X("labels:Q"), y=alt.Y("annotator:N", sort="-x"),
+            tooltip=["annotator", "labels", "median_seconds"]), width="stretch")
+        st.dataframe(annot, hide_index=True, width="stretch",
+                     column_config={"median_seconds": st.column_config.NumberColumn(format="%.1f s")})
+    else:
+        st.info("No labels yet.")
+left, right = st.columns(2)
+with left:
+    st.markdown("##### Per project")
+    if len(per_proj):
+        st.altair_chart(alt.Chart(per_proj).mark_bar().encode(
+            x=alt.X("labels:Q"), y=alt.Y("project:N", sort="-x"), tooltip=list(per_proj.columns)),
+            width="stretch")
+        st.dataframe(per_proj, hide_index=True, width="stretch")
+with right:
+    st.markdown("##### Tasks by state")
+    if prog is not None and prog["tasks_by_state"]:
+        states = pd.DataFrame([{"state": k, "tasks": v} for k, v in prog["tasks_by_state"].items()]
+                              + [{"state": "leased now", "tasks": prog["leased"]}])
+        st.altair_chart(alt.Chart(states).mark_arc(innerRadius=50).encode(
+            theta="tasks:Q", color="state:N", tooltip=["state", "tasks"]), width="stretch")
+    else:
+        st.info("No tasks yet.")

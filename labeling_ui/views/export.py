@@ -1,0 +1,73 @@
+"""Admin: export datasets as downloads (same services and filters as `python -m db export`)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import streamlit as st
+
+from db.services import accounts, export, registry
+from db.services.errors import ServiceError
+from labeling_ui import auth
+from labeling_ui.common import db, project_picker, show_error
+
+user = auth.require_user("admin")
+st.subheader("Export")
+project = project_picker(st)
+with db() as s:
+    versions = [mv.name for mv in registry.list_versions(s)]
+    annotators = [u.username for u in accounts.list_users(s, include_system=True)]
+
+KINDS = {"preferences": "Preference pairs (reward model / DPO)", "sft": "Demonstrations (SFT)",
+         "raw": "Raw labels (audit)"}
+kind = st.radio("Dataset", list(KINDS), format_func=KINDS.get, horizontal=True, key="exp_kind")
+filters: dict = {"project": project["name"] if project else None}
+c1, c2, c3 = st.columns(3)
+since = c1.date_input("Since", value=None, key="exp_since")
+until = c2.date_input("Until (exclusive)", value=None, key="exp_until")
+annotator = c3.selectbox("Annotator", ["(all)"] + annotators, key="exp_annotator")
+filters.update(since=since.isoformat() if since else None, until=until.isoformat() if until else None,
+               annotator=None if annotator == "(all)" else annotator)
+if kind == "preferences":
+    c1, c2, c3 = st.columns(3)
+    filters["fmt"] = c1.selectbox("Format", list(export.PREF_FORMATS), key="exp_fmt",
+                                  format_func={"trl": "TRL (prompt / chosen / rejected)",
+                                               "hh": "Anthropic HH"}.get)
+    filters["aggregate"] = c2.selectbox("Several annotators", list(export.AGGREGATES), key="exp_agg")
+    mv = c3.selectbox("Model version", ["(any)"] + versions, key="exp_mv")
+    filters["model_version"] = None if mv == "(any)" else mv
+    c1, c2 = st.columns(2)
+    filters["include_ties"] = c1.checkbox("Include ties and both-bad", key="exp_ties")
+    use_min = c2.checkbox("Minimum agreement", key="exp_use_min")
+    if use_min:
+        filters["min_agreement"] = c2.slider("Majority share at least", 0.0, 1.0, 0.67, 0.01, key="exp_min")
+elif kind == "sft":
+    c1, c2 = st.columns(2)
+    filters["fmt"] = c1.selectbox("Format", list(export.SFT_FORMATS), key="exp_sft_fmt")
+    statuses = c2.multiselect("Review status", ["accepted", "submitted", "rejected"],
+                              default=["accepted", "submitted"], key="exp_status")
+    filters["statuses"] = tuple(statuses)
+else:
+    mv = st.selectbox("Model version", ["(any)"] + versions, key="exp_raw_mv")
+    filters["model_version"] = None if mv == "(any)" else mv
+
+try:
+    with db() as s:
+        data, manifest = export.export_bytes(s, kind, **filters)
+except ServiceError as e:
+    show_error(e)
+    st.stop()
+stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
+base = f"{kind}{'-' + project['name'] if project else ''}-{stamp}"
+st.metric("Rows", manifest.get("rows", data.count(b"\n")))
+c1, c2 = st.columns(2)
+c1.download_button("Download JSONL", data, file_name=f"{base}.jsonl", mime="application/jsonl",
+                   type="primary", icon=":material/download:", key="exp_download", width="stretch")
+c2.download_button("Download manifest", json.dumps(manifest, indent=2, default=str).encode(),
+                   file_name=f"{base}.jsonl.manifest.json", mime="application/json", key="exp_manifest",
+                   width="stretch")
+with st.expander("Preview (first 5 rows)"):
+    for line in data.decode("utf-8").splitlines()[:5]:
+        st.json(json.loads(line), expanded=False)
+with st.expander("Manifest"):
+    st.json(manifest)

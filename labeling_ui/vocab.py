@@ -1,0 +1,11 @@
+"""Labels shown to annotators for the stored values."""
+from __future__ import annotations
+
+CHOICES = [("a", "A is better", "1"), ("b", "B is better", "2"), ("tie", "Tie", "3"),
+           ("both_bad", "Both bad", "4")]
+CHOICE_NAMES = {c: n for c, n, _ in CHOICES}
+STRENGTH_KEYS = {"slight": "Q", "clear": "W", "strong": "E"}
+FLAG_NAMES = {"hallucination": "Hallucination", "fails_instruction": "Fails the instruction",
+              "harmful": "Harmful", "inappropriate": "Inappropriate", "other": "Other"}
+SKIP_REASONS = ["I can't judge this (outside my knowledge)", "Responses are broken or empty",
+                "Prompt is unclear", "Other"]
