@@ -1,0 +1,90 @@
+"""The admin CLI as a user runs it: exit codes, one-line errors, nothing half-written."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import func, select
+
+from db.cli import main
+from db.migrate import upgrade
+from db.models import Prompt
+from db.session import session_factory
+
+
+@pytest.fixture
+def cli_url(empty_db_url):
+    upgrade(empty_db_url)
+    return empty_db_url
+
+
+def run(url, *args, stdin=None):
+    """The CLI in a real process (password prompts, exit status)."""
+    env = {**os.environ, "DATABASE_URL": url}
+    return subprocess.run([sys.executable, "-m", "db", *args], input=stdin, capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_full_admin_flow(cli_url, tmp_path, shared_data, capsys):
+    assert main(["--url", cli_url, "projects", "create", "mt", "--labels-per-task", "2"]) == 0
+    r = run(cli_url, "users", "add", "alice", "--role", "admin", "--password-stdin", stdin="s3cret-pass\n")
+    assert r.returncode == 0, r.stderr
+    assert "s3cret" not in r.stdout + r.stderr
+    assert main(["--url", cli_url, "import", "prompts", str(shared_data / "mt_bench_questions.jsonl"),
+                 "--project", "mt", "--tasks", "demonstrate"]) == 0
+    assert "80 added" in capsys.readouterr().out
+    assert main(["--url", cli_url, "import", "oasst", str(shared_data / "oasst_en_100_tree.jsonl"),
+                 "--project", "mt"]) == 0
+    out = tmp_path / "prefs.jsonl"
+    assert main(["--url", cli_url, "export", "preferences", "--project", "mt", "-o", str(out)]) == 0
+    assert out.exists() and json.loads(out.with_name("prefs.jsonl.manifest.json").read_text())["rows"] > 0
+    assert main(["--url", cli_url, "stats"]) == 0
+    text = capsys.readouterr().out
+    assert "mt" in text and "import:oasst" in text
+    assert main(["--url", cli_url, "users", "deactivate", "alice"]) == 0
+    assert main(["--url", cli_url, "users", "list"]) == 0
+    assert "False" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content,expect", [
+    (b'{"prompt": "fine"}\n{"prompt": 12}\n', "bad.jsonl:2, field 'prompt'"),
+    (b'{"prompt": "fine"}\nnot json\n', "bad.jsonl:2: malformed JSON"),
+    (b'{"prompt": "caf\xe9"}\n', "bad.jsonl:1: not valid UTF-8"),
+])
+def test_bad_import_exits_nonzero_and_writes_nothing(cli_url, tmp_path, content, expect, capsys):
+    assert main(["--url", cli_url, "projects", "create", "p"]) == 0
+    f = tmp_path / "bad.jsonl"
+    f.write_bytes(content)
+    assert main(["--url", cli_url, "import", "prompts", str(f), "--project", "p"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expect in err and err.count("\n") == 1
+    s = session_factory(cli_url)()
+    assert s.scalar(select(func.count()).select_from(Prompt)) == 0
+    s.close()
+
+
+def test_unknown_project_and_missing_file(cli_url, tmp_path, capsys):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"prompt": "a"}\n')
+    assert main(["--url", cli_url, "import", "prompts", str(f), "--project", "ghost"]) == 2
+    assert "unknown project 'ghost'" in capsys.readouterr().err
+    assert main(["--url", cli_url, "projects", "create", "p"]) == 0
+    assert main(["--url", cli_url, "import", "prompts", str(tmp_path / "nope.jsonl"), "--project", "p"]) == 2
+    assert "nope.jsonl: file not found" in capsys.readouterr().err
+
+
+def test_help_everywhere():
+    for args in (["--help"], ["users", "add", "--help"], ["import", "preferences", "--help"],
+                 ["export", "preferences", "--help"], ["stats", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 0
+
+
+def test_password_never_from_argv():
+    with pytest.raises(SystemExit) as e:
+        main(["users", "add", "bob", "--password", "x"])
+    assert e.value.code == 2

@@ -1,0 +1,102 @@
+"""Rankings, demonstrations, revision policy, history, review."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import func, select
+
+from db.models import Demonstration, Ranking, utcnow
+from db.services import assignment, content, labels, projects, stats, tasks
+from db.services.errors import InputError, ServiceError
+from tests.db_helpers import make_compare_project, make_users
+
+
+def _rank_task(session, pid, k=4):
+    pr, _ = content.add_prompt(session, pid, messages=[{"role": "system", "content": "Be brief."},
+                                                       {"role": "user", "content": "Name a colour."}])
+    rids = [content.add_response(session, pr.id, f"colour {i}")[0].id for i in range(k)]
+    t, _ = tasks.create_task(session, pid, "rank", pr.id, rids)
+    session.commit()
+    return t, rids
+
+
+def test_ranking_with_ties(session):
+    (u,) = make_users(session, 1)
+    p = projects.create_project(session, "r")
+    t, rids = _rank_task(session, p.id)
+    v = assignment.next_task(session, u, p.id)
+    assert v.kind == "rank" and len(v.responses) == 4 and v.messages[0]["role"] == "system"
+    with pytest.raises(InputError, match="every response"):
+        labels.submit_ranking(session, u, t.id, [[rids[0]], [rids[1]]])
+    with pytest.raises(InputError, match="everything ties"):
+        labels.submit_ranking(session, u, t.id, [rids])
+    r, created = labels.submit_ranking(session, u, t.id, [[rids[2]], [rids[0], rids[3]], [rids[1]]],
+                                       flags=["hallucination"], seconds=12)
+    assert created and r.ordering[1] == [rids[0], rids[3]]
+    _, again = labels.submit_ranking(session, u, t.id, [[rids[0]], [rids[1], rids[2], rids[3]]])
+    assert not again and session.scalar(select(func.count()).select_from(Ranking)) == 1
+    with pytest.raises(InputError, match="flag"):
+        labels.submit_ranking(session, u, t.id, [[rids[0]], rids[1:]], flags=["rude"])
+
+
+def test_rank_task_needs_three_responses(session):
+    p = projects.create_project(session, "r")
+    pr, _ = content.add_prompt(session, p.id, text="x")
+    rids = [content.add_response(session, pr.id, f"r{i}")[0].id for i in range(2)]
+    with pytest.raises(InputError, match="at least 3"):
+        tasks.create_task(session, p.id, "rank", pr.id, rids)
+
+
+def test_demonstration_validation_review_and_revision(session):
+    (u, admin) = make_users(session, 2)
+    p = projects.create_project(session, "d", settings={"min_demonstration_chars": 30})
+    content.add_prompt(session, p.id, text="Explain tides.")
+    assert tasks.create_demonstrate_tasks(session, p.id) == 1
+    assert tasks.create_demonstrate_tasks(session, p.id) == 0  # idempotent
+    session.commit()
+    v = assignment.next_task(session, u, p.id)
+    with pytest.raises(InputError, match="at least 30"):
+        labels.submit_demonstration(session, u, v.task_id, "The moon.")
+    assert session.scalar(select(func.count()).select_from(Demonstration)) == 0
+    text = "Tides are caused by the gravitational pull of the moon and the sun."
+    d, created = labels.submit_demonstration(session, u, v.task_id, text, seconds=40)
+    assert created and d.status == "submitted"
+    d = labels.revise_demonstration(session, u, d.id, text + " Twice a day.")
+    assert d.text.endswith("Twice a day.")
+    labels.review_demonstration(session, d.id, admin, accept=False, note="too short")
+    with pytest.raises(ServiceError, match="rejected"):
+        labels.revise_demonstration(session, u, d.id, text)
+    assert [x.id for x in labels.list_demonstrations(session, p.id, "rejected")] == [d.id]
+
+
+def test_revision_window(session):
+    (u,) = make_users(session, 1)
+    pid, _ = make_compare_project(session, n_tasks=1)
+    v = assignment.next_task(session, u, pid)
+    t0 = utcnow()
+    lab, _ = labels.submit_preference(session, u, v.task_id, "a", strength="slight", now=t0)
+    lab = labels.revise_preference(session, u, lab.id, "b", strength="strong", flags=["harmful"],
+                                   now=t0 + dt.timedelta(hours=1))
+    assert (lab.choice, lab.strength, lab.flags) == ("b", "strong", ["harmful"])
+    with pytest.raises(ServiceError, match="24 hours"):
+        labels.revise_preference(session, u, lab.id, "a", now=t0 + dt.timedelta(hours=25))
+    hist = labels.history(session, u)
+    assert hist[0]["choice"] == "b" and hist[0]["task_id"] == v.task_id
+
+
+def test_bad_choice_and_progress(session):
+    u1, u2 = make_users(session, 2)
+    pid, _ = make_compare_project(session, n_tasks=3, overlap=2)
+    v = assignment.next_task(session, u1, pid)
+    with pytest.raises(InputError, match="choice"):
+        labels.submit_preference(session, u1, v.task_id, "c")
+    with pytest.raises(InputError, match="strength"):
+        labels.submit_preference(session, u1, v.task_id, "a", strength="huge")
+    labels.submit_preference(session, u1, v.task_id, "tie", strength="strong")
+    pr = stats.progress(session, pid)
+    assert pr["labels"] == 1 and pr["tasks"] == 3 and pr["labels_today"] == 1
+    assert assignment.tasks_left(session, u1, pid) == 2 and assignment.tasks_left(session, u2, pid) == 3
+    df = stats.labels_over_time(session, pid)
+    assert df["n"].sum() == 1 and list(df.columns) == ["day", "project", "annotator", "kind", "n"]
+    assert stats.per_annotator(session, pid).iloc[0]["annotator"] == "ann0"
