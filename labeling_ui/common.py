@@ -172,3 +172,13 @@ def ordering_from_ranks(ranks: dict[int, int]) -> list[list[int]]:
     for rid, r in ranks.items():
         groups.setdefault(int(r), []).append(rid)
     return [sorted(groups[r]) for r in sorted(groups)]
+
+
+def rerun_fragment() -> None:
+    """Rerun just the enclosing fragment (fast path), or the whole page when not in a fragment rerun
+    (e.g. when the fragment ran as part of a full run, which is also what AppTest does)."""
+    from streamlit.errors import StreamlitAPIException
+    try:
+        st.rerun(scope="fragment")
+    except StreamlitAPIException:
+        st.rerun()

@@ -8,7 +8,7 @@ from db.services import assignment, labels
 from db.services.errors import ServiceError
 from labeling_ui import auth
 from labeling_ui.vocab import CHOICES, FLAG_NAMES, SKIP_REASONS, STRENGTH_KEYS
-from labeling_ui.common import (current_task, db, done_with, empty_state, guidelines_button, progress_line,
+from labeling_ui.common import (rerun_fragment, current_task, db, done_with, empty_state, guidelines_button, progress_line,
                                 project_picker, render_prompt, seconds_on, show_error, show_text)
 
 KIND = "compare"
@@ -98,7 +98,7 @@ def compare_body(project: dict) -> None:
         st.session_state["_flash"] = (("Saved" if created else "Already saved — nothing changed"),
                                       ":material/check:")
         done_with(KIND, pid)
-        st.rerun(scope="fragment")
+        rerun_fragment()
     if skip:
         try:
             with db() as s:
@@ -108,7 +108,7 @@ def compare_body(project: dict) -> None:
             return
         st.session_state["_flash"] = ("Skipped", ":material/skip_next:")
         done_with(KIND, pid)
-        st.rerun(scope="fragment")
+        rerun_fragment()
 
 
 compare_body(project)

@@ -6,7 +6,7 @@ import streamlit as st
 from db.services import assignment, labels, projects
 from db.services.errors import ServiceError
 from labeling_ui import auth
-from labeling_ui.common import (current_task, db, done_with, empty_state, guidelines_button, progress_line,
+from labeling_ui.common import (rerun_fragment, current_task, db, done_with, empty_state, guidelines_button, progress_line,
                                 project_picker, render_prompt, seconds_on, show_error)
 from labeling_ui.vocab import SKIP_REASONS
 
@@ -63,7 +63,7 @@ def demonstrate_body(project: dict) -> None:
             return
         st.session_state["_flash_demo"] = "Demonstration saved" if created else "Already saved"
         done_with(KIND, pid)
-        st.rerun(scope="fragment")
+        rerun_fragment()
     if skip:
         try:
             with db() as s:
@@ -73,7 +73,7 @@ def demonstrate_body(project: dict) -> None:
             return
         st.session_state["_flash_demo"] = "Skipped"
         done_with(KIND, pid)
-        st.rerun(scope="fragment")
+        rerun_fragment()
 
 
 demonstrate_body(project)

@@ -9,7 +9,7 @@ from db.models import FLAGS
 from db.services import assignment, labels
 from db.services.errors import ServiceError
 from labeling_ui import auth
-from labeling_ui.common import (current_task, db, done_with, empty_state, guidelines_button, progress_line,
+from labeling_ui.common import (rerun_fragment, current_task, db, done_with, empty_state, guidelines_button, progress_line,
                                 ordering_from_ranks, project_picker, render_prompt, seconds_on, show_error,
                                 show_text)
 from labeling_ui.vocab import FLAG_NAMES, SKIP_REASONS
@@ -83,7 +83,7 @@ def rank_body(project: dict) -> None:
             return
         st.session_state["_flash_rank"] = "Ranking saved" if created else "Already saved — nothing changed"
         done_with(KIND, pid)
-        st.rerun(scope="fragment")
+        rerun_fragment()
     if skip:
         try:
             with db() as s:
@@ -93,7 +93,7 @@ def rank_body(project: dict) -> None:
             return
         st.session_state["_flash_rank"] = "Skipped"
         done_with(KIND, pid)
-        st.rerun(scope="fragment")
+        rerun_fragment()
 
 
 rank_body(project)

@@ -1,0 +1,352 @@
+"""AppTest coverage of every page of the labeling app (streamlit.testing.v1, no browser).
+
+Each test seeds a fresh SQLite database (labeling_ui.seed) and points the app at it through
+DATABASE_URL. Signing in is exercised once through the form; other tests put the signed-in user
+into session state directly (the app re-validates it against the database on every run).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from db.models import Assignment, Demonstration, PreferenceLabel, Prompt, Ranking
+from db.session import session_scope
+from labeling_ui.common import safe_markdown
+from labeling_ui.seed import seed
+
+APP = str(Path(__file__).resolve().parents[1] / "labeling_ui" / "app.py")
+VIEWS = Path(APP).parent / "views"
+TIMEOUT = 60
+
+
+@pytest.fixture
+def seeded(sqlite_url, monkeypatch):  # noqa: ANN001, ANN201
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    info = seed(sqlite_url, n_compare=4, n_rank=2, n_demonstrate=2, create_tables=False)
+    info["url"] = sqlite_url
+    return info
+
+
+def app_as(username: str | None, info: dict, role: str = "annotator", script: str = APP) -> AppTest:
+    at = AppTest.from_file(script, default_timeout=TIMEOUT)
+    if username:
+        uid = info[f"{username}_id"]
+        at.session_state["user"] = {"id": uid, "username": username, "display_name": username, "role": role}
+    return at.run()
+
+
+def count(url: str, model) -> int:  # noqa: ANN001
+    with session_scope(url) as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for e in at.markdown] + [e.value for e in at.subheader] + [e.value for e in at.title]
+    parts += [e.value for e in at.error] + [e.value for e in at.warning] + [e.value for e in at.info]
+    parts += [e.value for e in at.success] + [e.value for e in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+# ------------------------------------------------------------------ sign-in, roles, expiry
+def test_sign_in_wrong_then_right_then_sign_out(seeded):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert "Sign in" in texts(at) or at.text_input(key="signin_username")
+    assert not [b for b in at.button if b.label == "Submit"]
+    at.text_input(key="signin_username").input("alice")
+    at.text_input(key="signin_password").input("wrong-password")
+    at.button[0].click().run()
+    assert "wrong password" in texts(at)
+    assert "user" not in at.session_state
+    at.text_input(key="signin_password").input("password123")
+    at.button[0].click().run()
+    no_exception(at)
+    assert at.session_state["user"]["username"] == "alice"
+    assert "Compare · demo" in texts(at)
+    at.button(key="signout_btn").click().run()
+    assert "user" not in at.session_state
+    assert "You have signed out." in texts(at)
+    assert "Compare · demo" not in texts(at)
+
+
+def test_signed_out_sees_only_sign_in(seeded):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert at.text_input(key="signin_username") is not None
+    for page in ("users", "export", "compare"):
+        # Not registered in the navigation while signed out: no URL reaches it.
+        with pytest.raises(ValueError, match="Known pages: \\['Sign in'\\]"):
+            at.switch_page(f"views/{page}.py")
+    # An admin page run directly (as if its URL were opened) refuses too.
+    direct = AppTest.from_file(str(VIEWS / "users.py"), default_timeout=TIMEOUT).run()
+    assert "Please sign in" in texts(direct) and "alice" not in texts(direct)
+
+
+def test_annotator_refused_on_admin_pages(seeded):
+    at = app_as("alice", seeded)
+    for page in ("users", "export", "dashboard", "imports", "projects", "agreement", "review", "models"):
+        direct = app_as("alice", seeded, script=str(VIEWS / f"{page}.py"))
+        assert "for admins only" in texts(direct), page
+        assert not direct.dataframe and not direct.download_button
+    # Through the app, admin page files are not registered for annotators (their URLs map to a refusal).
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        at.switch_page("views/users.py")
+
+
+def test_deactivated_user_and_idle_expiry_sign_out(seeded, monkeypatch):
+    at = app_as("alice", seeded)
+    assert "Compare · demo" in texts(at)
+    at.session_state["_last_seen"] = time.time() - 10 * 3600
+    at.run()
+    assert "user" not in at.session_state
+    assert "expired" in texts(at)
+    at = app_as("bob", seeded)
+    from db.services import accounts
+    with session_scope(seeded["url"]) as s:
+        accounts.deactivate(s, "bob")
+    at.run()
+    assert "user" not in at.session_state and "not active" in texts(at)
+
+
+# ------------------------------------------------------------------ compare
+def _prompt_shown(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if "tell me about" in m.value or "Short please" in m.value)
+
+
+def test_compare_submit_writes_one_label_and_shows_next(seeded):
+    at = app_as("alice", seeded)
+    first = _prompt_shown(at)
+    # HTML in model text is escaped so it shows as text.
+    assert any("\\<script>" in m.value for m in at.markdown)
+    at.button(key=f"submit_{seeded['compare_task_ids'][0]}").click().run()
+    assert "Pick one first" in texts(at)
+    assert count(seeded["url"], PreferenceLabel) == 0
+    tid = seeded["compare_task_ids"][0]
+    at.button(key=f"btn_b_{tid}").click().run()
+    assert at.button(key=f"btn_b_{tid}").proto.type == "primary"
+    at.button(key=f"btn_strong_{tid}").click().run()
+    at.pills(key=f"cmp_flags_{tid}").set_value(["hallucination"]).run()
+    at.text_input(key=f"cmp_comment_{tid}").input("B is right").run()
+    at.button(key=f"submit_{tid}").click().run()
+    no_exception(at)
+    with session_scope(seeded["url"]) as s:
+        labels = s.scalars(select(PreferenceLabel)).all()
+        assert len(labels) == 1
+        lab = labels[0]
+        assert (lab.task_id, lab.user_id, lab.choice, lab.strength) == (tid, seeded["alice_id"], "b", "strong")
+        assert lab.flags == ["hallucination"] and lab.comment == "B is right"
+        assert lab.seconds is not None and lab.seconds >= 0
+    assert _prompt_shown(at) != first
+    assert any(t.value == "Saved" for t in at.toast)
+
+
+def test_compare_double_submit_writes_one_label(seeded):
+    at = app_as("alice", seeded)
+    tid = seeded["compare_task_ids"][0]
+    view = at.session_state[f"task:compare:{seeded['project_id']}"]
+    at.button(key=f"btn_a_{tid}").click().run()
+    at.button(key=f"submit_{tid}").click().run()
+    assert count(seeded["url"], PreferenceLabel) == 1
+    # The same submit arrives again (double click / resent request): the old task is back on screen.
+    at.session_state[f"task:compare:{seeded['project_id']}"] = view
+    at.session_state[f"cmp_choice_{tid}"] = "a"
+    at.run()
+    at.button(key=f"submit_{tid}").click().run()
+    no_exception(at)
+    assert count(seeded["url"], PreferenceLabel) == 1
+    assert any("Already saved" in t.value for t in at.toast)
+
+
+def test_compare_skip_records_reason_and_moves_on(seeded):
+    at = app_as("alice", seeded)
+    tid = seeded["compare_task_ids"][0]
+    at.selectbox(key=f"skip_reason_{tid}").set_value("Prompt is unclear").run()
+    at.button(key=f"skip_{tid}").click().run()
+    no_exception(at)
+    with session_scope(seeded["url"]) as s:
+        a = s.scalar(select(Assignment).where(Assignment.task_id == tid))
+        assert a.state == "skipped" and a.skip_reason == "Prompt is unclear"
+    assert count(seeded["url"], PreferenceLabel) == 0
+    assert at.session_state[f"task:compare:{seeded['project_id']}"].task_id != tid
+
+
+def test_compare_empty_state(seeded):
+    at = app_as("alice", seeded)
+    for _ in range(4):
+        view = at.session_state[f"task:compare:{seeded['project_id']}"]
+        at.button(key=f"btn_tie_{view.task_id}").click().run()
+        at.button(key=f"submit_{view.task_id}").click().run()
+    no_exception(at)
+    assert count(seeded["url"], PreferenceLabel) == 4
+    assert "No tasks left in this project — thanks!" in texts(at)
+
+
+# ------------------------------------------------------------------ rank, demonstrate, history
+def test_rank_submit_with_ties(seeded):
+    at = app_as("alice", seeded)
+    at.switch_page("views/rank.py").run()
+    view = at.session_state[f"task:rank:{seeded['project_id']}"]
+    ids = [r["id"] for r in view.responses]
+    assert len(ids) >= 3
+    at.button(key=f"rank_submit_{view.task_id}").click().run()
+    assert "Give every response a rank" in texts(at)
+    for rid, rank in zip(ids, [2, 1, 2, 3]):
+        at.button_group(key=f"rank_{view.task_id}_{rid}").set_value(rank)
+    at.run()
+    at.button(key=f"rank_submit_{view.task_id}").click().run()
+    no_exception(at)
+    with session_scope(seeded["url"]) as s:
+        r = s.scalars(select(Ranking)).one()
+        assert r.ordering == [[ids[1]], sorted([ids[0], ids[2]]), [ids[3]]]
+        assert r.seconds is not None
+    assert at.session_state[f"task:rank:{seeded['project_id']}"].task_id != view.task_id
+
+
+def test_demonstrate_validation_then_submit(seeded):
+    at = app_as("alice", seeded)
+    at.switch_page("views/demonstrate.py").run()
+    view = at.session_state[f"task:demonstrate:{seeded['project_id']}"]
+    at.text_area(key=f"demo_text_{view.task_id}").input("Too short").run()
+    assert "minimum 20" in texts(at)
+    at.button(key=f"demo_submit_{view.task_id}").click().run()
+    assert "write at least 20" in texts(at)
+    assert count(seeded["url"], Demonstration) == 0
+    at.text_area(key=f"demo_text_{view.task_id}").input("A complete, helpful answer that is long enough.").run()
+    at.button(key=f"demo_submit_{view.task_id}").click().run()
+    no_exception(at)
+    assert count(seeded["url"], Demonstration) == 1
+
+
+def test_history_lists_and_revises(seeded):
+    at = app_as("alice", seeded)
+    tid = seeded["compare_task_ids"][0]
+    at.button(key=f"btn_a_{tid}").click().run()
+    at.button(key=f"submit_{tid}").click().run()
+    at.switch_page("views/history.py").run()
+    no_exception(at)
+    assert at.dataframe[0].value.shape[0] == 1
+    at.radio[0].set_value("b")
+    form_btn = [b for b in at.button if b.label == "Save revision"][0]
+    form_btn.click().run()
+    no_exception(at)
+    with session_scope(seeded["url"]) as s:
+        lab = s.scalars(select(PreferenceLabel)).one()
+        assert lab.choice == "b" and lab.updated_at is not None
+
+
+# ------------------------------------------------------------------ admin pages
+def test_admin_pages_render(seeded):
+    at = app_as("admin", seeded, role="admin")
+    for page in ("dashboard", "agreement", "review", "projects", "users", "imports", "models", "export",
+                 "compare", "history"):
+        at.switch_page(f"views/{page}.py").run()
+        no_exception(at)
+        assert "for admins only" not in texts(at), page
+
+
+def test_admin_import_bad_file_shows_error_and_writes_nothing(seeded):
+    before = count(seeded["url"], Prompt)
+    at = app_as("admin", seeded, role="admin")
+    at.switch_page("views/imports.py").run()
+    bad = b'{"prompt": "fine"}\n{"prompt": "also fine"}\n{"nope": 1}\n'
+    at.file_uploader(key="imp_file").upload("bad.jsonl", bad, "application/jsonl").run()
+    at.button(key="imp_go").click().run()
+    no_exception(at)
+    err = " ".join(e.value for e in at.error)
+    assert "bad.jsonl:3" in err, err
+    assert count(seeded["url"], Prompt) == before
+    good = b'{"prompt": "A brand new prompt"}\n{"prompt": "Another new prompt"}\n'
+    at.file_uploader(key="imp_file").upload("good.jsonl", good, "application/jsonl").run()
+    at.button(key="imp_go").click().run()
+    assert not at.error and "2 added" in texts(at)
+    assert count(seeded["url"], Prompt) == before + 2
+
+
+@pytest.fixture
+def captured_downloads(monkeypatch):  # noqa: ANN001, ANN201
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    got: list[tuple[bytes, str | None]] = []
+    orig = MemoryMediaFileStorage.load_and_get_id
+
+    def spy(self, path_or_data, mimetype, kind, filename=None):  # noqa: ANN001, ANN202
+        got.append((path_or_data, filename))
+        return orig(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
+    return got
+
+
+def test_export_download_content(seeded, captured_downloads):
+    at = app_as("alice", seeded)
+    for tid, choice in zip(seeded["compare_task_ids"][:2], ["a", "b"]):
+        at.button(key=f"btn_{choice}_{tid}").click().run()
+        at.button(key=f"submit_{tid}").click().run()
+    assert count(seeded["url"], PreferenceLabel) == 2
+    admin = app_as("admin", seeded, role="admin")
+    admin.switch_page("views/export.py").run()
+    no_exception(admin)
+    captured_downloads.clear()
+    admin.run()
+    jsonl = [(d, f) for d, f in captured_downloads if f and f.endswith(".jsonl")]
+    assert jsonl, captured_downloads
+    rows = [json.loads(line) for line in jsonl[-1][0].decode().splitlines()]
+    assert len(rows) == 2 and {"prompt", "chosen", "rejected"} <= set(rows[0])
+    manifest = json.loads([d for d, f in captured_downloads if f and f.endswith(".manifest.json")][-1])
+    assert manifest["rows"] == 2
+    # Filters change the content: HH format.
+    admin.selectbox(key="exp_fmt").set_value("hh").run()
+    rows = [json.loads(line) for line in captured_downloads[-2][0].decode().splitlines()]
+    assert rows[0]["chosen"].startswith("\n\nHuman:")
+    admin.radio(key="exp_kind").set_value("raw").run()
+    assert "raw" in captured_downloads[-2][1]
+
+
+def test_admin_users_create_and_deactivate(seeded):
+    at = app_as("admin", seeded, role="admin")
+    at.switch_page("views/users.py").run()
+    form_inputs = at.text_input
+    form_inputs[0].input("carol")
+    form_inputs[1].input("Carol")
+    form_inputs[2].input("short")
+    [b for b in at.button if b.label == "Create user"][0].click().run()
+    assert "at least 8" in " ".join(e.value for e in at.error)
+    at.text_input[0].input("carol")
+    at.text_input[2].input("long-enough-pw")
+    [b for b in at.button if b.label == "Create user"][0].click().run()
+    no_exception(at)
+    from db.services import accounts
+    with session_scope(seeded["url"]) as s:
+        assert accounts.authenticate(s, "carol", "long-enough-pw") is not None
+
+
+def test_review_accept(seeded):
+    at = app_as("alice", seeded)
+    at.switch_page("views/demonstrate.py").run()
+    view = at.session_state[f"task:demonstrate:{seeded['project_id']}"]
+    at.text_area(key=f"demo_text_{view.task_id}").input("A complete, helpful answer that is long enough.").run()
+    at.button(key=f"demo_submit_{view.task_id}").click().run()
+    admin = app_as("admin", seeded, role="admin")
+    admin.switch_page("views/review.py").run()
+    with session_scope(seeded["url"]) as s:
+        did = s.scalars(select(Demonstration)).one().id
+    admin.text_input(key=f"note_{did}").input("great")
+    admin.button(key=f"accept_{did}").click().run()
+    no_exception(admin)
+    with session_scope(seeded["url"]) as s:
+        d = s.scalars(select(Demonstration)).one()
+        assert d.status == "accepted" and d.review_note == "great"
+
+
+# ------------------------------------------------------------------ text safety
+def test_safe_markdown_escapes_html_outside_code():
+    src = "Hi <script>alert(1)</script> $5\n\n```html\n<b>code</b>\n```\nand `<i>` inline"
+    out = safe_markdown(src)
+    assert "\\<script>" in out and "\\$5" in out
+    assert "```html\n<b>code</b>\n```" in out and "`<i>`" in out
