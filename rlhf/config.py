@@ -1,0 +1,175 @@
+"""Job configuration: our arguments beside TRL's, and device-aware defaults.
+
+Every training job has ONE dataclass = ``JobFields`` (ours: where the data and the model come from, where the
+result goes) mixed *in front of* a TRL/HF ``TrainingArguments`` subclass, so ``python -m rlhf.<job> --help``
+lists everything and ``TrlParser`` reads the same keys from ``--config job.yaml``:
+
+    SFTJobConfig    = JobFields + DeviceDefaults + trl.SFTConfig
+    RewardJobConfig = JobFields + RewardFields + DeviceDefaults + trl.RewardConfig
+    (later) PPOJobConfig = JobFields + DeviceDefaults + rlhf.ppo_config.PPOConfig (ours, a TrainingArguments)
+
+``JobFields`` comes first in the MRO so its ``project`` replaces ``TrainingArguments.project`` (a trackio
+setting we do not use). ``DeviceDefaults`` resolves ``bf16`` / ``gradient_checkpointing`` from the hardware
+*before* TRL's ``__post_init__`` (which would otherwise turn bf16 on, failing on CPU).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+CHAT_FORMATS = ("auto", "always", "never")
+# On CUDA, gradient checkpointing pays for itself only when activations are the memory problem.
+CHECKPOINTING_MIN_PARAMS = 1_000_000_000
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def bf16_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class JobFields:
+    """Arguments every InstructLoop training job shares (ours, not TRL's)."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "Starting model: a registered model version (name or id), a local HF directory or a hub id. "
+                "Unregistered paths are registered as 'external' versions so lineage stays complete."})
+    project: str | None = field(default=None, metadata={
+        "help": "InstructLoop project whose labels to train on (read from the database)."})
+    dataset: str | None = field(default=None, metadata={
+        "help": "A JSONL file instead of --project (the format `python -m db export` writes)."})
+    eval_dataset: str | None = field(default=None, metadata={
+        "help": "Held-out JSONL. Default: a deterministic slice of the training rows (--eval_fraction)."})
+    eval_fraction: float = field(default=0.1, metadata={
+        "help": "Share of prompts held out for evaluation (split by prompt, so no prompt is in both)."})
+    name: str | None = field(default=None, metadata={
+        "help": "Name of the model version to register (default: <job>-<project or file>-<timestamp>)."})
+    database_url: str | None = field(default=None, metadata={
+        "help": "Database URL (default: $DATABASE_URL, else sqlite:///data/instructloop.sqlite3)."})
+    register: bool = field(default=True, metadata={
+        "help": "Register the trained model as a model version (--no_register to skip)."})
+    resume: bool = field(default=False, metadata={
+        "help": "Resume from the last checkpoint in the run folder (after a kill)."})
+    chat_format: str = field(default="auto", metadata={
+        "help": "Render prompts with the tokenizer's chat template: auto (when it has one, or the data is chat), "
+                "always, never (plain 'prompt\\n' + completion).", "choices": list(CHAT_FORMATS)})
+    attn_implementation: str = field(default="auto", metadata={
+        "help": "Attention kernel passed on every load: auto (eager for GPT-Neo, sdpa otherwise), eager, sdpa, "
+                "flash_attention_2."})
+    max_rows: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+
+
+@dataclass
+class DeviceDefaults:
+    """bf16 and gradient checkpointing default to what the device supports (None = decide here)."""
+
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 mixed precision. Default: on with a CUDA GPU that supports it, off on CPU (float32)."})
+    gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "Gradient checkpointing. Default: off on CPU (it only slows training there); on CUDA, on for "
+                "models of 1B+ parameters."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+
+    def _resolve_device_defaults(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = bool(bf16_available()) and not getattr(self, "fp16", False)
+        # transformers 5 renamed it activation_checkpointing (the old name is a deprecated alias).
+        ac = getattr(self, "activation_checkpointing", None)
+        chosen = ac if ac is not None else self.gradient_checkpointing
+        self._checkpointing_auto = chosen is None
+        self.gradient_checkpointing = None
+        if hasattr(self, "activation_checkpointing"):
+            self.activation_checkpointing = bool(chosen)
+        else:
+            self.gradient_checkpointing = bool(chosen)
+        self._output_dir_given = getattr(self, "output_dir", None) is not None
+
+    def finalize_for_model(self, model: Any) -> None:
+        """Turn checkpointing on for big models on CUDA when the user left it unset."""
+        if getattr(self, "_checkpointing_auto", False) and cuda_available():
+            n = sum(p.numel() for p in model.parameters())
+            self.gradient_checkpointing = n >= CHECKPOINTING_MIN_PARAMS
+            if hasattr(self, "activation_checkpointing"):
+                self.activation_checkpointing = self.gradient_checkpointing
+
+
+def _job_config(base: type, extra: tuple[type, ...] = (), doc: str = "") -> type:
+    """JobFields (+ extra) + DeviceDefaults in front of a TRL config class."""
+
+    @dataclass
+    class Cfg(JobFields, *extra, DeviceDefaults, base):  # type: ignore[misc,valid-type]
+        def __post_init__(self) -> None:
+            self._resolve_device_defaults()
+            if self.chat_format not in CHAT_FORMATS:
+                raise ValueError(f"--chat_format must be one of {', '.join(CHAT_FORMATS)}")
+            base.__post_init__(self)
+
+    Cfg.__doc__ = doc
+    return Cfg
+
+
+def sft_config_class() -> type:
+    from trl import SFTConfig
+
+    global SFTJobConfig
+    if SFTJobConfig is None:
+        @dataclass
+        class SFTFields:
+            statuses: str = field(default="accepted", metadata={
+                "help": "Demonstration statuses to train on, comma-separated (accepted, submitted)."})
+
+        SFTJobConfig = _job_config(SFTConfig, (SFTFields,), "rlhf.train_sft configuration")
+        SFTJobConfig.__name__ = SFTJobConfig.__qualname__ = "SFTJobConfig"
+    return SFTJobConfig
+
+
+def reward_config_class() -> type:
+    from trl import RewardConfig
+
+    global RewardJobConfig
+    if RewardJobConfig is None:
+        @dataclass
+        class RewardFields:
+            aggregate: str = field(default="majority", metadata={
+                "help": "Several annotators on one task: majority, all, unanimous."})
+            use_margin: bool = field(default=True, metadata={
+                "help": "Use the label strength as TRL's margin (loss = -logsigmoid(r_c - r_r - margin))."})
+            normalize: bool = field(default=True, metadata={
+                "help": "Shift the reward so SFT demonstrations score mean 0 (InstructGPT)."})
+            normalize_dataset: str | None = field(default=None, metadata={
+                "help": "SFT JSONL whose completions define reward 0 (default: the project's demonstrations, "
+                        "else the chosen responses of the training data)."})
+            add_pad_token: bool = field(default=False, metadata={
+                "help": "If the tokenizer has no pad token distinct from EOS, add '<|pad|>' and resize the "
+                        "embeddings (otherwise that is an error)."})
+
+        RewardJobConfig = _job_config(RewardConfig, (RewardFields,), "rlhf.train_reward configuration")
+        RewardJobConfig.__name__ = RewardJobConfig.__qualname__ = "RewardJobConfig"
+    return RewardJobConfig
+
+
+SFTJobConfig: Any = None
+RewardJobConfig: Any = None
+
+
+def parse(config_cls: type, argv: list[str] | None, prog: str, description: str) -> Any:
+    """Parse argv (+ ``--config file.yaml``) into the job's config."""
+    from trl import TrlParser
+
+    parser = TrlParser((config_cls,), prog=prog, description=description)
+    (cfg,) = parser.parse_args_and_config(args=argv)
+    return cfg
+
+
+def default_run_dir(job: str, name: str) -> str:
+    from db.settings import home
+
+    return os.fspath(home() / job / name)

@@ -1,0 +1,225 @@
+"""Database and JSONL → ``datasets.Dataset`` in TRL formats: one code path for both sources.
+
+``--project P`` reads rows with ``db.services.export.iter_sft_rows`` / ``iter_preference_rows`` — the very
+iterators ``python -m db export`` writes to JSONL — and ``--dataset FILE`` reads those rows back. Everything
+after the row source (validation, rendering, train/eval split, Dataset) is shared, so a model trained from a
+project and one trained from that project's export see identical data.
+
+Preference files may also be Anthropic HH or TRL implicit-prompt rows: those are converted with
+``db.services.importers.parse_preferences`` (the importer's parser).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from db.services.errors import InputError
+from rlhf.formatting import format_preference_row, format_sft_row, is_chat
+
+SFT_KIND, PREF_KIND = "sft", "preferences"
+
+
+@dataclass
+class Rows:
+    """Rows from one source plus what they were made from (for the model version's lineage)."""
+
+    rows: list[dict[str, Any]]
+    source: dict[str, Any] = field(default_factory=dict)  # {"project"|"dataset", ...}
+    label_ids: dict[str, list[int]] = field(default_factory=dict)
+    dropped: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = dict(self.source)
+        if self.label_ids:
+            snap["ids"] = self.label_ids
+            snap["max_id"] = {k: max(v) for k, v in self.label_ids.items() if v}
+        return snap
+
+
+# ------------------------------------------------------------------------------------- row sources
+
+def sft_rows_from_db(url: str | None, project: str, statuses: Iterable[str] = ("accepted",)) -> Rows:
+    from db.services import export
+    from db.session import session_scope
+
+    statuses = tuple(statuses)
+    collect: dict[str, list[int]] = {}
+    with session_scope(url) as s:
+        rows = list(export.iter_sft_rows(s, project=project, statuses=statuses, collect=collect))
+    if not rows:
+        raise InputError(f"project {project!r} has no demonstrations with status {'/'.join(statuses)}: "
+                         "accept some in the review page (or pass --statuses accepted,submitted)", field="project")
+    return Rows(check_sft_rows(rows, f"project {project}"),
+                {"project": project, "label_table": "demonstrations", "filters": {"statuses": list(statuses)}},
+                export.label_ids(collect))
+
+
+def preference_rows_from_db(url: str | None, project: str, aggregate: str = "majority") -> Rows:
+    from db.services import export
+    from db.session import session_scope
+
+    collect: dict[str, list[int]] = {}
+    with session_scope(url) as s:
+        rows = list(export.iter_preference_rows(s, project=project, aggregate=aggregate, collect=collect))
+    if not rows:
+        raise InputError(f"project {project!r} has no preference labels or rankings to train on "
+                         f"(aggregate={aggregate}; ties and both-bad are left out)", field="project")
+    return Rows(check_preference_rows(rows, f"project {project}"),
+                {"project": project, "label_table": "preference_labels+rankings",
+                 "filters": {"aggregate": aggregate}},
+                export.label_ids(collect))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("file not found", file=str(p))
+    rows = []
+    with p.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"not JSON: {e.msg}", file=str(p), line=i) from e
+            if not isinstance(obj, dict):
+                raise InputError("each line must be a JSON object", file=str(p), line=i)
+            rows.append(obj)
+    if not rows:
+        raise InputError("the file has no rows", file=str(p))
+    return rows
+
+
+def _file_source(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    src: dict[str, Any] = {"dataset": str(p.resolve()),
+                           "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    manifest = p.with_name(p.name + ".manifest.json")
+    if manifest.is_file():
+        try:
+            src["manifest"] = json.loads(manifest.read_text())
+        except json.JSONDecodeError:
+            pass
+    return src
+
+
+def sft_rows_from_file(path: str | Path) -> Rows:
+    raw = read_jsonl(path)
+    rows = []
+    for i, r in enumerate(raw, 1):
+        if "messages" in r and "prompt" not in r:  # OpenAI chat style: the last assistant turn is the completion
+            msgs = r["messages"]
+            if not is_chat(msgs) or len(msgs) < 2 or msgs[-1].get("role") != "assistant":
+                raise InputError("'messages' must be chat turns ending with an assistant turn",
+                                 file=str(path), line=i, field="messages")
+            rows.append({"prompt": msgs[:-1], "completion": [msgs[-1]]})
+        else:
+            rows.append(r)
+    return Rows(check_sft_rows(rows, str(path)), _file_source(path))
+
+
+def preference_rows_from_file(path: str | Path) -> Rows:
+    raw = read_jsonl(path)
+    if all("prompt" in r for r in raw):  # TRL explicit prompt: exactly what the export writes
+        rows = [r for r in raw if not r.get("tie")]
+        return Rows(check_preference_rows(rows, str(path)), _file_source(path), dropped=len(raw) - len(rows))
+    # HH or TRL implicit prompt: the importer's parser splits the shared conversation from the replies
+    from db.services.importers import parse_preferences
+
+    text = Path(path).read_text(encoding="utf-8")
+    _fmt, parsed = parse_preferences(text, str(path))
+    rows = []
+    for r in parsed:
+        msgs = r["messages"]
+        prompt: Any = msgs[0]["content"] if len(msgs) == 1 and msgs[0]["role"] == "user" else msgs
+        rows.append({"prompt": prompt, "chosen": r["chosen"], "rejected": r["rejected"],
+                     "margin": float(r["margin"] or 0.0)})
+    return Rows(check_preference_rows(rows, str(path)), _file_source(path))
+
+
+# ------------------------------------------------------------------------------------- validation
+
+def _missing(rows: list[dict[str, Any]], columns: tuple[str, ...], where: str) -> None:
+    if not rows:
+        raise InputError(f"{where}: no rows")
+    for i, r in enumerate(rows, 1):
+        missing = [c for c in columns if c not in r]
+        if missing:
+            raise InputError(f"{where}: row {i} is missing column(s) {', '.join(missing)} "
+                             f"(expected {', '.join(columns)})", field=missing[0])
+
+
+def check_sft_rows(rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    _missing(rows, ("prompt", "completion"), where)
+    for i, r in enumerate(rows, 1):
+        for c in ("prompt", "completion"):
+            v = r[c]
+            if not (isinstance(v, str) and v.strip()) and not (is_chat(v) and v):
+                raise InputError(f"{where}: row {i}: '{c}' must be non-empty text or chat turns", field=c)
+    return rows
+
+
+def check_preference_rows(rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    _missing(rows, ("prompt", "chosen", "rejected"), where)
+    for i, r in enumerate(rows, 1):
+        for c in ("prompt", "chosen", "rejected"):
+            v = r[c]
+            if not isinstance(v, str) and not (is_chat(v) and v):
+                raise InputError(f"{where}: row {i}: '{c}' must be text or chat turns", field=c)
+        m = r.get("margin")
+        if m is not None and not isinstance(m, (int, float)):
+            raise InputError(f"{where}: row {i}: 'margin' must be a number", field="margin")
+    return rows
+
+
+# ------------------------------------------------------------------------------- split and Dataset
+
+def _prompt_key(prompt: Any) -> float:
+    h = hashlib.sha256(json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return int(h[:12], 16) / 16 ** 12
+
+
+def split_by_prompt(rows: list[dict[str, Any]], eval_fraction: float
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Deterministic split on a hash of the prompt: all pairs of one prompt land on the same side."""
+    if eval_fraction <= 0:
+        return rows, []
+    keys = [_prompt_key(r["prompt"]) for r in rows]
+    train = [r for r, k in zip(rows, keys) if k >= eval_fraction]
+    held = [r for r, k in zip(rows, keys) if k < eval_fraction]
+    distinct = sorted(set(keys))
+    if not held and len(distinct) > 1:  # tiny data: hold out the lowest-hash prompt
+        held = [r for r, k in zip(rows, keys) if k == distinct[0]]
+        train = [r for r, k in zip(rows, keys) if k != distinct[0]]
+    if not train:
+        train, held = held, []
+    return train, held
+
+
+def build_datasets(rows: list[dict[str, Any]], kind: str, chat: bool, eval_fraction: float,
+                   max_rows: int | None = None, eval_rows: list[dict[str, Any]] | None = None):
+    """→ (train Dataset, eval Dataset or None) in TRL prompt-completion / explicit-prompt preference format."""
+    from datasets import Dataset
+
+    fmt = format_sft_row if kind == SFT_KIND else format_preference_row
+    formatted = [fmt(r, chat) for r in rows]
+    if eval_rows is not None:
+        train, held = formatted, [fmt(r, chat) for r in eval_rows]
+    else:
+        train, held = split_by_prompt(formatted, eval_fraction)
+    if max_rows:
+        train = train[:max_rows]
+    return Dataset.from_list(train), (Dataset.from_list(held) if held else None)
+
+
+def load_rows(kind: str, *, url: str | None, project: str | None, dataset: str | None, **filters: Any) -> Rows:
+    """One entry point for both sources."""
+    if bool(project) == bool(dataset):
+        raise InputError("give exactly one of --project (database) or --dataset (JSONL file)", field="project")
+    if kind == SFT_KIND:
+        return sft_rows_from_db(url, project, **filters) if project else sft_rows_from_file(dataset)
+    return preference_rows_from_db(url, project, **filters) if project else preference_rows_from_file(dataset)

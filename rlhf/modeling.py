@@ -1,0 +1,142 @@
+"""Resolve a model reference (version name/id, local path, hub id) and load it the same way everywhere."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from db.services.errors import InputError, NotFound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelRef:
+    ref: str  # what the user typed
+    path: str  # local directory or hub id to load
+    version_id: int | None = None
+    version_name: str | None = None
+    kind: str | None = None  # base | sft | reward | policy | external
+
+
+def resolve_model(ref: str, url: str | None = None) -> ModelRef:
+    """A registered version (name, id or path) → its path; else a local directory or a hub id (unregistered)."""
+    if not ref:
+        raise InputError("--model is required (a model version name, a local directory or a hub id)",
+                         field="model")
+    local = Path(ref).expanduser()
+    candidates = [ref] + ([str(local.resolve())] if local.exists() else [])
+    try:
+        from db.services import registry
+        from db.session import session_scope
+
+        with session_scope(url) as s:
+            for c in candidates:
+                try:
+                    mv = registry.resolve(s, c)
+                except NotFound:
+                    continue
+                return ModelRef(ref, mv.path, mv.id, mv.name, mv.kind)
+    except NotFound:
+        pass
+    except Exception as e:  # no database (e.g. --dataset with --no_register): a path still works
+        log.info("model registry not available (%s); treating %r as a path", e.__class__.__name__, ref)
+    if local.exists():
+        return ModelRef(ref, str(local.resolve()))
+    if ref.startswith((".", "/", "~")) or os.sep in ref and ref.count("/") > 1:
+        raise InputError(f"no model version and no directory named {ref!r}", field="model")
+    return ModelRef(ref, ref)  # a hub id: loading it is the user's call (needs network or a local cache)
+
+
+def ensure_registered(session: Any, m: ModelRef) -> Any:
+    """The model's version row, registering an unregistered path/hub id as kind 'external'."""
+    from db.services import registry
+
+    if m.version_id is not None:
+        return registry.resolve(session, m.version_id)
+    for c in (m.path, m.ref):
+        try:
+            return registry.resolve(session, c)
+        except NotFound:
+            pass
+    name = m.ref if len(m.ref) <= 200 else "external-" + m.ref[-180:]
+    mv = registry.get_or_register(session, name, "external", m.path, config={"registered_by": "rlhf"})
+    m.version_id, m.version_name, m.kind = mv.id, mv.name, mv.kind
+    return mv
+
+
+def attn_implementation(path: str, requested: str = "auto") -> str:
+    """GPT-Neo needs eager attention (its fast paths ignore the local window); sdpa elsewhere."""
+    if requested != "auto":
+        return requested
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(path)
+        return "eager" if getattr(cfg, "model_type", "") == "gpt_neo" else "sdpa"
+    except Exception:  # noqa: BLE001 — let the real load report the problem
+        return "sdpa"
+
+
+def load_tokenizer(path: str, padding_side: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"cannot load a tokenizer from {path!r}: {e}", field="model") from e
+    if padding_side:
+        tok.padding_side = padding_side
+    return tok
+
+
+def pad_problem(tokenizer: Any) -> str | None:
+    """Why this tokenizer cannot pad safely (None when it can)."""
+    if tokenizer.pad_token is None:
+        return "the tokenizer has no pad token"
+    if tokenizer.eos_token is not None and tokenizer.pad_token_id == tokenizer.eos_token_id:
+        return f"the tokenizer's pad token is its EOS token ({tokenizer.eos_token!r})"
+    return None
+
+
+def add_pad_token(tokenizer: Any, model: Any | None = None, token: str = "<|pad|>") -> None:
+    tokenizer.add_special_tokens({"pad_token": token})
+    if model is not None:
+        emb = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > emb:
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_causal_lm(path: str, attn: str = "auto", dtype: Any = None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation(path, attn),
+                                                    dtype=dtype)
+    except OSError as e:
+        raise InputError(f"cannot load a causal LM from {path!r}: {e}", field="model") from e
+
+
+def load_reward_model(path: str, attn: str = "auto", dtype: Any = None) -> Any:
+    """AutoModelForSequenceClassification with one output (a new head when `path` is a causal LM)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "score.weight newly initialized" is expected when starting from an LM
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, attn_implementation=attn_implementation(path, attn), dtype=dtype)
+    except OSError as e:
+        raise InputError(f"cannot load a model from {path!r}: {e}", field="model") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

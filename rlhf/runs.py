@@ -1,0 +1,134 @@
+"""Run folders, metrics.jsonl, resolved config, and the model-version row with lineage."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from db.services.errors import InputError, ServiceError
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "job_config.yaml"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "run"
+
+
+def default_name(job: str, project: str | None, dataset: str | None) -> str:
+    src = project or Path(dataset or "data").stem
+    return f"{job}-{slug(src)}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def setup_run(cfg: Any, job: str) -> tuple[str, Path]:
+    """Pick the version name and run folder; refuse to clobber a finished run or a registered name."""
+    from rlhf.config import default_run_dir
+
+    given_dir = getattr(cfg, "_output_dir_given", False)
+    if cfg.name:
+        name = cfg.name
+    elif given_dir:
+        name = Path(cfg.output_dir).name
+    elif cfg.resume:
+        raise InputError("--resume needs --name (or --output_dir) of the run to resume", field="resume")
+    else:
+        name = default_name(job, cfg.project, cfg.dataset)
+    if not given_dir:
+        cfg.output_dir = default_run_dir(job, slug(name))
+    run_dir = Path(cfg.output_dir)
+    if not cfg.resume and list(run_dir.glob("checkpoint-*")):
+        raise InputError(f"run folder {run_dir} already has checkpoints: pass --resume to continue it, "
+                         "or another --name", field="name")
+    if cfg.register:
+        check_name_free(cfg.database_url, name)
+    return name, run_dir
+
+
+def check_name_free(url: str | None, name: str) -> None:
+    from db.services import registry
+    from db.session import session_scope
+
+    with session_scope(url) as s:
+        try:
+            registry.resolve(s, name)
+        except ServiceError:
+            return
+    raise InputError(f"model version {name!r} already exists: pick another --name", field="name")
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def metrics_callback(run_dir: Path) -> Any:
+    from transformers import TrainerCallback
+
+    class MetricsJsonl(TrainerCallback):
+        """Appends every log (train and eval) to <run>/metrics.jsonl, main process only."""
+
+        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001, ANN003, ANN201
+            if not state.is_world_process_zero or not logs:
+                return
+            run_dir.mkdir(parents=True, exist_ok=True)
+            row = {"step": state.global_step, "epoch": state.epoch, **{k: _clean(v) for k, v in logs.items()}}
+            with (run_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row, default=str) + "\n")
+
+    return MetricsJsonl()
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({k: _clean(v) for k, v in row.items()}, default=str) + "\n")
+
+
+def write_config(run_dir: Path, cfg: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    """The resolved configuration (every field after defaults and device resolution) as YAML."""
+    import yaml
+
+    resolved = json.loads(json.dumps(cfg.to_dict(), default=str))
+    resolved["_resolved"] = json.loads(json.dumps(extra, default=str))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=True))
+    return resolved
+
+
+def register(url: str | None, name: str, kind: str, path: Path, parent: Any, config: dict[str, Any],
+             metrics: dict[str, Any], label_snapshot: dict[str, Any]) -> int:
+    """Register the trained model (parent = the model it started from, registered as external if needed)."""
+    from db.services import registry
+    from db.session import session_scope
+    from rlhf.modeling import ensure_registered
+
+    with session_scope(url) as s:
+        parent_row = ensure_registered(s, parent) if parent is not None else None
+        mv = registry.register_model_version(
+            s, name, kind, str(Path(path).resolve()), parent=parent_row.id if parent_row else None,
+            config=json.loads(json.dumps(config, default=str)),
+            metrics={k: _clean(v) for k, v in metrics.items()}, label_snapshot=label_snapshot)
+        return mv.id
+
+
+def cli(run: Callable[[Any], Any], config_cls: type, prog: str, doc: str, argv: list[str] | None) -> Any:
+    """Parse, run, and turn user errors into one clear line on stderr (exit status 2)."""
+    from rlhf.config import parse
+
+    try:
+        cfg = parse(config_cls, argv, prog, doc)
+        return run(cfg)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
