@@ -47,7 +47,7 @@ def compare_body(project: dict) -> None:
     st.session_state.setdefault(sk, "clear")
 
     with st.container(border=True, key="prompt_box"):
-        st.caption("PROMPT")
+        st.caption(f"PROMPT · task #{tid}")
         render_prompt(view)
     cols = st.columns(2, gap="medium")
     for col, letter, resp in zip(cols, "AB", view.responses):
@@ -62,7 +62,7 @@ def compare_body(project: dict) -> None:
         for c, (value, label, key) in zip(row, CHOICES):
             c.button(label, key=f"btn_{value}_{tid}", shortcut=key, width="stretch",
                      type="primary" if choice == value else "secondary", on_click=_set, args=(ck, value))
-        opts = st.columns([3, 4, 3], vertical_alignment="bottom")
+        opts = st.columns([1, 1], vertical_alignment="bottom")
         with opts[0]:
             st.caption("Strength" + ("" if choice in (None, "a", "b") else " (only for A/B)"))
             srow = st.columns(3)
@@ -71,9 +71,8 @@ def compare_body(project: dict) -> None:
                          type="primary" if st.session_state[sk] == s_ else "secondary",
                          on_click=_set, args=(sk, s_))
         with opts[1]:
-            st.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=fk)
-        with opts[2]:
             st.text_input("Comment (optional)", key=mk, placeholder="Anything the reviewers should know")
+        st.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=fk)
         arow = st.columns([2, 3, 1], vertical_alignment="bottom")
         submit = arow[0].button("Submit", key=f"submit_{tid}", type="primary", shortcut="Enter",
                                 icon=":material/send:", width="stretch")

@@ -40,7 +40,7 @@ def demonstrate_body(project: dict) -> None:
         return
     tid = view.task_id
     with st.container(border=True):
-        st.caption("PROMPT")
+        st.caption(f"PROMPT · task #{tid}")
         render_prompt(view)
     key = f"demo_text_{tid}"
     st.text_area("Your ideal response (Markdown)", key=key, height=300,

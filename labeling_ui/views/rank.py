@@ -41,7 +41,7 @@ def rank_body(project: dict) -> None:
         return
     tid, k = view.task_id, len(view.responses)
     with st.container(border=True):
-        st.caption("PROMPT")
+        st.caption(f"PROMPT · task #{tid}")
         render_prompt(view)
     st.caption(f"Give each response a rank from 1 (best) to {k}. Equal ranks mean a tie.")
     per_row = k if k <= 4 else 3
