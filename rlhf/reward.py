@@ -1,0 +1,144 @@
+"""Reward-model scoring, pairwise metrics, and InstructGPT's bias normalization.
+
+Normalization: after training, the reward is shifted by a constant so the SFT demonstrations score mean 0.
+``GPT2ForSequenceClassification.score`` (and most decoder heads) is a Linear *without* bias, and a bias added
+to it would be dropped by ``AutoModelForSequenceClassification.from_pretrained``. So the shift is folded into a
+parameter that already exists and that the head reads linearly:
+
+1. the head's own bias, when it has one (e.g. BERT-style classifiers);
+2. else the bias ``β`` of the final LayerNorm that feeds the head (GPT-2 / GPT-Neo ``transformer.ln_f``):
+   ``r = w·(γ⊙n + β)``, so ``β ← β − s·w/‖w‖²`` lowers every reward by exactly ``s`` — the LayerNorm output
+   is used by nothing but the head in a sequence-classification model;
+3. else (RMSNorm models, no bias anywhere) the shift is stored as ``config.instructloop["reward_offset"]``
+   and subtracted by :func:`score` (documented fallback: raw ``model(...)`` logits then carry the offset).
+
+The shift is verified by re-scoring the demonstrations, and recorded in ``config.instructloop`` either way.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from rlhf.formatting import encode
+
+CONFIG_KEY = "instructloop"
+
+
+def info(model: Any) -> dict[str, Any]:
+    return dict(getattr(model.config, CONFIG_KEY, None) or {})
+
+
+def set_info(model: Any, **kw: Any) -> None:
+    setattr(model.config, CONFIG_KEY, {**info(model), **kw})
+
+
+@torch.no_grad()
+def score(model: Any, tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 16
+          ) -> list[float]:
+    """Reward of each (prompt, completion), tokenized exactly as TRL's RewardTrainer does."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    offset = float(info(model).get("reward_offset", 0.0))
+    out: list[float] = []
+    for i in range(0, len(prompts), batch_size):
+        ids = [encode(tokenizer, p, c) for p, c in zip(prompts[i:i + batch_size], completions[i:i + batch_size])]
+        n = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), n), dtype=torch.long)
+        for j, x in enumerate(ids):
+            input_ids[j, :len(x)] = torch.tensor(x)
+            mask[j, :len(x)] = 1
+        logits = model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev), use_cache=False).logits
+        out.extend((logits[:, 0].float() - offset).tolist())
+    model.train(was_training)
+    return out
+
+
+def pairwise_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float], bins: int = 10) -> dict[str, float]:
+    """Accuracy (strictly r_c > r_r: ties count as wrong), mean margin, and ECE of sigmoid(r_c - r_r).
+
+    ECE is the usual top-label calibration error over `bins` confidence bins: for each pair the predicted
+    winner has confidence max(p, 1-p) with p = sigmoid(r_c - r_r), and is correct when r_c > r_r."""
+    n = len(r_chosen)
+    if n == 0:
+        return {}
+    d = [c - r for c, r in zip(r_chosen, r_rejected)]
+    correct = [x > 0 for x in d]
+    p = [1.0 / (1.0 + math.exp(-max(min(x, 60.0), -60.0))) for x in d]
+    conf = [max(q, 1 - q) for q in p]
+    ece = 0.0
+    for b in range(bins):
+        lo, hi = 0.5 + 0.5 * b / bins, 0.5 + 0.5 * (b + 1) / bins
+        idx = [i for i, c in enumerate(conf) if lo <= c < hi or (b == bins - 1 and c == hi)]
+        if idx:
+            acc = sum(correct[i] for i in idx) / len(idx)
+            ece += len(idx) / n * abs(acc - sum(conf[i] for i in idx) / len(idx))
+    return {"accuracy": sum(correct) / n, "margin": sum(d) / n, "ece": ece, "pairs": n,
+            "mean_reward_chosen": sum(r_chosen) / n, "mean_reward_rejected": sum(r_rejected) / n}
+
+
+def evaluate_pairs(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], batch_size: int = 16
+                   ) -> dict[str, float]:
+    """Pairwise metrics of formatted preference rows {prompt, chosen, rejected}."""
+    prompts = [r["prompt"] for r in rows]
+    rc = score(model, tokenizer, prompts, [r["chosen"] for r in rows], batch_size)
+    rr = score(model, tokenizer, prompts, [r["rejected"] for r in rows], batch_size)
+    return pairwise_metrics(rc, rr)
+
+
+def _head(model: Any) -> Any:
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Linear):
+            return head
+    return None
+
+
+def _final_norm(model: Any) -> Any:
+    base = getattr(model, model.base_model_prefix, None) if getattr(model, "base_model_prefix", None) else None
+    for owner in (base, model):
+        for name in ("ln_f", "norm", "final_layer_norm", "final_layernorm"):
+            m = getattr(owner, name, None) if owner is not None else None
+            if m is not None and getattr(m, "bias", None) is not None:
+                return m
+    return None
+
+
+@torch.no_grad()
+def shift_rewards(model: Any, shift: float) -> str:
+    """Lower every reward by `shift` in a way that survives save/load. Returns how it was done."""
+    head = _head(model)
+    if head is not None and head.bias is not None and head.out_features == 1:
+        head.bias -= shift
+        return "head_bias"
+    norm = _final_norm(model)
+    if head is not None and head.out_features == 1 and norm is not None and \
+            norm.bias.shape[-1] == head.weight.shape[-1]:
+        w = head.weight[0].float()
+        norm.bias -= (shift * w / (w @ w)).to(norm.bias.dtype)
+        return "final_norm_bias"
+    set_info(model, reward_offset=float(info(model).get("reward_offset", 0.0)) + shift)
+    return "config_offset"
+
+
+def normalize(model: Any, tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any],
+              batch_size: int = 16) -> dict[str, Any]:
+    """Shift so the given (prompt, demonstration) pairs score mean 0; verify; record in config.instructloop."""
+    before = score(model, tokenizer, prompts, completions, batch_size)
+    mean = sum(before) / len(before)
+    method = shift_rewards(model, mean)
+    after = score(model, tokenizer, prompts, completions, batch_size)
+    mean_after = sum(after) / len(after)
+    spread = max(1.0, max(abs(x) for x in before))
+    if abs(mean_after) > 1e-3 * spread and method != "config_offset":  # fold did not act linearly: fall back
+        shift_rewards(model, -mean)  # undo
+        set_info(model, reward_offset=float(info(model).get("reward_offset", 0.0)) + mean)
+        method = "config_offset"
+        mean_after = sum(score(model, tokenizer, prompts, completions, batch_size)) / len(after)
+    set_info(model, reward_shift=mean, reward_shift_method=method, normalized_on=len(before))
+    return {"reward_shift": mean, "reward_shift_method": method, "demo_mean_reward_after": mean_after,
+            "normalized_on": len(before)}
