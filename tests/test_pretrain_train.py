@@ -44,7 +44,7 @@ def test_loss_falls_on_shakespeare(data_dir, tmp_path):
     evals = [m for m in _metrics(tmp_path / "run") if "val_loss" in m]
     assert [m["step"] for m in evals] == [100, 200]
     # uniform over 512 tokens is ln(512) = 6.24; a unigram model is ~5.5 on this data
-    assert evals[-1]["val_loss"] < 4.9, evals
+    assert evals[-1]["val_loss"] < 4.6, evals  # measured 4.17
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
     assert res["step"] == 200 and (tmp_path / "run" / "ckpt.pt").is_file()
 
