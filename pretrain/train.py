@@ -295,7 +295,8 @@ def train(argv: list[str] | None = None) -> dict:
             shutil.copytree(tok_src, run_dir / "tokenizer")
         (run_dir / "config.json").write_text(json.dumps(
             {"train_config": c, "model_config": mcfg.to_dict(), "data_meta": meta}, indent=2, default=str))
-    metrics_f = (run_dir / "metrics.jsonl").open("a") if master else None
+    # a resumed run appends; a fresh one starts a new file (a crashed earlier attempt must not mix in)
+    metrics_f = (run_dir / "metrics.jsonl").open("a" if ckpt else "w") if master else None
 
     def log(rec: dict) -> None:
         if metrics_f:
