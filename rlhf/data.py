@@ -128,6 +128,12 @@ def preference_rows_from_file(path: str | Path) -> Rows:
         rows = [r for r in raw if not r.get("tie")]
         return Rows(check_preference_rows(rows, str(path)), _file_source(path), dropped=len(raw) - len(rows))
     # HH or TRL implicit prompt: the importer's parser splits the shared conversation from the replies
+    for i, r in enumerate(raw, 1):
+        if "prompt" not in r and not (isinstance(r.get("chosen"), list)
+                                      or "Human:" in str(r.get("chosen", ""))):
+            raise InputError(f"row {i} has no 'prompt' column (columns: {', '.join(sorted(r))}); expected TRL "
+                             "rows {prompt, chosen, rejected[, margin]}, chat-turn chosen/rejected, or HH rows "
+                             "('\\n\\nHuman: ...\\n\\nAssistant: ...')", file=str(path), line=i, field="prompt")
     from db.services.importers import parse_preferences
 
     text = Path(path).read_text(encoding="utf-8")

@@ -1,0 +1,147 @@
+"""rlhf pieces that need no training: data path, formatting, metrics, reward shift, bad input, --help."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from db.services.errors import InputError
+from rlhf import data, reward
+from rlhf.formatting import format_preference_row, format_sft_row, plain_prompt
+from tests import rlhf_helpers as H
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return H.build_tiny_lm(tmp_path_factory.mktemp("tiny") / "lm")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("INSTRUCTLOOP_HOME", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def test_split_by_prompt_is_deterministic_and_keeps_groups_together():
+    rows = [{"prompt": f"p{i % 7}", "chosen": "a", "rejected": f"b{i}"} for i in range(70)]
+    train, held = data.split_by_prompt(rows, 0.3)
+    assert (train, held) == data.split_by_prompt(list(rows), 0.3)
+    assert train and held and len(train) + len(held) == 70
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+    # tiny data still gets a held-out prompt, and never an empty train set
+    t, h = data.split_by_prompt(rows[:2], 0.01)
+    assert len(t) == 1 and len(h) == 1
+    t, h = data.split_by_prompt(rows[:1], 0.5)
+    assert len(t) == 1 and h == []
+
+
+def test_formatting_plain_and_chat():
+    assert plain_prompt("2+3=") == "2+3=\n" and plain_prompt("x\n") == "x\n"
+    chat = format_sft_row({"prompt": "hi", "completion": "hello"}, chat=True)
+    assert chat == {"prompt": [{"role": "user", "content": "hi"}],
+                    "completion": [{"role": "assistant", "content": "hello"}]}
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    plain = format_preference_row({"prompt": msgs, "chosen": [{"role": "assistant", "content": "yo"}],
+                                   "rejected": "no", "group": "g"}, chat=False)
+    assert plain == {"prompt": "System: be brief\n\nUser: hi\n", "chosen": "yo", "rejected": "no", "margin": 0.0}
+
+
+def test_pairwise_metrics_ties_count_as_wrong_and_ece():
+    m = reward.pairwise_metrics([1.0, 2.0, 0.5, 3.0], [0.0, 2.0, 1.0, 0.0])
+    assert m["accuracy"] == pytest.approx(0.5)  # the tie (2.0 vs 2.0) is wrong
+    assert m["margin"] == pytest.approx((1 + 0 - 0.5 + 3) / 4)
+    # confident and always right → ECE ≈ 1 - confidence; confident and always wrong → ECE ≈ confidence
+    right = reward.pairwise_metrics([10.0] * 5, [0.0] * 5)
+    wrong = reward.pairwise_metrics([0.0] * 5, [10.0] * 5)
+    assert right["ece"] < 1e-3 and wrong["ece"] > 0.99
+
+
+def test_preference_files_trl_hh_and_missing_columns(tmp_path):
+    trl = H.write_jsonl(tmp_path / "trl.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b", "margin": 1.0},
+                                                 {"prompt": "q2", "chosen": "c", "rejected": "d", "tie": "tie"}])
+    rows = data.preference_rows_from_file(trl)
+    assert rows.rows == [{"prompt": "q", "chosen": "a", "rejected": "b", "margin": 1.0}] and rows.dropped == 1
+    assert rows.source["sha256"] and rows.snapshot()["dataset"].endswith("trl.jsonl")
+    hh = H.write_jsonl(tmp_path / "hh.jsonl", [{"chosen": "\n\nHuman: hi\n\nAssistant: hello",
+                                               "rejected": "\n\nHuman: hi\n\nAssistant: go away"}])
+    assert data.preference_rows_from_file(hh).rows == [
+        {"prompt": "hi", "chosen": "hello", "rejected": "go away", "margin": 0.0}]
+    bad = H.write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "chosen": "a"}])
+    with pytest.raises(InputError, match="rejected"):
+        data.preference_rows_from_file(bad)
+    sft_bad = H.write_jsonl(tmp_path / "sft_bad.jsonl", [{"prompt": "q", "answer": "a"}])
+    with pytest.raises(InputError, match="missing column.*completion"):
+        data.sft_rows_from_file(sft_bad)
+    msgs = H.write_jsonl(tmp_path / "msgs.jsonl", [{"messages": [{"role": "user", "content": "q"},
+                                                                {"role": "assistant", "content": "a"}]}])
+    assert data.sft_rows_from_file(msgs).rows == [{"prompt": [{"role": "user", "content": "q"}],
+                                                   "completion": [{"role": "assistant", "content": "a"}]}]
+
+
+def test_reward_shift_survives_save_and_load(tiny, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = reward_model = __import__("rlhf.modeling", fromlist=["x"]).load_reward_model(str(tiny))
+    prompts = [[{"role": "user", "content": "say hi"}], [{"role": "user", "content": "name a color"}]]
+    comps = [[{"role": "assistant", "content": "hello"}], [{"role": "assistant", "content": "red"}]]
+    before = reward.score(model, tok, prompts, comps)
+    out = reward.normalize(reward_model, tok, prompts, comps)
+    assert out["reward_shift_method"] == "final_norm_bias"
+    assert out["reward_shift"] == pytest.approx(sum(before) / 2, abs=1e-5)
+    model.save_pretrained(tmp_path / "rm")
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm", attn_implementation="sdpa")
+    after = reward.score(again, tok, prompts, comps)
+    assert sum(after) / 2 == pytest.approx(0.0, abs=1e-4)
+    assert after[0] - after[1] == pytest.approx(before[0] - before[1], abs=1e-4)  # differences unchanged
+    assert reward.info(again)["reward_shift"] == pytest.approx(out["reward_shift"])
+
+
+def test_reward_model_without_pad_token_fails_before_training(tmp_path, sqlite_url, home, capsys):
+    nopad = H.build_tiny_lm(tmp_path / "nopad", pad=False)
+    f = H.write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}] * 4)
+    from rlhf import train_reward
+
+    with pytest.raises(SystemExit) as e:
+        train_reward.main(["--model", str(nopad), "--dataset", str(f), "--no_register", "--max_steps", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "no pad token" in err and "--add_pad_token" in err
+    assert not (home / "train_reward").exists()  # nothing started
+
+
+def test_empty_project_and_bad_dataset_fail_clearly(tiny, tmp_path, sqlite_url, home, capsys):
+    from rlhf import generate, train_reward, train_sft
+
+    H.make_project(sqlite_url, "empty")
+    with pytest.raises(SystemExit):
+        train_sft.main(["--model", str(tiny), "--project", "empty", "--database_url", sqlite_url])
+    assert "project 'empty' has no demonstrations" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_reward.main(["--model", str(tiny), "--project", "empty", "--database_url", sqlite_url])
+    assert "no preference labels or rankings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_reward.main(["--model", str(tiny), "--project", "nope", "--database_url", sqlite_url])
+    assert "unknown project 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        generate.main(["--project", "empty", "--models", str(tiny), "--database_url", sqlite_url])
+    assert "has no prompts" in capsys.readouterr().err
+    bad = H.write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(SystemExit):
+        train_reward.main(["--model", str(tiny), "--dataset", str(bad), "--no_register"])
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "prompt" in err
+    assert not home.exists()
+
+
+def test_help_lists_our_and_trl_flags():
+    out = subprocess.run([sys.executable, "-m", "rlhf.train_reward", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--project", "--dataset", "--resume", "--center_rewards_coefficient", "--learning_rate",
+                 "--normalize", "--config"):
+        assert flag in out.stdout, flag
+    assert json.dumps  # keep import used
