@@ -81,6 +81,8 @@ class DeviceDefaults:
     def _resolve_device_defaults(self) -> None:
         if self.bf16 is None:
             self.bf16 = bool(bf16_available()) and not getattr(self, "fp16", False)
+        if not cuda_available():
+            self.dataloader_pin_memory = False  # nothing to pin to (and it warns on every run)
         # transformers 5 renamed it activation_checkpointing (the old name is a deprecated alias).
         ac = getattr(self, "activation_checkpointing", None)
         chosen = ac if ac is not None else self.gradient_checkpointing
