@@ -1,0 +1,102 @@
+"""rlhf.train_reward and rlhf.evaluate on programmatic preferences with tiny local models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests import rlhf_helpers as H
+
+# One budget for the learnable and the shuffled run: the difference must come from the labels.
+BUDGET = ["--max_steps", "40", "--learning_rate", "1e-3", "--per_device_train_batch_size", "16",
+          "--logging_steps", "20", "--save_strategy", "no", "--disable_tqdm", "true", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return H.build_tiny_lm(tmp_path_factory.mktemp("tiny") / "lm")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("INSTRUCTLOOP_HOME", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def test_reward_from_project_learns_registers_normalizes_and_evaluates(tiny, sqlite_url, home, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from db.services import export, registry
+    from db.session import session_scope
+    from rlhf import evaluate, reward, train_reward
+    from rlhf.formatting import format_sft_row
+
+    H.make_project(sqlite_url, "rm")
+    pref_ids = H.add_preferences(sqlite_url, "rm", H.polite_pairs(150, seed=1))
+    rank_id = H.add_ranking(sqlite_url, "rm", "rank these", ["please sit", "sit", "go away now"])
+    demos = [("say hi", "hello please"), ("name a color", "red blue"), ("weather", "rain please today")]
+    H.add_demonstrations(sqlite_url, "rm", demos)
+    with session_scope(sqlite_url) as s:
+        registry.register_model_version(s, "base-tiny", "base", str(tiny))
+
+    out = train_reward.main(["--model", "base-tiny", "--project", "rm", "--database_url", sqlite_url,
+                             "--name", "rm-a", "--eval_fraction", "0.3", *BUDGET])
+    m = out["metrics"]
+    assert m["eval_pairs"] >= 30 and m["train_pairs"] + m["eval_pairs"] == 150 + 3  # ranking → 3 pairs
+    assert m["eval_accuracy"] >= 0.9, m
+    assert m["eval_margin"] > 0 and 0 <= m["eval_ece"] <= 1
+    assert m["reward_shift_method"] == "final_norm_bias"
+
+    run = Path(out["run_dir"])
+    for f in ("model.safetensors", "tokenizer.json", "metrics.jsonl", "job_config.yaml"):
+        assert (run / f).is_file(), f
+    with session_scope(sqlite_url) as s:
+        mv = registry.resolve(s, "rm-a")
+        assert mv.kind == "reward" and registry.resolve(s, mv.parent_id).name == "base-tiny"
+        assert mv.label_snapshot["ids"] == {"preference_labels": sorted(pref_ids), "rankings": [rank_id]}
+        assert mv.metrics["eval_accuracy"] == m["eval_accuracy"] and "eval_ece" in mv.metrics
+
+    # reloaded with plain AutoModelForSequenceClassification, demonstrations score mean 0
+    tok = AutoTokenizer.from_pretrained(run)
+    rm = AutoModelForSequenceClassification.from_pretrained(run, attn_implementation="sdpa")
+    rows = [format_sft_row({"prompt": p, "completion": c}, chat=True) for p, c in demos]
+    scores = reward.score(rm, tok, [r["prompt"] for r in rows], [r["completion"] for r in rows])
+    assert abs(sum(scores) / len(scores)) < 1e-3
+    assert reward.info(rm)["chat_template"] is True
+
+    # any preference file, any reward model: the exported file scores like the held-out set
+    f = tmp_path / "prefs.jsonl"
+    with session_scope(sqlite_url) as s:
+        export.export_file(s, "preferences", f, project="rm")
+    res = evaluate.main(["reward", "--model", str(run), "--dataset", str(f), "--out", str(tmp_path / "m.json")])
+    assert res["pairs"] == 153 and res["accuracy"] >= 0.9
+    assert json.loads((tmp_path / "m.json").read_text())["accuracy"] == res["accuracy"]
+
+
+def test_reward_on_shuffled_labels_stays_near_chance(tiny, home, tmp_path):
+    from rlhf import train_reward
+
+    rows = [{"prompt": p, "chosen": g, "rejected": b} for p, g, b in H.polite_pairs(150, seed=1,
+                                                                                    shuffle_labels=True)]
+    f = H.write_jsonl(tmp_path / "shuffled.jsonl", rows)
+    out = train_reward.main(["--model", str(tiny), "--dataset", str(f), "--no_register", "--eval_fraction", "0.3",
+                             "--output_dir", str(tmp_path / "rm-shuffled"), *BUDGET])
+    m = out["metrics"]
+    assert m["eval_pairs"] >= 30
+    assert 0.25 <= m["eval_accuracy"] <= 0.75, m
+
+
+def test_reward_from_hh_file_with_added_pad_token(tmp_path, home):
+    from rlhf import train_reward
+
+    nopad = H.build_tiny_lm(tmp_path / "nopad", pad=False, chat=False)
+    rows = [{"chosen": f"\n\nHuman: {p}\n\nAssistant: {g}", "rejected": f"\n\nHuman: {p}\n\nAssistant: {b}"}
+            for p, g, b in H.polite_pairs(12)]
+    f = H.write_jsonl(tmp_path / "hh.jsonl", rows)
+    out = train_reward.main(["--model", str(nopad), "--dataset", str(f), "--no_register", "--add_pad_token",
+                             "--max_steps", "2", "--save_strategy", "no", "--disable_tqdm", "true",
+                             "--output_dir", str(tmp_path / "rm-hh")])
+    tok = out["trainer"].processing_class
+    assert tok.pad_token == "<|pad|>" and tok.pad_token_id != tok.eos_token_id
+    assert out["metrics"]["train_pairs"] + out["metrics"]["eval_pairs"] == 12
