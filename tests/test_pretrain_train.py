@@ -142,3 +142,32 @@ def test_export_evaluate_and_tiny_builder(data_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(str(tiny))
     assert tok.pad_token_id != tok.eos_token_id and tok.chat_template
     assert m.config.vocab_size >= len(tok)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_straight_run(data_dir, tmp_path):
+    """A hard kill loses the steps since the last checkpoint; --resume redoes them identically."""
+    import signal
+    import time
+
+    from pretrain.train import train
+
+    common = ["--data", str(data_dir), *SMALL, "--max-steps", "40", "--eval-interval", "1000",
+              "--ckpt-interval", "3", "--batch-size", "4"]
+    p = subprocess.Popen([sys.executable, "-m", "pretrain.train", *common, "--out", str(tmp_path / "k")],
+                         env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ck = tmp_path / "k" / "ckpt.pt"
+    deadline = time.time() + 120
+    while not ck.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed_at = torch.load(ck, weights_only=False)["step"]
+    assert killed_at < 40, "the run finished before it could be killed"
+    r = subprocess.run([sys.executable, "-m", "pretrain.train", "--out", str(tmp_path / "k"), "--resume",
+                        "--no-progress"], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    straight = train(common + ["--out", str(tmp_path / "s")])["model"].state_dict()
+    resumed = torch.load(ck, weights_only=False)
+    assert resumed["step"] == 40
+    assert all(torch.equal(v, resumed["model"][k]) for k, v in straight.items())
