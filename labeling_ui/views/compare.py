@@ -8,7 +8,7 @@ from db.services import assignment, labels
 from db.services.errors import ServiceError
 from labeling_ui import auth
 from labeling_ui.vocab import CHOICES, FLAG_NAMES, SKIP_REASONS, STRENGTH_KEYS
-from labeling_ui.common import (rerun_fragment, current_task, db, done_with, empty_state, guidelines_button, progress_line,
+from labeling_ui.common import (rerun_fragment, current_task, held_key, db, done_with, empty_state, guidelines_button, progress_line,
                                 project_picker, render_prompt, seconds_on, show_error, show_text)
 
 KIND = "compare"
@@ -23,8 +23,15 @@ with st.sidebar.expander("Keyboard shortcuts", icon=":material/keyboard:"):
                 "**Q / W / E** slight / clear / strong  \n**Enter** submit · **S** skip · **G** guidelines")
 
 
-def _set(key: str, value: str) -> None:
-    st.session_state[key] = value
+def _set_current(prefix: str, value: str, pid: int) -> None:
+    """Button callback: set the choice/strength of the task on screen *now*.
+
+    Keys and callback arguments are stable across tasks on purpose: a shortcut pressed while the next
+    task is still painting reaches the button rendered for the previous task, and must still count.
+    """
+    view = st.session_state.get(held_key(KIND, pid))
+    if view is not None:
+        st.session_state[f"{prefix}_{view.task_id}"] = value
 
 
 @st.fragment
@@ -60,25 +67,26 @@ def compare_body(project: dict) -> None:
     with st.container(border=True, key="action_bar"):
         row = st.columns(4)
         for c, (value, label, key) in zip(row, CHOICES):
-            c.button(label, key=f"btn_{value}_{tid}", shortcut=key, width="stretch",
-                     type="primary" if choice == value else "secondary", on_click=_set, args=(ck, value))
+            c.button(label, key=f"btn_{value}", shortcut=key, width="stretch",
+                     type="primary" if choice == value else "secondary", on_click=_set_current,
+                     args=("cmp_choice", value, pid))
         opts = st.columns([1, 1], vertical_alignment="bottom")
         with opts[0]:
             st.caption("Strength" + ("" if choice in (None, "a", "b") else " (only for A/B)"))
             srow = st.columns(3)
             for c, s_ in zip(srow, STRENGTHS):
-                c.button(s_.capitalize(), key=f"btn_{s_}_{tid}", shortcut=STRENGTH_KEYS[s_], width="stretch",
+                c.button(s_.capitalize(), key=f"btn_{s_}", shortcut=STRENGTH_KEYS[s_], width="stretch",
                          type="primary" if st.session_state[sk] == s_ else "secondary",
-                         on_click=_set, args=(sk, s_))
+                         on_click=_set_current, args=("cmp_strength", s_, pid))
         with opts[1]:
             st.text_input("Comment (optional)", key=mk, placeholder="Anything the reviewers should know")
         st.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=fk)
         arow = st.columns([2, 3, 1], vertical_alignment="bottom")
-        submit = arow[0].button("Submit", key=f"submit_{tid}", type="primary", shortcut="Enter",
+        submit = arow[0].button("Submit", key="cmp_submit", type="primary", shortcut="Enter",
                                 icon=":material/send:", width="stretch")
         reason = arow[1].selectbox("Skip reason", SKIP_REASONS, key=f"skip_reason_{tid}",
                                    label_visibility="collapsed")
-        skip = arow[2].button("Skip", key=f"skip_{tid}", shortcut="S", width="stretch")
+        skip = arow[2].button("Skip", key="cmp_skip", shortcut="S", width="stretch")
         msg = st.empty()
 
     if submit:

@@ -1,0 +1,208 @@
+"""Real-browser test of the labeling app: `streamlit run` + Playwright (sync API) + Debian Chromium.
+
+A new annotator signs in, labels comparisons with the mouse and 20 with the keyboard alone, an HTML
+response shows as text and runs nothing, roles are enforced by URL, and an admin sees the labels on
+the dashboard and downloads them from the export page. Screenshots of every page go to
+test-artifacts/screenshots/.
+
+Skips when /usr/bin/chromium is missing, unless REQUIRE_BROWSER=1 (then it fails).
+"""
+from __future__ import annotations
+
+import json
+import re
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from db.models import PreferenceLabel, User
+from db.services import accounts
+from db.session import session_scope
+from labeling_ui.devserver import (CHROMIUM, ROOT, current_task_id, launch_chromium, sign_in, streamlit_server,
+                                   wait_task_change)
+from labeling_ui.seed import seed
+
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+N_KEYBOARD = 20
+
+
+def _need_browser() -> None:
+    if not Path(CHROMIUM).exists():
+        msg = f"{CHROMIUM} not found (apt-get install -y chromium)"
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail("REQUIRE_BROWSER=1 but " + msg)
+        pytest.skip(msg)
+    pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):  # noqa: ANN001, ANN201
+    _need_browser()
+    d = tmp_path_factory.mktemp("browser")
+    url = f"sqlite:///{d / 'ui.sqlite3'}"
+    info = seed(url, n_compare=N_KEYBOARD + 4, n_rank=2, n_demonstrate=2)
+    with session_scope(url) as s:
+        accounts.create_user(s, "newbie", "newbie-pass-1", display_name="New Annotator")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(url, log=d / "streamlit.log") as base:
+        yield base, url, info
+
+
+@pytest.fixture(scope="module")
+def browser(app_server):  # noqa: ANN001, ANN201
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        b = launch_chromium(pw)
+        yield b
+        b.close()
+
+
+def _page(browser):  # noqa: ANN001, ANN202
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = ctx.new_page()
+    page.set_default_timeout(30_000)
+    return ctx, page
+
+
+def _settle(page) -> None:  # noqa: ANN001
+    """Wait until the script run finished (Streamlit shows a 'Running...' status while it runs)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"] button')",
+                           timeout=30_000)
+
+
+def _nav(page, name: str) -> None:  # noqa: ANN001
+    """Go to a page through the sidebar (client-side: the browser session, and the sign-in, stay)."""
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True).click()
+    page.get_by_text("Sign out").wait_for()
+    _settle(page)
+
+
+def _open_url_in_session(page, path: str) -> None:  # noqa: ANN001
+    """Type a URL without reloading (a reload starts a new Streamlit session, i.e. signs out)."""
+    page.evaluate("(p) => { history.pushState({}, '', p); dispatchEvent(new PopStateEvent('popstate')); }", path)
+    _settle(page)
+
+
+def _labels(url: str, username: str) -> list[PreferenceLabel]:
+    with session_scope(url) as s:
+        uid = s.scalar(select(User.id).where(User.username == username))
+        return list(s.scalars(select(PreferenceLabel).where(PreferenceLabel.user_id == uid)
+                              .order_by(PreferenceLabel.id)))
+
+
+def test_signed_out_and_annotator_cannot_open_admin_pages(app_server, browser):
+    base, _, _ = app_server
+    ctx, page = _page(browser)
+    page.goto(base + "/users")
+    page.get_by_role("textbox", name="Username").wait_for()
+    assert page.get_by_text("Create a user").count() == 0
+    page.screenshot(path=str(SHOTS / "sign_in.png"))
+    sign_in(page, base, "bob", "password123")
+    _open_url_in_session(page, "/users")
+    page.get_by_text("for admins only").wait_for()
+    assert page.get_by_text("Create a user").count() == 0
+    page.screenshot(path=str(SHOTS / "refusal.png"))
+    ctx.close()
+
+
+def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_server, browser):
+    base, url, info = app_server
+    ctx, page = _page(browser)
+    sign_in(page, base, "newbie", "newbie-pass-1")
+    page.get_by_text("PROMPT · task #").wait_for()
+    page.get_by_text("No tasks left").count()
+
+    # 1. The first task shows HTML from the model as text, and runs none of it.
+    assert page.get_by_text('<img src=x onerror="window.__xss=1">', exact=False).count() == 1
+    assert page.get_by_text('<script>window.__xss = "script"</script>', exact=False).count() == 1
+    page.wait_for_timeout(500)
+    assert page.evaluate("() => window.__xss") is None
+    assert page.locator("img[src='x']").count() == 0 and page.locator("script:text('__xss')").count() == 0
+    page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
+
+    # 2. Guidelines are one click away.
+    page.get_by_role("button", name="Guidelines").click()
+    page.get_by_role("dialog").get_by_text("How to compare").wait_for()
+    page.screenshot(path=str(SHOTS / "guidelines.png"))
+    page.keyboard.press("Escape")
+    page.get_by_role("dialog").wait_for(state="detached")
+
+    # 3. Three tasks with the mouse: choice, strength, a flag, submit.
+    expected: list[tuple[int, str, str | None]] = []
+    for choice, strength, button in (("a", "strong", "A is better"), ("b", "slight", "B is better"),
+                                     ("a", "clear", "A is better")):
+        tid = current_task_id(page)
+        page.get_by_role("button", name=button).click()
+        _settle(page)
+        page.get_by_role("button", name=re.compile("^" + strength.capitalize())).click()
+        _settle(page)
+        if choice == "b":
+            page.get_by_role("button", name="Hallucination").click()
+            _settle(page)
+        page.get_by_role("button", name="Submit").click()
+        wait_task_change(page, tid)
+        expected.append((tid, choice, strength))
+
+    # 4. Twenty with the keyboard alone: 1/2 for A/B, Q/W/E for strength, Enter to submit.
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")  # no widget has focus
+    keys = [("1", "a"), ("2", "b")]
+    strengths = [("Q", "slight"), ("W", "clear"), ("E", "strong")]
+    for i in range(N_KEYBOARD):
+        tid = current_task_id(page)
+        key, choice = keys[i % 2]
+        skey, strength = strengths[i % 3]
+        page.keyboard.press(key)
+        _settle(page)
+        page.keyboard.press(skey.lower())
+        _settle(page)
+        page.keyboard.press("Enter")
+        try:
+            wait_task_change(page, tid)
+        except Exception:
+            page.screenshot(path=str(SHOTS / f"FAILED_keyboard_vote_{i}.png"), full_page=True)
+            raise
+        expected.append((tid, choice, strength))
+
+    rows = _labels(url, "newbie")
+    assert [(r.task_id, r.choice, r.strength) for r in rows] == expected
+    assert rows[1].flags == ["hallucination"]
+    assert all(r.seconds is not None and 0 <= r.seconds < 600 for r in rows)
+    page.screenshot(path=str(SHOTS / "compare_after_23.png"), full_page=True)
+
+    # 5. Annotator pages and own history.
+    for link, name in (("Rank", "rank"), ("Demonstrate", "demonstrate"), ("My history", "history")):
+        _nav(page, link)
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    assert page.get_by_text("My history").count() >= 1
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("textbox", name="Username").wait_for()
+    ctx.close()
+
+    # 6. The admin sees them on the dashboard and exports them.
+    ctx, page = _page(browser)
+    sign_in(page, base, "admin", "password123")
+    _nav(page, "Dashboard")
+    page.get_by_text("Labels over time").wait_for()
+    _settle(page)
+    page.get_by_text("newbie").first.wait_for()
+    metric = page.locator('[data-testid="stMetric"]', has_text="Labels").first
+    assert metric.locator('[data-testid="stMetricValue"]').inner_text().strip() == str(len(expected))
+    page.wait_for_timeout(1000)  # let the charts paint
+    page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
+    for link, path in (("Agreement", "agreement"), ("Review demonstrations", "review"), ("Projects", "projects"),
+                       ("Users", "users"), ("Import", "import"), ("Model versions", "models")):
+        _nav(page, link)
+        page.screenshot(path=str(SHOTS / f"admin_{path}.png"), full_page=True)
+    _nav(page, "Export")
+    page.get_by_role("button", name="Download JSONL").wait_for()
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download JSONL").click()
+    data = Path(dl.value.path()).read_text()
+    rows = [json.loads(line) for line in data.splitlines()]
+    assert len(rows) == len(expected)
+    assert {"prompt", "chosen", "rejected"} <= set(rows[0])
+    page.screenshot(path=str(SHOTS / "admin_export.png"), full_page=True)
+    ctx.close()
