@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pretrain.model import GPT, GPTConfig  # noqa: E402
-from pretrain.train import PEAK_TFLOPS  # noqa: E402
+from pretrain.model import GPT, GPTConfig
+from pretrain.train import PEAK_TFLOPS
 
 
 # ---------------------------------------------------------------- naive baseline (nanoGPT without flash)

@@ -13,8 +13,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass
@@ -56,7 +56,7 @@ class GPTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
+    def from_dict(cls, d: dict) -> GPTConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -159,7 +159,7 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (logits for every position, mean cross-entropy or None); targets of -1 are ignored."""
-        b, t = idx.shape
+        t = idx.shape[1]
         if t > self.config.block_size:
             raise ValueError(f"sequence length {t} > block_size {self.config.block_size}")
         pos = torch.arange(t, device=idx.device)

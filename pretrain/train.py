@@ -208,10 +208,10 @@ def train(argv: list[str] | None = None) -> dict:
     ckpt = None
     if args.resume:
         if not args.out:
-            raise SystemExit("error: --resume needs --out RUN_DIR")
+            raise ValueError("--resume needs --out RUN_DIR")
         cp = Path(args.out) / "ckpt.pt"
         if not cp.is_file():
-            raise SystemExit(f"error: no checkpoint to resume at {cp}")
+            raise FileNotFoundError(f"no checkpoint to resume at {cp}")
         ckpt = torch.load(cp, map_location="cpu", weights_only=False)
         c = dict(ckpt["train_config"])
         for k in RUNTIME_KEYS:
@@ -223,22 +223,22 @@ def train(argv: list[str] | None = None) -> dict:
                    if v is not None and k not in RUNTIME_KEYS and k not in ("resume", "out", "overwrite")
                    and c.get(k) != v]
         if changed:
-            raise SystemExit(f"error: --resume keeps the run's settings; cannot change {changed}")
+            raise ValueError(f"--resume keeps the run's settings; cannot change {changed}")
         run_dir = Path(args.out)
     else:
         c = resolve(args)
         if not c.get("data"):
-            raise SystemExit("error: --data is required (a directory written by `python -m pretrain.prepare`)")
+            raise ValueError("--data is required (a directory written by `python -m pretrain.prepare`)")
         run_dir = Path(args.out) if args.out else default_out(c)
         if (run_dir / "ckpt.pt").exists() and master:
             if not args.overwrite:
-                raise SystemExit(f"error: {run_dir} already has a checkpoint: use --resume or --overwrite")
+                raise ValueError(f"{run_dir} already has a checkpoint: use --resume or --overwrite")
             shutil.rmtree(run_dir)
     c["out"] = str(run_dir)
     data_dir = Path(c["data"])
     meta = read_meta(data_dir)
     if c["n_embd"] % c["n_head"]:
-        raise SystemExit(f"error: n_embd {c['n_embd']} not divisible by n_head {c['n_head']}")
+        raise ValueError(f"n_embd {c['n_embd']} not divisible by n_head {c['n_head']}")
 
     # ---- devices / processes ----
     if ddp:
