@@ -11,7 +11,7 @@ from labeling_ui.common import db, project_picker
 
 user = auth.require_user("admin")
 st.subheader("Dashboard")
-project = project_picker(st)
+project = project_picker(st.columns([1, 2])[0])
 scope_all = st.toggle("All projects", key="dash_all")
 pid = None if (scope_all or project is None) else project["id"]
 
@@ -33,9 +33,10 @@ left, right = st.columns(2)
 with left:
     st.markdown("##### Labels over time")
     if len(over_time):
-        st.altair_chart(alt.Chart(over_time).mark_bar().encode(
-            x=alt.X("yearmonthdate(day):T", title="day"), y=alt.Y("sum(n):Q", title="labels"),
-            color=alt.Color("kind:N"), tooltip=["day:T", "project", "annotator", "kind", "n"]),
+        daily = over_time.assign(day=pd.to_datetime(over_time["day"]).dt.strftime("%Y-%m-%d"))
+        st.altair_chart(alt.Chart(daily).mark_bar().encode(
+            x=alt.X("day:O", title="day"), y=alt.Y("sum(n):Q", title="labels"),
+            color=alt.Color("kind:N"), tooltip=["day", "project", "annotator", "kind", "n"]).properties(height=300),
             width="stretch")
     else:
         st.info("No labels yet.")
@@ -63,6 +64,7 @@ with right:
         states = pd.DataFrame([{"state": k, "tasks": v} for k, v in prog["tasks_by_state"].items()]
                               + [{"state": "leased now", "tasks": prog["leased"]}])
         st.altair_chart(alt.Chart(states).mark_arc(innerRadius=50).encode(
-            theta="tasks:Q", color="state:N", tooltip=["state", "tasks"]), width="stretch")
+            theta="tasks:Q", color="state:N", tooltip=["state", "tasks"]).properties(height=260),
+            width="stretch")
     else:
         st.info("No tasks yet.")
