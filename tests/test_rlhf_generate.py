@@ -1,0 +1,121 @@
+"""rlhf.generate: responses stored with params, tasks created with the requested counts, idempotent re-runs."""
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests import rlhf_helpers as H
+
+PROMPTS = ["say hi", "name a color", "an animal", "weather"]
+CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a drink"}]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("gen")
+    a = H.build_tiny_lm(root / "a", seed=0)
+    b = root / "b"
+    shutil.copytree(a, b)  # same tokenizer, different weights
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(a, attn_implementation="sdpa")
+    import torch
+
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    m.save_pretrained(b)
+    return a, b
+
+
+def _seed(url: str) -> None:
+    from db.services import content, projects, registry
+    from db.session import session_scope
+
+    H.make_project(url, "g")
+    with session_scope(url) as s:
+        pid = projects.get_project(s, "g").id
+        for p in PROMPTS:
+            content.add_prompt(s, pid, text=p)
+        content.add_prompt(s, pid, messages=CHAT)
+    H.add_demonstrations(url, "g", [("say hi", "hello world")])  # also a few-shot example
+
+
+def _state(url: str):
+    from sqlalchemy import select
+
+    from db.models import Response, Task
+    from db.session import session_scope
+
+    with session_scope(url) as s:
+        responses = {r.id: (r.prompt_id, r.model_version_id, r.sample_index, r.params)
+                     for r in s.scalars(select(Response).where(Response.model_version_id.is_not(None)))}
+        tasks = [(t.kind, t.prompt_id, list(t.response_ids)) for t in s.scalars(select(Task).order_by(Task.id))]
+    return responses, tasks
+
+
+def test_generate_compare_across_versions_randomized_and_idempotent(models, sqlite_url):
+    from db.services import registry
+    from db.session import session_scope
+    from rlhf import generate
+
+    a, b = models
+    _seed(sqlite_url)
+    with session_scope(sqlite_url) as s:
+        registry.register_model_version(s, "tiny-a", "base", str(a))
+    argv = ["--project", "g", "--models", "tiny-a", str(b), "--num_samples", "2", "--tasks", "compare",
+            "--pairs_per_prompt", "3", "--max_new_tokens", "6", "--few_shot", "1", "--temperature", "0.9",
+            "--top_p", "0.95", "--database_url", sqlite_url, "--no_progress"]
+    first = generate.main(argv)
+    n = len(PROMPTS) + 1
+    assert first["responses"] == {"generated": n * 2 * 2, "reused": 0}
+    assert first["tasks"]["compare"] == {"created": n * 3, "existing": 0}
+    responses, tasks = _state(sqlite_url)
+    assert len(responses) == n * 4
+    assert all(p[3]["temperature"] == 0.9 and p[3]["top_p"] == 0.95 and p[3]["max_new_tokens"] == 6
+               for p in responses.values())
+    with session_scope(sqlite_url) as s:
+        ext = registry.resolve(s, str(b))
+        assert ext.kind == "external"
+    by_prompt = Counter(pid for kind, pid, _ in tasks if kind == "compare")
+    assert set(by_prompt.values()) == {3}
+    first_pos = Counter()
+    for kind, _pid, rids in tasks:
+        if kind != "compare":
+            continue
+        versions = [responses[r][1] for r in rids]
+        assert len(set(versions)) == 2  # always one response of each version
+        first_pos[versions[0]] += 1
+    assert len(first_pos) == 2  # A/B positions are randomized, not always the same version first
+    # base models get plain prompts with few-shot examples; the chat prompt is rendered with the template
+    chat_pid = max(pid for _, pid, _ in tasks)
+    assert all(p[3]["chat_template"] == (p[0] == chat_pid) for p in responses.values())
+    assert any(p[3]["few_shot"] == 1 for p in responses.values())
+
+    again = generate.main(argv)
+    assert again["responses"] == {"generated": 0, "reused": n * 4}
+    assert again["tasks"]["compare"] == {"created": 0, "existing": n * 3}
+    assert _state(sqlite_url) == (responses, tasks)
+
+
+def test_generate_rank_and_demonstrate_tasks(models, sqlite_url, capsys):
+    from rlhf import generate
+
+    a, _ = models
+    _seed(sqlite_url)
+    with pytest.raises(SystemExit):
+        generate.main(["--project", "g", "--models", str(a), "--num_samples", "2", "--tasks", "rank",
+                       "--database_url", sqlite_url])
+    assert "K >= 3" in capsys.readouterr().err
+    out = generate.main(["--project", "g", "--models", str(a), "--num_samples", "3", "--tasks", "rank,demonstrate",
+                         "--max_new_tokens", "5", "--database_url", sqlite_url, "--no_progress"])
+    n = len(PROMPTS) + 1
+    assert out["tasks"]["rank"] == {"created": n, "existing": 0}
+    # every prompt but the one with a demonstration gets a demonstrate task (it already had one from seeding)
+    _, tasks = _state(sqlite_url)
+    assert Counter(k for k, _, _ in tasks) == Counter({"rank": n, "demonstrate": n})
+    assert all(len(rids) == 3 for k, _, rids in tasks if k == "rank")
+    assert out["tasks"]["demonstrate"]["created"] == n - 1
