@@ -133,8 +133,6 @@ class Task(Base):
     __tablename__ = "tasks"
     __table_args__ = (
         UniqueConstraint("project_id", "dedup_key"),
-        # next_task scans open tasks of a project, closest to completion first, then oldest.
-        Index("ix_tasks_queue", "project_id", "status", "n_submitted", "id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
@@ -150,6 +148,11 @@ class Task(Base):
 
     prompt: Mapped[Prompt] = relationship()
     project: Mapped[Project] = relationship()
+
+
+# next_task scans open tasks of a project, closest to completion first, then oldest: the index
+# order must match ORDER BY n_submitted DESC, id ASC exactly, or every call sorts all open tasks.
+Index("ix_tasks_queue", Task.project_id, Task.status, Task.n_submitted.desc(), Task.id)
 
 
 class Assignment(Base):

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sqlalchemy import exists, inspect, select, text
+from sqlalchemy import ARRAY, Integer, any_, bindparam, exists, inspect, select, text
 from sqlalchemy.orm import Session
 
 from db.models import (Demonstration, ModelVersion, PreferenceLabel, Project, Prompt, Ranking, Response,
@@ -55,8 +55,22 @@ def _parse_date(value: str | dt.datetime | None, fieldname: str) -> dt.datetime 
     return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
 
 
+def _in(session: Session, col: Any, ids: Iterable[int]) -> Any:
+    """`col IN ids`; on PostgreSQL as `= ANY(array)`: one parameter instead of thousands, which psycopg
+    would otherwise spend most of an export parsing."""
+    ids = list(ids)
+    if session.get_bind().dialect.name == "postgresql":
+        return col == any_(bindparam(None, value=ids, type_=ARRAY(Integer)))
+    return col.in_(ids)
+
+
+def _cols(model: Any) -> Any:
+    # Plain rows, not ORM objects: building 100k mapped instances costs more than the queries.
+    return select(*model.__table__.c)
+
+
 def _task_batches(session: Session, kinds: tuple[str, ...], pid: int | None, mvid: int | None,
-                  label_tables: Iterable[Any]) -> Iterator[list[Task]]:
+                  label_tables: Iterable[Any]) -> Iterator[list[Any]]:
     """Tasks with at least one label, in id order, a chunk at a time (keyset pagination: flat memory)."""
     has_label = None
     for t in label_tables:
@@ -64,17 +78,17 @@ def _task_batches(session: Session, kinds: tuple[str, ...], pid: int | None, mvi
         has_label = cond if has_label is None else (has_label | cond)
     last = 0
     while True:
-        q = select(Task).where(Task.kind.in_(kinds), Task.id > last, has_label)
+        q = _cols(Task).where(Task.kind.in_(kinds), Task.id > last, has_label)
         if pid is not None:
             q = q.where(Task.project_id == pid)
         if mvid is not None:
             q = q.where(exists().where(Response.prompt_id == Task.prompt_id, Response.model_version_id == mvid))
-        batch = list(session.scalars(q.order_by(Task.id).limit(CHUNK)))
+        batch = session.execute(q.order_by(Task.id).limit(CHUNK)).all()
         if not batch:
             return
         if mvid is not None:
             ids = {rid for t in batch for rid in t.response_ids}
-            mine = set(session.scalars(select(Response.id).where(Response.id.in_(ids),
+            mine = set(session.scalars(select(Response.id).where(_in(session, Response.id, ids),
                                                                  Response.model_version_id == mvid)))
             batch_f = [t for t in batch if mine.intersection(t.response_ids)]
         else:
@@ -83,16 +97,18 @@ def _task_batches(session: Session, kinds: tuple[str, ...], pid: int | None, mvi
         last = batch[-1].id
 
 
-def _load(session: Session, batch: list[Task]) -> tuple[dict[int, Prompt], dict[int, Response]]:
-    prompts = {p.id: p for p in session.scalars(select(Prompt).where(Prompt.id.in_({t.prompt_id for t in batch})))}
+def _load(session: Session, batch: list[Any]) -> tuple[dict[int, Any], dict[int, Any]]:
+    prompts = {p.id: p for p in session.execute(select(Prompt.id, Prompt.text, Prompt.messages)
+                                                .where(_in(session, Prompt.id, {t.prompt_id for t in batch})))}
     rids = {rid for t in batch for rid in t.response_ids}
-    responses = {r.id: r for r in session.scalars(select(Response).where(Response.id.in_(rids)))}
+    responses = {r.id: r for r in session.execute(select(Response.id, Response.text, Response.model_version_id)
+                                                  .where(_in(session, Response.id, rids)))}
     return prompts, responses
 
 
-def _labels(session: Session, table: Any, batch: list[Task], uid: int | None, since: dt.datetime | None,
+def _labels(session: Session, table: Any, batch: list[Any], uid: int | None, since: dt.datetime | None,
             until: dt.datetime | None) -> dict[int, list[Any]]:
-    q = select(table).where(table.task_id.in_([t.id for t in batch]))
+    q = _cols(table).where(_in(session, table.task_id, [t.id for t in batch]))
     if uid is not None:
         q = q.where(table.user_id == uid)
     if since is not None:
@@ -100,14 +116,14 @@ def _labels(session: Session, table: Any, batch: list[Task], uid: int | None, si
     if until is not None:
         q = q.where(table.created_at < until)
     out: dict[int, list[Any]] = defaultdict(list)
-    for lab in session.scalars(q.order_by(table.id)):
+    for lab in session.execute(q.order_by(table.id)):
         out[lab.task_id].append(lab)
     return out
 
 
 # ----------------------------------------------------------------------------------- preferences
 
-def _pair_votes(task: Task, prefs: list[PreferenceLabel], ranks: list[Ranking]
+def _pair_votes(task: Any, prefs: list[Any], ranks: list[Any]
                 ) -> dict[tuple[int, int], list[tuple[str, float | None, int, str]]]:
     """Votes per unordered response pair: (winner id as 'x'/'y'/'tie'/'both_bad', margin, label id, table)."""
     votes: dict[tuple[int, int], list] = defaultdict(list)
@@ -290,8 +306,7 @@ def iter_raw_rows(session: Session, *, project: str | None = None, since: str | 
         for task in batch:
             shown = [{"response_id": rid, "model_version": versions.get(responses[rid].model_version_id)
                       if responses[rid].model_version_id else None} for rid in task.response_ids]
-            for lab in prefs.get(task.id, []) + ranks.get(task.id, []):
-                is_pref = isinstance(lab, PreferenceLabel)
+            for is_pref, lab in [(True, x) for x in prefs.get(task.id, [])] + [(False, x) for x in ranks.get(task.id, [])]:
                 row = {"label_id": lab.id, "kind": task.kind, "project": pnames[task.project_id],
                        "task_id": task.id, "prompt_id": task.prompt_id,
                        "annotator": accounts.pseudonym(lab.user_id), "created_at": iso(lab.created_at),

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 05:29:56.754237
+Create Date: 2026-11-28
 
 """
 from typing import Sequence, Union
@@ -111,7 +111,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('tasks', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_tasks_prompt_id'), ['prompt_id'], unique=False)
-        batch_op.create_index('ix_tasks_queue', ['project_id', 'status', 'n_submitted', 'id'], unique=False)
+        batch_op.create_index('ix_tasks_queue', ['project_id', 'status', sa.literal_column('n_submitted DESC'), 'id'], unique=False)
 
     op.create_table('assignments',
     sa.Column('id', sa.Integer(), nullable=False),
