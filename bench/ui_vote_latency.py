@@ -21,11 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labeling_ui.devserver import (CHROMIUM, current_task_id, launch_chromium, sign_in,  # noqa: E402
+from labeling_ui.devserver import (CHROMIUM, SETTLED_JS as SETTLED, current_task_id, launch_chromium, sign_in,  # noqa: E402
                                    streamlit_server, wait_task_change)
 from labeling_ui.seed import seed  # noqa: E402
 
-SETTLED = "() => !document.querySelector('[data-testid=\"stStatusWidget\"] button')"
 
 
 def pct(xs: list[float], q: float) -> float:

@@ -68,10 +68,17 @@ def launch_chromium(playwright):  # noqa: ANN001, ANN201
 
 
 # ------------------------------------------------------------------ page helpers (Playwright sync API)
-def wait_idle(page, timeout: float = 30_000) -> None:  # noqa: ANN001
-    """Wait until Streamlit has finished the current run (no 'running' status widget)."""
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+SETTLED_JS = "() => !!document.querySelector('[data-test-script-state=\"notRunning\"]')"
+
+
+def settle(page, timeout: float = 30_000, grace_ms: int = 150) -> None:  # noqa: ANN001
+    """Wait until Streamlit has finished the current script run (the app root says notRunning).
+
+    `grace_ms` first lets a just-triggered rerun start (the state flips to running asynchronously).
+    """
+    if grace_ms:
+        page.wait_for_timeout(grace_ms)
+    page.wait_for_function(SETTLED_JS, timeout=timeout)
 
 
 def sign_in(page, base: str, username: str, password: str) -> None:  # noqa: ANN001

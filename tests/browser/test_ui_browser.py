@@ -20,7 +20,8 @@ from sqlalchemy import select
 from db.models import PreferenceLabel, User
 from db.services import accounts
 from db.session import session_scope
-from labeling_ui.devserver import (CHROMIUM, ROOT, current_task_id, launch_chromium, sign_in, streamlit_server,
+from labeling_ui.devserver import (CHROMIUM, ROOT, current_task_id, launch_chromium, settle, sign_in,
+                                   streamlit_server,
                                    wait_task_change)
 from labeling_ui.seed import seed
 
@@ -67,10 +68,7 @@ def _page(browser):  # noqa: ANN001, ANN202
 
 
 def _settle(page) -> None:  # noqa: ANN001
-    """Wait until the script run finished (Streamlit shows a 'Running...' status while it runs)."""
-    page.wait_for_timeout(300)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"] button')",
-                           timeout=30_000)
+    settle(page, grace_ms=300)
 
 
 def _nav(page, name: str) -> None:  # noqa: ANN001
@@ -84,6 +82,12 @@ def _open_url_in_session(page, path: str) -> None:  # noqa: ANN001
     """Type a URL without reloading (a reload starts a new Streamlit session, i.e. signs out)."""
     page.evaluate("(p) => { history.pushState({}, '', p); dispatchEvent(new PopStateEvent('popstate')); }", path)
     _settle(page)
+
+
+def _shot(page, name: str) -> None:  # noqa: ANN001
+    """Screenshot for people to look at; lazily loaded widgets (data grids, radios) get a moment to paint."""
+    page.wait_for_timeout(1200)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def _labels(url: str, username: str) -> list[PreferenceLabel]:
@@ -175,7 +179,7 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     # 5. Annotator pages and own history.
     for link, name in (("Rank", "rank"), ("Demonstrate", "demonstrate"), ("My history", "history")):
         _nav(page, link)
-        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        _shot(page, name)
     assert page.get_by_text("My history").count() >= 1
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("textbox", name="Username").wait_for()
@@ -195,7 +199,7 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     for link, path in (("Agreement", "agreement"), ("Review demonstrations", "review"), ("Projects", "projects"),
                        ("Users", "users"), ("Import", "import"), ("Model versions", "models")):
         _nav(page, link)
-        page.screenshot(path=str(SHOTS / f"admin_{path}.png"), full_page=True)
+        _shot(page, f"admin_{path}")
     _nav(page, "Export")
     page.get_by_role("button", name="Download JSONL").wait_for()
     with page.expect_download() as dl:
