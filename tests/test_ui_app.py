@@ -350,3 +350,23 @@ def test_safe_markdown_escapes_html_outside_code():
     out = safe_markdown(src)
     assert "\\<script>" in out and "\\$5" in out
     assert "```html\n<b>code</b>\n```" in out and "`<i>`" in out
+
+
+def test_agreement_page_with_overlap(seeded):
+    from db.services import projects
+    with session_scope(seeded["url"]) as s:
+        projects.update_project(s, "demo", labels_per_task=2)
+    for who, choices in (("alice", ["a", "b", "a"]), ("bob", ["a", "a", "a"])):
+        at = app_as(who, seeded)
+        for c in choices:
+            at.button(key=f"btn_{c}").click().run()
+            at.button(key="cmp_submit").click().run()
+    assert count(seeded["url"], PreferenceLabel) == 6
+    admin = app_as("admin", seeded, role="admin")
+    admin.switch_page("views/agreement.py").run()
+    no_exception(admin)
+    metrics = {m.label: m.value for m in admin.metric}
+    assert metrics["Tasks with ≥ 2 labels"] == "3"
+    assert metrics["Percent agreement"] == "67%"
+    dis = admin.dataframe[-1].value
+    assert len(dis) == 1 and "alice: b" in dis.iloc[0]["labels"]
