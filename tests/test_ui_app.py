@@ -370,3 +370,30 @@ def test_agreement_page_with_overlap(seeded):
     assert metrics["Percent agreement"] == "67%"
     dis = admin.dataframe[-1].value
     assert len(dis) == 1 and "alice: b" in dis.iloc[0]["labels"]
+
+
+def test_oidc_identity_maps_to_user_row(seeded):
+    """With an [auth] section, a st.login identity signs in the user whose username is its email."""
+    from db.services import accounts
+    with session_scope(seeded["url"]) as s:
+        accounts.create_user(s, "carol@example.com", None, display_name="carol@example.com")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.secrets["auth"] = {"redirect_uri": "http://localhost/oauth2callback", "cookie_secret": "x" * 32,
+                          "client_id": "id", "client_secret": "secret",
+                          "server_metadata_url": "https://idp.example/.well-known/openid-configuration"}
+    at.user = {"is_logged_in": False}
+    at.run()
+    assert [b for b in at.button if "organisation" in b.label], "OIDC sign-in button missing"
+    at.user = {"is_logged_in": True, "sub": "idp|42", "email": "carol@example.com", "name": "Carol"}
+    at.run()
+    no_exception(at)
+    assert at.session_state["user"]["username"] == "carol@example.com"
+    assert "Compare · demo" in texts(at)
+    with session_scope(seeded["url"]) as s:
+        assert accounts.get_user(s, "carol@example.com").external_id == "idp|42"
+    # An identity with no account gets a clear refusal, not a page.
+    other = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    other.secrets["auth"] = at.secrets["auth"]
+    other.user = {"is_logged_in": True, "sub": "idp|99", "email": "mallory@example.com"}
+    other.run()
+    assert "user" not in other.session_state and "not linked" in texts(other)
