@@ -26,7 +26,7 @@ def evaluate_reward(model_ref: str, dataset: str, *, chat_format: str = "auto", 
     from rlhf.formatting import format_preference_row, use_chat_for_training
     from rlhf.modeling import load_reward_model, load_tokenizer, pad_problem, resolve_model
 
-    m = resolve_model(model_ref, database_url)
+    m = resolve_model(model_ref, database_url, lookup=database_url is not None or not Path(model_ref).exists())
     rows = data.preference_rows_from_file(dataset)
     tok = load_tokenizer(m.path)
     problem = pad_problem(tok)

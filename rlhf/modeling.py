@@ -21,13 +21,18 @@ class ModelRef:
     kind: str | None = None  # base | sft | reward | policy | external
 
 
-def resolve_model(ref: str, url: str | None = None) -> ModelRef:
-    """A registered version (name, id or path) → its path; else a local directory or a hub id (unregistered)."""
+def resolve_model(ref: str, url: str | None = None, lookup: bool = True) -> ModelRef:
+    """A registered version (name, id or path) → its path; else a local directory or a hub id (unregistered).
+
+    ``lookup=False`` leaves the database alone when `ref` is an existing directory (``--no_register`` runs
+    on a file need no database at all)."""
     if not ref:
         raise InputError("--model is required (a model version name, a local directory or a hub id)",
                          field="model")
     local = Path(ref).expanduser()
     candidates = [ref] + ([str(local.resolve())] if local.exists() else [])
+    if not lookup and local.exists():
+        return ModelRef(ref, str(local.resolve()))
     try:
         from db.services import registry
         from db.session import session_scope

@@ -52,7 +52,7 @@ def run(cfg: Any) -> dict[str, Any]:
     # ---- everything that can be wrong is checked before the model is loaded
     if cfg.project is None and cfg.dataset is None:
         raise InputError("give --project NAME (database) or --dataset FILE.jsonl", field="project")
-    init = resolve_model(cfg.model, cfg.database_url)
+    init = resolve_model(cfg.model, cfg.database_url, lookup=bool(cfg.register or cfg.project))
     filters = {"aggregate": cfg.aggregate} if cfg.project else {}
     rows = data.load_rows(data.PREF_KIND, url=cfg.database_url, project=cfg.project, dataset=cfg.dataset,
                           **filters)

@@ -41,7 +41,7 @@ def run(cfg: Any) -> dict[str, Any]:
     # ---- everything that can be wrong is checked before the model is loaded
     if cfg.project is None and cfg.dataset is None:
         raise InputError("give --project NAME (database) or --dataset FILE.jsonl", field="project")
-    base = resolve_model(cfg.model, cfg.database_url)
+    base = resolve_model(cfg.model, cfg.database_url, lookup=bool(cfg.register or cfg.project))
     statuses = tuple(s.strip() for s in cfg.statuses.split(",") if s.strip())
     filters = {"statuses": statuses} if cfg.project else {}
     rows = data.load_rows(data.SFT_KIND, url=cfg.database_url, project=cfg.project, dataset=cfg.dataset,
