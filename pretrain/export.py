@@ -56,6 +56,7 @@ def to_hf(model: GPT, special: dict | None = None):
     cfg = model.config
     special = special or {}
     ids = {k: special.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    act = {"none": "gelu", "tanh": "gelu_new"}[cfg.gelu_approximate]
     sd: dict[str, torch.Tensor] = {"transformer.wte.weight": model.wte.weight.detach().clone(),
                                    "transformer.wpe.weight": model.wpe.weight.detach().clone()}
     _ln(sd, "transformer.ln_f", model.ln_f)
@@ -63,7 +64,7 @@ def to_hf(model: GPT, special: dict | None = None):
         from transformers import GPT2Config, GPT2LMHeadModel
 
         hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-                            n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu_new",
+                            n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function=act,
                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                             layer_norm_epsilon=cfg.layer_norm_epsilon, tie_word_embeddings=True, **ids)
         for i, blk in enumerate(model.h):
@@ -85,7 +86,7 @@ def to_hf(model: GPT, special: dict | None = None):
         hf_cfg = GPTNeoConfig(vocab_size=cfg.vocab_size, max_position_embeddings=cfg.block_size,
                               hidden_size=cfg.n_embd, num_layers=cfg.n_layer, num_heads=cfg.n_head,
                               attention_types=[[types, 1]], window_size=cfg.window,
-                              intermediate_size=4 * cfg.n_embd, activation_function="gelu_new",
+                              intermediate_size=4 * cfg.n_embd, activation_function=act,
                               resid_dropout=0.0, embed_dropout=0.0, attention_dropout=0.0,
                               layer_norm_epsilon=cfg.layer_norm_epsilon, tie_word_embeddings=True, **ids)
         hd = cfg.n_embd // cfg.n_head

@@ -68,11 +68,11 @@ def test_receptive_field_of_whole_model():
     assert (d_gpt3 > 0).all()  # the dense layers carry it to the end
 
 
-@pytest.mark.parametrize("attention", ["dense", "sparse"])
-def test_export_logits_and_greedy_generation(attention, tmp_path):
+@pytest.mark.parametrize(("attention", "gelu"), [("dense", "none"), ("sparse", "none"), ("dense", "tanh")])
+def test_export_logits_and_greedy_generation(attention, gelu, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    native = _randomized(_cfg(attention=attention))
+    native = _randomized(_cfg(attention=attention, gelu_approximate=gelu))
     hf = to_hf(native, {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1})
     hf.save_pretrained(str(tmp_path))
     # reload through the Auto class: no custom code; eager keeps GPT-Neo's local window
