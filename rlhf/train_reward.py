@@ -104,17 +104,17 @@ def run(cfg: Any) -> dict[str, Any]:
         held = reward.evaluate_pairs(model, tokenizer, list(eval_ds))
         metrics.update({f"eval_{k}": v for k, v in held.items()})
     version_id = None
+    # Every rank normalizes its (identical) copy the same way, then all take part in saving (FSDP/DeepSpeed).
+    reward.set_info(model, chat_template=chat)
+    if cfg.normalize and norm_rows:
+        formatted = [format_sft_row(r, chat) for r in norm_rows]
+        norm = reward.normalize(model, tokenizer, [r["prompt"] for r in formatted],
+                                [r["completion"] for r in formatted])
+        norm["normalized_with"] = norm_source
+        reward.set_info(model, normalized_with=norm_source)
+        metrics.update(norm)
+    trainer.save_model(str(run_dir))
     if trainer.is_world_process_zero():
-        set_chat = {"chat_template": chat}
-        reward.set_info(model, **set_chat)
-        if cfg.normalize and norm_rows:
-            formatted = [format_sft_row(r, chat) for r in norm_rows]
-            norm = reward.normalize(model, tokenizer, [r["prompt"] for r in formatted],
-                                    [r["completion"] for r in formatted])
-            norm["normalized_with"] = norm_source
-            reward.set_info(model, normalized_with=norm_source)
-            metrics.update(norm)
-        trainer.save_model(str(run_dir))
         tokenizer.save_pretrained(str(run_dir))
         runs.append_metrics(run_dir, {"final": True, **metrics})
         extra = {"job": JOB, "name": name, "init": init.path, "init_version": init.version_name,

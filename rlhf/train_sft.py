@@ -78,8 +78,8 @@ def run(cfg: Any) -> dict[str, Any]:
         metrics.update({k: v for k, v in ev.items() if k in ("eval_loss", "eval_mean_token_accuracy",
                                                             "eval_entropy")})
     version_id = None
+    trainer.save_model(str(run_dir))  # every rank: FSDP / DeepSpeed gather the weights collectively
     if trainer.is_world_process_zero():
-        trainer.save_model(str(run_dir))
         tokenizer.save_pretrained(str(run_dir))
         runs.append_metrics(run_dir, {"final": True, **metrics})
         extra = {"job": JOB, "name": name, "base": base.path, "base_version": base.version_name,

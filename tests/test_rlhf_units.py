@@ -145,3 +145,17 @@ def test_help_lists_our_and_trl_flags():
                  "--normalize", "--config"):
         assert flag in out.stdout, flag
     assert json.dumps  # keep import used
+
+
+def test_config_yaml_device_defaults_and_cli_override(tmp_path):
+    from rlhf.config import parse, sft_config_class
+
+    cfg_file = tmp_path / "job.yaml"
+    cfg_file.write_text("project: demo\nmax_steps: 7\nlearning_rate: 0.002\nstatuses: accepted,submitted\n")
+    cfg = parse(sft_config_class(), ["--config", str(cfg_file), "--model", "m", "--max_steps", "9"], "p", "d")
+    assert (cfg.project, cfg.max_steps, cfg.learning_rate, cfg.statuses) == ("demo", 9, 0.002,
+                                                                           "accepted,submitted")
+    import torch
+
+    if not torch.cuda.is_available():  # CPU: float32 and no checkpointing, whatever TRL's defaults say
+        assert cfg.bf16 is False and cfg.gradient_checkpointing is False
