@@ -21,15 +21,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labeling_ui.devserver import (CHROMIUM, SETTLED_JS as SETTLED, current_task_id, launch_chromium, sign_in,  # noqa: E402
-                                   streamlit_server, wait_task_change)
-from labeling_ui.seed import seed  # noqa: E402
-
+from labeling_ui.devserver import (
+    CHROMIUM,
+    current_task_id,
+    launch_chromium,
+    sign_in,
+    streamlit_server,
+    wait_task_change,
+)
+from labeling_ui.devserver import SETTLED_JS as SETTLED
+from labeling_ui.seed import seed
 
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))]
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
 def main() -> int:

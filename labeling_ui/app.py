@@ -12,9 +12,9 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from labeling_ui import auth  # noqa: E402
+from labeling_ui import auth
 
 st.set_page_config(page_title="InstructLoop", page_icon=":material/thumbs_up_down:", layout="wide")
 

@@ -29,7 +29,7 @@ def idle_timeout_s() -> float:
 def oidc_configured() -> bool:
     try:
         return "auth" in st.secrets
-    except Exception:  # no secrets file at all
+    except Exception:  # noqa: BLE001 - no secrets file at all, or an unreadable one
         return False
 
 

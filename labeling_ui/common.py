@@ -4,7 +4,8 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import streamlit as st
 from sqlalchemy.orm import Session
@@ -24,8 +25,8 @@ def db() -> Iterator[Session]:
 
 
 # ------------------------------------------------------------------ safe rendering of model text
-_FENCE = re.compile(r"(^[ \t]*(```|~~~).*?(?:^[ \t]*\2[ \t]*$|\Z))", re.S | re.M)
-_INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.S)
+_FENCE = re.compile(r"(^[ \t]*(```|~~~).*?(?:^[ \t]*\2[ \t]*$|\Z))", re.DOTALL | re.MULTILINE)
+_INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 _ESCAPE = re.compile(r"([<$])")
 
 

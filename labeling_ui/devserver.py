@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "labeling_ui" / "app.py"
@@ -63,7 +63,7 @@ def streamlit_server(database_url: str, *, port: int | None = None, log: Path | 
             out.close()
 
 
-def launch_chromium(playwright):  # noqa: ANN001, ANN201
+def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
@@ -71,7 +71,7 @@ def launch_chromium(playwright):  # noqa: ANN001, ANN201
 SETTLED_JS = "() => !!document.querySelector('[data-test-script-state=\"notRunning\"]')"
 
 
-def settle(page, timeout: float = 30_000, grace_ms: int = 150) -> None:  # noqa: ANN001
+def settle(page, timeout: float = 30_000, grace_ms: int = 150) -> None:
     """Wait until Streamlit has finished the current script run (the app root says notRunning).
 
     `grace_ms` first lets a just-triggered rerun start (the state flips to running asynchronously).
@@ -81,7 +81,7 @@ def settle(page, timeout: float = 30_000, grace_ms: int = 150) -> None:  # noqa:
     page.wait_for_function(SETTLED_JS, timeout=timeout)
 
 
-def sign_in(page, base: str, username: str, password: str) -> None:  # noqa: ANN001
+def sign_in(page, base: str, username: str, password: str) -> None:
     page.goto(base + "/")
     page.get_by_role("textbox", name="Username").fill(username)
     pw = page.get_by_role("textbox", name="Password")
@@ -90,14 +90,14 @@ def sign_in(page, base: str, username: str, password: str) -> None:  # noqa: ANN
     page.get_by_text("Sign out").wait_for(timeout=30_000)
 
 
-def current_task_id(page) -> int | None:  # noqa: ANN001
+def current_task_id(page) -> int | None:
     loc = page.get_by_text("PROMPT · task #")
     if loc.count() == 0:
         return None
     return int(loc.first.inner_text().rsplit("#", 1)[1].strip())
 
 
-def wait_task_change(page, old: int | None, timeout: float = 30_000) -> None:  # noqa: ANN001
+def wait_task_change(page, old: int | None, timeout: float = 30_000) -> None:
     page.wait_for_function(
         """(old) => { const els = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')];
              const t = els.map(e => e.innerText).find(s => s.includes('PROMPT · task #'));

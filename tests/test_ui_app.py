@@ -25,7 +25,7 @@ TIMEOUT = 60
 
 
 @pytest.fixture
-def seeded(sqlite_url, monkeypatch):  # noqa: ANN001, ANN201
+def seeded(sqlite_url, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", sqlite_url)
     info = seed(sqlite_url, n_compare=4, n_rank=2, n_demonstrate=2, create_tables=False)
     info["url"] = sqlite_url
@@ -40,7 +40,7 @@ def app_as(username: str | None, info: dict, role: str = "annotator", script: st
     return at.run()
 
 
-def count(url: str, model) -> int:  # noqa: ANN001
+def count(url: str, model) -> int:
     with session_scope(url) as s:
         return s.scalar(select(func.count()).select_from(model))
 
@@ -180,7 +180,7 @@ def test_compare_skip_records_reason_and_moves_on(seeded):
 def test_compare_empty_state(seeded):
     at = app_as("alice", seeded)
     for _ in range(4):
-        view = at.session_state[f"task:compare:{seeded['project_id']}"]
+        at.session_state[f"task:compare:{seeded['project_id']}"]
         at.button(key="btn_tie").click().run()
         at.button(key="cmp_submit").click().run()
     no_exception(at)
@@ -226,14 +226,14 @@ def test_demonstrate_validation_then_submit(seeded):
 
 def test_history_lists_and_revises(seeded):
     at = app_as("alice", seeded)
-    tid = seeded["compare_task_ids"][0]
+    seeded["compare_task_ids"][0]
     at.button(key="btn_a").click().run()
     at.button(key="cmp_submit").click().run()
     at.switch_page("views/history.py").run()
     no_exception(at)
     assert at.dataframe[0].value.shape[0] == 1
     at.radio[0].set_value("b")
-    form_btn = [b for b in at.button if b.label == "Save revision"][0]
+    form_btn = next(b for b in at.button if b.label == "Save revision")
     form_btn.click().run()
     no_exception(at)
     with session_scope(seeded["url"]) as s:
@@ -270,12 +270,12 @@ def test_admin_import_bad_file_shows_error_and_writes_nothing(seeded):
 
 
 @pytest.fixture
-def captured_downloads(monkeypatch):  # noqa: ANN001, ANN201
+def captured_downloads(monkeypatch):
     from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
     got: list[tuple[bytes, str | None]] = []
     orig = MemoryMediaFileStorage.load_and_get_id
 
-    def spy(self, path_or_data, mimetype, kind, filename=None):  # noqa: ANN001, ANN202
+    def spy(self, path_or_data, mimetype, kind, filename=None):
         got.append((path_or_data, filename))
         return orig(self, path_or_data, mimetype, kind, filename)
 
@@ -315,11 +315,11 @@ def test_admin_users_create_and_deactivate(seeded):
     form_inputs[0].input("carol")
     form_inputs[1].input("Carol")
     form_inputs[2].input("short")
-    [b for b in at.button if b.label == "Create user"][0].click().run()
+    next(b for b in at.button if b.label == "Create user").click().run()
     assert "at least 8" in " ".join(e.value for e in at.error)
     at.text_input[0].input("carol")
     at.text_input[2].input("long-enough-pw")
-    [b for b in at.button if b.label == "Create user"][0].click().run()
+    next(b for b in at.button if b.label == "Create user").click().run()
     no_exception(at)
     from db.services import accounts
     with session_scope(seeded["url"]) as s:

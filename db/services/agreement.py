@@ -10,8 +10,9 @@ import datetime as dt
 import math
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from itertools import combinations
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import func, select
@@ -190,7 +191,7 @@ def annotator_speed(session: Session, project_id: int | None = None) -> pd.DataF
         xs.sort()
         rows.append({"annotator": u, "kind": kind, "labels": len(xs),
                      "median_seconds": statistics.median(xs),
-                     "p90_seconds": xs[min(len(xs) - 1, int(math.ceil(0.9 * len(xs))) - 1)]})
+                     "p90_seconds": xs[min(len(xs) - 1, math.ceil(0.9 * len(xs)) - 1)]})
     return pd.DataFrame(rows, columns=["annotator", "kind", "labels", "median_seconds", "p90_seconds"])
 
 

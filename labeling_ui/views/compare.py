@@ -7,9 +7,22 @@ from db.models import FLAGS, STRENGTHS
 from db.services import assignment, labels
 from db.services.errors import ServiceError
 from labeling_ui import auth
+from labeling_ui.common import (
+    current_task,
+    db,
+    done_with,
+    empty_state,
+    guidelines_button,
+    held_key,
+    progress_line,
+    project_picker,
+    render_prompt,
+    rerun_fragment,
+    seconds_on,
+    show_error,
+    show_text,
+)
 from labeling_ui.vocab import CHOICES, FLAG_NAMES, SKIP_REASONS, STRENGTH_KEYS
-from labeling_ui.common import (rerun_fragment, current_task, held_key, db, done_with, empty_state, guidelines_button, progress_line,
-                                project_picker, render_prompt, seconds_on, show_error, show_text)
 
 KIND = "compare"
 user = auth.require_user()
@@ -58,10 +71,9 @@ def compare_body(project: dict) -> None:
         render_prompt(view)
     cols = st.columns(2, gap="medium")
     for col, letter, resp in zip(cols, "AB", view.responses):
-        with col:
-            with st.container(border=True, height=440, key=f"resp_{letter}"):
-                st.markdown(f"#### Response {letter}")
-                show_text(resp["text"])
+        with col, st.container(border=True, height=440, key=f"resp_{letter}"):
+            st.markdown(f"#### Response {letter}")
+            show_text(resp["text"])
 
     choice = st.session_state.get(ck)
     with st.container(border=True, key="action_bar"):

@@ -6,8 +6,19 @@ import streamlit as st
 from db.services import assignment, labels, projects
 from db.services.errors import ServiceError
 from labeling_ui import auth
-from labeling_ui.common import (rerun_fragment, current_task, db, done_with, empty_state, guidelines_button, progress_line,
-                                project_picker, render_prompt, seconds_on, show_error)
+from labeling_ui.common import (
+    current_task,
+    db,
+    done_with,
+    empty_state,
+    guidelines_button,
+    progress_line,
+    project_picker,
+    render_prompt,
+    rerun_fragment,
+    seconds_on,
+    show_error,
+)
 from labeling_ui.vocab import SKIP_REASONS
 
 KIND = "demonstrate"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from db.services import importers, projects, tasks
+from db.services import importers, tasks
 from db.services.errors import ServiceError
 from labeling_ui import auth
 from labeling_ui.common import db, project_picker, show_error

@@ -18,8 +18,7 @@ if len(table):
     st.dataframe(table, hide_index=True, width="stretch")
 else:
     st.info("No model versions registered yet.")
-with st.expander("Register a model version", icon=":material/add:"):
-    with st.form("new_version", clear_on_submit=True):
+with st.expander("Register a model version", icon=":material/add:"), st.form("new_version", clear_on_submit=True):
         c1, c2 = st.columns(2)
         name = c1.text_input("Name")
         kind = c2.selectbox("Kind", MODEL_KINDS, index=MODEL_KINDS.index("external"))

@@ -1,7 +1,6 @@
 """Admin: projects — create, edit guidelines, labels per task and settings."""
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from db.services import projects, stats, tasks
@@ -24,8 +23,8 @@ if len(table):
 else:
     st.info("No projects yet — create the first one below.")
 
-with st.expander("Create a project", expanded=not plist, icon=":material/add:"):
-    with st.form("new_project", clear_on_submit=True):
+with st.expander("Create a project", expanded=not plist, icon=":material/add:"), \
+        st.form("new_project", clear_on_submit=True):
         name = st.text_input("Name")
         lpt = st.number_input("Labels per task (annotators per task)", min_value=1, value=1)
         guide = st.text_area("Guidelines (Markdown)", height=150)
@@ -45,26 +44,25 @@ if plist:
     pid = st.selectbox("Project", list(by_id), format_func=lambda i: by_id[i]["name"], key="proj_edit_pick")
     p = by_id[pid]
     left, right = st.columns(2)
-    with left:
-        with st.form(f"edit_project_{pid}"):
-            guide = st.text_area("Guidelines (Markdown)", value=p["guidelines"], height=300)
-            lpt = st.number_input("Labels per task", min_value=1, value=int(p["labels_per_task"]))
-            c1, c2 = st.columns(2)
-            min_chars = c1.number_input("Minimum demonstration length (characters)", min_value=1,
-                                        value=int(p["settings"].get("min_demonstration_chars", 20)))
-            window = c2.number_input("Revision window (hours)", min_value=0.0,
-                                     value=float(p["settings"].get("revision_window_hours", 24)))
-            if st.form_submit_button("Save", type="primary"):
-                try:
-                    with db() as s:
-                        projects.update_project(s, p["name"], guidelines=guide, labels_per_task=int(lpt),
-                                                settings={"min_demonstration_chars": int(min_chars),
-                                                          "revision_window_hours": window})
-                except ServiceError as e:
-                    show_error(e)
-                else:
-                    st.session_state["_flash_proj"] = "Project saved"
-                    st.rerun()
+    with left, st.form(f"edit_project_{pid}"):
+        guide = st.text_area("Guidelines (Markdown)", value=p["guidelines"], height=300)
+        lpt = st.number_input("Labels per task", min_value=1, value=int(p["labels_per_task"]))
+        c1, c2 = st.columns(2)
+        min_chars = c1.number_input("Minimum demonstration length (characters)", min_value=1,
+                                    value=int(p["settings"].get("min_demonstration_chars", 20)))
+        window = c2.number_input("Revision window (hours)", min_value=0.0,
+                                 value=float(p["settings"].get("revision_window_hours", 24)))
+        if st.form_submit_button("Save", type="primary"):
+            try:
+                with db() as s:
+                    projects.update_project(s, p["name"], guidelines=guide, labels_per_task=int(lpt),
+                                            settings={"min_demonstration_chars": int(min_chars),
+                                                      "revision_window_hours": window})
+            except ServiceError as e:
+                show_error(e)
+            else:
+                st.session_state["_flash_proj"] = "Project saved"
+                st.rerun()
     with right:
         st.caption("Guidelines preview")
         with st.container(border=True, height=380):

@@ -9,9 +9,21 @@ from db.models import FLAGS
 from db.services import assignment, labels
 from db.services.errors import ServiceError
 from labeling_ui import auth
-from labeling_ui.common import (rerun_fragment, current_task, db, done_with, empty_state, guidelines_button, progress_line,
-                                ordering_from_ranks, project_picker, render_prompt, seconds_on, show_error,
-                                show_text)
+from labeling_ui.common import (
+    current_task,
+    db,
+    done_with,
+    empty_state,
+    guidelines_button,
+    ordering_from_ranks,
+    progress_line,
+    project_picker,
+    render_prompt,
+    rerun_fragment,
+    seconds_on,
+    show_error,
+    show_text,
+)
 from labeling_ui.vocab import FLAG_NAMES, SKIP_REASONS
 
 KIND = "rank"

@@ -10,8 +10,8 @@ Skips when /usr/bin/chromium is missing, unless REQUIRE_BROWSER=1 (then it fails
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -20,9 +20,16 @@ from sqlalchemy import select
 from db.models import PreferenceLabel, User
 from db.services import accounts
 from db.session import session_scope
-from labeling_ui.devserver import (CHROMIUM, ROOT, current_task_id, launch_chromium, settle, sign_in,
-                                   streamlit_server,
-                                   wait_task_change)
+from labeling_ui.devserver import (
+    CHROMIUM,
+    ROOT,
+    current_task_id,
+    launch_chromium,
+    settle,
+    sign_in,
+    streamlit_server,
+    wait_task_change,
+)
 from labeling_ui.seed import seed
 
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -39,7 +46,7 @@ def _need_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def app_server(tmp_path_factory):  # noqa: ANN001, ANN201
+def app_server(tmp_path_factory):
     _need_browser()
     d = tmp_path_factory.mktemp("browser")
     url = f"sqlite:///{d / 'ui.sqlite3'}"
@@ -52,7 +59,7 @@ def app_server(tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def browser(app_server):  # noqa: ANN001, ANN201
+def browser(app_server):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as pw:
         b = launch_chromium(pw)
@@ -60,31 +67,31 @@ def browser(app_server):  # noqa: ANN001, ANN201
         b.close()
 
 
-def _page(browser):  # noqa: ANN001, ANN202
+def _page(browser):
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     page = ctx.new_page()
     page.set_default_timeout(30_000)
     return ctx, page
 
 
-def _settle(page) -> None:  # noqa: ANN001
+def _settle(page) -> None:
     settle(page, grace_ms=300)
 
 
-def _nav(page, name: str) -> None:  # noqa: ANN001
+def _nav(page, name: str) -> None:
     """Go to a page through the sidebar (client-side: the browser session, and the sign-in, stay)."""
     page.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True).click()
     page.get_by_text("Sign out").wait_for()
     _settle(page)
 
 
-def _open_url_in_session(page, path: str) -> None:  # noqa: ANN001
+def _open_url_in_session(page, path: str) -> None:
     """Type a URL without reloading (a reload starts a new Streamlit session, i.e. signs out)."""
     page.evaluate("(p) => { history.pushState({}, '', p); dispatchEvent(new PopStateEvent('popstate')); }", path)
     _settle(page)
 
 
-def _shot(page, name: str) -> None:  # noqa: ANN001
+def _shot(page, name: str) -> None:
     """Screenshot for people to look at; lazily loaded widgets (data grids, radios) get a moment to paint."""
     page.wait_for_timeout(1200)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -113,7 +120,7 @@ def test_signed_out_and_annotator_cannot_open_admin_pages(app_server, browser):
 
 
 def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_server, browser):
-    base, url, info = app_server
+    base, url, _info = app_server
     ctx, page = _page(browser)
     sign_in(page, base, "newbie", "newbie-pass-1")
     page.get_by_text("PROMPT · task #").wait_for()
