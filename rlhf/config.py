@@ -14,6 +14,7 @@ setting we do not use). ``DeviceDefaults`` resolves ``bf16`` / ``gradient_checkp
 """
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,11 +163,15 @@ SFTJobConfig: Any = None
 RewardJobConfig: Any = None
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the module docstring's layout in --help, and show defaults."""
+
+
 def parse(config_cls: type, argv: list[str] | None, prog: str, description: str) -> Any:
     """Parse argv (+ ``--config file.yaml``) into the job's config."""
     from trl import TrlParser
 
-    parser = TrlParser((config_cls,), prog=prog, description=description)
+    parser = TrlParser((config_cls,), prog=prog, description=description, formatter_class=HelpFormatter)
     (cfg,) = parser.parse_args_and_config(args=argv)
     return cfg
 

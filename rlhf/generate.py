@@ -276,7 +276,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        parser = TrlParser((GenerateArgs,), prog="python -m rlhf.generate", description=__doc__)
+        from rlhf.config import HelpFormatter
+
+        parser = TrlParser((GenerateArgs,), prog="python -m rlhf.generate", description=__doc__,
+                           formatter_class=HelpFormatter)
         (args,) = parser.parse_args_and_config(args=argv)
         summary = run(args)
     except ServiceError as e:

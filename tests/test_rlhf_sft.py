@@ -143,13 +143,14 @@ def test_sft_resume_after_interruption(tiny, sqlite_url, home, tmp_path, capsys)
     assert mv.label_snapshot["dataset"] == str(f.resolve())
 
 
-def test_sft_on_pretrain_module_output(sqlite_url, home, tmp_path):
+@pytest.mark.parametrize("attention", ["dense", "sparse"])  # GPT-2 and GPT-Neo (eager attention) exports
+def test_sft_on_pretrain_module_output(attention, sqlite_url, home, tmp_path):
     pipeline = pytest.importorskip("pretrain.pipeline")
     if not hasattr(pipeline, "build_tiny_model"):
         pytest.skip("pretrain.pipeline.build_tiny_model not available")
     from rlhf import train_sft
 
-    model_dir = pipeline.build_tiny_model(tmp_path / "pt", texts=H.corpus(60))
+    model_dir = pipeline.build_tiny_model(tmp_path / "pt", texts=H.corpus(60), attention=attention)
     f = H.write_jsonl(tmp_path / "d.jsonl", [{"prompt": p, "completion": c} for p, c in DEMOS])
     out = train_sft.main(["--model", str(model_dir), "--dataset", str(f), "--database_url", sqlite_url,
                           "--name", "sft-pt", "--max_steps", "2", "--save_strategy", "no", "--disable_tqdm", "true"])
