@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PRESETS = {"tiny": dict(n_layer=2, n_embd=64, n_head=2), "small": dict(n_layer=4, n_embd=128, n_head=4)}
+PRESETS = {"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2}, "small": {"n_layer": 4, "n_embd": 128, "n_head": 4}}
 
 
 def main() -> None:

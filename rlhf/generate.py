@@ -130,7 +130,7 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
 
     from db.services import content
     from db.session import session_scope
-    from rlhf.formatting import (FEW_SHOT_SEPARATOR, generation_input, use_chat_for_generation)
+    from rlhf.formatting import FEW_SHOT_SEPARATOR, generation_input, use_chat_for_generation
     from rlhf.modeling import ensure_registered, load_causal_lm, load_tokenizer, resolve_model
 
     m = resolve_model(ref, args.database_url)

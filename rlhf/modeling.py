@@ -46,7 +46,7 @@ def resolve_model(ref: str, url: str | None = None, lookup: bool = True) -> Mode
                 return ModelRef(ref, mv.path, mv.id, mv.name, mv.kind)
     except NotFound:
         pass
-    except Exception as e:  # no database (e.g. --dataset with --no_register): a path still works
+    except Exception as e:  # noqa: BLE001 — no database (e.g. --dataset with --no_register): a path still works
         log.info("model registry not available (%s); treating %r as a path", e.__class__.__name__, ref)
     if local.exists():
         return ModelRef(ref, str(local.resolve()))
@@ -90,7 +90,7 @@ def load_tokenizer(path: str, padding_side: str | None = None) -> Any:
 
     try:
         tok = AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise InputError(f"cannot load a tokenizer from {path!r}: {e}", field="model") from e
     if padding_side:
         tok.padding_side = padding_side

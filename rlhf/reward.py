@@ -17,7 +17,8 @@ The shift is verified by re-scoring the demonstrations, and recorded in ``config
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -6,8 +6,9 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from db.services.errors import InputError, ServiceError
 
@@ -78,7 +79,7 @@ def metrics_callback(run_dir: Path) -> Any:
     class MetricsJsonl(TrainerCallback):
         """Appends every log (train and eval) to <run>/metrics.jsonl, main process only."""
 
-        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001, ANN003, ANN201
+        def on_log(self, args, state, control, logs=None, **kw):
             if not state.is_world_process_zero or not logs:
                 return
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,6 @@ the demonstration ids. Every TRL ``SFTConfig`` / ``TrainingArguments`` flag work
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from db.services.errors import InputError

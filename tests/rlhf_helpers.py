@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -19,8 +20,7 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}"
 )
 
-WORDS = ("the cat dog sun moon tree river stone bird fish red blue green small large quick slow happy sad "
-         "apple bread water fire wind rain snow hill road house door window book pen cup").split()
+WORDS = ["the", "cat", "dog", "sun", "moon", "tree", "river", "stone", "bird", "fish", "red", "blue", "green", "small", "large", "quick", "slow", "happy", "sad", "apple", "bread", "water", "fire", "wind", "rain", "snow", "hill", "road", "house", "door", "window", "book", "pen", "cup"]
 
 
 def corpus(n: int = 300, seed: int = 0) -> list[str]:

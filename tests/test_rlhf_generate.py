@@ -32,7 +32,7 @@ def models(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _seed(url: str) -> None:
-    from db.services import content, projects, registry
+    from db.services import content, projects
     from db.session import session_scope
 
     H.make_project(url, "g")

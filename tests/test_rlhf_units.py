@@ -1,7 +1,6 @@
 """rlhf pieces that need no training: data path, formatting, metrics, reward shift, bad input, --help."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -139,12 +138,11 @@ def test_empty_project_and_bad_dataset_fail_clearly(tiny, tmp_path, sqlite_url, 
 
 def test_help_lists_our_and_trl_flags():
     out = subprocess.run([sys.executable, "-m", "rlhf.train_reward", "--help"], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     for flag in ("--project", "--dataset", "--resume", "--center_rewards_coefficient", "--learning_rate",
                  "--normalize", "--config"):
         assert flag in out.stdout, flag
-    assert json.dumps  # keep import used
 
 
 def test_config_yaml_device_defaults_and_cli_override(tmp_path):
