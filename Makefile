@@ -32,7 +32,7 @@ system-deps:
 
 demo-data: install
 	$(PY) -m db upgrade
-	$(PY) -m db demo
+	$(PY) -m rlhf.demo
 
 app: install
 	$(VENV)/bin/streamlit run labeling_ui/app.py --server.port $(PORT) --server.headless true \

@@ -174,12 +174,6 @@ def cmd_models_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from db.demo import bootstrap
-    bootstrap(args.url, model=args.model, quiet=False)
-    return 0
-
-
 # ------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,10 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("--kind", choices=["base", "sft", "reward", "policy", "external"], default="external")
     mr.add_argument("--parent", help="parent version name")
 
-    dm = add(sub, "demo", cmd_demo, "migrate and seed a demo project (users admin/admin-pass, "
-                                    "annotator/annotator-pass) with responses from a tiny model")
-    dm.add_argument("--model", help="HF model dir to sample responses from (default: build the tiny "
-                                    "pretrained demo model, or canned responses if torch is missing)")
     return p
 
 

@@ -110,13 +110,13 @@ def guidelines_button(project: dict[str, Any], where: Any = None) -> None:
         guidelines_dialog(project)
 
 
-def progress_line(user_id: int, project_id: int) -> None:
+def progress_line(user_id: int, project_id: int, kind: str | None = None) -> None:
     from db.services.agreement import annotator_progress
     with db() as s:
         mine = annotator_progress(s, user_id, project_id)
-        left = assignment.tasks_left(s, user_id, project_id)
+        left = assignment.tasks_left(s, user_id, project_id, kind=kind)
     st.caption(f":material/check_circle: **{mine['today']}** done today · **{mine['total']}** in total · "
-               f"**{left}** tasks left")
+               f"**{left}** {kind + ' ' if kind else ''}tasks left")
 
 
 # ------------------------------------------------------------------ current task per page

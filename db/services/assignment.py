@@ -161,8 +161,9 @@ def expire_leases(session: Session, *, now: dt.datetime | None = None) -> int:
         return res.rowcount or 0
 
 
-def tasks_left(session: Session, user_id: int, project_id: int, *, now: dt.datetime | None = None) -> int:
-    """Open tasks this user could still be given."""
+def tasks_left(session: Session, user_id: int, project_id: int, *, kind: str | None = None,
+               now: dt.datetime | None = None) -> int:
+    """Open tasks (of one kind, if given) this user could still be given."""
     now = now or utcnow()
     project = session.get(Project, project_id)
     done_by_me = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user_id,
@@ -170,6 +171,8 @@ def tasks_left(session: Session, user_id: int, project_id: int, *, now: dt.datet
     taken = (select(func.count()).select_from(Assignment)
              .where(Assignment.task_id == Task.id, _live(now), Assignment.user_id != user_id)
              .correlate(Task).scalar_subquery())
-    return session.scalar(select(func.count()).select_from(Task).where(
-        Task.project_id == project_id, Task.status == "open", ~done_by_me,
-        taken < project.labels_per_task)) or 0
+    q = select(func.count()).select_from(Task).where(
+        Task.project_id == project_id, Task.status == "open", ~done_by_me, taken < project.labels_per_task)
+    if kind:
+        q = q.where(Task.kind == kind)
+    return session.scalar(q) or 0

@@ -44,7 +44,7 @@ def demonstrate_body(project: dict) -> None:
     top = st.columns([3, 2], vertical_alignment="bottom")
     top[0].subheader(f"Demonstrate · {project['name']}")
     with top[1]:
-        progress_line(user["id"], pid)
+        progress_line(user["id"], pid, "demonstrate")
     view = current_task(user["id"], pid, KIND)
     if view is None:
         empty_state("No tasks left in this project — thanks!")

@@ -46,7 +46,7 @@ def rank_body(project: dict) -> None:
     top = st.columns([3, 2], vertical_alignment="bottom")
     top[0].subheader(f"Rank · {project['name']}")
     with top[1]:
-        progress_line(user["id"], pid)
+        progress_line(user["id"], pid, "rank")
     view = current_task(user["id"], pid, KIND)
     if view is None:
         empty_state("No tasks left in this project — thanks!")
