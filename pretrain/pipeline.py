@@ -99,3 +99,27 @@ def build_tiny_model(out_dir: str | Path, vocab_size: int = 512, attention: str 
 
     shutil.rmtree(tok_dir, ignore_errors=True)
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pretrain.pipeline",
+                                 description="Offline demo: tokenizer -> shards -> train -> HF export on the "
+                                             "CPython documentation; prints the exported directory.")
+    ap.add_argument("--out", default=None,
+                    help="work directory (default $INSTRUCTLOOP_HOME/pretrain/demo-<attention>)")
+    ap.add_argument("--steps", type=int, default=300, help="training steps (default 300, ~1-3 min on 2 cores)")
+    ap.add_argument("--attention", choices=["dense", "sparse"], default="dense", help="model attention type")
+    ap.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary size (default 4096)")
+    ap.add_argument("--preset", default="tiny", help="pretrain.train preset (default tiny)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    out = build_demo_model(args.out, args.steps, args.attention, args.vocab_size, args.preset, args.threads,
+                           not args.no_progress)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -81,14 +81,17 @@ def test_ddp_two_processes_matches_single(data_dir, tmp_path):
 
     steps = ["--max-steps", "40", "--eval-interval", "20", "--log-interval", "5"]
     # same global batch: 2 ranks x 4 sequences vs 1 process x 8
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "pretrain.train", "--data", str(data_dir), "--out", str(tmp_path / "ddp"), *SMALL,
-                        *steps, "--batch-size", "4"], env=ENV, cwd=ROOT, capture_output=True, text=True,
-                       timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "pretrain.train", "--out", str(tmp_path / "ddp")]
+    # first half, then --resume under torchrun too (all ranks reload; per-rank RNG states are restored)
+    for extra in (["--data", str(data_dir), *SMALL, *steps, "--batch-size", "4", "--stop-at-step", "20"],
+                  ["--resume", "--no-progress"]):
+        r = subprocess.run(torchrun + extra, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
     train(["--data", str(data_dir), "--out", str(tmp_path / "one"), *SMALL, *steps, "--batch-size", "8"])
     ddp, one = _metrics(tmp_path / "ddp"), _metrics(tmp_path / "one")
     assert ddp[0]["world_size"] == 2 and ddp[0]["tokens_per_step"] == one[0]["tokens_per_step"]
+    assert [m["step"] for m in ddp if "loss" in m] == [5 * i for i in range(1, 9)]  # nothing lost or repeated
     for ms in (ddp, one):
         ev = [m["val_loss"] for m in ms if "val_loss" in m]
         assert len(ev) == 2 and ev[1] < ev[0]
@@ -100,7 +103,7 @@ def test_ddp_two_processes_matches_single(data_dir, tmp_path):
 
 
 def test_every_cli_has_help_and_rejects_bad_input(tmp_path):
-    for mod in ("tokenizer", "prepare", "train", "export", "sample", "evaluate"):
+    for mod in ("tokenizer", "prepare", "train", "export", "sample", "evaluate", "pipeline"):
         r = subprocess.run([sys.executable, "-m", f"pretrain.{mod}", "--help"], env=ENV, cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "usage:" in r.stdout, (mod, r.stderr)
