@@ -105,12 +105,14 @@ def iter_files(paths: list[str], chunk_chars: int = 0) -> Iterator[str]:
             raise ValueError(f"unsupported corpus file type {path.suffix!r} (use .txt or .jsonl): {path}")
 
 
-def iter_hf_dataset(name: str, split: str = "train", field: str = "text", config: str | None = None
-                    ) -> Iterator[str]:
+def iter_hf_dataset(name: str, split: str = "train", field: str = "text", config: str | None = None,
+                    data_files: list[str] | None = None) -> Iterator[str]:
     from datasets import load_dataset
 
-    ds = load_dataset(name, config, split=split, streaming=True)
+    ds = load_dataset(name, config, split=split, streaming=True, data_files=data_files)
     for row in ds:
+        if field not in row:
+            raise ValueError(f"dataset {name!r} has no column {field!r} (columns: {sorted(row)})")
         yield row[field]
 
 
@@ -122,6 +124,8 @@ def add_corpus_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset-config", default=None, help="datasets configuration name, if any")
     g.add_argument("--dataset-split", default="train", help="datasets split to read (default train)")
     g.add_argument("--dataset-field", default="text", help="datasets column holding the text (default text)")
+    g.add_argument("--dataset-files", nargs="+", default=None, metavar="FILE",
+                   help="data_files for a builder dataset such as 'json', 'csv', 'parquet' or 'text'")
     g.add_argument("--max-docs", type=int, default=None, help="stop after this many documents")
 
 
@@ -134,7 +138,8 @@ def iter_corpus_from_args(args: argparse.Namespace, chunk_chars: int = 0) -> Ite
                 raise FileNotFoundError(f"corpus file not found: {p}")
         it = iter_files(args.input, chunk_chars)
     elif args.dataset:
-        it = iter_hf_dataset(args.dataset, args.dataset_split, args.dataset_field, args.dataset_config)
+        it = iter_hf_dataset(args.dataset, args.dataset_split, args.dataset_field, args.dataset_config,
+                             args.dataset_files)
     else:
         it = python_docs()
     if args.max_docs is not None:
