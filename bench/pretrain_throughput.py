@@ -159,10 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    shapes = {
-        "nanogpt-cpu": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, window=32), 12),
-        "tiny": (dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=4096, window=32), 16),
-        "gpt2-124m": (dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, window=256), 12),
+    base = {"n_layer": 4, "n_head": 4, "n_embd": 128, "window": 32}
+    shapes = {  # name -> (model shape, batch size)
+        "nanogpt-cpu": ({**base, "block_size": 64, "vocab_size": 65}, 12),
+        "tiny": ({**base, "block_size": 128, "vocab_size": 4096}, 16),
+        "gpt2-124m": ({"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50304,
+                       "window": 256}, 12),
     }
     peak = None
     if device.type == "cuda":

@@ -97,7 +97,8 @@ def iter_files(paths: list[str], chunk_chars: int = 0) -> Iterator[str]:
                     except json.JSONDecodeError as e:
                         raise ValueError(f"{path}:{n}: invalid JSON ({e})") from None
                     if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                        raise ValueError(f"{path}:{n}: expected an object with a string 'text' field")
+                        msg = f"{path}:{n}: expected an object with a string 'text' field"
+                        raise ValueError(msg)  # noqa: TRY004 (bad input data, not a programming error)
                     yield row["text"]
         elif path.suffix in (".txt", ".md", ".text", ""):
             yield from _text_chunks(path.read_text(encoding="utf-8"), chunk_chars)

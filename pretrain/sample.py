@@ -59,8 +59,8 @@ class LM:
                                        eos_token_id=eos, generator=g)
         if seed is not None:
             torch.manual_seed(seed)
-        kw = dict(do_sample=False) if temperature == 0 else dict(do_sample=True, temperature=temperature,
-                                                                  top_k=top_k or 0)
+        kw = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature,
+                                                                  "top_k": top_k or 0}
         return self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                    eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, **kw)
 

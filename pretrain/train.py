@@ -34,24 +34,24 @@ from pretrain.model import GPT, GPTConfig
 # Model + optimisation presets. Anything not listed falls back to DEFAULTS.
 PRESETS: dict[str, dict] = {
     # 2 CPU cores: ~0.8M non-embedding params, a few minutes for a visible drop in loss.
-    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, window=32, batch_size=16, grad_accum=1,
-                 lr=2e-3, min_lr=2e-4, warmup_steps=30, max_steps=600, weight_decay=0.1,
-                 eval_interval=100, eval_iters=10),
+    "tiny": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "window": 32,
+             "batch_size": 16, "grad_accum": 1, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 30,
+             "max_steps": 600, "weight_decay": 0.1, "eval_interval": 100, "eval_iters": 10},
     # for tests and smoke runs: seconds on CPU
-    "micro": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, window=16, batch_size=8, grad_accum=1,
-                  lr=3e-3, min_lr=3e-4, warmup_steps=10, max_steps=100, weight_decay=0.1,
-                  eval_interval=50, eval_iters=4),
+    "micro": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "window": 16,
+              "batch_size": 8, "grad_accum": 1, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 10,
+              "max_steps": 100, "weight_decay": 0.1, "eval_interval": 50, "eval_iters": 4},
     # a laptop GPU / long CPU run
-    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, window=128, batch_size=32, grad_accum=1,
-                  lr=1e-3, min_lr=1e-4, warmup_steps=200, max_steps=5000, weight_decay=0.1,
-                  eval_interval=250, eval_iters=50),
+    "small": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "window": 128,
+              "batch_size": 32, "grad_accum": 1, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 200,
+              "max_steps": 5000, "weight_decay": 0.1, "eval_interval": 250, "eval_iters": 50},
     # GPT-2 small; batch 12 x 40 accumulation x 1024 tokens ~ 0.5M tokens per step as in the paper.
-    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, window=256, batch_size=12,
-                      grad_accum=40, lr=6e-4, min_lr=6e-5, warmup_steps=2000, max_steps=600000,
-                      weight_decay=0.1, eval_interval=1000, eval_iters=100),
+    "gpt2-124m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "window": 256,
+                  "batch_size": 12, "grad_accum": 40, "lr": 6e-4, "min_lr": 6e-5, "warmup_steps": 2000,
+                  "max_steps": 600000, "weight_decay": 0.1, "eval_interval": 1000, "eval_iters": 100},
 }
-DEFAULTS = dict(attention="dense", local_layers=None, dropout=0.0, bias=True, beta1=0.9, beta2=0.95,
-                grad_clip=1.0, log_interval=10, ckpt_interval=None, seed=1337)
+DEFAULTS = {"attention": "dense", "local_layers": None, "dropout": 0.0, "bias": True, "beta1": 0.9,
+            "beta2": 0.95, "grad_clip": 1.0, "log_interval": 10, "ckpt_interval": None, "seed": 1337}
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "attention", "window", "local_layers", "dropout",
               "bias")
 # Settings that may differ between a run and its --resume without breaking exactness of the math.
@@ -422,6 +422,14 @@ def train(argv: list[str] | None = None) -> dict:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         if ddp:
+            # Drop the DDP wrapper (its reducer holds gloo work objects) before the process group goes, and
+            # leave together: otherwise a rank can abort at exit ("terminate called without an active exception").
+            model = None
+            import gc
+
+            gc.collect()
+            with contextlib.suppress(Exception):
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
     return {"run_dir": str(run_dir), "step": step, "model": raw, **last}
 

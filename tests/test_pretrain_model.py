@@ -11,7 +11,7 @@ W = 6
 
 
 def _cfg(**kw) -> GPTConfig:
-    base = dict(vocab_size=320, block_size=96, n_layer=4, n_head=2, n_embd=64, window=W)
+    base = {"vocab_size": 320, "block_size": 96, "n_layer": 4, "n_head": 2, "n_embd": 64, "window": W}
     return GPTConfig(**{**base, **kw})
 
 

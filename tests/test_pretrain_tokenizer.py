@@ -88,10 +88,10 @@ def test_txt_chunks_join_without_eos(tmp_path, tok):
 
 def test_cli_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pretrain.prepare", "--out", str(tmp_path / "x"),
-                        "--input", str(tmp_path / "missing.txt")], capture_output=True, text=True, cwd=ROOT)
+                        "--input", str(tmp_path / "missing.txt")], check=False, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "corpus file not found" in r.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": "no text field"}\n')
     r = subprocess.run([sys.executable, "-m", "pretrain.tokenizer", "--out", str(tmp_path / "t"),
-                        "--input", str(bad)], capture_output=True, text=True, cwd=ROOT)
+                        "--input", str(bad)], check=False, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "bad.jsonl:2" in r.stderr

@@ -61,7 +61,7 @@ def test_resume_is_bit_identical(data_dir, tmp_path):
     assert first["step"] == 6
     # the second half runs in a fresh process, as after a kill
     r = subprocess.run([sys.executable, "-m", "pretrain.train", "--out", str(tmp_path / "b"), "--resume",
-                        "--no-progress"], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        "--no-progress"], env=ENV, cwd=ROOT, check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
@@ -86,8 +86,8 @@ def test_ddp_two_processes_matches_single(data_dir, tmp_path):
     # first half, then --resume under torchrun too (all ranks reload; per-rank RNG states are restored)
     for extra in (["--data", str(data_dir), *SMALL, *steps, "--batch-size", "4", "--stop-at-step", "20"],
                   ["--resume", "--no-progress"]):
-        r = subprocess.run(torchrun + extra, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=240)
-        assert r.returncode == 0, r.stderr[-3000:]
+        r = subprocess.run(torchrun + extra, env=ENV, cwd=ROOT, check=False, capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, (extra[0], r.stderr[:6000])
     train(["--data", str(data_dir), "--out", str(tmp_path / "one"), *SMALL, *steps, "--batch-size", "8"])
     ddp, one = _metrics(tmp_path / "ddp"), _metrics(tmp_path / "one")
     assert ddp[0]["world_size"] == 2 and ddp[0]["tokens_per_step"] == one[0]["tokens_per_step"]
@@ -136,7 +136,7 @@ def test_every_cli_has_help_and_rejects_bad_input(tmp_path, capsys, monkeypatch)
         export.main(["--ckpt", str(tmp_path), "--out", str(tmp_path / "o")])
     assert "checkpoint not found" in str(e.value.code)
     r = subprocess.run([sys.executable, "-m", "pretrain.train", "--resume", "--out", str(tmp_path)],
-                       env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=60)
+                       env=ENV, cwd=ROOT, check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "no checkpoint to resume" in r.stderr
 
 
@@ -190,7 +190,7 @@ def test_sigkill_then_resume_matches_straight_run(data_dir, tmp_path):
     killed_at = torch.load(ck, weights_only=False)["step"]
     assert killed_at < 40, "the run finished before it could be killed"
     r = subprocess.run([sys.executable, "-m", "pretrain.train", "--out", str(tmp_path / "k"), "--resume",
-                        "--no-progress"], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        "--no-progress"], env=ENV, cwd=ROOT, check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     straight = train(common + ["--out", str(tmp_path / "s")])["model"].state_dict()
     resumed = torch.load(ck, weights_only=False)
