@@ -43,7 +43,7 @@ demo: demo-data app
 # A throwaway PostgreSQL on a free loopback port (unless TEST_DATABASE_URL is given), pytest on
 # SQLite and PostgreSQL, the server stopped afterwards; exits with pytest's status.
 test: install system-deps
-	@set -u; pgdir=$$(mktemp -d /tmp/instructloop-pg.XXXXXX); own=0; \
+	@set -u; pgdir=$$(mktemp -d /tmp/instructloop-pg.XXXXXX); chmod 755 $$pgdir; own=0; \
 	if [ -z "$${TEST_DATABASE_URL:-}" ]; then \
 	  port=$$($(PY) -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'); \
 	  url=$$(scripts/pg_test_server.sh start $$pgdir/data $$port) || { echo "could not start PostgreSQL"; exit 1; }; \
