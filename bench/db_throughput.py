@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import insert  # noqa: E402
+from sqlalchemy import insert
 
-from db.models import Base, PreferenceLabel, Prompt, Response, Task, User  # noqa: E402
-from db.services import accounts, assignment, export, labels, projects  # noqa: E402
-from db.session import dispose_engines, get_engine, session_factory  # noqa: E402
+from db.models import Base, PreferenceLabel, Prompt, Response, Task
+from db.services import accounts, assignment, export, labels, projects
+from db.session import dispose_engines, get_engine, session_factory
 
 
 def seed(url: str, n: int) -> int:

@@ -8,8 +8,8 @@ import argparse
 import getpass
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -17,7 +17,7 @@ from db.services.errors import ServiceError
 from db.settings import DEFAULT_DATABASE_URL
 
 
-def _session(args: argparse.Namespace):  # noqa: ANN202
+def _session(args: argparse.Namespace):
     from db.session import session_scope
     return session_scope(args.url)
 
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None, help=f"database URL (default: $DATABASE_URL or {DEFAULT_DATABASE_URL})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(parent, name: str, func: Callable, help_: str) -> argparse.ArgumentParser:  # noqa: ANN001
+    def add(parent, name: str, func: Callable, help_: str) -> argparse.ArgumentParser:
         sp = parent.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=func)
         return sp

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
@@ -14,7 +14,7 @@ from db.settings import database_url
 _engines: dict[str, Engine] = {}
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # FK enforcement is off by default in SQLite; WAL lets readers run during a write;
     # the busy timeout makes concurrent writers queue instead of failing at once.
     cur = dbapi_conn.cursor()
@@ -25,7 +25,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
     cur.close()
 
 
-def _sqlite_begin(conn) -> None:  # noqa: ANN001
+def _sqlite_begin(conn) -> None:
     # pysqlite's own transaction handling is disabled (below) so that we can issue
     # BEGIN IMMEDIATE for writes: it takes the write lock up front, which makes
     # next_task's read-then-claim atomic across threads and processes.
@@ -46,7 +46,7 @@ def get_engine(url: str | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
 
         @event.listens_for(engine, "connect")
-        def _no_autobegin(dbapi_conn, _rec):  # noqa: ANN001, ANN202
+        def _no_autobegin(dbapi_conn, _rec):
             dbapi_conn.isolation_level = None
 
         event.listen(engine, "begin", _sqlite_begin)

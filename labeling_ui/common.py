@@ -110,6 +110,19 @@ def guidelines_button(project: dict[str, Any], where: Any = None) -> None:
         guidelines_dialog(project)
 
 
+def labeling_page() -> tuple[dict[str, Any], dict[str, Any]]:
+    """What every labeling page starts with: a signed-in user, a chosen project, the guidelines button."""
+    from labeling_ui import auth  # auth imports this module
+
+    user = auth.require_user()
+    project = project_picker()
+    if project is None:
+        st.info("No projects yet. An admin creates one on the Projects page.")
+        st.stop()
+    guidelines_button(project)
+    return user, project
+
+
 def progress_line(user_id: int, project_id: int, kind: str | None = None) -> None:
     from db.services.agreement import annotator_progress
     with db() as s:

@@ -22,7 +22,7 @@ if not SHARED_DATA.exists():  # CI clones may place shared/ beside or inside the
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
 
 
-def pytest_report_header(config):  # noqa: ANN001, ANN201
+def pytest_report_header(config):
     return f"postgres: {PG_URL or 'not configured'}; shared data: {SHARED_DATA}"
 
 
@@ -33,12 +33,10 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-_pg_ready = False
 
 
 def _pg_fresh_url() -> str:
     """A fresh PostgreSQL schema for one test (tables created, search_path pinned to it)."""
-    global _pg_ready
     if not PG_URL:
         if os.environ.get("REQUIRE_POSTGRES") == "1":
             pytest.fail("REQUIRE_POSTGRES=1 but TEST_DATABASE_URL is not set: the PostgreSQL server did not start")
@@ -63,7 +61,7 @@ def fresh_url(kind: str, tmp_path: Path, *, create: bool = True) -> str:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request, tmp_path) -> str:  # noqa: ANN001
+def db_url(request, tmp_path) -> str:
     """URL of a fresh, fully created database (SQLite and PostgreSQL)."""
     url = fresh_url(request.param, tmp_path)
     yield url
@@ -71,7 +69,7 @@ def db_url(request, tmp_path) -> str:  # noqa: ANN001
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_db_url(request, tmp_path) -> str:  # noqa: ANN001
+def empty_db_url(request, tmp_path) -> str:
     """URL of an empty database (for migration tests)."""
     url = fresh_url(request.param, tmp_path, create=False)
     yield url
@@ -79,21 +77,21 @@ def empty_db_url(request, tmp_path) -> str:  # noqa: ANN001
 
 
 @pytest.fixture
-def sqlite_url(tmp_path) -> str:  # noqa: ANN001
+def sqlite_url(tmp_path) -> str:
     url = fresh_url("sqlite", tmp_path)
     yield url
     dispose_engines()
 
 
 @pytest.fixture
-def session(db_url):  # noqa: ANN001, ANN201
+def session(db_url):
     s = session_factory(db_url)()
     yield s
     s.close()
 
 
 @pytest.fixture
-def sqlite_session(sqlite_url):  # noqa: ANN001, ANN201
+def sqlite_session(sqlite_url):
     s = session_factory(sqlite_url)()
     yield s
     s.close()

@@ -24,7 +24,7 @@ def cli_url(empty_db_url):
 def run(url, *args, stdin=None):
     """The CLI in a real process (password prompts, exit status)."""
     env = {**os.environ, "DATABASE_URL": url}
-    return subprocess.run([sys.executable, "-m", "db", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "db", *args], check=False, input=stdin, capture_output=True, text=True,
                           env=env, timeout=120)
 
 

@@ -22,7 +22,7 @@ def hash_password(password: str) -> str:
     """`scrypt$n$r$p$salt$hash`, salt and hash base64; never stores the password."""
     salt = os.urandom(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    b64 = lambda b: base64.b64encode(b).decode()
     return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${b64(salt)}${b64(digest)}"
 
 

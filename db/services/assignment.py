@@ -37,7 +37,7 @@ class TaskView:
     expires_at: dt.datetime | None = None
 
 
-def _live(now: dt.datetime):  # noqa: ANN202
+def _live(now: dt.datetime):
     return or_(Assignment.state == "submitted",
                and_(Assignment.state == "assigned", Assignment.expires_at > now))
 

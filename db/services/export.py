@@ -11,14 +11,25 @@ import itertools
 import json
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from sqlalchemy import ARRAY, Integer, any_, bindparam, exists, inspect, select, text
 from sqlalchemy.orm import Session
 
-from db.models import (Demonstration, ModelVersion, PreferenceLabel, Project, Prompt, Ranking, Response,
-                       Task, User, utcnow)
+from db.models import (
+    Demonstration,
+    ModelVersion,
+    PreferenceLabel,
+    Project,
+    Prompt,
+    Ranking,
+    Response,
+    Task,
+    User,
+    utcnow,
+)
 from db.services import accounts, projects
 from db.services.content import prompt_messages
 from db.services.errors import InputError
@@ -52,7 +63,7 @@ def _parse_date(value: str | dt.datetime | None, fieldname: str) -> dt.datetime 
         d = dt.datetime.fromisoformat(value)
     except ValueError as e:
         raise InputError(f"not an ISO date ({value!r}); use YYYY-MM-DD", field=fieldname) from e
-    return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
+    return d if d.tzinfo else d.replace(tzinfo=dt.UTC)
 
 
 def _in(session: Session, col: Any, ids: Iterable[int]) -> Any:
@@ -246,6 +257,30 @@ def prompt_as_plain(msgs: list[dict[str, str]]) -> str:
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in msgs)
 
 
+def _demo_batches(session: Session, pid: int | None, uid: int | None, since: dt.datetime | None,
+                  until: dt.datetime | None, statuses: tuple[str, ...] | None = None) -> Iterator[list[Any]]:
+    """(Demonstration, Prompt) rows in id order, a chunk at a time."""
+    last = 0
+    while True:
+        q = (select(Demonstration, Prompt).join(Prompt, Prompt.id == Demonstration.prompt_id)
+             .where(Demonstration.id > last))
+        if statuses is not None:
+            q = q.where(Demonstration.status.in_(statuses))
+        if pid is not None:
+            q = q.where(Prompt.project_id == pid)
+        if uid is not None:
+            q = q.where(Demonstration.user_id == uid)
+        if since is not None:
+            q = q.where(Demonstration.created_at >= since)
+        if until is not None:
+            q = q.where(Demonstration.created_at < until)
+        rows = session.execute(q.order_by(Demonstration.id).limit(CHUNK)).all()
+        if not rows:
+            return
+        yield rows
+        last = rows[-1][0].id
+
+
 # -------------------------------------------------------------------------------------------- sft
 
 def iter_sft_rows(session: Session, *, project: str | None = None, fmt: str = "prompt_completion",
@@ -259,21 +294,7 @@ def iter_sft_rows(session: Session, *, project: str | None = None, fmt: str = "p
     pid, _, uid = _resolve_filters(session, project, None, annotator)
     since, until = _parse_date(since, "since"), _parse_date(until, "until")
     chat = _conversational(session, pid, conversational) if fmt == "prompt_completion" else True
-    last = 0
-    while True:
-        q = (select(Demonstration, Prompt).join(Prompt, Prompt.id == Demonstration.prompt_id)
-             .where(Demonstration.id > last, Demonstration.status.in_(statuses)))
-        if pid is not None:
-            q = q.where(Prompt.project_id == pid)
-        if uid is not None:
-            q = q.where(Demonstration.user_id == uid)
-        if since is not None:
-            q = q.where(Demonstration.created_at >= since)
-        if until is not None:
-            q = q.where(Demonstration.created_at < until)
-        rows = session.execute(q.order_by(Demonstration.id).limit(CHUNK)).all()
-        if not rows:
-            return
+    for rows in _demo_batches(session, pid, uid, since, until, statuses):
         for d, p in rows:
             msgs = prompt_messages(p)
             if fmt == "messages":
@@ -284,7 +305,6 @@ def iter_sft_rows(session: Session, *, project: str | None = None, fmt: str = "p
                 yield {"prompt": p.text if not p.messages else prompt_as_plain(msgs), "completion": d.text}
             if collect is not None:
                 collect.setdefault("demonstrations", []).append(d.id)
-        last = rows[-1][0].id
 
 
 # -------------------------------------------------------------------------------------------- raw
@@ -298,7 +318,7 @@ def iter_raw_rows(session: Session, *, project: str | None = None, since: str | 
     since, until = _parse_date(since, "since"), _parse_date(until, "until")
     versions = {mv.id: mv.name for mv in session.scalars(select(ModelVersion))}
     pnames = {p.id: p.name for p in session.scalars(select(Project))}
-    iso = lambda t: (t if t is None or t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).isoformat() if t else None  # noqa: E731
+    iso = lambda t: (t if t is None or t.tzinfo else t.replace(tzinfo=dt.UTC)).isoformat() if t else None
     for batch in _task_batches(session, ("compare", "rank"), pid, mvid, (PreferenceLabel, Ranking)):
         _, responses = _load(session, batch)
         prefs = _labels(session, PreferenceLabel, batch, uid, since, until)
@@ -321,21 +341,7 @@ def iter_raw_rows(session: Session, *, project: str | None = None, since: str | 
                 yield row
     if mvid is not None:
         return  # demonstrations are human-written: no model version to filter on
-    last = 0
-    while True:
-        q = (select(Demonstration, Prompt).join(Prompt, Prompt.id == Demonstration.prompt_id)
-             .where(Demonstration.id > last))
-        if pid is not None:
-            q = q.where(Prompt.project_id == pid)
-        if uid is not None:
-            q = q.where(Demonstration.user_id == uid)
-        if since is not None:
-            q = q.where(Demonstration.created_at >= since)
-        if until is not None:
-            q = q.where(Demonstration.created_at < until)
-        rows = session.execute(q.order_by(Demonstration.id).limit(CHUNK)).all()
-        if not rows:
-            return
+    for rows in _demo_batches(session, pid, uid, since, until):
         for d, p in rows:
             if collect is not None:
                 collect.setdefault("demonstrations", []).append(d.id)
@@ -343,7 +349,6 @@ def iter_raw_rows(session: Session, *, project: str | None = None, since: str | 
                    "prompt_id": d.prompt_id, "annotator": accounts.pseudonym(d.user_id),
                    "created_at": iso(d.created_at), "updated_at": iso(d.updated_at), "seconds": d.seconds,
                    "status": d.status, "review_note": d.review_note, "text": d.text}
-        last = rows[-1][0].id
 
 
 # ------------------------------------------------------------------------------- files and bytes
@@ -416,5 +421,14 @@ def label_ids(collect: dict[str, list[int]]) -> dict[str, list[int]]:
     return {k: sorted(set(v)) for k, v in collect.items()}
 
 
-__all__ = ["iter_preference_rows", "iter_sft_rows", "iter_raw_rows", "iter_rows", "export_file",
-           "export_bytes", "label_ids", "MARGIN_FOR_STRENGTH", "User"]
+__all__ = [
+    "MARGIN_FOR_STRENGTH",
+    "User",
+    "export_bytes",
+    "export_file",
+    "iter_preference_rows",
+    "iter_raw_rows",
+    "iter_rows",
+    "iter_sft_rows",
+    "label_ids",
+]

@@ -6,14 +6,25 @@ label and writes nothing (double clicks, retries after a network error).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import (CHOICES, FLAGS, STRENGTHS, Assignment, Demonstration, PreferenceLabel, Project,
-                       Ranking, Task, utcnow)
+from db.models import (
+    CHOICES,
+    FLAGS,
+    STRENGTHS,
+    Assignment,
+    Demonstration,
+    PreferenceLabel,
+    Project,
+    Ranking,
+    Task,
+    utcnow,
+)
 from db.services.content import sha
 from db.services.errors import InputError, NotFound, ServiceError
 from db.services.projects import setting
@@ -38,7 +49,7 @@ def _check_preference(choice: str, strength: str | None) -> None:
 
 def _as_utc(t: dt.datetime) -> dt.datetime:
     # SQLite returns naive datetimes; everything we store is UTC.
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def _claim_slot(session: Session, task: Task, user_id: int, now: dt.datetime) -> None:

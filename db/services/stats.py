@@ -8,8 +8,18 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import (Assignment, Demonstration, ModelVersion, PreferenceLabel, Project, Prompt, Ranking,
-                       Task, User, utcnow)
+from db.models import (
+    Assignment,
+    Demonstration,
+    ModelVersion,
+    PreferenceLabel,
+    Project,
+    Prompt,
+    Ranking,
+    Task,
+    User,
+    utcnow,
+)
 
 LABEL_TABLES = ((PreferenceLabel, "compare"), (Ranking, "rank"))
 

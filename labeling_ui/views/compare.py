@@ -12,10 +12,9 @@ from labeling_ui.common import (
     db,
     done_with,
     empty_state,
-    guidelines_button,
     held_key,
+    labeling_page,
     progress_line,
-    project_picker,
     render_prompt,
     rerun_fragment,
     seconds_on,
@@ -25,12 +24,7 @@ from labeling_ui.common import (
 from labeling_ui.vocab import CHOICES, FLAG_NAMES, SKIP_REASONS, STRENGTH_KEYS
 
 KIND = "compare"
-user = auth.require_user()
-project = project_picker()
-if project is None:
-    st.info("No projects yet. An admin creates one on the Projects page.")
-    st.stop()
-guidelines_button(project)
+user, project = labeling_page()
 with st.sidebar.expander("Keyboard shortcuts", icon=":material/keyboard:"):
     st.markdown("**1** A better · **2** B better · **3** tie · **4** both bad  \n"
                 "**Q / W / E** slight / clear / strong  \n**Enter** submit · **S** skip · **G** guidelines")

@@ -11,9 +11,8 @@ from labeling_ui.common import (
     db,
     done_with,
     empty_state,
-    guidelines_button,
+    labeling_page,
     progress_line,
-    project_picker,
     render_prompt,
     rerun_fragment,
     seconds_on,
@@ -23,12 +22,7 @@ from labeling_ui.vocab import SKIP_REASONS
 
 KIND = "demonstrate"
 
-user = auth.require_user()
-project = project_picker()
-if project is None:
-    st.info("No projects yet. An admin creates one on the Projects page.")
-    st.stop()
-guidelines_button(project)
+user, project = labeling_page()
 
 
 @st.fragment

@@ -14,10 +14,9 @@ from labeling_ui.common import (
     db,
     done_with,
     empty_state,
-    guidelines_button,
+    labeling_page,
     ordering_from_ranks,
     progress_line,
-    project_picker,
     render_prompt,
     rerun_fragment,
     seconds_on,
@@ -28,12 +27,7 @@ from labeling_ui.vocab import FLAG_NAMES, SKIP_REASONS
 
 KIND = "rank"
 
-user = auth.require_user()
-project = project_picker()
-if project is None:
-    st.info("No projects yet. An admin creates one on the Projects page.")
-    st.stop()
-guidelines_button(project)
+user, project = labeling_page()
 
 
 @st.fragment
