@@ -60,15 +60,36 @@ def dispose_engines() -> None:
     for e in _engines.values():
         e.dispose()
     _engines.clear()
+    _checked.clear()
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(url), expire_on_commit=False)
 
 
+_checked: set[str] = set()
+
+
+def require_schema(url: str | None = None) -> None:
+    """Fail with a clear message on a database that was never migrated (instead of 'no such table')."""
+    url = url or database_url()
+    if url in _checked:
+        return
+    from sqlalchemy import inspect
+
+    from db.services.errors import ServiceError
+
+    if not inspect(get_engine(url)).has_table("projects"):
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise ServiceError(f"the database {shown} has no InstructLoop tables yet: run `python -m db upgrade` "
+                           "(with the same DATABASE_URL) first")
+    _checked.add(url)
+
+
 @contextlib.contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """A session that commits on success and rolls back on any error (one transaction)."""
+    require_schema(url)
     session = session_factory(url)()
     try:
         yield session

@@ -88,3 +88,12 @@ def test_password_never_from_argv():
     with pytest.raises(SystemExit) as e:
         main(["users", "add", "bob", "--password", "x"])
     assert e.value.code == 2
+
+
+def test_unmigrated_database_gets_a_clear_message(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'never-migrated.sqlite3'}"
+    assert main(["--url", url, "projects", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "has no InstructLoop tables yet" in err and "python -m db upgrade" in err
+    assert main(["--url", url, "upgrade"]) == 0
+    assert main(["--url", url, "projects", "list"]) == 0
