@@ -113,11 +113,10 @@ def _existing(url: str | None, prompt_ids: list[int], version_id: int) -> dict[i
 
     out: dict[int, dict[int, int]] = {}
     with session_scope(url) as s:
-        for pid in prompt_ids:
+        for pid, rows in content.responses_for_prompts(s, prompt_ids, model_version_id=version_id).items():
             by_index: dict[int, int] = {}
-            for r in content.responses_for_prompt(s, pid):
-                if r.model_version_id == version_id:
-                    by_index.setdefault(r.sample_index, r.id)
+            for r in rows:
+                by_index.setdefault(r.sample_index, r.id)
             out[pid] = by_index
     return out
 

@@ -95,3 +95,16 @@ def list_prompts(session: Session, project_id: int) -> list[Prompt]:
 
 def responses_for_prompt(session: Session, prompt_id: int) -> list[Response]:
     return list(session.scalars(select(Response).where(Response.prompt_id == prompt_id).order_by(Response.id)))
+
+
+def responses_for_prompts(session: Session, prompt_ids: list[int], *, model_version_id: int | None = None
+                          ) -> dict[int, list[Response]]:
+    """Responses of many prompts in a few queries (optionally of one model version), by id."""
+    out: dict[int, list[Response]] = {pid: [] for pid in prompt_ids}
+    for lo in range(0, len(prompt_ids), 1000):
+        q = select(Response).where(Response.prompt_id.in_(prompt_ids[lo:lo + 1000]))
+        if model_version_id is not None:
+            q = q.where(Response.model_version_id == model_version_id)
+        for r in session.scalars(q.order_by(Response.id)):
+            out[r.prompt_id].append(r)
+    return out
