@@ -142,13 +142,17 @@ def register(name: str, out_dir: Path, info: dict) -> None:
     """Record the exported model as a ``base`` model version through the ``db`` package."""
     try:
         from db.services import registry
+        from db.services.errors import ServiceError
         from db.session import session_scope
     except ImportError as e:
         raise RuntimeError(f"--register needs the db package (and a configured DATABASE_URL): {e}") from e
     metrics = {"best_val_loss": info.get("best_val_loss"), "step": info.get("step")}
-    with session_scope() as session:
-        registry.register_model_version(session, name=name, kind="base", path=str(Path(out_dir).resolve()),
-                                        config=info["model_config"], metrics=metrics)
+    try:
+        with session_scope() as session:
+            registry.register_model_version(session, name=name, kind="base", path=str(Path(out_dir).resolve()),
+                                            config=info["model_config"], metrics=metrics)
+    except ServiceError as e:  # e.g. the name is taken or the database was never migrated
+        raise RuntimeError(f"exported to {out_dir}, but not registered: {e}") from e
 
 
 def main(argv: list[str] | None = None) -> None:

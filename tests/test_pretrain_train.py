@@ -140,7 +140,7 @@ def test_every_cli_has_help_and_rejects_bad_input(tmp_path, capsys, monkeypatch)
     assert r.returncode == 1 and "no checkpoint to resume" in r.stderr
 
 
-def test_export_evaluate_and_tiny_builder(data_dir, tmp_path):
+def test_export_evaluate_and_tiny_builder(data_dir, tmp_path, sqlite_url, monkeypatch):
     """A few steps, export, reload through Auto classes, evaluate both; the tiny builder for other tests."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -161,6 +161,17 @@ def test_export_evaluate_and_tiny_builder(data_dir, tmp_path):
     assert abs(a - b) < 1e-4
     assert arithmetic_accuracy(native, 1, "plus", n=3) == arithmetic_accuracy(hf, 1, "plus", n=3)
     assert native.complete("ROMEO:", 10, temperature=0) == hf.complete("ROMEO:", 10, temperature=0)
+
+    # --register puts the export in the registry as a 'base' version, with its training config.
+    from db.services import registry
+    from db.session import session_scope
+    from pretrain.export import main as export_main
+
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    export_main(["--ckpt", str(run), "--out", str(tmp_path / "hf-reg"), "--register", "base-test"])
+    with session_scope(sqlite_url) as s:
+        mv = registry.resolve(s, "base-test")
+        assert (mv.kind, Path(mv.path)) == ("base", (tmp_path / "hf-reg").resolve())
 
     tiny = build_tiny_model(tmp_path / "tiny", train_steps=2)
     m = AutoModelForCausalLM.from_pretrained(str(tiny))
