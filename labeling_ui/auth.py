@@ -58,7 +58,8 @@ def _oidc_user() -> dict[str, Any] | None:
         return None
     sub = str(u.get("sub") or u.get("email") or "")
     with db() as s:
-        user = accounts.user_for_identity(s, sub, email=u.get("email"), name=u.get("name"))
+        user = accounts.user_for_identity(s, sub, email=u.get("email"), name=u.get("name"),
+                                           email_verified=bool(u.get("email_verified")))
         return _as_dict(user) if user is not None else None
 
 

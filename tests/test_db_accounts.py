@@ -49,7 +49,7 @@ def test_system_users_cannot_sign_in(session):
 
 def test_oidc_identity_mapping(session):
     accounts.create_user(session, "ann@example.org", None)
-    u = accounts.user_for_identity(session, "sub-123", email="ann@example.org", name="Ann")
+    u = accounts.user_for_identity(session, "sub-123", email="ann@example.org", name="Ann", email_verified=True)
     assert u is not None and u.external_id == "sub-123"
     assert accounts.user_for_identity(session, "sub-123").id == u.id
     assert accounts.user_for_identity(session, "sub-999", email="stranger@example.org") is None
@@ -74,3 +74,12 @@ def test_projects_and_registry(session):
         registry.register_model_version(session, "x", "weird", "")
     session.commit()
     assert session.query(User).count() == 0
+
+
+def test_oidc_never_takes_over_a_password_account(session):
+    accounts.create_user(session, "boss@example.org", "password-1", role="admin")
+    accounts.create_user(session, "sso@example.org", None)
+    # Unverified email, or an account with a password: no link.
+    assert accounts.user_for_identity(session, "sub-1", email="sso@example.org", email_verified=False) is None
+    assert accounts.user_for_identity(session, "sub-2", email="boss@example.org", email_verified=True) is None
+    assert accounts.user_for_identity(session, "sub-3", email="sso@example.org", email_verified=True) is not None

@@ -63,6 +63,9 @@ def test_lease_expiry_returns_task_to_pool(session):
     # u1 comes back late and still submits: the work is kept (one slight over-label).
     _, created = labels.submit_preference(session, u1, tid, "a", now=later)
     assert created
+    labels.submit_preference(session, u2, tid, "b", now=later)
+    task = session.get(Task, tid)
+    assert (task.n_submitted, task.status) == (2, "done")
 
 
 def test_skip_gives_task_to_someone_else(session):
@@ -124,6 +127,8 @@ def test_concurrent_next_task_never_hands_a_slot_twice(db_url, overlap):
         assert len(mine) == len(set(mine))  # never the same task twice to one user
     s = session_factory(db_url)()
     assert s.scalar(select(func.count()).select_from(PreferenceLabel)) == 5 * overlap
+    # The counters next_task orders by stay exact under concurrent submits.
+    assert {(t.n_submitted, t.status) for t in s.scalars(select(Task))} == {(overlap, "done")}
     assert s.scalar(select(func.count()).select_from(Assignment).where(Assignment.state == "submitted")) == 5 * overlap
     s.close()
 

@@ -214,3 +214,71 @@ def test_exports_load_with_datasets_and_have_trl_columns(session, tmp_path, shar
     # TRL recognises the formats it trains on.
     from trl.data_utils import is_conversational
     assert is_conversational(ds[0])
+
+
+@pytest.mark.parametrize("rows,match", [
+    ([{"instruction": "x", "instances": ["a"]}], r"field 'instances'"),
+    ([{"instruction": "x", "input": 5}], r"field 'input'"),
+])
+def test_malformed_prompt_fields_are_located(session, tmp_path, rows, match):
+    projects.create_project(session, "p")
+    with pytest.raises(InputError, match=match):
+        importers.import_prompts(session, _write(tmp_path, "a.jsonl", rows), "p")
+
+
+@pytest.mark.parametrize("margin", [True, "NaN", float("inf")])
+def test_margin_must_be_a_finite_number(session, tmp_path, margin):
+    projects.create_project(session, "p")
+    row = {"prompt": "x", "chosen": "a", "rejected": "b", "margin": float(margin) if margin != True else True}  # noqa: E712
+    with pytest.raises(InputError, match="field 'margin'"):
+        importers.import_preferences(session, _write(tmp_path, "m.jsonl", [row]), "p")
+
+
+def _tree(**reply_overrides):
+    replies = [{"role": "assistant", "text": f"reply {i}", "rank": i} for i in range(3)]
+    replies[1].update(reply_overrides)
+    return {"message_tree_id": "t", "prompt": {"role": "prompter", "text": "q?", "replies": replies}}
+
+
+@pytest.mark.parametrize("override,field", [({"rank": "x"}, "rank"), ({"role": ["x"]}, "role"),
+                                            ({"text": 5}, "text")])
+def test_malformed_oasst_trees_are_located(session, tmp_path, override, field):
+    projects.create_project(session, "p")
+    with pytest.raises(InputError, match=rf"o.jsonl:1, field '{field}'"):
+        importers.import_oasst(session, _write(tmp_path, "o.jsonl", [_tree(**override)]), "p")
+
+
+def test_imported_labels_take_their_slot(session, tmp_path):
+    """Overlap 2 and one imported label: exactly one more annotator gets the task."""
+    projects.create_project(session, "p", labels_per_task=2)
+    importers.import_preferences(session, _write(tmp_path, "one.jsonl", [TRL_ROWS[0]]), "p")
+    session.commit()
+    u1, u2 = make_users(session, 2)
+    pid = projects.get_project(session, "p").id
+    v = assignment.next_task(session, u1, pid)
+    assert v is not None and assignment.next_task(session, u2, pid) is None
+    labels.submit_preference(session, u1, v.task_id, "a")
+    task = session.get(Task, v.task_id)
+    assert (task.n_submitted, task.status) == (2, "done")
+
+
+def test_majority_means_more_than_half(session):
+    u = make_users(session, 3)
+    pid, (tid,) = make_compare_project(session, n_tasks=1, overlap=3)
+    for uid, choice in zip(u, ["a", "b", "tie"]):
+        assignment.next_task(session, uid, pid)
+        labels.submit_preference(session, uid, tid, choice)
+    assert list(export.iter_preference_rows(session, project="p")) == []
+
+
+def test_date_filters_compare_in_utc(session):
+    (u,) = make_users(session, 1)
+    pid, (tid,) = make_compare_project(session, n_tasks=1)
+    import datetime as dt
+    t = dt.datetime(2026, 5, 1, 6, 0, tzinfo=dt.UTC)
+    assignment.next_task(session, u, pid, now=t)
+    labels.submit_preference(session, u, tid, "a", now=t)
+    # 10:30+05:00 is 05:30 UTC: the 06:00 UTC label is after it.
+    assert len(list(export.iter_preference_rows(session, project="p", since="2026-05-01T10:30+05:00"))) == 1
+    assert list(export.iter_preference_rows(session, project="p", since="2026-05-01T11:30+05:00")) == []
+    assert len(list(export.iter_preference_rows(session, project="p", until=dt.date(2026, 5, 2)))) == 1

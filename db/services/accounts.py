@@ -84,12 +84,18 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
 
 
 def user_for_identity(session: Session, external_id: str, *, email: str | None = None,
-                      name: str | None = None) -> User | None:
-    """Map an OIDC identity to a user row: by external id, else by username == email (first login)."""
+                      name: str | None = None, email_verified: bool = False) -> User | None:
+    """Map an OIDC identity to a user row: by external id, else (first sign-in) by username == email.
+
+    Linking by email needs a verified email and an account without a password (one an admin created for
+    single sign-on): otherwise anyone whose identity provider lets them claim an address could take over
+    a local account, admins included.
+    """
     user = session.scalar(select(User).where(User.external_id == external_id))
-    if user is None and email:
-        user = session.scalar(select(User).where(User.username == email))
-        if user is not None and user.external_id is None:
+    if user is None and email and email_verified:
+        candidate = session.scalar(select(User).where(User.username == email))
+        if candidate is not None and candidate.external_id is None and candidate.password_hash is None:
+            user = candidate
             user.external_id = external_id
             if name and user.display_name == user.username:
                 user.display_name = name

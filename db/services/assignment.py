@@ -56,7 +56,8 @@ def task_view(session: Session, task: Task, assignment: Assignment | None = None
         expires_at=assignment.expires_at if assignment else None)
 
 
-def _slots_taken(session: Session, task_id: int, now: dt.datetime) -> int:
+def slots_taken(session: Session, task_id: int, now: dt.datetime) -> int:
+    """Submitted labels plus live leases on a task."""
     return session.scalar(select(func.count()).select_from(Assignment)
                           .where(Assignment.task_id == task_id, _live(now))) or 0
 
@@ -104,7 +105,7 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
                 return None
             # PostgreSQL: the candidate query ran on a snapshot taken before we held the row lock;
             # recount now that no one else can claim this task.
-            if is_pg and _slots_taken(session, task.id, now) >= overlap:
+            if is_pg and slots_taken(session, task.id, now) >= overlap:
                 tried.append(task.id)
                 continue
             mine = session.scalar(select(Assignment).where(Assignment.task_id == task.id,

@@ -56,14 +56,18 @@ def _resolve_filters(session: Session, project: str | None, model_version: str |
     return pid, mvid, uid
 
 
-def _parse_date(value: str | dt.datetime | None, fieldname: str) -> dt.datetime | None:
-    if value is None or isinstance(value, dt.datetime):
-        return value
+def _parse_date(value: str | dt.date | dt.datetime | None, fieldname: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
     try:
         d = dt.datetime.fromisoformat(value)
     except ValueError as e:
         raise InputError(f"not an ISO date ({value!r}); use YYYY-MM-DD", field=fieldname) from e
-    return d if d.tzinfo else d.replace(tzinfo=dt.UTC)
+    return (d if d.tzinfo else d.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
 
 
 def _in(session: Session, col: Any, ids: Iterable[int]) -> Any:
@@ -169,8 +173,8 @@ def _aggregate(votes: list[tuple[str, float | None, int, str]], aggregate: str
         return [(v[0], v[1], agreement, [(v[2], v[3])]) for v in votes]
     if aggregate == "unanimous" and len(counts) > 1:
         return []
-    if aggregate == "majority" and list(counts.values()).count(n_top) > 1:
-        return []  # no strict majority
+    if aggregate == "majority" and 2 * n_top <= len(votes):
+        return []  # no strict majority (more than half of the votes)
     margins = [v[1] for v in votes if v[0] == top and v[1] is not None]
     return [(top, sum(margins) / len(margins) if margins else None, agreement,
              [(v[2], v[3]) for v in votes if v[0] == top])]
@@ -374,7 +378,7 @@ def _manifest(session: Session, kind: str, filters: dict[str, Any], n: int,
               collect: dict[str, list[int]]) -> dict[str, Any]:
     return {
         "kind": kind, "rows": n,
-        "filters": {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in filters.items()},
+        "filters": {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in filters.items()},
         "labels": {table: {"count": len(set(ids)), "max_id": max(ids) if ids else None}
                    for table, ids in sorted(collect.items())},
         "schema_revision": schema_revision(session),

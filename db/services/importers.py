@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import json
 import random
 import re
@@ -19,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import PreferenceLabel, Ranking
+from db.models import Assignment, PreferenceLabel, Project, Ranking, Task, utcnow
 from db.services import accounts, content, projects, tasks
 from db.services.content import validate_messages
 from db.services.errors import InputError
@@ -126,7 +127,12 @@ def parse_prompts(text: str, name: str) -> list[dict[str, Any]]:
             rows.append({"text": turns[0], "messages": None, "meta": {**meta, "turns": turns}, "line": i})
         elif "instruction" in obj:  # Alpaca / self-instruct seed tasks
             instr = obj["instruction"]
-            inp = obj.get("input") or ((obj.get("instances") or [{}])[0].get("input") or "")
+            instances = obj.get("instances") or [{}]
+            if not isinstance(instances, list) or not all(isinstance(x, dict) for x in instances):
+                raise InputError("must be a list of objects", file=name, line=i, field="instances")
+            inp = obj.get("input") or instances[0].get("input") or ""
+            if not isinstance(inp, str):
+                raise InputError("must be a string", file=name, line=i, field="input")
             if not isinstance(instr, str) or not instr.strip():
                 raise InputError("must be a non-empty string", file=name, line=i, field="instruction")
             rows.append({"text": instr + (f"\n\n{inp}" if inp else ""), "messages": None, "meta": meta,
@@ -156,6 +162,16 @@ def import_prompts(session: Session, source: str | Path | bytes, project: str, *
 
 
 # ------------------------------------------------------------------------------------ preferences
+
+def _count_imported_label(session: Session, task: Task, who_id: int, proj: Project) -> None:
+    """An imported label takes a slot like an annotator's: a submitted assignment and the counter."""
+    now = utcnow()
+    session.add(Assignment(task_id=task.id, user_id=who_id, state="submitted", assigned_at=now, expires_at=now,
+                           finished_at=now))
+    task.n_submitted += 1
+    if task.n_submitted >= proj.labels_per_task:
+        task.status = "done"
+
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
@@ -242,8 +258,9 @@ def parse_preferences(text: str, name: str, fmt: str = "auto") -> tuple[str, lis
             if not prompt_msgs:
                 raise InputError("no prompt before the responses", field="prompt")
             margin = obj.get("margin")
-            if margin is not None and not isinstance(margin, (int, float)):
-                raise InputError("must be a number", field="margin")
+            if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                                       or not math.isfinite(margin)):
+                raise InputError("must be a finite number", field="margin")
             if chosen == rejected:
                 raise InputError("chosen and rejected are identical", field="rejected")
         except InputError as e:
@@ -286,9 +303,7 @@ def import_preferences(session: Session, source: str | Path | bytes, project: st
         session.add(PreferenceLabel(task_id=task.id, user_id=who.id, choice=choice,
                                     strength=strength_for_margin(r["margin"]), flags=[],
                                     comment="", seconds=None))
-        task.n_submitted += 1
-        if task.n_submitted >= proj.labels_per_task:
-            task.status = "done"
+        _count_imported_label(session, task, who.id, proj)
         result.added += 1
     session.flush()
     return result
@@ -307,6 +322,14 @@ def _oasst_nodes(tree: dict[str, Any], name: str, line: int
         for f in ("text", "role"):
             if f not in node:
                 raise InputError("message without this field", file=name, line=line, field=f)
+            if not isinstance(node[f], str):
+                raise InputError("must be a string", file=name, line=line, field=f)
+        if not isinstance(node.get("replies") or [], list):
+            raise InputError("must be a list of messages", file=name, line=line, field="replies")
+        for r in node.get("replies") or []:
+            rank = r.get("rank") if isinstance(r, dict) else None
+            if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, float))):
+                raise InputError(f"must be a number, not {rank!r}", file=name, line=line, field="rank")
         if node.get("deleted"):
             return
         role = {"prompter": "user", "assistant": "assistant"}.get(node["role"])
@@ -368,9 +391,7 @@ def import_oasst(session: Session, source: str | Path | bytes, project: str, *,
                       else "a" if task.response_ids[0] == best else "b")
             session.add(PreferenceLabel(task_id=task.id, user_id=who.id, choice=choice, flags=[], comment=""))
         details[f"{kind} tasks"] += 1
-        task.n_submitted += 1
-        if task.n_submitted >= proj.labels_per_task:
-            task.status = "done"
+        _count_imported_label(session, task, who.id, proj)
         result.added += 1
     result.details = details
     session.flush()

@@ -25,6 +25,7 @@ from db.models import (
     Task,
     utcnow,
 )
+from db.services.assignment import slots_taken
 from db.services.content import sha
 from db.services.errors import InputError, NotFound, ServiceError
 from db.services.projects import setting
@@ -53,11 +54,16 @@ def _as_utc(t: dt.datetime) -> dt.datetime:
 
 
 def _claim_slot(session: Session, task: Task, user_id: int, now: dt.datetime) -> None:
-    """Mark the user's assignment submitted (creating one if the task still has room) and count it."""
+    """Mark the user's assignment submitted (creating one if the task still has room) and count it.
+
+    The caller holds the task row lock (PostgreSQL) or the database write lock (SQLite), so the
+    counter update cannot interleave with another submit.
+    """
+    project = session.get(Project, task.project_id)
     a = session.scalar(select(Assignment).where(Assignment.task_id == task.id, Assignment.user_id == user_id))
     if a is None:
-        project = session.get(Project, task.project_id)
-        if task.n_submitted >= project.labels_per_task:
+        # No lease (a direct service or script submit): only into a slot nobody holds.
+        if slots_taken(session, task.id, now) >= project.labels_per_task:
             raise ServiceError(f"task {task.id} already has all its labels")
         a = Assignment(task_id=task.id, user_id=user_id, assigned_at=now, expires_at=now)
         session.add(a)
@@ -66,12 +72,14 @@ def _claim_slot(session: Session, task: Task, user_id: int, now: dt.datetime) ->
     # An expired lease still counts: the work was done, a slight over-label beats losing it.
     a.state, a.finished_at = "submitted", now
     task.n_submitted += 1
-    if task.n_submitted >= session.get(Project, task.project_id).labels_per_task:
+    if task.n_submitted >= project.labels_per_task:
         task.status = "done"
 
 
 def _task(session: Session, task_id: int, kind: str) -> Task:
-    task = session.get(Task, task_id)
+    # Row lock on PostgreSQL (a no-op on SQLite, already serialized by BEGIN IMMEDIATE): two
+    # annotators submitting the same task at once must not both write n_submitted = old + 1.
+    task = session.get(Task, task_id, with_for_update=True, populate_existing=True)
     if task is None:
         raise NotFound(f"no task {task_id}")
     if task.kind != kind:
