@@ -373,7 +373,8 @@ def test_agreement_page_with_overlap(seeded):
 
 
 def test_oidc_identity_maps_to_user_row(seeded):
-    """With an [auth] section, a st.login identity signs in the user whose username is its email."""
+    """With an [auth] section, a st.login identity with a verified email signs in the password-less user
+    whose username is that email."""
     from db.services import accounts
     with session_scope(seeded["url"]) as s:
         accounts.create_user(s, "carol@example.com", None, display_name="carol@example.com")
@@ -384,7 +385,13 @@ def test_oidc_identity_maps_to_user_row(seeded):
     at.user = {"is_logged_in": False}
     at.run()
     assert [b for b in at.button if "organisation" in b.label], "OIDC sign-in button missing"
-    at.user = {"is_logged_in": True, "sub": "idp|42", "email": "carol@example.com", "name": "Carol"}
+    # An unverified email never links to an account.
+    at.user = {"is_logged_in": True, "sub": "idp|42", "email": "carol@example.com", "name": "Carol",
+               "email_verified": False}
+    at.run()
+    assert "user" not in at.session_state and "not linked" in texts(at)
+    at.user = {"is_logged_in": True, "sub": "idp|42", "email": "carol@example.com", "name": "Carol",
+               "email_verified": True}
     at.run()
     no_exception(at)
     assert at.session_state["user"]["username"] == "carol@example.com"
