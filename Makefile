@@ -56,6 +56,9 @@ test: install system-deps
 
 bench: install
 	$(PY) bench/db_throughput.py
+	$(PY) bench/pretrain_throughput.py
+	$(PY) bench/rlhf_steps.py
+	$(PY) bench/ui_vote_latency.py
 
 lint: install
 	$(VENV)/bin/ruff check db rlhf pretrain labeling_ui tests bench
