@@ -6,6 +6,7 @@ make a re-import of the same file add nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -72,6 +73,17 @@ def _jsonl(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(obj, dict):
             raise InputError("each line must be a JSON object", file=name, line=i)
         yield i, obj
+
+
+@contextlib.contextmanager
+def _located(name: str, line: int) -> Iterator[None]:
+    """Give errors raised by shared validation (content.add_prompt …) the file and line of the row."""
+    try:
+        yield
+    except InputError as e:
+        if e.file:
+            raise
+        raise InputError(e.reason, file=name, line=line, field=e.field) from e
 
 
 def _format_of(name: str, text: str) -> str:
@@ -150,8 +162,9 @@ def import_prompts(session: Session, source: str | Path | bytes, project: str, *
     rows = parse_prompts(text, name)
     result = ImportResult(file=name, kind="prompts", rows=len(rows))
     for r in rows:
-        p, created = content.add_prompt(session, proj.id, text=r["text"], messages=r["messages"],
-                                        source=Path(name).name, meta=r["meta"])
+        with _located(name, r["line"]):
+            p, created = content.add_prompt(session, proj.id, text=r["text"], messages=r["messages"],
+                                            source=Path(name).name, meta=r["meta"])
         result.added += created
         result.skipped += not created
         if demonstrate_tasks:
@@ -291,7 +304,8 @@ def import_preferences(session: Session, source: str | Path | bytes, project: st
     rng = random.Random(seed)
     src = Path(name).name
     for r in rows:
-        prompt, _ = content.add_prompt(session, proj.id, messages=r["messages"], source=src)
+        with _located(name, r["line"]):
+            prompt, _ = content.add_prompt(session, proj.id, messages=r["messages"], source=src)
         rc, _ = content.add_response(session, prompt.id, r["chosen"], params={"source": src})
         rr, _ = content.add_response(session, prompt.id, r["rejected"], params={"source": src})
         task, _ = tasks.create_task(session, proj.id, "compare", prompt.id, [rc.id, rr.id], rng=rng, source=src)
@@ -360,8 +374,9 @@ def import_oasst(session: Session, source: str | Path | bytes, project: str, *,
     rng = random.Random(seed)
     src = Path(name).name
     details = {"rank tasks": 0, "compare tasks": 0}
-    for _line, conv, ranked in nodes:
-        prompt, _ = content.add_prompt(session, proj.id, messages=conv, source=src)
+    for line, conv, ranked in nodes:
+        with _located(name, line):
+            prompt, _ = content.add_prompt(session, proj.id, messages=conv, source=src)
         resp = []
         for r in ranked:
             row, _ = content.add_response(session, prompt.id, r["text"],
