@@ -5,7 +5,8 @@
 
 Arithmetic follows GPT-3 (Brown et al. 2020, 3.9.1): "Q: What is 48 plus 76? A: 124", two-digit operands,
 addition and subtraction; k solved examples precede the question (zero-, one-, few-shot). The answer is
-scored by greedy generation: the first integer generated after "A:" must equal the result.
+scored by greedy generation: the first integer generated after "A:" must equal the result. A prompt longer
+than the context window minus the 6 generated tokens keeps its last tokens (the earliest demos are cut).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def arithmetic_accuracy(lm: LM, shots: int, op: str = "plus", n: int = 100, seed
     for i, (q, ans) in enumerate(items):
         ctx = "".join(f"{dq} {da}\n" for dq, da in demos[i:i + shots])  # different demos per question
         ids = lm.tokenizer(ctx + q, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        out = lm.generate(ids, max_new_tokens=6, temperature=0.0)
-        text = lm.tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
+        new = lm.generate(ids, max_new_tokens=6, temperature=0.0)  # only the new tokens
+        text = lm.tokenizer.decode(new[0].tolist(), skip_special_tokens=True)
         m = _INT.match(text)
         correct += bool(m and int(m.group(1)) == ans)
     return correct / max(1, n)

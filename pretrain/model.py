@@ -207,7 +207,10 @@ class GPT(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, eos_token_id: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Autoregressive sampling (greedy when temperature == 0), no KV cache: models here are small."""
+        """Autoregressive sampling (greedy when temperature == 0), no KV cache: models here are small.
+
+        Returns prompt + continuation; ``top_k`` of None or 0 means no top-k filter.
+        """
         for _ in range(max_new_tokens):
             ctx = idx[:, -self.config.block_size:]
             logits, _ = self(ctx)
@@ -216,7 +219,7 @@ class GPT(nn.Module):
                 nxt = logits.argmax(-1, keepdim=True)
             else:
                 logits = logits / temperature
-                if top_k is not None:
+                if top_k:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = -float("inf")
                 nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)

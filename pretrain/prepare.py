@@ -4,7 +4,8 @@
     python -m pretrain.prepare --out runs/data/shak --input shakespeare.txt --tokenizer runs/tok
 
 Every document is followed by ``<|endoftext|>``. Each document goes to the validation split with probability
-``--val-fraction`` (a fixed hash of the seed and its index, so the split is reproducible); long .txt files are
+``--val-fraction``, decided by a fixed hash of the seed and the document's text (:func:`split_of`): the split is
+reproducible, adding or removing documents never moves the others, and duplicates share a split; long .txt files are
 first cut at blank lines into chunks of ``--chunk-chars`` characters so they can be split too (chunks of one
 file are not separated by EOS). Writes train.bin, val.bin, meta.json and (unless --tokenizer is given) a
 freshly trained tokenizer/ directory.
@@ -13,15 +14,20 @@ freshly trained tokenizer/ directory.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from pretrain.corpus import Continued, add_corpus_args, iter_corpus_from_args
 from pretrain.data import META, ShardWriter, dtype_for_vocab
+
+
+def split_of(doc: str, seed: int, val_fraction: float) -> str:
+    """'val' or 'train' for one document: a hash of (seed, text) mapped to [0, 1) and compared to val_fraction."""
+    h = hashlib.blake2b(str(doc).encode("utf-8", "surrogatepass"), digest_size=8, key=str(seed).encode())
+    return "val" if int.from_bytes(h.digest(), "big") / 2.0**64 < val_fraction else "train"
 
 
 def prepare(out_dir: str | Path, texts, tokenizer_dir: str | Path | None = None, vocab_size: int = 4096,
@@ -51,7 +57,6 @@ def prepare(out_dir: str | Path, texts, tokenizer_dir: str | Path | None = None,
     n_vocab = len(tok)
     dtype = dtype_for_vocab(n_vocab)
     writers = {s: ShardWriter(out / f"{s}.bin", dtype) for s in ("train", "val")}
-    rng = np.random.default_rng(seed)
     n_docs = {"train": 0, "val": 0}
     n_chars = 0
     batch: list[str] = []
@@ -61,7 +66,7 @@ def prepare(out_dir: str | Path, texts, tokenizer_dir: str | Path | None = None,
         enc = tok.backend_tokenizer.encode_batch([str(d) for d in batch], add_special_tokens=False)
         for doc, e in zip(batch, enc):
             ids = list(e.ids)
-            split = "val" if rng.random() < val_fraction else "train"
+            split = split_of(doc, seed, val_fraction)
             if not isinstance(doc, Continued):
                 ids.append(eos)
             writers[split].write(ids)
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunk-chars", type=int, default=2000,
                     help="cut .txt files at blank lines into chunks of about this many characters so they can "
                          "be split into train/val; 0 keeps each file whole (default 2000)")
-    ap.add_argument("--seed", type=int, default=1337, help="seed of the train/val assignment (default 1337)")
+    ap.add_argument("--seed", type=int, default=1337, help="seed of the per-document train/val hash (default 1337)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing OUT directory")
     add_corpus_args(ap)
     args = ap.parse_args(argv)

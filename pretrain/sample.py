@@ -48,28 +48,45 @@ class LM:
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, stop_at_eos: bool = True, seed: int | None = None) -> torch.Tensor:
-        """Continue ``ids`` (1 x T); greedy when temperature is 0. Returns prompt + continuation."""
+        """Continue ``ids`` (1 x T); greedy when temperature is 0. Returns ONLY the new tokens (1 x n <= max_new_tokens).
+
+        Prompt and continuation must fit in the context window together, so a prompt longer than
+        ``block_size - max_new_tokens`` keeps its last tokens (the same for native and HF models).
+        ``top_k`` of None or 0 means no top-k filtering.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if max_new_tokens >= self.block_size:
+            raise ValueError(f"max_new_tokens ({max_new_tokens}) must be smaller than the model's block_size "
+                             f"({self.block_size}): prompt and continuation share the context window")
+        if top_k is not None and top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+        top_k = top_k or None
         ids = ids.to(self.device)
         eos = self.tokenizer.eos_token_id if stop_at_eos else None
-        # keep room for the continuation inside the context window
-        ids = ids[:, -max(1, self.block_size - max_new_tokens):]
+        ids = ids[:, -(self.block_size - max_new_tokens):]  # keep room for the continuation
+        n_prompt = ids.shape[1]
         g = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         if self.native:
-            return self.model.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                       eos_token_id=eos, generator=g)
-        if seed is not None:
-            torch.manual_seed(seed)
-        kw = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature,
-                                                                  "top_k": top_k or 0}
-        return self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                   eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, **kw)
+            out = self.model.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                      eos_token_id=eos, generator=g)
+        else:
+            if seed is not None:
+                torch.manual_seed(seed)
+            # transformers: top_k=0 disables the top-k filter (its default would be 50)
+            kw = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature,
+                                                                      "top_k": top_k or 0}
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                      eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, **kw)
+        return out[:, n_prompt:]
 
     def complete(self, prompt: str, max_new_tokens: int = 64, **kw) -> str:
+        """The decoded continuation of ``prompt`` (at most ``max_new_tokens`` tokens; see :meth:`generate`)."""
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         if ids.numel() == 0:  # an empty prompt starts from <|endoftext|>, i.e. a fresh document
             ids = torch.tensor([[self.tokenizer.eos_token_id]])
         out = self.generate(ids, max_new_tokens, **kw)
-        return self.tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
+        return self.tokenizer.decode(out[0].tolist(), skip_special_tokens=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,23 +95,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True, help="run folder / ckpt.pt of pretrain.train, or an exported HF dir")
     ap.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     ap.add_argument("--num-samples", type=int, default=1, help="how many continuations (default 1)")
-    ap.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate per sample (default 100)")
+    ap.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate per sample, < the model's block size; a longer prompt keeps "
+                         "its last block_size - N tokens (default 100)")
     ap.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default 0.8)")
-    ap.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (default 50)")
+    ap.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = no top-k filter (default 50)")
     ap.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda (default: cuda if available)")
     args = ap.parse_args(argv)
     try:
         lm = LM(args.model, args.device)
-    except FileNotFoundError as e:
+        for i in range(args.num_samples):
+            text = lm.complete(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                               seed=args.seed + i)
+            print(args.prompt + text)
+            if i + 1 < args.num_samples:
+                print("-" * 40)
+    except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    for i in range(args.num_samples):
-        text = lm.complete(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                           seed=args.seed + i)
-        print(args.prompt + text)
-        if i + 1 < args.num_samples:
-            print("-" * 40)
 
 
 if __name__ == "__main__":

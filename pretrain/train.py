@@ -54,9 +54,14 @@ DEFAULTS = {"attention": "dense", "local_layers": None, "dropout": 0.0, "bias": 
             "beta2": 0.95, "grad_clip": 1.0, "log_interval": 10, "ckpt_interval": None, "seed": 1337}
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "attention", "window", "local_layers", "dropout",
               "bias")
-# Settings that may differ between a run and its --resume without breaking exactness of the math.
+# Settings that may differ between a run and its --resume. Most do not touch the math; two do, on purpose:
+# - max_steps is where the cosine schedule ends (lr_at), so resuming with another value changes the learning
+#   rate of every remaining step: the result is NOT what a straight run of either length would give (only an
+#   unchanged max_steps resumes exactly);
+# - dtype is the autocast precision. Weights and optimizer state are kept and saved in float32, so switching
+#   is safe, but bit-identical only when the effective dtype is unchanged (e.g. auto -> float32 on CPU).
 RUNTIME_KEYS = ("stop_at_step", "device", "compile", "no_progress", "threads", "log_interval", "eval_interval",
-                "eval_iters", "ckpt_interval", "peak_tflops", "max_steps")
+                "eval_iters", "ckpt_interval", "peak_tflops", "max_steps", "dtype")
 
 # Dense bf16 peak FLOP/s for MFU, matched by substring of the CUDA device name.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40": 181.0, "A10": 125.0, "L4": 121.0,
@@ -74,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--preset", default=None, choices=sorted(PRESETS),
                     help="model + optimisation preset (default tiny); explicit flags override it")
     io.add_argument("--resume", action="store_true",
-                    help="continue from OUT/ckpt.pt with its saved settings (only runtime flags may change)")
+                    help="continue from OUT/ckpt.pt with its saved settings (only runtime flags, --max-steps "
+                         "and --dtype may change)")
     io.add_argument("--overwrite", action="store_true", help="delete an existing run folder and start afresh")
     m = ap.add_argument_group("model")
     m.add_argument("--n-layer", type=int, help="transformer blocks")
@@ -92,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     o = ap.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=int, help="sequences per micro-batch per process")
     o.add_argument("--grad-accum", type=int, help="micro-batches accumulated per optimizer step (per process)")
-    o.add_argument("--max-steps", type=int, help="optimizer steps in total; the cosine schedule ends here")
+    o.add_argument("--max-steps", type=int, help="optimizer steps in total; the cosine schedule ends here. May be changed on "
+                                                 "--resume, but that reshapes the remaining learning-rate schedule")
     o.add_argument("--lr", type=float, help="peak learning rate")
     o.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine decay")
     o.add_argument("--warmup-steps", type=int, help="linear warmup steps")
@@ -111,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint and exit after this step, as if killed there (for tests / time slicing)")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     r.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=None,
-                   help="autocast dtype: auto = bfloat16 on CUDA, float32 on CPU")
+                   help="autocast dtype: auto = bfloat16 on CUDA, float32 on CPU. May be changed on "
+                        "--resume (weights stay float32); a different effective dtype is not bit-identical")
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
     r.add_argument("--threads", type=int, help="torch.set_num_threads for CPU runs (default: torch's choice)")
     r.add_argument("--peak-tflops", type=float,

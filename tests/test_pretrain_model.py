@@ -100,3 +100,54 @@ def test_bad_config():
         GPTConfig(n_embd=65, n_head=2)
     with pytest.raises(ValueError):
         GPTConfig(attention="banded")
+
+
+def _lm(model, native: bool):
+    """An ``LM`` around an in-memory model (no checkpoint on disk); only generate() is used."""
+    from types import SimpleNamespace
+
+    from pretrain.sample import LM
+
+    lm = LM.__new__(LM)
+    lm.model, lm.native, lm.device = model, native, "cpu"
+    lm.tokenizer = SimpleNamespace(eos_token_id=None, pad_token_id=1)
+    cfg = model.config
+    lm.block_size = cfg.block_size if native else (getattr(cfg, "n_positions", None) or cfg.max_position_embeddings)
+    return lm
+
+
+@pytest.mark.parametrize("attention", ["dense", "sparse"])
+def test_generate_long_prompt_returns_exactly_the_new_tokens(attention, tmp_path):
+    """A prompt that does not leave room for the continuation is cropped from the left; native == HF."""
+    from transformers import AutoModelForCausalLM
+
+    native = _randomized(_cfg(attention=attention, block_size=16))
+    to_hf(native, {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1}).save_pretrained(str(tmp_path))
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    a, b = _lm(native, True), _lm(hf, False)
+    torch.manual_seed(1)
+    for t in (3, 10, 14, 40):  # fits, exactly fits, too long (the reviewer's repro), much too long
+        prompt = torch.randint(2, 320, (1, t))
+        out_a = a.generate(prompt, 6, temperature=0.0, stop_at_eos=False)
+        out_b = b.generate(prompt, 6, temperature=0.0, stop_at_eos=False)
+        assert out_a.shape == (1, 6), (t, out_a.shape)
+        assert torch.equal(out_a, out_b), t
+        # the continuation is that of the prompt's last block_size - 6 tokens
+        ref = native.generate(prompt[:, -10:], 6, temperature=0.0)[:, -6:]
+        assert torch.equal(out_a, ref), t
+    # HF would index past its position table; both paths refuse with a clear error instead
+    for lm in (a, b):
+        for n in (16, 20):
+            with pytest.raises(ValueError, match="block_size"):
+                lm.generate(torch.randint(2, 320, (1, 4)), n)
+
+
+def test_top_k_zero_means_off():
+    native = _randomized(_cfg(block_size=16))
+    lm = _lm(native, True)
+    prompt = torch.randint(2, 320, (1, 4))
+    off = lm.generate(prompt, 5, temperature=1.0, top_k=0, seed=3)
+    none = lm.generate(prompt, 5, temperature=1.0, top_k=None, seed=3)
+    assert off.shape == (1, 5) and torch.equal(off, none)
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(native.generate(prompt, 5, temperature=1.0, top_k=0, generator=g)[:, 4:], off)

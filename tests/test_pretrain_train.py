@@ -75,6 +75,21 @@ def test_resume_is_bit_identical(data_dir, tmp_path):
     assert straight["step"] == 12
 
 
+def test_resume_may_change_dtype_but_not_the_model(data_dir, tmp_path):
+    """--dtype is a runtime flag: auto -> float32 on CPU resumes (bit-identically); model flags still refuse."""
+    from pretrain.train import train
+
+    common = ["--data", str(data_dir), *SMALL, "--max-steps", "3", "--eval-interval", "3", "--batch-size", "2",
+              "--n-layer", "1"]
+    straight = train(common + ["--out", str(tmp_path / "a")])["model"].state_dict()
+    assert train(common + ["--out", str(tmp_path / "b"), "--stop-at-step", "1"])["step"] == 1
+    with pytest.raises(ValueError, match="cannot change"):
+        train(["--out", str(tmp_path / "b"), "--resume", "--no-progress", "--n-embd", "32"])
+    res = train(["--out", str(tmp_path / "b"), "--resume", "--no-progress", "--dtype", "float32"])
+    assert res["step"] == 3
+    assert all(torch.equal(v, res["model"].state_dict()[k]) for k, v in straight.items())
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_matches_single(data_dir, tmp_path):
     from pretrain.train import train
@@ -159,8 +174,28 @@ def test_export_evaluate_and_tiny_builder(data_dir, tmp_path, sqlite_url, monkey
     a = validation_loss(native, str(data_dir), 3000)["val_loss"]
     b = validation_loss(hf, str(data_dir), 3000)["val_loss"]
     assert abs(a - b) < 1e-4
-    assert arithmetic_accuracy(native, 1, "plus", n=3) == arithmetic_accuracy(hf, 1, "plus", n=3)
-    assert native.complete("ROMEO:", 10, temperature=0) == hf.complete("ROMEO:", 10, temperature=0)
+    # after 4 steps both score 0 on arithmetic, so compare what they generate token by token instead
+    assert native.block_size == hf.block_size == 64
+    for prompt in ("ROMEO:", "Q: What is 48 plus 76? A:", "First Citizen:\nBefore we proceed", "the"):
+        ids = native.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        a = native.generate(ids, 12, temperature=0.0, stop_at_eos=False)
+        b = hf.generate(ids, 12, temperature=0.0, stop_at_eos=False)
+        assert a.shape == (1, 12) and torch.equal(a, b), prompt
+    assert 0.0 <= arithmetic_accuracy(native, 5, "plus", n=2) <= 1.0  # 5-shot prompts outgrow block_size 64
+    # a prompt longer than the context: exactly max_new_tokens tokens come back, the same from both
+    long_prompt = " ".join(["To be, or not to be, that is the question:"] * 20)
+    assert len(native.tokenizer(long_prompt)["input_ids"]) > native.block_size
+    outs = []
+    for lm in (native, hf):
+        text = lm.complete(long_prompt, 10, temperature=0, stop_at_eos=False)
+        ids = lm.generate(lm.tokenizer(long_prompt, add_special_tokens=False, return_tensors="pt")["input_ids"],
+                          10, temperature=0.0, stop_at_eos=False)
+        assert ids.shape == (1, 10)
+        assert text == lm.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True)
+        outs.append(ids)
+    assert torch.equal(outs[0], outs[1])
+    with pytest.raises(ValueError, match="block_size"):
+        hf.complete("ROMEO:", 64)  # would index past the position table
 
     # --register puts the export in the registry as a 'base' version, with its training config.
     from db.services import registry
