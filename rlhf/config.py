@@ -52,7 +52,8 @@ class JobFields:
     eval_fraction: float = field(default=0.1, metadata={
         "help": "Share of prompts held out for evaluation (split by prompt, so no prompt is in both)."})
     name: str | None = field(default=None, metadata={
-        "help": "Name of the model version to register (default: <job>-<project or file>-<timestamp>)."})
+        "help": "Name of the model version to register (default: <job>-<project or file>-<timestamp>; on several "
+                "processes <job>-<project or file>-<launcher run id>, and required when there is none)."})
     database_url: str | None = field(default=None, metadata={
         "help": "Database URL (default: $DATABASE_URL, else sqlite:///data/instructloop.sqlite3)."})
     register: bool = field(default=True, metadata={

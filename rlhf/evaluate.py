@@ -4,7 +4,8 @@
 
 ``reward``: score every pair of a preference file (TRL explicit/implicit prompt or Anthropic HH) with any
 sequence-classification reward model; prints pairwise accuracy (ties count as wrong), mean margin, ECE of
-sigmoid(r_c - r_r) and mean rewards as JSON. Prompts are rendered as the model was trained (recorded in its
+sigmoid(r_c - r_r) and mean rewards as JSON. A pair longer than the model's context is scored left-truncated
+(the end of the sequence, where the score is read, is kept) and counted in ``truncated_pairs``. Prompts are rendered as the model was trained (recorded in its
 config by rlhf.train_reward; otherwise the chat template when the tokenizer has one, see --chat_format).
 """
 from __future__ import annotations
@@ -44,18 +45,29 @@ def evaluate_reward(model_ref: str, dataset: str, *, chat_format: str = "auto", 
             "chat_template": chat, **metrics}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m rlhf.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
-    r = sub.add_parser("reward", help="pairwise metrics of a reward model on a preference file")
+    r = sub.add_parser("reward", help="pairwise metrics of a reward model on a preference file",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("--model", required=True, help="reward model directory, version name/id, or hub id")
     r.add_argument("--dataset", required=True, help="preference JSONL (TRL or HH)")
-    r.add_argument("--chat_format", "--chat-format", default="auto", choices=["auto", "always", "never"])
-    r.add_argument("--batch_size", "--batch-size", type=int, default=16)
-    r.add_argument("--database_url", "--database-url", default=None)
-    r.add_argument("--attn_implementation", "--attn-implementation", default="auto")
+    r.add_argument("--chat_format", "--chat-format", default="auto", choices=["auto", "always", "never"],
+                   help="render prompts with the tokenizer's chat template: auto (as recorded at training, else "
+                        "when the tokenizer has one), always, never (plain 'prompt\\n' + response)")
+    r.add_argument("--batch_size", "--batch-size", type=int, default=16, help="sequences per forward pass")
+    r.add_argument("--database_url", "--database-url", default=None,
+                   help="database URL to resolve a model version name/id (None: $DATABASE_URL)")
+    r.add_argument("--attn_implementation", "--attn-implementation", default="auto",
+                   help="attention kernel: auto (eager for GPT-Neo, sdpa otherwise), eager, sdpa, "
+                        "flash_attention_2")
     r.add_argument("--out", default=None, help="also write the metrics JSON here")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = build_parser()
     args = ap.parse_args(argv)
     try:
         res = evaluate_reward(args.model, args.dataset, chat_format=args.chat_format, batch_size=args.batch_size,

@@ -121,6 +121,28 @@ def _existing(url: str | None, prompt_ids: list[int], version_id: int) -> dict[i
     return out
 
 
+def fit_prompt(tok: Any, p: _Prompt, chat: bool, shots: list[tuple[Any, str]], budget: int | None
+               ) -> tuple[list[int], list[tuple[Any, str]], int]:
+    """Token ids of the prompt's generation input within `budget` tokens: few-shot examples that do not fit
+    are dropped (last first), then the start of the text is cut. Returns (ids, shots kept, tokens cut)."""
+    from rlhf.formatting import generation_input
+
+    wanted, shots = len(shots), list(shots)
+    while True:
+        ids = tok(generation_input(tok, p.content, chat, shots), add_special_tokens=False)["input_ids"]
+        if budget is None or len(ids) <= budget or not shots:
+            break
+        shots.pop()
+    if len(shots) < wanted:
+        log.warning("prompt %d: %d of %d few-shot examples do not fit in the model's context beside "
+                    "--max_new_tokens and were dropped", p.id, wanted - len(shots), wanted)
+    if budget is not None and len(ids) > budget:
+        log.warning("prompt %d: %d tokens do not fit beside --max_new_tokens in the model's context; keeping "
+                    "the last %d", p.id, len(ids), budget)
+        return list(ids[-budget:]), shots, len(ids) - budget
+    return list(ids), shots, 0
+
+
 def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Prompt],
                   few_shot: list[tuple[Any, str, Any]]) -> tuple[Any, dict[int, list[int]], dict[str, int]]:
     """Generate (or reuse) K responses per prompt with one model. Returns (version, prompt → response ids, counts)."""
@@ -129,8 +151,9 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
 
     from db.services import content
     from db.session import session_scope
-    from rlhf.formatting import FEW_SHOT_SEPARATOR, generation_input, use_chat_for_generation
+    from rlhf.formatting import FEW_SHOT_SEPARATOR, use_chat_for_generation
     from rlhf.modeling import ensure_registered, load_causal_lm, load_tokenizer, resolve_model
+    from rlhf.reward import max_positions
 
     m = resolve_model(ref, args.database_url)
     with session_scope(args.database_url) as s:
@@ -151,6 +174,12 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
         cuda = torch.cuda.is_available()
         model = load_causal_lm(m.path, args.attn_implementation, dtype=torch.bfloat16 if cuda else None)
         model.to("cuda" if cuda else "cpu").eval()
+        n_pos = max_positions(model)
+        budget = n_pos - args.max_new_tokens if n_pos else None  # prompt tokens that fit beside the answer
+        if budget is not None and budget < 1:
+            raise InputError(f"--max_new_tokens {args.max_new_tokens} does not fit in {version['name']}'s context "
+                             f"of {n_pos} tokens (prompt {todo[0].id} would have no room): lower --max_new_tokens",
+                             field="max_new_tokens")
         torch.manual_seed(args.seed + 1000 * model_no)
         greedy = args.temperature <= 0
         params = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
@@ -158,14 +187,15 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
         bar = tqdm(total=len(todo), desc=f"sampling {version['name']}", unit="prompt", disable=not args.progress)
         for i in range(0, len(todo), args.batch_size):
             batch = todo[i:i + args.batch_size]
-            texts, shots_used = [], []
+            inputs, shots_used = [], []
             for p in batch:
                 chat = use_chat_for_generation(tok, args.chat_format, p.is_chat, version["kind"])
                 shots = [] if chat or version["kind"] in ("sft", "policy") else \
                     [(fp, fc) for fp, fc, key in few_shot if key != json.dumps(p.content)][:args.few_shot]
-                texts.append(generation_input(tok, p.content, chat, shots))
-                shots_used.append((chat, len(shots)))
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+                ids, shots, cut = fit_prompt(tok, p, chat, shots, budget)
+                inputs.append(ids)
+                shots_used.append((chat, len(shots), cut))
+            enc = tok.pad({"input_ids": inputs}, padding=True, return_tensors="pt").to(model.device)
             gen_kw: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "num_return_sequences": K,
                                       "use_cache": True, "pad_token_id": tok.pad_token_id,
                                       "eos_token_id": tok.eos_token_id}
@@ -179,7 +209,8 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
             decoded = tok.batch_decode(new, skip_special_tokens=True)
             with session_scope(args.database_url) as s:
                 for j, p in enumerate(batch):
-                    chat, n_shots = shots_used[j]
+                    chat, n_shots, cut = shots_used[j]
+                    extra = {"prompt_truncated_tokens": cut} if cut else {}
                     ids = []
                     for k in range(K):
                         text = decoded[j * K + k]
@@ -192,7 +223,8 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
                             continue
                         r, created = content.add_response(
                             s, p.id, text, model_version_id=version["id"],
-                            params={**params, "chat_template": chat, "few_shot": n_shots}, sample_index=k)
+                            params={**params, "chat_template": chat, "few_shot": n_shots, **extra},
+                            sample_index=k)
                         counts["generated"] += created
                         counts["reused"] += not created
                         ids.append(r.id)

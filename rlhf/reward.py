@@ -35,18 +35,42 @@ def set_info(model: Any, **kw: Any) -> None:
     setattr(model.config, CONFIG_KEY, {**info(model), **kw})
 
 
+def max_positions(model: Any) -> int | None:
+    """The longest sequence the model can read (None when its config sets no limit)."""
+    cfg = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        n = getattr(cfg, key, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def fits(tokenizer: Any, prompt: Any, completion: Any, max_length: int | None) -> bool:
+    """Whether (prompt, completion) tokenizes to at most max_length tokens (TRL's RewardTrainer filter)."""
+    return max_length is None or len(encode(tokenizer, prompt, completion)) <= max_length
+
+
 @torch.no_grad()
-def score(model: Any, tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 16
-          ) -> list[float]:
-    """Reward of each (prompt, completion), tokenized exactly as TRL's RewardTrainer does."""
+def score(model: Any, tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 16,
+          max_length: int | None = None, stats: dict[str, int] | None = None) -> list[float]:
+    """Reward of each (prompt, completion), tokenized exactly as TRL's RewardTrainer does.
+
+    A sequence longer than ``max_length`` (default: the model's max positions) is left-truncated: the score
+    is read at the last token, so the end (the completion and EOS) is kept and the start of the prompt is
+    dropped. ``stats["truncated"]`` (when a dict is given) counts such sequences."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     offset = float(info(model).get("reward_offset", 0.0))
+    limit = max_length or max_positions(model)
     out: list[float] = []
+    truncated = 0
     for i in range(0, len(prompts), batch_size):
         ids = [encode(tokenizer, p, c) for p, c in zip(prompts[i:i + batch_size], completions[i:i + batch_size])]
+        if limit:
+            truncated += sum(len(x) > limit for x in ids)
+            ids = [x[-limit:] for x in ids]
         n = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), n), pad, dtype=torch.long)
         mask = torch.zeros((len(ids), n), dtype=torch.long)
@@ -56,6 +80,8 @@ def score(model: Any, tokenizer: Any, prompts: Sequence[Any], completions: Seque
         logits = model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev), use_cache=False).logits
         out.extend((logits[:, 0].float() - offset).tolist())
     model.train(was_training)
+    if stats is not None:
+        stats["truncated"] = stats.get("truncated", 0) + truncated
     return out
 
 
@@ -82,13 +108,25 @@ def pairwise_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float], bin
             "mean_reward_chosen": sum(r_chosen) / n, "mean_reward_rejected": sum(r_rejected) / n}
 
 
-def evaluate_pairs(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], batch_size: int = 16
-                   ) -> dict[str, float]:
-    """Pairwise metrics of formatted preference rows {prompt, chosen, rejected}."""
+def evaluate_pairs(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], batch_size: int = 16,
+                   max_length: int | None = None) -> dict[str, float]:
+    """Pairwise metrics of formatted preference rows {prompt, chosen, rejected}.
+
+    ``truncated_pairs``: pairs with a side longer than the model's context, scored left-truncated."""
     prompts = [r["prompt"] for r in rows]
-    rc = score(model, tokenizer, prompts, [r["chosen"] for r in rows], batch_size)
-    rr = score(model, tokenizer, prompts, [r["rejected"] for r in rows], batch_size)
-    return pairwise_metrics(rc, rr)
+    sc: dict[str, int] = {}
+    sr: dict[str, int] = {}
+    rc = score(model, tokenizer, prompts, [r["chosen"] for r in rows], batch_size, max_length, sc)
+    rr = score(model, tokenizer, prompts, [r["rejected"] for r in rows], batch_size, max_length, sr)
+    limit = max_length or max_positions(model)
+    truncated = 0
+    if limit and (sc["truncated"] or sr["truncated"]):
+        truncated = sum(not (fits(tokenizer, r["prompt"], r["chosen"], limit) and
+                             fits(tokenizer, r["prompt"], r["rejected"], limit)) for r in rows)
+    metrics = pairwise_metrics(rc, rr)
+    if metrics:
+        metrics["truncated_pairs"] = truncated
+    return metrics
 
 
 def _head(model: Any) -> Any:
@@ -128,8 +166,11 @@ def shift_rewards(model: Any, shift: float) -> str:
 
 def normalize(model: Any, tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any],
               batch_size: int = 16) -> dict[str, Any]:
-    """Shift so the given (prompt, demonstration) pairs score mean 0; verify; record in config.instructloop."""
-    before = score(model, tokenizer, prompts, completions, batch_size)
+    """Shift so the given (prompt, demonstration) pairs score mean 0; verify; record in config.instructloop.
+
+    Demonstrations longer than the model's context are scored left-truncated (``normalize_truncated``)."""
+    stats: dict[str, int] = {}
+    before = score(model, tokenizer, prompts, completions, batch_size, stats=stats)
     mean = sum(before) / len(before)
     method = shift_rewards(model, mean)
     after = score(model, tokenizer, prompts, completions, batch_size)
@@ -142,4 +183,4 @@ def normalize(model: Any, tokenizer: Any, prompts: Sequence[Any], completions: S
         mean_after = sum(score(model, tokenizer, prompts, completions, batch_size)) / len(after)
     set_info(model, reward_shift=mean, reward_shift_method=method, normalized_on=len(before))
     return {"reward_shift": mean, "reward_shift_method": method, "demo_mean_reward_after": mean_after,
-            "normalized_on": len(before)}
+            "normalized_on": len(before), "normalize_truncated": stats.get("truncated", 0)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -20,9 +21,32 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "run"
 
 
+# Set by torchrun (and so by `accelerate launch` on several processes): the same value on every rank of a job.
+# torchrun's default rendezvous id without --standalone / --rdzv_id is "none", which names no run.
+RUN_ID_ENV = ("INSTRUCTLOOP_RUN_ID", "TORCHELASTIC_RUN_ID")
+
+
+def world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 def default_name(job: str, project: str | None, dataset: str | None) -> str:
-    src = project or Path(dataset or "data").stem
-    return f"{job}-{slug(src)}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """<job>-<source>-<timestamp> on one process. Each rank of a multi-process job computes its own default,
+    so a clock-based name could differ between ranks (and send them to different run folders): there the
+    name comes from the launcher's run id, shared by all ranks, or --name is required."""
+    src = slug(project or Path(dataset or "data").stem)
+    if world_size() <= 1:
+        return f"{job}-{src}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    for key in RUN_ID_ENV:
+        run_id = os.environ.get(key, "").strip()
+        if run_id and run_id.lower() != "none":
+            return f"{job}-{src}-{slug(run_id)[:40]}"
+    raise InputError(f"running on {world_size()} processes without --name: each rank would pick its own "
+                     "timestamped name and run folder. Pass --name (the same on every rank), or launch with "
+                     "torchrun --rdzv_id ID / --standalone, or set INSTRUCTLOOP_RUN_ID", field="name")
 
 
 def setup_run(cfg: Any, job: str) -> tuple[str, Path]:

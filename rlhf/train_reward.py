@@ -96,24 +96,40 @@ def run(cfg: Any) -> dict[str, Any]:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
-                               "train_pairs": len(train_ds), "eval_pairs": len(eval_ds) if eval_ds else 0}
+                               "train_pairs": len(train_ds), "eval_pairs": len(eval_ds) if eval_ds else 0,
+                               "train_pairs_too_long": len(train_ds) - len(trainer.train_dataset)}
     model = trainer.model
+    reward.set_info(model, chat_template=chat)
+    # Save first: nothing after training (metrics, normalization) may lose the trained model. Every rank takes
+    # part in saving (FSDP/DeepSpeed); the normalized model is saved over this copy below.
+    trainer.save_model(str(run_dir))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(run_dir))
     if eval_ds is not None:
-        ev = trainer.evaluate()
-        metrics["eval_loss"] = ev.get("eval_loss")
-        held = reward.evaluate_pairs(model, tokenizer, list(eval_ds))
+        if trainer.eval_dataset is not None and len(trainer.eval_dataset):
+            metrics["eval_loss"] = trainer.evaluate().get("eval_loss")
+        # the held-out metrics use the rows the trainer evaluated on: pairs longer than max_length are left out
+        held_rows = [r for r in eval_ds if reward.fits(tokenizer, r["prompt"], r["chosen"], cfg.max_length)
+                     and reward.fits(tokenizer, r["prompt"], r["rejected"], cfg.max_length)]
+        metrics["eval_pairs_too_long"] = len(eval_ds) - len(held_rows)
+        if metrics["eval_pairs_too_long"]:
+            log.warning("%d held-out pairs are longer than --max_length %s and were left out of the metrics",
+                        metrics["eval_pairs_too_long"], cfg.max_length)
+        held = reward.evaluate_pairs(model, tokenizer, held_rows, max_length=cfg.max_length)
         metrics.update({f"eval_{k}": v for k, v in held.items()})
     version_id = None
     # Every rank normalizes its (identical) copy the same way, then all take part in saving (FSDP/DeepSpeed).
-    reward.set_info(model, chat_template=chat)
     if cfg.normalize and norm_rows:
         formatted = [format_sft_row(r, chat) for r in norm_rows]
         norm = reward.normalize(model, tokenizer, [r["prompt"] for r in formatted],
                                 [r["completion"] for r in formatted])
+        if norm["normalize_truncated"]:
+            log.warning("%d normalization demonstrations are longer than the model's context and were scored "
+                        "left-truncated (the end kept)", norm["normalize_truncated"])
         norm["normalized_with"] = norm_source
         reward.set_info(model, normalized_with=norm_source)
         metrics.update(norm)
-    trainer.save_model(str(run_dir))
+        trainer.save_model(str(run_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(run_dir))
         runs.append_metrics(run_dir, {"final": True, **metrics})

@@ -55,8 +55,8 @@ def build_tokenizer(out_dir: str | Path, texts: Iterable[str], vocab_size: int =
 
 
 def build_tiny_lm(out_dir: str | Path, texts: Sequence[str] | None = None, *, n_layer: int = 2, n_embd: int = 64,
-                  n_head: int = 2, vocab_size: int = 400, chat: bool = True, pad: bool = True, seed: int = 0
-                  ) -> Path:
+                  n_head: int = 2, vocab_size: int = 400, chat: bool = True, pad: bool = True, seed: int = 0,
+                  n_positions: int = 256) -> Path:
     """A random-weight GPT-2 causal LM + tokenizer saved in `out_dir` (built from config: no hub)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -64,7 +64,7 @@ def build_tiny_lm(out_dir: str | Path, texts: Sequence[str] | None = None, *, n_
     out = Path(out_dir)
     tok = build_tokenizer(out, texts or corpus(), vocab_size=vocab_size, chat=chat, pad=pad)
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                      pad_token_id=tok.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel(cfg)

@@ -119,3 +119,36 @@ def test_generate_rank_and_demonstrate_tasks(models, sqlite_url, capsys):
     assert Counter(k for k, _, _ in tasks) == Counter({"rank": n, "demonstrate": n})
     assert all(len(rids) == 3 for k, _, rids in tasks if k == "rank")
     assert out["tasks"]["demonstrate"]["created"] == n - 1
+
+
+def test_generate_fits_prompts_and_few_shot_examples_into_the_context(tmp_path, sqlite_url, capsys, caplog):
+    """A model of 32 positions: too-long few-shot examples are dropped, a too-long prompt is left-truncated,
+    and a --max_new_tokens that cannot fit at all is a clear error."""
+    from db.services import content, projects
+    from db.session import session_scope
+    from rlhf import generate
+
+    short = H.build_tiny_lm(tmp_path / "short", chat=False, n_positions=32)
+    long_text = " ".join(H.WORDS)  # > 32 tokens
+    H.make_project(sqlite_url, "c")
+    H.add_demonstrations(sqlite_url, "c", [("an example", long_text)])  # the only few-shot example: too long
+    with session_scope(sqlite_url) as s:
+        pid = projects.get_project(s, "c").id
+        short_id = content.add_prompt(s, pid, text="say hi")[0].id
+        long_id = content.add_prompt(s, pid, text=long_text)[0].id
+    with caplog.at_level("WARNING", logger="rlhf.generate"):
+        out = generate.main(["--project", "c", "--models", str(short), "--num_samples", "1", "--tasks", "none",
+                             "--few_shot", "1", "--max_new_tokens", "8", "--database_url", sqlite_url,
+                             "--no_progress"])
+    assert out["responses"]["generated"] == 3
+    responses, _ = _state(sqlite_url)
+    params = {pid_: p for pid_, _v, _k, p in responses.values()}
+    assert params[short_id]["few_shot"] == 0 and "prompt_truncated_tokens" not in params[short_id]
+    assert params[long_id]["prompt_truncated_tokens"] > 0
+    assert "few-shot examples do not fit" in caplog.text and f"prompt {long_id}:" in caplog.text
+
+    with pytest.raises(SystemExit):
+        generate.main(["--project", "c", "--models", str(short), "--num_samples", "1", "--tasks", "none",
+                       "--max_new_tokens", "40", "--regenerate", "--database_url", sqlite_url, "--no_progress"])
+    err = capsys.readouterr().err
+    assert "--max_new_tokens 40" in err and "32" in err and "prompt" in err

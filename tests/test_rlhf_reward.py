@@ -100,3 +100,37 @@ def test_reward_from_hh_file_with_added_pad_token(tmp_path, home):
     tok = out["trainer"].processing_class
     assert tok.pad_token == "<|pad|>" and tok.pad_token_id != tok.eos_token_id
     assert out["metrics"]["train_pairs"] + out["metrics"]["eval_pairs"] == 12
+
+
+def test_reward_with_held_out_pair_and_demonstration_longer_than_the_context(tmp_path, home):
+    """Rows longer than the model's context: training finishes, the model is saved, the metrics say so."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf import evaluate, train_reward
+
+    short = H.build_tiny_lm(tmp_path / "short", chat=False, n_positions=32)
+    long_text = " ".join(H.WORDS * 2)  # far more than 32 tokens
+    train = H.write_jsonl(tmp_path / "train.jsonl", [{"prompt": p, "chosen": g, "rejected": b}
+                                                     for p, g, b in H.polite_pairs(12)])
+    held = [{"prompt": p, "chosen": g, "rejected": b} for p, g, b in H.polite_pairs(4, seed=3)]
+    held.append({"prompt": long_text, "chosen": "please sit", "rejected": "sit"})
+    ev = H.write_jsonl(tmp_path / "eval.jsonl", held)
+    demos = H.write_jsonl(tmp_path / "demos.jsonl", [{"prompt": "say hi", "completion": "hello please"},
+                                                    {"prompt": long_text, "completion": "ok please"}])
+    out = train_reward.main(["--model", str(short), "--dataset", str(train), "--eval_dataset", str(ev),
+                             "--normalize_dataset", str(demos), "--no_register", "--max_steps", "2",
+                             "--save_strategy", "no", "--disable_tqdm", "true",
+                             "--output_dir", str(tmp_path / "rm-long")])
+    m = out["metrics"]
+    # metrics on the rows the trainer evaluated on: the long pair left out (and counted), none truncated
+    assert m["eval_pairs"] == 4 and m["eval_pairs_too_long"] == 1 and m["eval_truncated_pairs"] == 0
+    assert len(out["trainer"].eval_dataset) == 4 and m["eval_accuracy"] is not None
+    assert m["normalized_on"] == 2 and m["normalize_truncated"] == 1
+    run = Path(out["run_dir"])
+    final = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["final"] and final["eval_pairs_too_long"] == 1 and final["normalize_truncated"] == 1
+    rm = AutoModelForSequenceClassification.from_pretrained(run, attn_implementation="sdpa")
+    assert rm.config.instructloop["normalized_on"] == 2  # the normalized model is the one saved
+
+    res = evaluate.main(["reward", "--model", str(run), "--dataset", str(ev)])
+    assert res["pairs"] == 5 and res["truncated_pairs"] == 1

@@ -54,10 +54,15 @@ def test_sft_from_project_memorizes_masks_prompt_registers_and_feeds_generate(ti
     n_prompt = len(tok.apply_chat_template(ex["prompt"], tokenize=True, add_generation_prompt=True,
                                            return_dict=True)["input_ids"])
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
-    labels, ids = batch["labels"][0], batch["input_ids"][0]
-    assert (labels[:n_prompt] == -100).all()
-    assert (labels[n_prompt:][labels[n_prompt:] != -100] == ids[n_prompt:][labels[n_prompt:] != -100]).all()
-    assert (labels != -100).sum() >= len(tok(ex["completion"][0]["content"])["input_ids"])
+    labels = batch["labels"][0]
+    unmasked = (labels != -100).nonzero().flatten().tolist()
+    # the loss starts exactly at the first completion token ...
+    assert unmasked[0] == n_prompt
+    # ... and covers every completion token (everything the template renders after the prompt), contiguously
+    n_full = len(tok.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True,
+                                         return_dict=True)["input_ids"])
+    assert n_full - n_prompt > len(tok(ex["completion"][0]["content"], add_special_tokens=False)["input_ids"])
+    assert unmasked == list(range(n_prompt, n_full))
     assert len(trainer.train_dataset) == len(DEMOS)  # the unaccepted demonstration is not trained on
 
     # outputs: checkpoint, tokenizer, metrics.jsonl, resolved config; registered with lineage and metrics

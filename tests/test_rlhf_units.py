@@ -157,3 +157,107 @@ def test_config_yaml_device_defaults_and_cli_override(tmp_path):
 
     if not torch.cuda.is_available():  # CPU: float32 and no checkpointing, whatever TRL's defaults say
         assert cfg.bf16 is False and cfg.gradient_checkpointing is False
+
+
+# ------------------------------------------------------------------ run names under several processes
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_default_name_is_the_same_on_every_rank(monkeypatch, rank):
+    from rlhf import runs
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.delenv("INSTRUCTLOOP_RUN_ID", raising=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "a1b2c3")
+    assert runs.default_name("train_sft", "proj", None) == "train_sft-proj-a1b2c3"
+    monkeypatch.setenv("INSTRUCTLOOP_RUN_ID", "nightly 7")
+    assert runs.default_name("train_sft", "proj", None) == "train_sft-proj-nightly-7"
+
+
+def test_default_name_without_a_shared_run_id_requires_name(monkeypatch):
+    from rlhf import runs
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.delenv("INSTRUCTLOOP_RUN_ID", raising=False)
+    for run_id in (None, "none"):  # torchrun's default rendezvous id names no run
+        if run_id is None:
+            monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+        else:
+            monkeypatch.setenv("TORCHELASTIC_RUN_ID", run_id)
+        with pytest.raises(InputError, match="--name") as e:
+            runs.default_name("train_reward", None, "d.jsonl")
+        assert e.value.field == "name"
+
+
+def test_default_name_single_process_is_timestamped(monkeypatch):
+    import re
+
+    from rlhf import runs
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "ignored")
+    assert re.fullmatch(r"train_sft-d-\d{8}-\d{6}", runs.default_name("train_sft", None, "x/d.jsonl"))
+
+
+# ------------------------------------------------------------------ every flag of every job has help
+
+def _our_fields(cls) -> set[str]:
+    import dataclasses
+
+    names = set()
+    for c in cls.__mro__:
+        if c.__module__.startswith("rlhf") and dataclasses.is_dataclass(c):
+            names |= set(getattr(c, "__annotations__", {}))
+    return names
+
+
+def test_every_flag_of_every_rlhf_job_has_help():
+    from trl import TrlParser
+
+    from rlhf import evaluate, generate
+    from rlhf.config import reward_config_class, sft_config_class
+
+    for cls in (sft_config_class(), reward_config_class(), generate.GenerateArgs):
+        ours = _our_fields(cls)
+        assert {"model" if cls is not generate.GenerateArgs else "models", "database_url"} <= ours
+        parser = TrlParser((cls,))
+        seen = set()
+        for action in parser._actions:
+            if action.dest in ours and f"--{action.dest}" in action.option_strings:
+                seen.add(action.dest)
+                assert (action.help or "").strip(), f"{cls.__name__} --{action.dest} has no help"
+        assert seen == ours, ours - seen
+    ap = evaluate.build_parser()
+    sub = next(a for a in ap._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
+    for name, p in sub.choices.items():
+        flags = [a for a in p._actions if a.dest != "help"]
+        assert len(flags) >= 7
+        for a in flags:
+            assert (a.help or "").strip(), f"evaluate {name} {a.option_strings} has no help"
+
+
+# ------------------------------------------------------------------ reward scoring past the model's context
+
+def test_score_left_truncates_sequences_longer_than_the_context(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = H.build_tiny_lm(tmp_path / "short", chat=False, n_positions=16)
+    tok = AutoTokenizer.from_pretrained(path)
+    rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, attn_implementation="sdpa")
+    rm.config.pad_token_id = tok.pad_token_id
+    long_prompt = plain_prompt(" ".join(H.WORDS))
+    stats: dict[str, int] = {}
+    got = reward.score(rm, tok, ["hi\n", long_prompt], ["cat", "the cat"], stats=stats)
+    assert stats == {"truncated": 1} and len(got) == 2
+    # what is scored is the end of the sequence (completion + EOS), as if the prompt had started later
+    ids = reward.encode(tok, long_prompt, "the cat")[-16:]
+    import torch
+
+    with torch.no_grad():
+        direct = rm(input_ids=torch.tensor([ids])).logits[0, 0].item()
+    assert got[1] == pytest.approx(direct, abs=1e-5)
+    m = reward.evaluate_pairs(rm, tok, [{"prompt": long_prompt, "chosen": "cat", "rejected": "dog"},
+                                        {"prompt": "hi\n", "chosen": "cat", "rejected": "dog"}])
+    assert m["pairs"] == 2 and m["truncated_pairs"] == 1
+    norm = reward.normalize(rm, tok, ["hi\n", long_prompt], ["cat", "the cat"])
+    assert norm["normalize_truncated"] == 1 and abs(norm["demo_mean_reward_after"]) < 1e-3
