@@ -48,9 +48,25 @@ def seed(url: str, n: int) -> int:
     return pid
 
 
-def bench_next_task(url: str, pid: int, calls: int) -> None:
+QUEUE_INDEXES = {
+    # What next_task's ORDER BY n_submitted DESC, id needs, and the first version (ascending), which
+    # made every call sort all open tasks: kept to measure the ratio in one run.
+    "queue index (n_submitted DESC, id)": "CREATE INDEX ix_tasks_queue ON tasks (project_id, status, n_submitted DESC, id)",
+    "old index (n_submitted, id)": "CREATE INDEX ix_tasks_queue ON tasks (project_id, status, n_submitted, id)",
+}
+
+
+def use_index(url: str, ddl: str) -> None:
+    with get_engine(url).begin() as c:
+        c.exec_driver_sql("DROP INDEX IF EXISTS ix_tasks_queue")
+        c.exec_driver_sql(ddl)
+        c.exec_driver_sql("ANALYZE")
+
+
+def bench_next_task(url: str, pid: int, calls: int, label: str = "next_task") -> float:
     s = session_factory(url)()
-    users = [accounts.create_user(s, f"u{i}", "password-1").id for i in range(20)]
+    tag = abs(hash(label)) % 10_000
+    users = [accounts.create_user(s, f"u{tag}-{i}", "password-1").id for i in range(20)]
     s.commit()
     lat = []
     for i in range(calls):
@@ -61,7 +77,8 @@ def bench_next_task(url: str, pid: int, calls: int) -> None:
         labels.submit_preference(s, uid, v.task_id, "a", strength="clear")
     lat.sort()
     p50, p95 = statistics.median(lat), lat[int(0.95 * len(lat)) - 1]
-    print(f"  next_task over {calls} calls: p50 {p50 * 1e3:.2f} ms, p95 {p95 * 1e3:.2f} ms")
+    print(f"  next_task, {label}, {calls} calls: p50 {p50 * 1e3:.2f} ms, p95 {p95 * 1e3:.2f} ms")
+    return p50
     s.close()
 
 
@@ -87,13 +104,24 @@ def main() -> None:
     ap.add_argument("--url", action="append", help="database URL (repeatable; default: a temp SQLite file)")
     ap.add_argument("--tasks", type=int, default=100_000, help="tasks / preference rows (default 100000)")
     ap.add_argument("--calls", type=int, default=300, help="next_task calls to time (default 300)")
+    ap.add_argument("--compare-index", action="store_true",
+                    help="also time next_task with the first, ascending queue index (ratio in one run)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     urls = args.url or [f"sqlite:///{tmp / 'bench.sqlite3'}"]
     for url in urls:
         print(f"{get_engine(url).dialect.name}:")
         pid = seed(url, args.tasks)
-        bench_next_task(url, pid, args.calls)
+        if args.compare_index:
+            p50 = {}
+            for label, ddl in QUEUE_INDEXES.items():
+                use_index(url, ddl)
+                p50[label] = bench_next_task(url, pid, args.calls, label)
+            new, old = p50.values()
+            print(f"  next_task p50 ratio old/new index: {old / new:.0f}x")
+            use_index(url, QUEUE_INDEXES["queue index (n_submitted DESC, id)"])
+        else:
+            bench_next_task(url, pid, args.calls)
         bench_export(url, args.tasks, tmp / "prefs.jsonl")
         dispose_engines()
 
