@@ -62,3 +62,24 @@ def test_report_on_database(sqlite_session):
     prog = agreement.annotator_progress(s, users[0].id, p.id)
     assert prog == {"today": 4, "total": 4}
     assert next_task(s, users[0].id, p.id) is None
+
+
+def test_rankings_count_as_pairwise_items(sqlite_session):
+    """Two annotators rank the same 3 responses: 3 pair items; they agree on 2 of them."""
+    from db.services import accounts, agreement, content, labels, projects, tasks
+
+    s = sqlite_session
+    p = projects.create_project(s, "r", labels_per_task=2)
+    pr, _ = content.add_prompt(s, p.id, text="rank these")
+    r1, r2, r3 = (content.add_response(s, pr.id, f"resp {i}")[0].id for i in range(3))
+    t, _ = tasks.create_task(s, p.id, "rank", pr.id, [r1, r2, r3])
+    u1 = accounts.create_user(s, "ann1", "password-1").id
+    u2 = accounts.create_user(s, "ann2", "password-1").id
+    s.commit()
+    labels.submit_ranking(s, u1, t.id, [[r1], [r2], [r3]])
+    labels.submit_ranking(s, u2, t.id, [[r1], [r3], [r2]])
+    rep = agreement.preference_agreement(s, p.id)
+    assert rep["n_tasks"] == 3 and rep["n_labels"] == 6
+    assert abs(rep["percent_agreement"] - 2 / 3) < 1e-9
+    assert dict(zip(rep["per_annotator"]["annotator"], rep["per_annotator"]["labels"])) == {"ann1": 1, "ann2": 1}
+    assert agreement.preference_agreement(s, p.id, include_rankings=False)["n_tasks"] == 0

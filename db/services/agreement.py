@@ -1,8 +1,10 @@
 """Label quality: inter-annotator agreement (percent, Cohen's and Fleiss' kappa), agreement with the
 majority per annotator, annotator speed, disagreements to review, and an annotator's own progress.
 
-Agreement is computed on pairwise-preference labels (categories a / b / tie / both_bad) of tasks that
-have at least two labels. The kappa functions are pure and take plain counts so they are easy to test.
+Agreement is computed on items with at least two labels: a compare task is one item (categories a / b /
+tie / both_bad); a rank task contributes one item per pair of its responses (first better / second
+better / tie, mapped onto a / b / tie), so rankings and comparisons share one report. The kappa
+functions are pure and take plain counts so they are easy to test.
 """
 from __future__ import annotations
 
@@ -86,18 +88,43 @@ def _preference_rows(session: Session, project_id: int | None) -> list[tuple[Pre
     return [(lab, u) for lab, u in session.execute(q.order_by(PreferenceLabel.task_id, PreferenceLabel.id))]
 
 
+def _ranking_items(session: Session, project_id: int | None
+                   ) -> tuple[dict[tuple, list[tuple[str, str]]], Counter]:
+    """(task, x, y) → [(annotator, a|b|tie)] for every response pair of every ranking; rankings per user."""
+    q = (select(Ranking, User.username, Task.response_ids).join(User, User.id == Ranking.user_id)
+         .join(Task, Task.id == Ranking.task_id))
+    if project_id is not None:
+        q = q.where(Task.project_id == project_id)
+    items: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
+    per_user: Counter = Counter()
+    for r, username, response_ids in session.execute(q.order_by(Ranking.task_id, Ranking.id)):
+        per_user[username] += 1
+        rank_of = {rid: i for i, group in enumerate(r.ordering) for rid in group}
+        for x, y in combinations(sorted(response_ids), 2):
+            if x in rank_of and y in rank_of:
+                c = "tie" if rank_of[x] == rank_of[y] else ("a" if rank_of[x] < rank_of[y] else "b")
+                items[(r.task_id, x, y)].append((username, c))
+    return items, per_user
+
+
 def preference_agreement(session: Session, project_id: int | None = None, *,
-                         min_shared: int = 1) -> dict[str, Any]:
+                         min_shared: int = 1, include_rankings: bool = True) -> dict[str, Any]:
     """Agreement report on compare tasks with several labels.
 
-    Returns {"n_tasks", "n_labels", "percent_agreement", "fleiss_kappa",
+    Items are compare tasks and, with `include_rankings`, the response pairs of rank tasks.
+    Returns {"n_tasks" (items), "n_labels", "percent_agreement", "fleiss_kappa",
     "pairs": DataFrame[annotator_a, annotator_b, shared_tasks, percent_agreement, cohen_kappa],
     "per_annotator": DataFrame[annotator, labels, compared, agrees_with_majority]}.
     Majority is leave-one-out (the other annotators' majority), tasks where it ties are left out.
     """
-    by_task: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    by_task: dict[Any, list[tuple[str, str]]] = defaultdict(list)
     for label, username in _preference_rows(session, project_id):
         by_task[label.task_id].append((username, label.choice))
+    counts = Counter(u for v in by_task.values() for u, _ in v)  # labels per annotator
+    if include_rankings:
+        items, rankings_per_user = _ranking_items(session, project_id)
+        by_task.update(items)
+        counts.update(rankings_per_user)
     multi = {t: v for t, v in by_task.items() if len(v) >= 2}
     cats = list(CHOICES)
     table = [[sum(1 for _, c in v if c == cat) for cat in cats] for v in multi.values()]
@@ -118,7 +145,6 @@ def preference_agreement(session: Session, project_id: int | None = None, *,
                           "cohen_kappa": cohen_kappa(xa, xb)})
 
     ann_rows = []
-    counts = Counter(u for v in by_task.values() for u, _ in v)
     for u in sorted(counts):
         compared = agree = 0
         for t, v in multi.items():

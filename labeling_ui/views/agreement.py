@@ -28,13 +28,14 @@ def _fmt(x: float, pct: bool = False) -> str:
 
 
 m = st.columns(4)
-m[0].metric("Tasks with ≥ 2 labels", rep["n_tasks"])
-m[1].metric("Labels on them", rep["n_labels"])
+m[0].metric("Items with ≥ 2 labels", rep["n_tasks"],
+            help="A compare task is one item; a rank task gives one item per pair of its responses.")
+m[1].metric("Judgements on them", rep["n_labels"])
 m[2].metric("Percent agreement", _fmt(rep["percent_agreement"], pct=True))
 m[3].metric("Fleiss' kappa", _fmt(rep["fleiss_kappa"]),
             help="Chance-corrected agreement over all annotators (1 = perfect, 0 = chance).")
 if rep["n_tasks"] == 0:
-    st.info("No compare task has two labels yet. Set 'labels per task' above 1 on the Projects page to "
+    st.info("No compare or rank task has two labels yet. Set 'labels per task' above 1 on the Projects page to "
             "measure agreement.")
 
 left, right = st.columns(2)
