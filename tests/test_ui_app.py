@@ -366,7 +366,7 @@ def test_agreement_page_with_overlap(seeded):
     admin.switch_page("views/agreement.py").run()
     no_exception(admin)
     metrics = {m.label: m.value for m in admin.metric}
-    assert metrics["Tasks with ≥ 2 labels"] == "3"
+    assert metrics["Items with ≥ 2 labels"] == "3"
     assert metrics["Percent agreement"] == "67%"
     dis = admin.dataframe[-1].value
     assert len(dis) == 1 and "alice: b" in dis.iloc[0]["labels"]
