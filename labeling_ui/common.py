@@ -196,3 +196,50 @@ def rerun_fragment() -> None:
         st.rerun(scope="fragment")
     except StreamlitAPIException:
         st.rerun()
+
+
+# ------------------------------------------------------------------ shared labeling flow
+def _flash_key(kind: str) -> str:
+    return f"_flash:{kind}"
+
+
+def task_header(kind: str, project: dict[str, Any], title: str) -> tuple[dict[str, Any], Any] | None:
+    """Top of a labeling fragment: the last action's toast, title, progress, and the task on screen.
+
+    Returns (user, task view), or None (after an empty state) when the queue is empty for this user.
+    """
+    from labeling_ui import auth  # auth imports this module
+
+    user = auth.require_user()
+    flash = st.session_state.pop(_flash_key(kind), None)
+    if flash:
+        st.toast(flash[0], icon=flash[1])
+    top = st.columns([3, 2], vertical_alignment="bottom")
+    top[0].subheader(f"{title} · {project['name']}")
+    with top[1]:
+        progress_line(user["id"], project["id"], kind)
+    view = current_task(user["id"], project["id"], kind)
+    if view is None:
+        empty_state("No tasks left in this project — thanks!")
+        return None
+    return user, view
+
+
+def task_action(kind: str, project_id: int, action: Any, flash: tuple[str, str] | Any,
+                on_error: Any = None) -> None:
+    """One user action on the task on screen: the service call in one transaction, then a toast and the
+    next task. `flash` is (message, icon) or a function of the action's result returning one."""
+    try:
+        with db() as s:
+            result = action(s)
+    except ServiceError as e:
+        (on_error or show_error)(e)
+        return
+    st.session_state[_flash_key(kind)] = flash(result) if callable(flash) else flash
+    done_with(kind, project_id)
+    rerun_fragment()
+
+
+def skip_action(kind: str, project_id: int, user_id: int, task_id: int, reason: str) -> None:
+    task_action(kind, project_id, lambda s: assignment.skip_task(s, user_id, task_id, reason),
+                ("Skipped", ":material/skip_next:"))

@@ -4,22 +4,16 @@ from __future__ import annotations
 import streamlit as st
 
 from db.models import FLAGS, STRENGTHS
-from db.services import assignment, labels
-from db.services.errors import ServiceError
-from labeling_ui import auth
+from db.services import labels
 from labeling_ui.common import (
-    current_task,
-    db,
-    done_with,
-    empty_state,
     held_key,
     labeling_page,
-    progress_line,
     render_prompt,
-    rerun_fragment,
     seconds_on,
-    show_error,
     show_text,
+    skip_action,
+    task_action,
+    task_header,
 )
 from labeling_ui.vocab import CHOICES, FLAG_NAMES, SKIP_REASONS, STRENGTH_KEYS
 
@@ -43,19 +37,11 @@ def _set_current(prefix: str, value: str, pid: int) -> None:
 
 @st.fragment
 def compare_body(project: dict) -> None:
-    user = auth.require_user()
-    pid = project["id"]
-    flash = st.session_state.pop("_flash", None)
-    if flash:
-        st.toast(flash[0], icon=flash[1])
-    top = st.columns([3, 2], vertical_alignment="bottom")
-    top[0].subheader(f"Compare · {project['name']}")
-    with top[1]:
-        progress_line(user["id"], pid, "compare")
-    view = current_task(user["id"], pid, KIND)
-    if view is None:
-        empty_state("No tasks left in this project — thanks!")
+    head = task_header(KIND, project, "Compare")
+    if head is None:
         return
+    user, view = head
+    pid = project["id"]
     tid = view.task_id
     ck, sk, fk, mk = (f"cmp_choice_{tid}", f"cmp_strength_{tid}", f"cmp_flags_{tid}", f"cmp_comment_{tid}")
     st.session_state.setdefault(sk, "clear")
@@ -99,29 +85,13 @@ def compare_body(project: dict) -> None:
         if choice is None:
             msg.warning("Pick one first: A better (1), B better (2), tie (3) or both bad (4).")
             return
-        try:
-            with db() as s:
-                _, created = labels.submit_preference(
-                    s, user["id"], tid, choice, strength=st.session_state[sk] if choice in ("a", "b") else None,
-                    flags=st.session_state.get(fk) or [], comment=st.session_state.get(mk, ""),
-                    seconds=seconds_on(KIND, pid))
-        except ServiceError as e:
-            show_error(e)
-            return
-        st.session_state["_flash"] = (("Saved" if created else "Already saved — nothing changed"),
-                                      ":material/check:")
-        done_with(KIND, pid)
-        rerun_fragment()
+        strength = st.session_state[sk] if choice in ("a", "b") else None
+        task_action(KIND, pid, lambda s: labels.submit_preference(
+            s, user["id"], tid, choice, strength=strength, flags=st.session_state.get(fk) or [],
+            comment=st.session_state.get(mk, ""), seconds=seconds_on(KIND, pid)),
+            lambda r: ("Saved" if r[1] else "Already saved — nothing changed", ":material/check:"))
     if skip:
-        try:
-            with db() as s:
-                assignment.skip_task(s, user["id"], tid, reason)
-        except ServiceError as e:
-            show_error(e)
-            return
-        st.session_state["_flash"] = ("Skipped", ":material/skip_next:")
-        done_with(KIND, pid)
-        rerun_fragment()
+        skip_action(KIND, pid, user["id"], tid, reason)
 
 
 compare_body(project)

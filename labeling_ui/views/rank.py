@@ -6,22 +6,16 @@ import string
 import streamlit as st
 
 from db.models import FLAGS
-from db.services import assignment, labels
-from db.services.errors import ServiceError
-from labeling_ui import auth
+from db.services import labels
 from labeling_ui.common import (
-    current_task,
-    db,
-    done_with,
-    empty_state,
     labeling_page,
     ordering_from_ranks,
-    progress_line,
     render_prompt,
-    rerun_fragment,
     seconds_on,
-    show_error,
     show_text,
+    skip_action,
+    task_action,
+    task_header,
 )
 from labeling_ui.vocab import FLAG_NAMES, SKIP_REASONS
 
@@ -32,19 +26,11 @@ user, project = labeling_page()
 
 @st.fragment
 def rank_body(project: dict) -> None:
-    user = auth.require_user()
-    pid = project["id"]
-    flash = st.session_state.pop("_flash_rank", None)
-    if flash:
-        st.toast(flash, icon=":material/check:")
-    top = st.columns([3, 2], vertical_alignment="bottom")
-    top[0].subheader(f"Rank · {project['name']}")
-    with top[1]:
-        progress_line(user["id"], pid, "rank")
-    view = current_task(user["id"], pid, KIND)
-    if view is None:
-        empty_state("No tasks left in this project — thanks!")
+    head = task_header(KIND, project, "Rank")
+    if head is None:
         return
+    user, view = head
+    pid = project["id"]
     tid, k = view.task_id, len(view.responses)
     with st.container(border=True):
         st.caption(f"PROMPT · task #{tid}")
@@ -79,27 +65,13 @@ def rank_body(project: dict) -> None:
         if missing:
             msg.warning(f"Give every response a rank (missing: {', '.join(missing)}).")
             return
-        try:
-            with db() as s:
-                _, created = labels.submit_ranking(
-                    s, user["id"], tid, ordering_from_ranks(ranks), flags=st.session_state.get(f"rank_flags_{tid}") or [],
-                    comment=st.session_state.get(f"rank_comment_{tid}", ""), seconds=seconds_on(KIND, pid))
-        except ServiceError as e:
-            msg.error(str(e), icon=":material/error:")
-            return
-        st.session_state["_flash_rank"] = "Ranking saved" if created else "Already saved — nothing changed"
-        done_with(KIND, pid)
-        rerun_fragment()
+        task_action(KIND, pid, lambda s: labels.submit_ranking(
+            s, user["id"], tid, ordering_from_ranks(ranks), flags=st.session_state.get(f"rank_flags_{tid}") or [],
+            comment=st.session_state.get(f"rank_comment_{tid}", ""), seconds=seconds_on(KIND, pid)),
+            lambda r: ("Ranking saved" if r[1] else "Already saved — nothing changed", ":material/check:"),
+            on_error=lambda e: msg.error(str(e), icon=":material/error:"))
     if skip:
-        try:
-            with db() as s:
-                assignment.skip_task(s, user["id"], tid, reason)
-        except ServiceError as e:
-            show_error(e)
-            return
-        st.session_state["_flash_rank"] = "Skipped"
-        done_with(KIND, pid)
-        rerun_fragment()
+        skip_action(KIND, pid, user["id"], tid, reason)
 
 
 rank_body(project)
