@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import math
 import json
+import math
 import random
 import re
 from collections.abc import Iterator

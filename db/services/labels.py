@@ -6,7 +6,7 @@ label and writes nothing (double clicks, retries after a network error).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -87,6 +87,34 @@ def _task(session: Session, task_id: int, kind: str) -> Task:
     return task
 
 
+def _submit_once(session: Session, model: Any, kind: str, task_id: int, user_id: int, now: dt.datetime,
+                 build: Callable[[Task], Any]) -> tuple[Any, bool]:
+    """The idempotent submit every label kind shares, in one write transaction.
+
+    `build(task)` validates and returns the new, unsaved row. A repeat submit by the same user (double
+    click, retry, or a concurrent duplicate that won the race on PostgreSQL) returns the first row.
+    """
+    def first() -> Any:
+        return session.scalar(select(model).where(model.task_id == task_id, model.user_id == user_id))
+
+    try:
+        with write_transaction(session):
+            task = _task(session, task_id, kind)
+            row = build(task)
+            existing = first()
+            if existing is not None:
+                return existing, False
+            _claim_slot(session, task, user_id, now)
+            session.add(row)
+            session.flush()
+            return row, True
+    except IntegrityError:
+        existing = first()
+        if existing is None:
+            raise
+        return existing, False
+
+
 def submit_preference(session: Session, user_id: int, task_id: int, choice: str, *,
                       strength: str | None = None, flags: Sequence[str] | None = None, comment: str = "",
                       seconds: float | None = None, now: dt.datetime | None = None
@@ -95,27 +123,9 @@ def submit_preference(session: Session, user_id: int, task_id: int, choice: str,
     _check_preference(choice, strength)
     flags = _check_flags(flags)
     now = now or utcnow()
-    try:
-        with write_transaction(session):
-            task = _task(session, task_id, "compare")
-            existing = session.scalar(select(PreferenceLabel).where(PreferenceLabel.task_id == task_id,
-                                                                    PreferenceLabel.user_id == user_id))
-            if existing is not None:
-                return existing, False
-            _claim_slot(session, task, user_id, now)
-            label = PreferenceLabel(task_id=task_id, user_id=user_id, choice=choice,
-                                    strength=strength if choice in ("a", "b") else None, flags=flags,
-                                    comment=comment or "", seconds=seconds, created_at=now)
-            session.add(label)
-            session.flush()
-            return label, True
-    except IntegrityError:
-        # A concurrent duplicate submit won the race (PostgreSQL); return its label.
-        existing = session.scalar(select(PreferenceLabel).where(PreferenceLabel.task_id == task_id,
-                                                                PreferenceLabel.user_id == user_id))
-        if existing is None:
-            raise
-        return existing, False
+    return _submit_once(session, PreferenceLabel, "compare", task_id, user_id, now, lambda task: PreferenceLabel(
+        task_id=task_id, user_id=user_id, choice=choice, strength=strength if choice in ("a", "b") else None,
+        flags=flags, comment=comment or "", seconds=seconds, created_at=now))
 
 
 def _check_ordering(task: Task, ordering: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -138,25 +148,17 @@ def submit_ranking(session: Session, user_id: int, task_id: int, ordering: Seque
     """Record an ordering, best first; responses in one inner list tie."""
     flags = _check_flags(flags)
     now = now or utcnow()
-    try:
-        with write_transaction(session):
-            task = _task(session, task_id, "rank")
-            groups = _check_ordering(task, ordering)
-            existing = session.scalar(select(Ranking).where(Ranking.task_id == task_id,
-                                                            Ranking.user_id == user_id))
-            if existing is not None:
-                return existing, False
-            _claim_slot(session, task, user_id, now)
-            r = Ranking(task_id=task_id, user_id=user_id, ordering=groups, flags=flags, comment=comment or "",
-                        seconds=seconds, created_at=now)
-            session.add(r)
-            session.flush()
-            return r, True
-    except IntegrityError:
-        existing = session.scalar(select(Ranking).where(Ranking.task_id == task_id, Ranking.user_id == user_id))
-        if existing is None:
-            raise
-        return existing, False
+    return _submit_once(session, Ranking, "rank", task_id, user_id, now, lambda task: Ranking(
+        task_id=task_id, user_id=user_id, ordering=_check_ordering(task, ordering), flags=flags,
+        comment=comment or "", seconds=seconds, created_at=now))
+
+
+def _check_demonstration(session: Session, project_id: int, text: str) -> str:
+    text = (text or "").strip()
+    minimum = int(setting(session.get(Project, project_id), "min_demonstration_chars") or 1)
+    if len(text) < minimum:
+        raise InputError(f"the demonstration has {len(text)} characters; write at least {minimum}", field="text")
+    return text
 
 
 def submit_demonstration(session: Session, user_id: int, task_id: int, text: str, *,
@@ -164,30 +166,13 @@ def submit_demonstration(session: Session, user_id: int, task_id: int, text: str
                          ) -> tuple[Demonstration, bool]:
     """Record an ideal response written by the annotator (minimum length from project settings)."""
     now = now or utcnow()
-    text = (text or "").strip()
-    try:
-        with write_transaction(session):
-            task = _task(session, task_id, "demonstrate")
-            minimum = int(setting(session.get(Project, task.project_id), "min_demonstration_chars") or 1)
-            if len(text) < minimum:
-                raise InputError(f"the demonstration has {len(text)} characters; write at least {minimum}",
-                                 field="text")
-            existing = session.scalar(select(Demonstration).where(Demonstration.task_id == task_id,
-                                                                  Demonstration.user_id == user_id))
-            if existing is not None:
-                return existing, False
-            _claim_slot(session, task, user_id, now)
-            d = Demonstration(prompt_id=task.prompt_id, task_id=task_id, user_id=user_id, text=text,
-                              content_hash=sha(text), seconds=seconds, created_at=now)
-            session.add(d)
-            session.flush()
-            return d, True
-    except IntegrityError:
-        existing = session.scalar(select(Demonstration).where(Demonstration.task_id == task_id,
-                                                              Demonstration.user_id == user_id))
-        if existing is None:
-            raise
-        return existing, False
+
+    def build(task: Task) -> Demonstration:
+        clean = _check_demonstration(session, task.project_id, text)
+        return Demonstration(prompt_id=task.prompt_id, task_id=task_id, user_id=user_id, text=clean,
+                             content_hash=sha(clean), seconds=seconds, created_at=now)
+
+    return _submit_once(session, Demonstration, "demonstrate", task_id, user_id, now, build)
 
 
 def _check_revision_window(session: Session, task_id: int, created_at: dt.datetime,
@@ -243,11 +228,7 @@ def revise_demonstration(session: Session, user_id: int, demo_id: int, text: str
             raise ServiceError(f"demonstration {demo_id} was already {d.status} by a reviewer")
         if d.task_id is not None:
             _check_revision_window(session, d.task_id, d.created_at, now)
-        text = (text or "").strip()
-        minimum = int(setting(session.get(Project, d.prompt.project_id), "min_demonstration_chars") or 1)
-        if len(text) < minimum:
-            raise InputError(f"the demonstration has {len(text)} characters; write at least {minimum}",
-                             field="text")
+        text = _check_demonstration(session, d.prompt.project_id, text)
         d.text, d.content_hash, d.updated_at = text, sha(text), now
         session.flush()
         return d
