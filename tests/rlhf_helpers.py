@@ -6,20 +6,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-EOS, PAD = "<|endoftext|>", "<|pad|>"
-ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + '<|endoftext|>' }}{% endgeneration %}"
-    "{{ '\n' }}"
-    "{%- else -%}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}"
-)
-
 WORDS = ["the", "cat", "dog", "sun", "moon", "tree", "river", "stone", "bird", "fish", "red", "blue", "green", "small", "large", "quick", "slow", "happy", "sad", "apple", "bread", "water", "fire", "wind", "rain", "snow", "hill", "road", "house", "door", "window", "book", "pen", "cup"]
 
 
@@ -33,24 +19,17 @@ def corpus(n: int = 300, seed: int = 0) -> list[str]:
 
 def build_tokenizer(out_dir: str | Path, texts: Iterable[str], vocab_size: int = 400, chat: bool = True,
                     pad: bool = True) -> Any:
-    """Byte-level BPE trained on `texts`, saved as PreTrainedTokenizerFast (eos/bos <|endoftext|>, pad <|pad|>)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The project's byte-level BPE (pretrain.tokenizer) on `texts`; optionally without a pad token or a
+    chat template, for the bad-input tests."""
+    from pretrain.tokenizer import train_tokenizer
 
-    specials = [EOS, PAD, *ROLE_TOKENS]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS,
-                                 pad_token=PAD if pad else None, additional_special_tokens=ROLE_TOKENS,
-                                 model_max_length=256, clean_up_tokenization_spaces=False)
-    if chat:
-        hf.chat_template = CHAT_TEMPLATE
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(str(out_dir))
+    hf = train_tokenizer(list(texts), out_dir, vocab_size=vocab_size, min_frequency=0, model_max_length=256)
+    if not (pad and chat):
+        if not pad:
+            hf.pad_token = None
+        if not chat:
+            hf.chat_template = None
+        hf.save_pretrained(str(out_dir))
     return hf
 
 

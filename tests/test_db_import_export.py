@@ -226,10 +226,10 @@ def test_malformed_prompt_fields_are_located(session, tmp_path, rows, match):
         importers.import_prompts(session, _write(tmp_path, "a.jsonl", rows), "p")
 
 
-@pytest.mark.parametrize("margin", [True, "NaN", float("inf")])
+@pytest.mark.parametrize("margin", [True, float("nan"), float("inf")])
 def test_margin_must_be_a_finite_number(session, tmp_path, margin):
     projects.create_project(session, "p")
-    row = {"prompt": "x", "chosen": "a", "rejected": "b", "margin": float(margin) if margin != True else True}  # noqa: E712
+    row = {"prompt": "x", "chosen": "a", "rejected": "b", "margin": margin}
     with pytest.raises(InputError, match="field 'margin'"):
         importers.import_preferences(session, _write(tmp_path, "m.jsonl", [row]), "p")
 
