@@ -34,8 +34,7 @@ def _metrics(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_loss_falls_on_shakespeare(data_dir, tmp_path):
-    if SHAKESPEARE is None:
-        pytest.skip("shared/data/tinyshakespeare.txt not found")
+    assert SHAKESPEARE is not None, "shared/data/tinyshakespeare.txt not found beside the repo"
     from pretrain.train import train
 
     torch.set_num_threads(2)

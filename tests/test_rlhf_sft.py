@@ -150,9 +150,7 @@ def test_sft_resume_after_interruption(tiny, sqlite_url, home, tmp_path, capsys)
 
 @pytest.mark.parametrize("attention", ["dense", "sparse"])  # GPT-2 and GPT-Neo (eager attention) exports
 def test_sft_on_pretrain_module_output(attention, sqlite_url, home, tmp_path):
-    pipeline = pytest.importorskip("pretrain.pipeline")
-    if not hasattr(pipeline, "build_tiny_model"):
-        pytest.skip("pretrain.pipeline.build_tiny_model not available")
+    from pretrain import pipeline
     from rlhf import train_sft
 
     model_dir = pipeline.build_tiny_model(tmp_path / "pt", texts=H.corpus(60), attention=attention)
