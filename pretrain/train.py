@@ -206,7 +206,8 @@ def estimate_loss(model, data: dict, c: dict, device, autocast, rank: int, world
 def train(argv: list[str] | None = None) -> dict:
     """Run training as the CLI would; returns a summary (run dir, steps, last losses)."""
     args = build_parser().parse_args(argv)
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # Under torchrun (even --nproc_per_node 1) use the process group and DDP, as the launch asked for.
+    ddp = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -346,9 +347,11 @@ def train(argv: list[str] | None = None) -> dict:
         from tqdm import tqdm
 
         pbar = tqdm(total=c["max_steps"], initial=step, desc="pretrain", dynamic_ncols=True)
-    if master and step == 0:
-        log({"event": "start", "params": raw.num_params(), "tokens_per_step": tokens_per_step,
-             "device": str(device), "dtype": dtype, "world_size": world})
+    if master:  # what this process runs on; a resumed run may differ (runtime flags, another machine)
+        log({"event": "start" if step == 0 else "resume", "step": step, "params": raw.num_params(),
+             "tokens_per_step": tokens_per_step, "device": str(device), "dtype": dtype, "world_size": world,
+             "compile": bool(c.get("compile")), "backend": torch.distributed.get_backend() if ddp else None,
+             "flops_per_token": flops_tok, "peak_flops": peak})
 
     last = {"loss": None, "val_loss": None, "train_loss": None}
     t_last = time.perf_counter()

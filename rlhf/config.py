@@ -85,6 +85,10 @@ class DeviceDefaults:
             self.bf16 = bool(bf16_available()) and not getattr(self, "fp16", False)
         if not cuda_available():
             self.dataloader_pin_memory = False  # nothing to pin to (and it warns on every run)
+            if self.bf16:
+                # Asked for bf16 without a GPU: CPU autocast does it, but transformers wants that said with
+                # use_cpu (else "Your setup doesn't support bf16/gpu"). Same code path as CUDA bf16.
+                self.use_cpu = True
         # transformers 5 renamed it activation_checkpointing (the old name is a deprecated alias).
         ac = getattr(self, "activation_checkpointing", None)
         chosen = ac if ac is not None else self.gradient_checkpointing

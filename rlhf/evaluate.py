@@ -20,12 +20,17 @@ from db.services.errors import InputError, ServiceError
 
 
 def evaluate_reward(model_ref: str, dataset: str, *, chat_format: str = "auto", batch_size: int = 16,
-                    database_url: str | None = None, attn: str = "auto") -> dict[str, Any]:
-    import torch
-
+                    database_url: str | None = None, attn: str = "auto", dtype: str = "float32") -> dict[str, Any]:
     from rlhf import data, reward
     from rlhf.formatting import format_preference_row, use_chat_for_training
-    from rlhf.modeling import load_reward_model, load_tokenizer, pad_problem, resolve_model
+    from rlhf.modeling import (
+        device,
+        inference_dtype,
+        load_reward_model,
+        load_tokenizer,
+        pad_problem,
+        resolve_model,
+    )
 
     m = resolve_model(model_ref, database_url, lookup=database_url is not None or not Path(model_ref).exists())
     rows = data.preference_rows_from_file(dataset)
@@ -33,16 +38,15 @@ def evaluate_reward(model_ref: str, dataset: str, *, chat_format: str = "auto", 
     problem = pad_problem(tok)
     if problem:
         raise InputError(f"{problem}: this reward model cannot score padded batches reliably", field="model")
-    model = load_reward_model(m.path, attn)
-    if torch.cuda.is_available():
-        model.to("cuda")
+    torch_dtype = inference_dtype(dtype)
+    model = load_reward_model(m.path, attn, dtype=torch_dtype).to(device())
     recorded = reward.info(model).get("chat_template")
     chat = bool(recorded) if recorded is not None and chat_format == "auto" else \
         use_chat_for_training(tok, chat_format)
     formatted = [format_preference_row(r, chat) for r in rows.rows]
     metrics = reward.evaluate_pairs(model, tok, formatted, batch_size)
     return {"model": m.path, "model_version": m.version_name, "dataset": str(Path(dataset).resolve()),
-            "chat_template": chat, **metrics}
+            "chat_template": chat, "dtype": str(torch_dtype).removeprefix("torch."), **metrics}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--attn_implementation", "--attn-implementation", default="auto",
                    help="attention kernel: auto (eager for GPT-Neo, sdpa otherwise), eager, sdpa, "
                         "flash_attention_2")
+    r.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype while scoring. float32 by default so metrics compare across devices "
+                        "(bf16 rounding turns close pairs into ties, which count as wrong); auto = bfloat16 on "
+                        "a CUDA GPU that supports it")
     r.add_argument("--out", default=None, help="also write the metrics JSON here")
     return ap
 
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     try:
         res = evaluate_reward(args.model, args.dataset, chat_format=args.chat_format, batch_size=args.batch_size,
-                              database_url=args.database_url, attn=args.attn_implementation)
+                              database_url=args.database_url, attn=args.attn_implementation, dtype=args.dtype)
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from e

@@ -59,6 +59,9 @@ class GenerateArgs:
     seed: int = field(default=0, metadata={"help": "Seed for sampling, pair choice and A/B order."})
     database_url: str | None = field(default=None, metadata={"help": "Database URL (default $DATABASE_URL)."})
     attn_implementation: str = field(default="auto", metadata={"help": "Attention kernel (auto, eager, sdpa)."})
+    dtype: str = field(default="auto", metadata={
+        "help": "Weights dtype: auto (bfloat16 on a CUDA GPU that supports it, else float32), float32, bfloat16, "
+                "float16.", "choices": ["auto", "float32", "bfloat16", "float16"]})
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar (--no_progress)."})
 
 
@@ -152,7 +155,14 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
     from db.services import content
     from db.session import session_scope
     from rlhf.formatting import FEW_SHOT_SEPARATOR, use_chat_for_generation
-    from rlhf.modeling import ensure_registered, load_causal_lm, load_tokenizer, resolve_model
+    from rlhf.modeling import (
+        device,
+        ensure_registered,
+        inference_dtype,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_model,
+    )
     from rlhf.reward import max_positions
 
     m = resolve_model(ref, args.database_url)
@@ -171,9 +181,9 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
         tok = load_tokenizer(m.path, padding_side="left")
         if tok.pad_token is None:  # generation only needs *a* pad id; the attention mask hides it
             tok.pad_token = tok.eos_token
-        cuda = torch.cuda.is_available()
-        model = load_causal_lm(m.path, args.attn_implementation, dtype=torch.bfloat16 if cuda else None)
-        model.to("cuda" if cuda else "cpu").eval()
+        dtype = inference_dtype(args.dtype)
+        model = load_causal_lm(m.path, args.attn_implementation, dtype=dtype)
+        model.to(device()).eval()
         n_pos = max_positions(model)
         budget = n_pos - args.max_new_tokens if n_pos else None  # prompt tokens that fit beside the answer
         if budget is not None and budget < 1:
@@ -183,7 +193,8 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
         torch.manual_seed(args.seed + 1000 * model_no)
         greedy = args.temperature <= 0
         params = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-                  "do_sample": not greedy, "seed": args.seed, "model_version": version["name"]}
+                  "do_sample": not greedy, "seed": args.seed, "model_version": version["name"],
+                  "dtype": str(dtype).removeprefix("torch.")}
         bar = tqdm(total=len(todo), desc=f"sampling {version['name']}", unit="prompt", disable=not args.progress)
         for i in range(0, len(todo), args.batch_size):
             batch = todo[i:i + args.batch_size]

@@ -145,3 +145,19 @@ def device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+INFERENCE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def inference_dtype(name: str = "auto") -> Any:
+    """Weights dtype for generation / scoring: auto = bfloat16 on a CUDA GPU that supports it, else float32.
+
+    An explicit dtype is honoured on CPU too (bfloat16 runs there, slowly), so the GPU path is testable."""
+    import torch
+
+    if name not in INFERENCE_DTYPES:
+        raise InputError(f"unknown dtype {name!r}; expected one of {', '.join(INFERENCE_DTYPES)}", field="dtype")
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)

@@ -90,6 +90,70 @@ def test_resume_may_change_dtype_but_not_the_model(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_gpu_code_paths_run_on_cpu_compile_bf16_mfu(data_dir, tmp_path):
+    """The CUDA recipe (torch.compile + bf16 autocast + MFU) through the same code on CPU: inductor compiles the
+    banded-mask model, bf16 tracks float32, the checkpoint stays float32 with plain keys and exports."""
+    from pretrain.export import export, load_native
+    from pretrain.train import train
+
+    common = ["--data", str(data_dir), *SMALL, "--max-steps", "20", "--eval-interval", "10", "--log-interval", "5",
+              "--batch-size", "8", "--attention", "sparse", "--window", "16"]
+    fast = train(common + ["--out", str(tmp_path / "fast"), "--compile", "--dtype", "bfloat16",
+                           "--peak-tflops", "0.5"])
+    train(common + ["--out", str(tmp_path / "ref"), "--dtype", "float32"])
+    m_fast, m_ref = _metrics(tmp_path / "fast"), _metrics(tmp_path / "ref")
+    assert m_fast[0]["dtype"] == "bfloat16" and m_fast[0]["compile"] is True and m_fast[0]["peak_flops"] == 0.5e12
+    assert m_ref[0]["dtype"] == "float32" and m_ref[0]["compile"] is False and m_ref[0]["peak_flops"] is None
+    steps = [m for m in m_fast if "loss" in m]
+    assert [m["step"] for m in steps] == [5, 10, 15, 20]
+    flops_tok = fast["model"].flops_per_token(64)
+    for m in steps:  # MFU = achieved FLOP/s over the given peak
+        assert m["mfu"] == pytest.approx(m["tok_per_s"] * flops_tok / 0.5e12, rel=1e-3, abs=1e-4)
+    assert all("mfu" not in m for m in m_ref)  # no peak known on CPU: no made-up figure
+    v_fast = [m["val_loss"] for m in m_fast if "val_loss" in m]
+    v_ref = [m["val_loss"] for m in m_ref if "val_loss" in m]
+    assert v_fast[-1] < v_fast[0] and abs(v_fast[-1] - v_ref[-1]) < 0.05, (v_fast, v_ref)
+    ck = torch.load(tmp_path / "fast" / "ckpt.pt", weights_only=False)
+    assert all(v.dtype == torch.float32 and not k.startswith("_orig_mod") for k, v in ck["model"].items())
+    native, _ = load_native(tmp_path / "fast")
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(export(tmp_path / "fast", tmp_path / "hf"))
+    x = torch.randint(0, 500, (1, 40))
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits[..., :native.config.vocab_size], native(x)[0], atol=1e-4)
+
+
+def test_peak_flops_lookup(monkeypatch):
+    from pretrain import train as T
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H100 80GB HBM3")
+    assert T._peak_flops(torch.device("cuda", 0), None) == 989e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA A100-SXM4-40GB")
+    assert T._peak_flops(torch.device("cuda", 0), None) == 312e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Some Future GPU")
+    assert T._peak_flops(torch.device("cuda", 0), None) is None  # unknown: no MFU rather than a wrong one
+    assert T._peak_flops(torch.device("cuda", 0), 100.0) == 100e12
+    assert T._peak_flops(torch.device("cpu"), None) is None
+
+
+def test_flops_per_token_matches_the_gpt2_124m_figure():
+    from pretrain.model import GPT, GPTConfig
+
+    with torch.device("meta"):
+        m = GPT(GPTConfig(vocab_size=50304, n_layer=12, n_head=12, n_embd=768, block_size=1024))
+    n = m.num_params()  # non-embedding convention: token embeddings (tied head) count, positions do not
+    assert n == 123_653_376 + (50304 - 50257) * 768
+    assert m.flops_per_token(1024) == 6 * n + 12 * 12 * 768 * 1024  # nanoGPT's / PaLM's estimate
+    with torch.device("meta"):
+        s = GPT(GPTConfig(vocab_size=50304, n_layer=12, n_head=12, n_embd=768, block_size=1024, attention="sparse",
+                          window=256))
+    # GPT-3 style: the 6 odd layers are local and attend to at most 256 keys (no q/k/v bias, as GPT-Neo)
+    assert s.num_params() == n - 12 * 3 * 768
+    assert s.flops_per_token(1024) == 6 * s.num_params() + 12 * 768 * (6 * 1024 + 6 * 256)
+
+
+@pytest.mark.slow
 def test_ddp_two_processes_matches_single(data_dir, tmp_path):
     from pretrain.train import train
 
@@ -105,6 +169,8 @@ def test_ddp_two_processes_matches_single(data_dir, tmp_path):
     train(["--data", str(data_dir), "--out", str(tmp_path / "one"), *SMALL, *steps, "--batch-size", "8"])
     ddp, one = _metrics(tmp_path / "ddp"), _metrics(tmp_path / "one")
     assert ddp[0]["world_size"] == 2 and ddp[0]["tokens_per_step"] == one[0]["tokens_per_step"]
+    runs = [(m["event"], m["step"], m["backend"]) for m in ddp if m.get("event") in ("start", "resume")]
+    assert runs == [("start", 0, "gloo"), ("resume", 20, "gloo")] and one[0]["backend"] is None
     assert [m["step"] for m in ddp if "loss" in m] == [5 * i for i in range(1, 9)]  # nothing lost or repeated
     for ms in (ddp, one):
         ev = [m["val_loss"] for m in ms if "val_loss" in m]

@@ -77,6 +77,10 @@ def test_generate_compare_across_versions_randomized_and_idempotent(models, sqli
     assert len(responses) == n * 4
     assert all(p[3]["temperature"] == 0.9 and p[3]["top_p"] == 0.95 and p[3]["max_new_tokens"] == 6
                for p in responses.values())
+    import torch
+
+    auto = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    assert {p[3]["dtype"] for p in responses.values()} == {auto}
     with session_scope(sqlite_url) as s:
         ext = registry.resolve(s, str(b))
         assert ext.kind == "external"
@@ -110,9 +114,12 @@ def test_generate_rank_and_demonstrate_tasks(models, sqlite_url, capsys):
         generate.main(["--project", "g", "--models", str(a), "--num_samples", "2", "--tasks", "rank",
                        "--database_url", sqlite_url])
     assert "K >= 3" in capsys.readouterr().err
+    # bfloat16 weights (the CUDA default) also run on CPU: the GPU's generate path, left padding included
     out = generate.main(["--project", "g", "--models", str(a), "--num_samples", "3", "--tasks", "rank,demonstrate",
-                         "--max_new_tokens", "5", "--database_url", sqlite_url, "--no_progress"])
+                         "--max_new_tokens", "5", "--database_url", sqlite_url, "--no_progress", "--dtype", "bfloat16"])
     n = len(PROMPTS) + 1
+    responses, _ = _state(sqlite_url)
+    assert len(responses) == 3 * n and {p[3]["dtype"] for p in responses.values()} == {"bfloat16"}
     assert out["tasks"]["rank"] == {"created": n, "existing": 0}
     # every prompt but the one with a demonstration gets a demonstrate task (it already had one from seeding)
     _, tasks = _state(sqlite_url)

@@ -87,6 +87,23 @@ def test_reward_on_shuffled_labels_stays_near_chance(tiny, home, tmp_path):
     assert 0.25 <= m["eval_accuracy"] <= 0.75, m
 
 
+def test_reward_with_bf16_autocast_learns_and_saves_float32(tiny, home, tmp_path):
+    """The CUDA default (bf16 mixed precision) runs the same job on CPU through CPU autocast."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf import train_reward
+
+    rows = [{"prompt": p, "chosen": g, "rejected": b} for p, g, b in H.polite_pairs(150, seed=1)]
+    f = H.write_jsonl(tmp_path / "polite.jsonl", rows)
+    out = train_reward.main(["--model", str(tiny), "--dataset", str(f), "--no_register", "--eval_fraction", "0.3",
+                             "--output_dir", str(tmp_path / "rm-bf16"), *BUDGET, "--bf16", "true"])
+    assert out["trainer"].accelerator.mixed_precision == "bf16"
+    assert out["metrics"]["eval_accuracy"] >= 0.9, out["metrics"]
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm-bf16")
+    assert {p.dtype for p in saved.parameters()} == {torch.float32}  # master weights stay float32
+
+
 def test_reward_from_hh_file_with_added_pad_token(tmp_path, home):
     from rlhf import train_reward
 

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from db.services.errors import InputError
 from rlhf import data, reward
+from rlhf.config import DeviceDefaults
 from rlhf.formatting import format_preference_row, format_sft_row, plain_prompt
 from tests import rlhf_helpers as H
 
@@ -157,6 +160,56 @@ def test_config_yaml_device_defaults_and_cli_override(tmp_path):
 
     if not torch.cuda.is_available():  # CPU: float32 and no checkpointing, whatever TRL's defaults say
         assert cfg.bf16 is False and cfg.gradient_checkpointing is False
+        # bf16 asked for on CPU: CPU autocast, instead of transformers' "doesn't support bf16/gpu" error
+        cfg = parse(sft_config_class(), ["--model", "m", "--bf16", "true"], "p", "d")
+        assert cfg.bf16 is True and cfg.use_cpu is True
+
+
+@dataclass
+class _Args(DeviceDefaults):
+    """The TrainingArguments fields DeviceDefaults reads and writes (transformers 5 names)."""
+
+    fp16: bool = False
+    activation_checkpointing: bool | None = None
+    dataloader_pin_memory: bool = True
+    use_cpu: bool = False
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_device_defaults_follow_the_hardware(monkeypatch, gpu):
+    """What a job picks on a bf16 CUDA GPU vs a CPU, decided from the (faked) hardware."""
+    from rlhf import config
+
+    monkeypatch.setattr(config, "cuda_available", lambda: gpu)
+    monkeypatch.setattr(config, "bf16_available", lambda: gpu)
+    a = _Args()
+    a._resolve_device_defaults()
+    assert a.bf16 is gpu and a.dataloader_pin_memory is gpu and a.use_cpu is False
+    assert a.activation_checkpointing is False  # decided per model below
+    small, big = torch.nn.Linear(10, 10), torch.nn.Linear(100, 100)  # 110 and 10,100 parameters
+    monkeypatch.setattr(config, "CHECKPOINTING_MIN_PARAMS", 1000)
+    a.finalize_for_model(small)
+    assert a.activation_checkpointing is False
+    a.finalize_for_model(big)
+    assert a.activation_checkpointing is gpu  # only where activations are the memory problem
+    explicit = _Args(activation_checkpointing=False, bf16=False)
+    explicit._resolve_device_defaults()
+    explicit.finalize_for_model(big)
+    assert explicit.activation_checkpointing is False and explicit.bf16 is False  # the user's word wins
+    fp16 = _Args(fp16=True)
+    fp16._resolve_device_defaults()
+    assert fp16.bf16 is False
+
+
+def test_inference_dtype():
+    from db.services.errors import InputError
+    from rlhf.modeling import inference_dtype
+
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    assert inference_dtype("auto") == (torch.bfloat16 if gpu_bf16 else torch.float32)
+    assert inference_dtype("bfloat16") == torch.bfloat16 and inference_dtype("float32") == torch.float32
+    with pytest.raises(InputError, match="unknown dtype 'fp8'"):
+        inference_dtype("fp8")
 
 
 # ------------------------------------------------------------------ run names under several processes
