@@ -70,6 +70,19 @@ class User(Base):
     created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)
 
 
+class UISession(Base):
+    """A "keep me signed in" session of the labeling app: the browser holds a random token in a cookie, the
+    database only its SHA-256, so a leaked database cannot be replayed as sign-ins."""
+
+    __tablename__ = "ui_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
 class Project(Base):
     __tablename__ = "projects"
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -39,9 +39,15 @@ ADMIN_PAGES = [
 ]
 
 user = auth.current_user()
+auth.write_cookie()
 if user is None:
+    # Every app URL shows the sign-in form (no "page not found"), and keeps its path so that a deep link
+    # opens its page once signed in.
+    paths = [p.url_path for p in ANNOTATOR_PAGES if p.url_path] + [u for *_, u in ADMIN_PAGES]
     pg = st.navigation([st.Page(auth.sign_in_page, title="Sign in", icon=":material/login:",
-                                url_path="signin", default=True)], position="hidden")
+                                url_path="signin", default=True)]
+                       + [st.Page(auth.sign_in_page, title="Sign in", url_path=u, visibility="hidden")
+                          for u in paths], position="hidden")
 else:
     with st.sidebar:
         st.markdown(f"**{user['display_name']}**  \n:gray[{user['role']}]")

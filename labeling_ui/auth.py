@@ -4,26 +4,94 @@ Local accounts (username + password, scrypt hash in the database) by default; St
 (`st.login`) when `.streamlit/secrets.toml` has an `[auth]` section. The signed-in user lives in
 `st.session_state["user"]` as a plain dict; every rerun re-checks it against the database (a
 deactivated user or a changed role takes effect at once) and against the idle timeout.
+
+A reload starts a new Streamlit session, so a local sign-in also gets a database-backed session token
+(db.services.sessions) kept in a cookie: the next page load reads it from the request (`st.context.cookies`)
+and resumes. Streamlit cannot send Set-Cookie headers, so the cookie is written by a one-off script
+(`st.html(..., unsafe_allow_javascript=True)`); SameSite=Strict, Secure over https. It is not HttpOnly
+(JavaScript writes it), which is why the database keeps only its hash and model text is never rendered as HTML.
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import time
 from typing import Any
+from urllib.parse import urlparse
 
 import streamlit as st
 
-from db.services import accounts
+from db.services import accounts, sessions
 from db.services.errors import ServiceError
 from labeling_ui.common import db
 
 USER_KEY = "user"
 SEEN_KEY = "_last_seen"
+TOKEN_KEY = "_session_token"
+COOKIE_JS_KEY = "_cookie_action"
+DEAD_COOKIE_KEY = "_cookie_dead"
+TOUCHED_KEY = "_session_touched"
+COOKIE_PREFIX = "instructloop_session"
 
 
 def idle_timeout_s() -> float:
     """`INSTRUCTLOOP_UI_IDLE_MINUTES` (default 60): idle time after which the session signs out."""
     return float(os.environ.get("INSTRUCTLOOP_UI_IDLE_MINUTES", "60")) * 60
+
+
+def session_days() -> float:
+    """`INSTRUCTLOOP_UI_SESSION_DAYS` (default 14): how long "keep me signed in" lasts at most."""
+    return float(os.environ.get("INSTRUCTLOOP_UI_SESSION_DAYS", "14"))
+
+
+def cookie_name() -> str:
+    """Cookies ignore ports, so two apps on one host (8501, 8502) each get their own name."""
+    try:
+        port = urlparse(st.context.url or "").port
+    except Exception:  # noqa: BLE001 - no request context (bare script run, tests)
+        port = None
+    return f"{COOKIE_PREFIX}_{port}" if port else COOKIE_PREFIX
+
+
+def _cookie_token() -> str | None:
+    try:
+        value = st.context.cookies.get(cookie_name())
+    except Exception:  # noqa: BLE001 - no request context
+        return None
+    return value if isinstance(value, str) and value else None  # AppTest's context is a stand-in
+
+
+def _resume_from_cookie() -> dict[str, Any] | None:
+    """The user of a live session token sent by the browser, else None (asked once per dead token)."""
+    token = _cookie_token()
+    if not token or st.session_state.get(DEAD_COOKIE_KEY) == token:
+        return None
+    with db() as s:
+        user = sessions.resume_session(s, token, dt.timedelta(seconds=idle_timeout_s()))
+        info = _as_dict(user) if user is not None else None
+    if info is None:
+        st.session_state[DEAD_COOKIE_KEY] = token
+        return None
+    st.session_state[TOKEN_KEY] = token
+    st.session_state[TOUCHED_KEY] = time.time()  # resume_session just recorded the use
+    return info
+
+
+def write_cookie() -> None:
+    """Carry out a pending cookie change (after sign-in or sign-out) with a one-off script in the page."""
+    action = st.session_state.pop(COOKIE_JS_KEY, None)
+    if action is None:
+        return
+    kind, token, remember = action
+    name = json.dumps(cookie_name())
+    if kind == "set":
+        max_age = f"; Max-Age={int(session_days() * 86400)}" if remember else ""  # else: until the browser closes
+        value = json.dumps(f"={token}; Path=/; SameSite=Strict{max_age}")
+    else:
+        value = json.dumps("=; Path=/; SameSite=Strict; Max-Age=0")
+    st.html(f"<script>document.cookie = {name} + {value} + (location.protocol === 'https:' ? '; Secure' : '');"
+            "</script>", unsafe_allow_javascript=True)
 
 
 def oidc_configured() -> bool:
@@ -38,14 +106,19 @@ def _as_dict(user: Any) -> dict[str, Any]:
             "role": user.role}
 
 
-def sign_in_local(username: str, password: str) -> dict[str, Any] | None:
-    """Check the password; on success store the user in the session and return it."""
+def sign_in_local(username: str, password: str, remember: bool = True) -> dict[str, Any] | None:
+    """Check the password; on success store the user in the session, start a session token that survives
+    reloads (kept across browser restarts when `remember`), and return the user."""
     with db() as s:
         user = accounts.authenticate(s, (username or "").strip(), password or "")
         info = _as_dict(user) if user is not None else None
+        token = sessions.create_session(s, user.id, dt.timedelta(days=session_days())) if user else None
     if info:
         st.session_state[USER_KEY] = info
         st.session_state[SEEN_KEY] = time.time()
+        st.session_state[TOKEN_KEY] = token
+        st.session_state[TOUCHED_KEY] = time.time()
+        st.session_state[COOKIE_JS_KEY] = ("set", token, remember)
     return info
 
 
@@ -68,10 +141,20 @@ def sign_out(message: str | None = None) -> None:
     user = st.session_state.get(USER_KEY)
     if user:
         release_held_tasks(user["id"])
+    token = st.session_state.get(TOKEN_KEY)
+    if token:
+        try:
+            with db() as s:
+                sessions.end_session(s, token)
+        except ServiceError:
+            pass
     for k in list(st.session_state.keys()):
         del st.session_state[k]
     if message:
         st.session_state["_signin_message"] = message
+    if token:
+        st.session_state[COOKIE_JS_KEY] = ("clear", None, False)
+        st.session_state[DEAD_COOKIE_KEY] = token  # the request's cookie still shows it until the next load
     if oidc_configured() and getattr(st.user, "is_logged_in", False):
         st.logout()
 
@@ -80,7 +163,7 @@ def current_user() -> dict[str, Any] | None:
     """The signed-in user (re-validated against the database), or None. Updates the idle clock."""
     user = st.session_state.get(USER_KEY)
     if user is None:
-        user = _oidc_user()
+        user = _oidc_user() or _resume_from_cookie()
         if user is not None:
             st.session_state[USER_KEY] = user
             st.session_state[SEEN_KEY] = time.time()
@@ -90,15 +173,25 @@ def current_user() -> dict[str, Any] | None:
     if now - st.session_state.get(SEEN_KEY, now) > idle_timeout_s():
         sign_out("Your session expired after a period of inactivity. Please sign in again.")
         return None
+    token = st.session_state.get(TOKEN_KEY)
+    touch = token is not None and now - st.session_state.get(TOUCHED_KEY, 0.0) > sessions.TOUCH_EVERY.total_seconds()
+    alive = True
     try:
         with db() as s:
             row = accounts.get_user(s, user["username"])
             fresh = _as_dict(row) if row.active and not row.is_system else None
+            if fresh is not None and touch:
+                alive = sessions.touch_session(s, token)
     except ServiceError:
         fresh = None
     if fresh is None:
         sign_out("Your account is not active any more.")
         return None
+    if not alive:
+        sign_out("Your session was ended (for example by a password change). Please sign in again.")
+        return None
+    if touch:
+        st.session_state[TOUCHED_KEY] = now
     st.session_state[USER_KEY] = fresh
     st.session_state[SEEN_KEY] = now
     return fresh
@@ -142,8 +235,12 @@ def sign_in_page() -> None:
             username = st.text_input("Username", key="signin_username", autocomplete="username")
             password = st.text_input("Password", type="password", key="signin_password",
                                      autocomplete="current-password")
+            remember = st.checkbox("Keep me signed in on this browser", value=True, key="signin_remember",
+                                   help=f"Up to {session_days():g} days, ended by signing out or "
+                                        f"{idle_timeout_s() / 60:g} minutes without use. Unticked: until "
+                                        "the browser closes.")
             ok = st.form_submit_button("Sign in", type="primary", width="stretch")
         if ok:
-            if sign_in_local(username, password):
+            if sign_in_local(username, password, remember):
                 st.rerun()
             st.error("Unknown username or wrong password (or the account is deactivated).")

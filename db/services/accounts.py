@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import ROLES, User
+from db.services import sessions
 from db.services.errors import InputError, NotFound, ServiceError
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -109,6 +110,7 @@ def set_password(session: Session, username: str, password: str) -> User:
     _check_password(password)
     user = get_user(session, username)
     user.password_hash = hash_password(password)
+    sessions.end_user_sessions(session, user.id)  # a changed password signs every browser out
     session.flush()
     return user
 
@@ -125,6 +127,8 @@ def set_role(session: Session, username: str, role: str) -> User:
 def set_active(session: Session, username: str, active: bool) -> User:
     user = get_user(session, username)
     user.active = active
+    if not active:
+        sessions.end_user_sessions(session, user.id)
     session.flush()
     return user
 

@@ -53,6 +53,7 @@ def app_server(tmp_path_factory):
     info = seed(url, n_compare=N_KEYBOARD + 4, n_rank=2, n_demonstrate=2)
     with session_scope(url) as s:
         accounts.create_user(s, "newbie", "newbie-pass-1", display_name="New Annotator")
+        accounts.create_user(s, "carol", "password123")
     SHOTS.mkdir(parents=True, exist_ok=True)
     with streamlit_server(url, log=d / "streamlit.log") as base:
         yield base, url, info
@@ -86,7 +87,7 @@ def _nav(page, name: str) -> None:
 
 
 def _open_url_in_session(page, path: str) -> None:
-    """Type a URL without reloading (a reload starts a new Streamlit session, i.e. signs out)."""
+    """Type a URL without reloading (a reload starts a new Streamlit session, resumed from the cookie)."""
     page.evaluate("(p) => { history.pushState({}, '', p); dispatchEvent(new PopStateEvent('popstate')); }", path)
     _settle(page)
 
@@ -109,13 +110,65 @@ def test_signed_out_and_annotator_cannot_open_admin_pages(app_server, browser):
     ctx, page = _page(browser)
     page.goto(base + "/users")
     page.get_by_role("textbox", name="Username").wait_for()
-    assert page.get_by_text("Create a user").count() == 0
+    _settle(page)
+    assert page.get_by_text("Create a user").count() == 0 and page.get_by_text("Page not found").count() == 0
     page.screenshot(path=str(SHOTS / "sign_in.png"))
+    # a deep link survives the sign-in: /rank opens Rank once signed in
+    page.goto(base + "/rank")
+    page.get_by_role("textbox", name="Username").fill("bob")
+    page.get_by_role("textbox", name="Password").fill("password123")
+    page.get_by_role("textbox", name="Password").press("Enter")
+    page.get_by_text("Rank · demo").wait_for()
+    assert page.url.endswith("/rank")
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("textbox", name="Username").wait_for()
     sign_in(page, base, "bob", "password123")
     _open_url_in_session(page, "/users")
     page.get_by_text("for admins only").wait_for()
     assert page.get_by_text("Create a user").count() == 0
     page.screenshot(path=str(SHOTS / "refusal.png"))
+    page.get_by_role("button", name="Sign out").click()  # gives back the task bob was shown
+    page.get_by_role("textbox", name="Username").wait_for()
+    ctx.close()
+
+
+def test_sign_in_survives_reload_until_sign_out_or_password_change(app_server, browser):
+    base, url, _ = app_server
+    ctx, page = _page(browser)
+    sign_in(page, base, "carol", "password123")
+    cookies = [c for c in ctx.cookies() if c["name"].startswith("instructloop_session")]
+    assert len(cookies) == 1 and cookies[0]["sameSite"] == "Strict" and cookies[0]["expires"] > 0  # kept
+    page.reload()
+    page.get_by_text("Sign out").wait_for()  # a new Streamlit session, resumed from the cookie
+    assert page.get_by_role("textbox", name="Password").count() == 0
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("textbox", name="Username").wait_for()
+    page.wait_for_function("() => !document.cookie.includes('instructloop_session')")
+    page.reload()
+    page.get_by_role("textbox", name="Username").wait_for()
+    _settle(page)
+    assert page.get_by_text("Sign out").count() == 0
+    # unticked "keep me signed in": a browser-session cookie, still good for reloads; a password change
+    # made elsewhere ends it
+    page.get_by_role("textbox", name="Username").fill("carol")
+    page.get_by_text("Keep me signed in on this browser").click()
+    pw = page.get_by_role("textbox", name="Password")
+    pw.fill("password123")
+    pw.press("Enter")
+    page.get_by_text("Sign out").wait_for()
+    cookies = [c for c in ctx.cookies() if c["name"].startswith("instructloop_session")]
+    assert len(cookies) == 1 and cookies[0]["expires"] == -1
+    page.reload()
+    page.get_by_text("Sign out").wait_for()
+    with session_scope(url) as s:
+        accounts.set_password(s, "carol", "password123")
+    page.reload()
+    page.get_by_role("textbox", name="Username").wait_for()
+    # signing in again hands carol back the task she held; signing out gives it back for the next tests
+    sign_in(page, base, "carol", "password123")
+    page.get_by_text("PROMPT · task #").wait_for()
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("textbox", name="Username").wait_for()
     ctx.close()
 
 

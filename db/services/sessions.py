@@ -1,0 +1,94 @@
+"""Sign-in sessions of the labeling app that survive a page reload ("keep me signed in").
+
+Streamlit starts a new server session on every reload, so a sign-in held only in memory is lost. The app
+therefore gives the browser a random token (a cookie) and keeps its SHA-256 here. A token resumes a sign-in
+only while it is unexpired, used within the idle timeout and its user is still active; changing the password
+or deactivating the user ends all of that user's sessions (see accounts).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from db.models import UISession, User, utcnow
+
+# Writing last_seen_at on every rerun would turn each click into a write; a minute's slack is plenty for an
+# idle timeout measured in tens of minutes.
+TOUCH_EVERY = dt.timedelta(seconds=60)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)  # SQLite returns naive UTC
+
+
+def create_session(session: Session, user_id: int, lifetime: dt.timedelta) -> str:
+    """A new session for `user_id`; returns the token for the browser (only its hash is stored)."""
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    session.add(UISession(user_id=user_id, token_hash=_hash(token), created_at=now, last_seen_at=now,
+                          expires_at=now + lifetime))
+    session.flush()
+    return token
+
+
+def resume_session(session: Session, token: str | None, idle: dt.timedelta) -> User | None:
+    """The active user behind `token`, or None (unknown, expired, idle too long, user inactive). A dead session
+    is deleted; a live one has its last use recorded."""
+    if not isinstance(token, str) or not token:
+        return None
+    row = session.scalar(select(UISession).where(UISession.token_hash == _hash(token)))
+    if row is None:
+        return None
+    now = utcnow()
+    user = session.get(User, row.user_id)
+    if (_aware(row.expires_at) <= now or now - _aware(row.last_seen_at) > idle or user is None
+            or not user.active or user.is_system):
+        session.delete(row)
+        session.flush()
+        return None
+    if now - _aware(row.last_seen_at) > TOUCH_EVERY:
+        row.last_seen_at = now
+        session.flush()
+    return user
+
+
+def touch_session(session: Session, token: str) -> bool:
+    """Record a use of a session held by a live page (so its idle clock follows the user's activity).
+    False when it no longer exists: ended elsewhere, e.g. by a password change."""
+    row = session.scalar(select(UISession).where(UISession.token_hash == _hash(token)))
+    if row is None or _aware(row.expires_at) <= utcnow():
+        return False
+    row.last_seen_at = utcnow()
+    session.flush()
+    return True
+
+
+def end_session(session: Session, token: str | None) -> bool:
+    """Sign-out: forget this token. True when there was a session to end."""
+    if not token:
+        return False
+    n = session.execute(delete(UISession).where(UISession.token_hash == _hash(token))).rowcount
+    session.flush()
+    return bool(n)
+
+
+def end_user_sessions(session: Session, user_id: int) -> int:
+    """End every session of a user (password changed, account deactivated). Returns how many."""
+    n = session.execute(delete(UISession).where(UISession.user_id == user_id)).rowcount
+    session.flush()
+    return n
+
+
+def purge_expired(session: Session) -> int:
+    """Delete sessions past their absolute expiry (idle ones go when next presented)."""
+    n = session.execute(delete(UISession).where(UISession.expires_at <= utcnow())).rowcount
+    session.flush()
+    return n
