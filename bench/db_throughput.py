@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import insert
 
+from db.migrate import create_schema
 from db.models import Base, PreferenceLabel, Prompt, Response, Task
 from db.services import accounts, assignment, export, labels, projects
 from db.session import dispose_engines, get_engine, session_factory
@@ -26,7 +27,7 @@ from db.session import dispose_engines, get_engine, session_factory
 def seed(url: str, n: int) -> int:
     eng = get_engine(url)
     Base.metadata.drop_all(eng)
-    Base.metadata.create_all(eng)
+    create_schema(url)
     s = session_factory(url)()
     pid = projects.create_project(s, "bench", labels_per_task=1).id
     s.commit()

@@ -39,6 +39,20 @@ def downgrade(url: str | None = None, revision: str = "base") -> str | None:
     return current_revision(url)
 
 
+def create_schema(url: str | None = None) -> str | None:
+    """The current schema in one step (metadata.create_all) stamped as head: what tests and benchmarks use
+    for a fresh database. Same tables as the revisions (a test checks autogenerate finds no difference)."""
+    from db.models import Base
+
+    url = url or database_url()
+    Base.metadata.create_all(get_engine(url))
+    cfg = alembic_config(url)
+    with get_engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.stamp(cfg, "head")
+    return current_revision(url)
+
+
 def current_revision(url: str | None = None) -> str | None:
     with get_engine(url or database_url()).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()

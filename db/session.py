@@ -77,12 +77,17 @@ def require_schema(url: str | None = None) -> None:
         return
     from sqlalchemy import inspect
 
+    from db.migrate import current_revision, head_revision
     from db.services.errors import ServiceError
 
+    shown = make_url(url).render_as_string(hide_password=True)
     if not inspect(get_engine(url)).has_table("projects"):
-        shown = make_url(url).render_as_string(hide_password=True)
         raise ServiceError(f"the database {shown} has no InstructLoop tables yet: run `python -m db upgrade` "
                            "(with the same DATABASE_URL) first")
+    current, head = current_revision(url), head_revision()
+    if current != head:  # an older schema fails later with "no such table/column"; say why now
+        raise ServiceError(f"the database {shown} is at schema revision {current}, this InstructLoop needs "
+                           f"{head}: run `python -m db upgrade` (with the same DATABASE_URL), after a backup")
     _checked.add(url)
 
 

@@ -31,7 +31,6 @@ SEEN_KEY = "_last_seen"
 TOKEN_KEY = "_session_token"
 COOKIE_JS_KEY = "_cookie_action"
 DEAD_COOKIE_KEY = "_cookie_dead"
-TOUCHED_KEY = "_session_touched"
 COOKIE_PREFIX = "instructloop_session"
 
 
@@ -74,8 +73,17 @@ def _resume_from_cookie() -> dict[str, Any] | None:
         st.session_state[DEAD_COOKIE_KEY] = token
         return None
     st.session_state[TOKEN_KEY] = token
-    st.session_state[TOUCHED_KEY] = time.time()  # resume_session just recorded the use
     return info
+
+
+def current_token() -> str | None:
+    """This browser's session token (None for OIDC sign-ins), e.g. to keep it through a password change."""
+    return st.session_state.get(TOKEN_KEY)
+
+
+def _cookie_path() -> str:
+    base = (st.get_option("server.baseUrlPath") or "").strip("/")
+    return f"/{base}" if base else "/"
 
 
 def write_cookie() -> None:
@@ -87,9 +95,9 @@ def write_cookie() -> None:
     name = json.dumps(cookie_name())
     if kind == "set":
         max_age = f"; Max-Age={int(session_days() * 86400)}" if remember else ""  # else: until the browser closes
-        value = json.dumps(f"={token}; Path=/; SameSite=Strict{max_age}")
+        value = json.dumps(f"={token}; Path={_cookie_path()}; SameSite=Strict{max_age}")
     else:
-        value = json.dumps("=; Path=/; SameSite=Strict; Max-Age=0")
+        value = json.dumps(f"=; Path={_cookie_path()}; SameSite=Strict; Max-Age=0")
     st.html(f"<script>document.cookie = {name} + {value} + (location.protocol === 'https:' ? '; Secure' : '');"
             "</script>", unsafe_allow_javascript=True)
 
@@ -112,12 +120,14 @@ def sign_in_local(username: str, password: str, remember: bool = True) -> dict[s
     with db() as s:
         user = accounts.authenticate(s, (username or "").strip(), password or "")
         info = _as_dict(user) if user is not None else None
-        token = sessions.create_session(s, user.id, dt.timedelta(days=session_days())) if user else None
+        token = None
+        if user is not None:
+            sessions.purge_expired(s, dt.timedelta(seconds=idle_timeout_s()))
+            token = sessions.create_session(s, user.id, dt.timedelta(days=session_days()))
     if info:
         st.session_state[USER_KEY] = info
         st.session_state[SEEN_KEY] = time.time()
         st.session_state[TOKEN_KEY] = token
-        st.session_state[TOUCHED_KEY] = time.time()
         st.session_state[COOKIE_JS_KEY] = ("set", token, remember)
     return info
 
@@ -170,28 +180,24 @@ def current_user() -> dict[str, Any] | None:
     if user is None:
         return None
     now = time.time()
-    if now - st.session_state.get(SEEN_KEY, now) > idle_timeout_s():
+    token = st.session_state.get(TOKEN_KEY)
+    if token is None and now - st.session_state.get(SEEN_KEY, now) > idle_timeout_s():
         sign_out("Your session expired after a period of inactivity. Please sign in again.")
         return None
-    token = st.session_state.get(TOKEN_KEY)
-    touch = token is not None and now - st.session_state.get(TOUCHED_KEY, 0.0) > sessions.TOUCH_EVERY.total_seconds()
-    alive = True
     try:
         with db() as s:
-            row = accounts.get_user(s, user["username"])
-            fresh = _as_dict(row) if row.active and not row.is_system else None
-            if fresh is not None and touch:
-                alive = sessions.touch_session(s, token)
+            if token is not None:  # the database session decides: idle time counts across this browser's tabs
+                row = sessions.resume_session(s, token, dt.timedelta(seconds=idle_timeout_s()))
+            else:
+                row = accounts.get_user(s, user["username"])
+                row = row if row.active and not row.is_system else None
+            fresh = _as_dict(row) if row is not None else None
     except ServiceError:
         fresh = None
     if fresh is None:
-        sign_out("Your account is not active any more.")
+        sign_out("Your session has ended (signed out elsewhere, password changed, idle too long or account "
+                 "deactivated). Please sign in again." if token else "Your account is not active any more.")
         return None
-    if not alive:
-        sign_out("Your session was ended (for example by a password change). Please sign in again.")
-        return None
-    if touch:
-        st.session_state[TOUCHED_KEY] = now
     st.session_state[USER_KEY] = fresh
     st.session_state[SEEN_KEY] = now
     return fresh

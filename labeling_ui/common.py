@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 from sqlalchemy.orm import Session
 
-from db.services import assignment, projects
+from db.services import assignment, projects, stats
 from db.services.errors import ServiceError
 from db.session import session_scope
 
@@ -124,9 +124,8 @@ def labeling_page() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def progress_line(user_id: int, project_id: int, kind: str | None = None) -> None:
-    from db.services.agreement import annotator_progress
     with db() as s:
-        mine = annotator_progress(s, user_id, project_id)
+        mine = stats.label_counts(s, project_id, user_id=user_id)
         left = assignment.tasks_left(s, user_id, project_id, kind=kind)
     st.caption(f":material/check_circle: **{mine['today']}** done today · **{mine['total']}** in total · "
                f"**{left}** {kind + ' ' if kind else ''}tasks left")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from db.models import Base
+from db.migrate import create_schema
 from db.services import accounts, content, projects, registry, tasks
-from db.session import get_engine, session_scope
+from db.session import session_scope
 
 XSS_TEXT = ('Here is some HTML: <script>window.__xss = "script"</script> and an image '
             '<img src=x onerror="window.__xss=1"> — both must show as text.')
@@ -29,7 +29,7 @@ def seed(url: str | None = None, *, n_compare: int = 24, n_rank: int = 3, n_demo
     """Create admin `admin` and annotators `alice`, `bob` (password `password123`), one project with
     compare / rank / demonstrate tasks. The first compare task's response A contains HTML when `xss`."""
     if create_tables:
-        Base.metadata.create_all(get_engine(url))
+        create_schema(url)
     with session_scope(url) as s:
         admin = accounts.create_user(s, "admin", password, role="admin", display_name="Ada Admin")
         alice = accounts.create_user(s, "alice", password, display_name="Alice Annotator")

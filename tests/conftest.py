@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from db.models import Base
-from db.session import dispose_engines, get_engine, session_factory
+from db.migrate import create_schema
+from db.session import dispose_engines, session_factory
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not SHARED_DATA.exists():  # CI clones may place shared/ beside or inside the repo
@@ -58,7 +58,7 @@ def fresh_url(kind: str, tmp_path: Path, *, create: bool = True) -> str:
     else:
         url = _pg_fresh_url()
     if create:
-        Base.metadata.create_all(get_engine(url))
+        create_schema(url)
     return url
 
 

@@ -1,6 +1,7 @@
 """Agreement statistics: known textbook values and the database report."""
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 import pytest
@@ -59,8 +60,12 @@ def test_report_on_database(sqlite_session):
     assert sorted(dis["task_id"]) == sorted(task_ids[:2])
     speed = agreement.annotator_speed(s, p.id).set_index("annotator")
     assert speed.loc["u0", "median_seconds"] == pytest.approx(10.0 + users[0].id)
-    prog = agreement.annotator_progress(s, users[0].id, p.id)
-    assert prog == {"today": 4, "total": 4}
+    from db.models import utcnow
+    from db.services import stats
+
+    assert stats.label_counts(s, p.id, user_id=users[0].id) == {"today": 4, "total": 4}
+    assert stats.label_counts(s, p.id) == {"today": 12, "total": 12}
+    assert stats.label_counts(s, p.id, now=utcnow() + dt.timedelta(days=1)) == {"today": 0, "total": 12}
     assert next_task(s, users[0].id, p.id) is None
 
 

@@ -97,3 +97,18 @@ def test_unmigrated_database_gets_a_clear_message(tmp_path, capsys):
     assert "has no InstructLoop tables yet" in err and "python -m db upgrade" in err
     assert main(["--url", url, "upgrade"]) == 0
     assert main(["--url", url, "projects", "list"]) == 0
+
+
+def test_database_behind_the_code_gets_a_clear_message(tmp_path, capsys):
+    from db.migrate import upgrade
+    from db.session import dispose_engines
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    upgrade(url, "0001")  # as left by an older InstructLoop
+    dispose_engines()
+    assert main(["--url", url, "users", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "schema revision 0001" in err and "python -m db upgrade" in err
+    assert main(["--url", url, "upgrade"]) == 0
+    dispose_engines()
+    assert main(["--url", url, "users", "list"]) == 0

@@ -6,10 +6,10 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from db.models import Base
+from db.migrate import create_schema
 from db.services import importers, projects
 from db.services.errors import InputError
-from db.session import get_engine, session_factory
+from db.session import session_factory
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=True) | st.text(max_size=8),
@@ -47,7 +47,7 @@ def _s(tmp_path_factory):
     global _session
     if _session is None:
         url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'f.sqlite3'}"
-        Base.metadata.create_all(get_engine(url))
+        create_schema(url)
         _session = session_factory(url)()
         projects.create_project(_session, "p")
         _session.commit()

@@ -106,11 +106,13 @@ def user_for_identity(session: Session, external_id: str, *, email: str | None =
     return user
 
 
-def set_password(session: Session, username: str, password: str) -> User:
+def set_password(session: Session, username: str, password: str, keep_token: str | None = None) -> User:
+    """Set a new password and sign every browser of the user out, except the session `keep_token` (the
+    one making the change, when it is the user's own)."""
     _check_password(password)
     user = get_user(session, username)
     user.password_hash = hash_password(password)
-    sessions.end_user_sessions(session, user.id)  # a changed password signs every browser out
+    sessions.end_user_sessions(session, user.id, keep_token=keep_token)
     session.flush()
     return user
 

@@ -8,7 +8,6 @@ functions are pure and take plain counts so they are easy to test.
 """
 from __future__ import annotations
 
-import datetime as dt
 import math
 import statistics
 from collections import Counter, defaultdict
@@ -17,10 +16,10 @@ from itertools import combinations
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import CHOICES, Demonstration, PreferenceLabel, Prompt, Ranking, Task, User, utcnow
+from db.models import CHOICES, Demonstration, PreferenceLabel, Prompt, Ranking, Task, User
 from db.services.content import prompt_as_text
 
 
@@ -220,20 +219,3 @@ def annotator_speed(session: Session, project_id: int | None = None) -> pd.DataF
                      "p90_seconds": xs[min(len(xs) - 1, math.ceil(0.9 * len(xs)) - 1)]})
     return pd.DataFrame(rows, columns=["annotator", "kind", "labels", "median_seconds", "p90_seconds"])
 
-
-def annotator_progress(session: Session, user_id: int, project_id: int, *,
-                       now: dt.datetime | None = None) -> dict[str, int]:
-    """The user's own label counts in the project: {"today", "total"} (today = since 00:00 UTC)."""
-    now = now or utcnow()
-    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    out = {"today": 0, "total": 0}
-    for model in (PreferenceLabel, Ranking):
-        base = (select(func.count()).select_from(model).join(Task, Task.id == model.task_id)
-                .where(model.user_id == user_id, Task.project_id == project_id))
-        out["total"] += session.scalar(base) or 0
-        out["today"] += session.scalar(base.where(model.created_at >= start)) or 0
-    base = (select(func.count()).select_from(Demonstration).join(Prompt, Prompt.id == Demonstration.prompt_id)
-            .where(Demonstration.user_id == user_id, Prompt.project_id == project_id))
-    out["total"] += session.scalar(base) or 0
-    out["today"] += session.scalar(base.where(Demonstration.created_at >= start)) or 0
-    return out

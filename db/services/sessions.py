@@ -41,7 +41,8 @@ def create_session(session: Session, user_id: int, lifetime: dt.timedelta) -> st
 
 def resume_session(session: Session, token: str | None, idle: dt.timedelta) -> User | None:
     """The active user behind `token`, or None (unknown, expired, idle too long, user inactive). A dead session
-    is deleted; a live one has its last use recorded."""
+    is deleted; a live one has its last use recorded. The app calls it on every rerun, so a sign-out, a
+    password change or a deactivation elsewhere takes effect on the next click."""
     if not isinstance(token, str) or not token:
         return None
     row = session.scalar(select(UISession).where(UISession.token_hash == _hash(token)))
@@ -60,17 +61,6 @@ def resume_session(session: Session, token: str | None, idle: dt.timedelta) -> U
     return user
 
 
-def touch_session(session: Session, token: str) -> bool:
-    """Record a use of a session held by a live page (so its idle clock follows the user's activity).
-    False when it no longer exists: ended elsewhere, e.g. by a password change."""
-    row = session.scalar(select(UISession).where(UISession.token_hash == _hash(token)))
-    if row is None or _aware(row.expires_at) <= utcnow():
-        return False
-    row.last_seen_at = utcnow()
-    session.flush()
-    return True
-
-
 def end_session(session: Session, token: str | None) -> bool:
     """Sign-out: forget this token. True when there was a session to end."""
     if not token:
@@ -80,15 +70,24 @@ def end_session(session: Session, token: str | None) -> bool:
     return bool(n)
 
 
-def end_user_sessions(session: Session, user_id: int) -> int:
-    """End every session of a user (password changed, account deactivated). Returns how many."""
-    n = session.execute(delete(UISession).where(UISession.user_id == user_id)).rowcount
+def end_user_sessions(session: Session, user_id: int, keep_token: str | None = None) -> int:
+    """End every session of a user (password changed, account deactivated), except `keep_token`'s (the
+    browser that made the change). Returns how many."""
+    q = delete(UISession).where(UISession.user_id == user_id)
+    if keep_token:
+        q = q.where(UISession.token_hash != _hash(keep_token))
+    n = session.execute(q).rowcount
     session.flush()
     return n
 
 
-def purge_expired(session: Session) -> int:
-    """Delete sessions past their absolute expiry (idle ones go when next presented)."""
-    n = session.execute(delete(UISession).where(UISession.expires_at <= utcnow())).rowcount
+def purge_expired(session: Session, idle: dt.timedelta) -> int:
+    """Delete sessions past their expiry or unused for longer than `idle` (run at each sign-in, so the
+    table holds only live sessions)."""
+    now = utcnow()
+    # "fetch": evaluating the dates in Python would compare SQLite's naive values with aware ones
+    n = session.execute(delete(UISession).where(
+        (UISession.expires_at <= now) | (UISession.last_seen_at < now - idle)),
+        execution_options={"synchronize_session": "fetch"}).rowcount
     session.flush()
     return n

@@ -28,11 +28,32 @@ def _day_start(now: dt.datetime) -> dt.datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def label_counts(session: Session, project_id: int, *, user_id: int | None = None,
+                 now: dt.datetime | None = None) -> dict[str, int]:
+    """Labels (preferences, rankings, demonstrations) in a project, optionally one user's own:
+    {"total", "today"} (today = since 00:00 UTC). The labeling pages show it on every task."""
+    today = _day_start(now or utcnow())
+    total = n_today = 0
+    for table, _ in LABEL_TABLES:
+        q = select(func.count()).select_from(table).join(Task, Task.id == table.task_id).where(
+            Task.project_id == project_id)
+        if user_id is not None:
+            q = q.where(table.user_id == user_id)
+        total += session.scalar(q) or 0
+        n_today += session.scalar(q.where(table.created_at >= today)) or 0
+    dq = select(func.count()).select_from(Demonstration).join(Prompt, Prompt.id == Demonstration.prompt_id).where(
+        Prompt.project_id == project_id)
+    if user_id is not None:
+        dq = dq.where(Demonstration.user_id == user_id)
+    total += session.scalar(dq) or 0
+    n_today += session.scalar(dq.where(Demonstration.created_at >= today)) or 0
+    return {"total": total, "today": n_today}
+
+
 def progress(session: Session, project_id: int, *, user_id: int | None = None,
              now: dt.datetime | None = None) -> dict[str, Any]:
     """Counts for one project (optionally one user's own): tasks by state and kind, labels total/today."""
     now = now or utcnow()
-    today = _day_start(now)
     by_state = dict(session.execute(select(Task.status, func.count()).where(Task.project_id == project_id)
                                     .group_by(Task.status)).all())
     by_kind = dict(session.execute(select(Task.kind, func.count()).where(Task.project_id == project_id)
@@ -40,25 +61,12 @@ def progress(session: Session, project_id: int, *, user_id: int | None = None,
     live = session.scalar(select(func.count()).select_from(Assignment).join(Task, Task.id == Assignment.task_id)
                           .where(Task.project_id == project_id, Assignment.state == "assigned",
                                  Assignment.expires_at > now)) or 0
-    labels_total = labels_today = 0
-    for table, _ in LABEL_TABLES:
-        q = select(func.count()).select_from(table).join(Task, Task.id == table.task_id).where(
-            Task.project_id == project_id)
-        if user_id is not None:
-            q = q.where(table.user_id == user_id)
-        labels_total += session.scalar(q) or 0
-        labels_today += session.scalar(q.where(table.created_at >= today)) or 0
-    dq = select(func.count()).select_from(Demonstration).join(Prompt, Prompt.id == Demonstration.prompt_id).where(
-        Prompt.project_id == project_id)
-    if user_id is not None:
-        dq = dq.where(Demonstration.user_id == user_id)
-    labels_total += session.scalar(dq) or 0
-    labels_today += session.scalar(dq.where(Demonstration.created_at >= today)) or 0
+    counts = label_counts(session, project_id, user_id=user_id, now=now)
     skipped = session.scalar(select(func.count()).select_from(Assignment).join(Task, Task.id == Assignment.task_id)
                              .where(Task.project_id == project_id, Assignment.state == "skipped",
                                     *( [Assignment.user_id == user_id] if user_id is not None else [])))
     return {"tasks": sum(by_state.values()), "tasks_by_state": by_state, "tasks_by_kind": by_kind,
-            "leased": live, "labels": labels_total, "labels_today": labels_today, "skipped": skipped or 0}
+            "leased": live, "labels": counts["total"], "labels_today": counts["today"], "skipped": skipped or 0}
 
 
 def _label_frame(session: Session, project_id: int | None) -> pd.DataFrame:

@@ -68,7 +68,7 @@ with right:
         if st.form_submit_button("Reset password"):
             try:
                 with db() as s:
-                    accounts.set_password(s, name, pw)
+                    accounts.set_password(s, name, pw, keep_token=auth.current_token())
             except ServiceError as e:
                 show_error(e)
             else:
