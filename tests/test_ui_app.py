@@ -258,6 +258,29 @@ def test_rank_submit_with_ties(seeded):
     assert at.session_state[f"task:rank:{seeded['project_id']}"].task_id != view.task_id
 
 
+def test_rank_by_next_best_keys_then_clear(seeded):
+    """The A/B/C... buttons (keyboard shortcuts) rank best first; the last response ranks itself."""
+    at = app_as("alice", seeded)
+    at.switch_page("views/rank.py").run()
+    view = at.session_state[f"task:rank:{seeded['project_id']}"]
+    tid, ids = view.task_id, [r["id"] for r in view.responses]
+    assert len(ids) == 4
+    rank_of = lambda: [at.button_group(key=f"rank_{tid}_{r}").value for r in ids]
+    at.button(key=f"rank_next_{tid}_{ids[2]}").click().run()
+    at.button(key=f"rank_next_{tid}_{ids[2]}").click().run()  # again: no change
+    at.button(key=f"rank_next_{tid}_{ids[0]}").click().run()
+    assert rank_of() == [2, None, 1, None]
+    at.button(key=f"rank_clear_{tid}").click().run()
+    assert rank_of() == [None] * 4
+    for i in (3, 1, 0):
+        at.button(key=f"rank_next_{tid}_{ids[i]}").click().run()
+    assert rank_of() == [3, 2, 4, 1]  # C was left and took the last rank
+    at.button(key=f"rank_submit_{tid}").click().run()
+    no_exception(at)
+    with session_scope(seeded["url"]) as s:
+        assert s.scalars(select(Ranking)).one().ordering == [[ids[3]], [ids[1]], [ids[0]], [ids[2]]]
+
+
 def test_demonstrate_validation_then_submit(seeded):
     at = app_as("alice", seeded)
     at.switch_page("views/demonstrate.py").run()

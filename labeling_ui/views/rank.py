@@ -1,8 +1,6 @@
 """Rank: K >= 3 responses ordered by the annotator (ties allowed: give them the same rank)."""
 from __future__ import annotations
 
-import string
-
 import streamlit as st
 
 from db.models import FLAGS
@@ -20,8 +18,36 @@ from labeling_ui.common import (
 from labeling_ui.vocab import FLAG_NAMES, SKIP_REASONS
 
 KIND = "rank"
+# "Next best" keys: the response numbers 1, 2, 3... pressed best first (letters would hit Streamlit's own C and
+# R keys). Ranks are shown as ordinals (1st, 2nd) so they never read like response numbers.
+MAX_KEYED = 9
 
 user, project = labeling_page()
+
+
+def _rank_key(tid: int, rid: int) -> str:
+    return f"rank_{tid}_{rid}"
+
+
+def _next_best(tid: int, rid: int, ids: list[int]) -> None:
+    """Give `rid` the next rank after those given so far; when one response is left, it takes the last rank."""
+    state = st.session_state
+    if state.get(_rank_key(tid, rid)) is not None:
+        return
+    given = [state[_rank_key(tid, r)] for r in ids if state.get(_rank_key(tid, r)) is not None]
+    state[_rank_key(tid, rid)] = max(given, default=0) + 1
+    left = [r for r in ids if state.get(_rank_key(tid, r)) is None]
+    if len(left) == 1:
+        state[_rank_key(tid, left[0])] = state[_rank_key(tid, rid)] + 1
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def _clear_ranks(tid: int, ids: list[int]) -> None:
+    for r in ids:
+        st.session_state[_rank_key(tid, r)] = None
 
 
 @st.fragment
@@ -35,19 +61,29 @@ def rank_body(project: dict) -> None:
     with st.container(border=True):
         st.caption(f"PROMPT · task #{tid}")
         render_prompt(view)
-    st.caption(f"Give each response a rank from 1 (best) to {k}. Equal ranks mean a tie.")
+    ids = [r["id"] for r in view.responses]
+    keyed = k <= MAX_KEYED
+    hint = (" Or press the response numbers best first (the last one ranks itself); Backspace clears."
+            if keyed else "")
+    st.caption(f"Give each response a rank from 1st (best) to {_ordinal(k)}. Equal ranks mean a tie.{hint}")
     per_row = k if k <= 4 else 3
-    letters = string.ascii_uppercase
     for start in range(0, k, per_row):
         cols = st.columns(per_row, gap="medium")
         for col, i in zip(cols, range(start, min(k, start + per_row))):
             resp = view.responses[i]
             with col:
                 with st.container(border=True, height=380):
-                    st.markdown(f"#### Response {letters[i]}")
+                    st.markdown(f"#### Response {i + 1}")
                     show_text(resp["text"])
-                st.segmented_control(f"Rank of {letters[i]}", list(range(1, k + 1)),
-                                     key=f"rank_{tid}_{resp['id']}", width="stretch")
+                st.segmented_control(f"Rank of response {i + 1}", list(range(1, k + 1)), format_func=_ordinal,
+                                     key=_rank_key(tid, resp["id"]), width="stretch")
+                if keyed:
+                    st.button(f"{i + 1} is next best", key=f"rank_next_{tid}_{resp['id']}",
+                              shortcut=str(i + 1), on_click=_next_best, args=(tid, resp["id"], ids),
+                              width="stretch")
+    if keyed:
+        st.button("Clear ranks", key=f"rank_clear_{tid}", shortcut="Backspace", on_click=_clear_ranks,
+                  args=(tid, ids), icon=":material/backspace:")
     with st.container(border=True):
         c1, c2 = st.columns([1, 1])
         c1.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=f"rank_flags_{tid}")
@@ -60,10 +96,10 @@ def rank_body(project: dict) -> None:
         skip = arow[2].button("Skip", key=f"rank_skip_{tid}", shortcut="S", width="stretch")
         msg = st.empty()
     if submit:
-        ranks = {r["id"]: st.session_state.get(f"rank_{tid}_{r['id']}") for r in view.responses}
-        missing = [letters[i] for i, r in enumerate(view.responses) if ranks[r["id"]] is None]
+        ranks = {r["id"]: st.session_state.get(_rank_key(tid, r["id"])) for r in view.responses}
+        missing = [str(i + 1) for i, r in enumerate(view.responses) if ranks[r["id"]] is None]
         if missing:
-            msg.warning(f"Give every response a rank (missing: {', '.join(missing)}).")
+            msg.warning(f"Give every response a rank (missing: response {', '.join(missing)}).")
             return
         task_action(KIND, pid, lambda s: labels.submit_ranking(
             s, user["id"], tid, ordering_from_ranks(ranks), flags=st.session_state.get(f"rank_flags_{tid}") or [],

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from db.models import PreferenceLabel, User
+from db.models import PreferenceLabel, Ranking, Task, User
 from db.services import accounts
 from db.session import session_scope
 from labeling_ui.devserver import (
@@ -236,10 +236,23 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     assert all(r.seconds is not None and 0 <= r.seconds < 600 for r in rows)
     page.screenshot(path=str(SHOTS / "compare_after_23.png"), full_page=True)
 
-    # 5. Annotator pages and own history.
+    # 5. Annotator pages and own history; one ranking with the keyboard alone: response numbers best first
+    #    (the last one ranks itself), Enter submits.
     for link, name in (("Rank", "rank"), ("Demonstrate", "demonstrate"), ("My history", "history")):
         _nav(page, link)
         _shot(page, name)
+        if name == "rank":
+            tid = current_task_id(page)
+            page.evaluate("() => document.activeElement && document.activeElement.blur()")
+            for key in ("2", "4", "1"):
+                page.keyboard.press(key)
+                _settle(page)
+            page.keyboard.press("Enter")
+            wait_task_change(page, tid)
+            with session_scope(url) as s:
+                rids = s.get(Task, tid).response_ids
+                ranking = s.scalars(select(Ranking).where(Ranking.task_id == tid)).one()
+                assert ranking.ordering == [[rids[1]], [rids[3]], [rids[0]], [rids[2]]]
     assert page.get_by_text("My history").count() >= 1
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("textbox", name="Username").wait_for()
@@ -253,7 +266,7 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     _settle(page)
     page.get_by_text("newbie").first.wait_for()
     metric = page.locator('[data-testid="stMetric"]', has_text="Labels").first
-    assert metric.locator('[data-testid="stMetricValue"]').inner_text().strip() == str(len(expected))
+    assert metric.locator('[data-testid="stMetricValue"]').inner_text().strip() == str(len(expected) + 1)
     page.wait_for_timeout(1000)  # let the charts paint
     page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
     for link, path in (("Agreement", "agreement"), ("Review demonstrations", "review"), ("Projects", "projects"),
@@ -266,7 +279,7 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
         page.get_by_role("button", name="Download JSONL").click()
     data = Path(dl.value.path()).read_text()
     rows = [json.loads(line) for line in data.splitlines()]
-    assert len(rows) == len(expected)
+    assert len(rows) == len(expected) + 6  # the 23 comparisons and the ranking's 4-choose-2 pairs
     assert {"prompt", "chosen", "rejected"} <= set(rows[0])
     page.screenshot(path=str(SHOTS / "admin_export.png"), full_page=True)
     ctx.close()
