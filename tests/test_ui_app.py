@@ -311,6 +311,26 @@ def test_history_lists_and_revises(seeded):
     with session_scope(seeded["url"]) as s:
         lab = s.scalars(select(PreferenceLabel)).one()
         assert lab.choice == "b" and lab.updated_at is not None
+    # a ranking, revised: response 4 moves from last to first
+    at.switch_page("views/rank.py").run()
+    view = at.session_state[f"task:rank:{seeded['project_id']}"]
+    ids = [r["id"] for r in view.responses]
+    for rid in ids[:3]:
+        at.button(key=f"rank_next_{view.task_id}_{rid}").click().run()
+    at.button(key=f"rank_submit_{view.task_id}").click().run()
+    at.switch_page("views/history.py").run()
+    with session_scope(seeded["url"]) as s:
+        ranking_id = s.scalar(select(Ranking.id))
+    at.selectbox(key="hist_pick").set_value(f"rank:{ranking_id}").run()
+    assert [n.label for n in at.number_input] == [f"Rank of response {i}" for i in (1, 2, 3, 4)]
+    at.number_input[3].set_value(1)
+    at.number_input[0].set_value(2)
+    at.number_input[1].set_value(3)
+    at.number_input[2].set_value(4)
+    next(b for b in at.button if b.label == "Save revision").click().run()
+    no_exception(at)
+    with session_scope(seeded["url"]) as s:
+        assert s.scalars(select(Ranking)).one().ordering == [[ids[3]], [ids[0]], [ids[1]], [ids[2]]]
 
 
 # ------------------------------------------------------------------ admin pages

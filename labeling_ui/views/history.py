@@ -63,9 +63,11 @@ if view is not None:
     with st.expander("Show the task", expanded=False):
         render_prompt(view)
         cols = st.columns(max(1, len(view.responses)))
-        for c, letter, resp in zip(cols, string.ascii_uppercase, view.responses):
+        # as on the labeling pages: A/B on compare, 1..K on rank
+        names = string.ascii_uppercase if r["kind"] == "compare" else [str(i + 1) for i in range(len(view.responses))]
+        for c, name, resp in zip(cols, names, view.responses):
             with c.container(border=True):
-                st.markdown(f"**Response {letter}** (id {resp['id']})")
+                st.markdown(f"**Response {name}** (id {resp['id']})")
                 show_text(resp["text"])
 
 with st.form(f"revise_{key}"):
@@ -79,8 +81,9 @@ with st.form(f"revise_{key}"):
     elif r["kind"] == "rank":
         rank_of = {rid: i + 1 for i, g in enumerate(r["ordering"]) for rid in g}
         ids = [x for g in r["ordering"] for x in g] if view is None else [x["id"] for x in view.responses]
-        new_ranks = {rid: st.number_input(f"Rank of response {rid}", 1, len(ids), rank_of.get(rid, 1))
-                     for rid in ids}
+        new_ranks = {rid: st.number_input(f"Rank of response {i + 1}", 1, len(ids), rank_of.get(rid, 1),
+                                          help=f"response id {rid}")
+                     for i, rid in enumerate(ids)}
         flags = st.multiselect("Flags", list(FLAGS), default=r.get("flags") or [], format_func=FLAG_NAMES.get)
     else:
         text = st.text_area("Demonstration", value=r["text"], height=240)
