@@ -155,6 +155,12 @@ def reward_config_class() -> type:
             normalize_dataset: str | None = field(default=None, metadata={
                 "help": "SFT JSONL whose completions define reward 0 (default: the project's demonstrations, "
                         "else the chosen responses of the training data)."})
+            group_rankings: bool = field(default=True, metadata={
+                "help": "InstructGPT: all pairs of one ranked prompt train in one batch element, their losses "
+                        "averaged, so a ranking of K weighs as one example, not C(K,2). Batches then hold "
+                        "per_device_train_batch_size groups (a plain comparison is a group of one). Only applies "
+                        "when the data has rankings (a 'group' column); --no_group_rankings trains pairs "
+                        "independently."})
             add_pad_token: bool = field(default=False, metadata={
                 "help": "If the tokenizer has no pad token distinct from EOS, add '<|pad|>' and resize the "
                         "embeddings (otherwise that is an error)."})

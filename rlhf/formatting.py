@@ -78,7 +78,7 @@ def format_sft_row(row: dict[str, Any], chat: bool) -> dict[str, Any]:
 
 
 def format_preference_row(row: dict[str, Any], chat: bool) -> dict[str, Any]:
-    """{prompt, chosen, rejected, margin} in TRL's explicit-prompt format, chat or plain."""
+    """{prompt, chosen, rejected, margin, group} in TRL's explicit-prompt format, chat or plain."""
     out: dict[str, Any] = {"margin": float(row.get("margin") or 0.0)}
     if chat:
         out["prompt"] = as_messages(row["prompt"])
@@ -89,7 +89,8 @@ def format_preference_row(row: dict[str, Any], chat: bool) -> dict[str, Any]:
         out["prompt"] = plain_prompt(row["prompt"])
         for k in ("chosen", "rejected"):
             out[k] = completion_text(row[k])
-    return {k: out[k] for k in ("prompt", "chosen", "rejected", "margin")}
+    # rankings' pairs share a `group` (one per prompt): trained as one batch element (rlhf.reward_trainer)
+    return {**{k: out[k] for k in ("prompt", "chosen", "rejected", "margin")}, "group": row.get("group")}
 
 
 def generation_input(tokenizer: Any, prompt: str | Messages, chat: bool, few_shot: list[tuple[Any, str]] = ()

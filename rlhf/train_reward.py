@@ -42,7 +42,15 @@ def _normalization_rows(cfg: Any, train_rows: list[dict[str, Any]]) -> tuple[lis
     return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in train_rows], "chosen responses"
 
 
+def _with_group_ids(ds: Any) -> Any:
+    """The `group` names as small ints (`group_id`), which the grouped collator and sampler read."""
+    from rlhf.reward_trainer import GROUP_COLUMN, assign_group_ids
+
+    return ds.add_column(GROUP_COLUMN, assign_group_ids(ds["group"])).remove_columns("group")
+
+
 def run(cfg: Any) -> dict[str, Any]:
+    from transformers import set_seed
     from trl import RewardTrainer
 
     from rlhf import data, reward, runs
@@ -72,10 +80,15 @@ def run(cfg: Any) -> dict[str, Any]:
     if not cfg.use_margin:
         train_ds = train_ds.remove_columns("margin")
         eval_ds = eval_ds.remove_columns("margin") if eval_ds is not None else None
+    grouped = cfg.group_rankings and any(g is not None for g in train_ds["group"])
+    train_ds, eval_ds = (_with_group_ids(d) if grouped and d is not None else
+                         (d.remove_columns("group") if d is not None else None) for d in (train_ds, eval_ds))
     norm_rows, norm_source = _normalization_rows(cfg, rows.rows) if cfg.normalize else ([], "")
     log.info("reward %s: %d train / %d eval pairs (%s), chat template: %s", name, len(train_ds),
              len(eval_ds) if eval_ds else 0, rows.source.get("project") or rows.source.get("dataset"), chat)
 
+    # new weights (a reward head, added pad rows) come from --seed, not from whatever ran before in this process
+    set_seed(cfg.seed)
     model = load_reward_model(init.path, cfg.attn_implementation)
     if problem:
         log.warning("%s: adding a separate '<|pad|>' token (--add_pad_token)", problem)
@@ -86,8 +99,18 @@ def run(cfg: Any) -> dict[str, Any]:
     if n_pos and (cfg.max_length is None or cfg.max_length > n_pos):
         cfg.max_length = int(n_pos)
 
-    trainer = RewardTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
-                            processing_class=tokenizer, callbacks=[runs.metrics_callback(run_dir)])
+    extra: dict[str, Any] = {}
+    trainer_cls = RewardTrainer
+    if grouped:
+        from rlhf.reward_trainer import GroupedPreferenceCollator, GroupedRewardTrainer
+
+        trainer_cls = GroupedRewardTrainer
+        extra["data_collator"] = GroupedPreferenceCollator(pad_token_id=tokenizer.pad_token_id,
+                                                           pad_to_multiple_of=cfg.pad_to_multiple_of)
+        log.info("rankings: %d groups for %d training pairs, one batch element each (--no_group_rankings to "
+                 "train pairs independently)", len(set(train_ds["group_id"])), len(train_ds))
+    trainer = trainer_cls(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
+                          processing_class=tokenizer, callbacks=[runs.metrics_callback(run_dir)], **extra)
     if len(trainer.train_dataset) < len(train_ds):
         log.warning("%d training pairs are longer than --max_length %s and were left out",
                     len(train_ds) - len(trainer.train_dataset), cfg.max_length)
@@ -97,6 +120,7 @@ def run(cfg: Any) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=resume)
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
                                "train_pairs": len(train_ds), "eval_pairs": len(eval_ds) if eval_ds else 0,
+                               "train_groups": len(set(train_ds["group_id"])) if grouped else len(train_ds),
                                "train_pairs_too_long": len(train_ds) - len(trainer.train_dataset)}
     model = trainer.model
     reward.set_info(model, chat_template=chat)
@@ -138,7 +162,7 @@ def run(cfg: Any) -> dict[str, Any]:
         runs.write_config(run_dir, cfg, extra)
         if cfg.register:
             config = {"job": JOB, "init": init.path, "chat_template": chat, "run_dir": str(run_dir.resolve()),
-                      "use_margin": cfg.use_margin, "aggregate": cfg.aggregate,
+                      "use_margin": cfg.use_margin, "aggregate": cfg.aggregate, "group_rankings": grouped,
                       "center_rewards_coefficient": cfg.center_rewards_coefficient,
                       **{k: getattr(cfg, k) for k in ("learning_rate", "num_train_epochs", "max_steps", "seed",
                                                        "per_device_train_batch_size", "max_length")},

@@ -31,6 +31,7 @@ def _limit_length(cfg: Any, tokenizer: Any, model: Any) -> None:
 
 
 def run(cfg: Any) -> dict[str, Any]:
+    from transformers import set_seed
     from trl import SFTTrainer
 
     from rlhf import data, runs
@@ -54,6 +55,8 @@ def run(cfg: Any) -> dict[str, Any]:
     log.info("SFT %s: %d train / %d eval rows (%s), chat template: %s", name, len(train_ds),
              len(eval_ds) if eval_ds else 0, rows.source.get("project") or rows.source.get("dataset"), chat)
 
+    # new weights (a reward head, added pad rows) come from --seed, not from whatever ran before in this process
+    set_seed(cfg.seed)
     model = load_causal_lm(base.path, cfg.attn_implementation)
     problem = pad_problem(tokenizer)
     if problem:

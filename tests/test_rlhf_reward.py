@@ -104,6 +104,67 @@ def test_reward_with_bf16_autocast_learns_and_saves_float32(tiny, home, tmp_path
     assert {p.dtype for p in saved.parameters()} == {torch.float32}  # master weights stay float32
 
 
+def _polite_rankings(url: str, project: str, n: int) -> None:
+    """Rankings of 4: the more 'please', the better (a property the model can learn)."""
+    import random
+
+    rng = random.Random(5)
+    for i in range(n):
+        words = [rng.choice(H.WORDS) for _ in range(rng.randint(3, 5))]
+        replies = []
+        for k in range(4):
+            w = list(words)
+            for _ in range(k):
+                w.insert(rng.randint(0, len(w)), "please")
+            replies.append(" ".join(w))
+        H.add_ranking(url, project, f"ranked request {i}: {rng.choice(H.WORDS)}", replies[::-1])
+
+
+def test_reward_from_rankings_trains_each_ranking_as_one_batch_element(tiny, sqlite_url, home, tmp_path):
+    import torch
+
+    from db.services import export
+    from db.session import session_scope
+    from rlhf import train_reward
+
+    H.make_project(sqlite_url, "rk")
+    _polite_rankings(sqlite_url, "rk", 60)
+    budget = [a if a != "16" else "4" for a in BUDGET]  # 4 rankings (24 pairs) per batch
+    out = train_reward.main(["--model", str(tiny), "--project", "rk", "--database_url", sqlite_url, "--name", "rk-g",
+                             "--eval_fraction", "0.25", *budget])
+    m = out["metrics"]
+    assert m["train_pairs"] == 6 * m["train_groups"] and m["train_groups"] >= 30
+    assert m["eval_accuracy"] >= 0.9, m
+    trainer = out["trainer"]
+    assert type(trainer).__name__ == "GroupedRewardTrainer"
+    sizes = {}
+    for batch in trainer.get_train_dataloader():  # whole rankings only, 4 per batch (the last may hold fewer)
+        _, counts = batch["group_id"].unique(return_counts=True)
+        assert set(counts.tolist()) == {6} and len(counts) <= 4
+        sizes[len(counts)] = sizes.get(len(counts), 0) + 1
+    assert sizes.get(4, 0) >= 7
+    # the exported file carries the same groups: same training either way
+    with session_scope(sqlite_url) as s:
+        f = tmp_path / "rk.jsonl"
+        export.export_file(s, "preferences", f, project="rk")
+    rows = [json.loads(x) for x in f.read_text().splitlines()]
+    assert len({r["group"] for r in rows}) == 60 and len(rows) == 360
+    from_file = train_reward.main(["--model", str(tiny), "--dataset", str(f), "--no_register", "--eval_fraction",
+                                   "0.25", "--output_dir", str(tmp_path / "rm-file"), *budget])
+    a, b = trainer.model.state_dict(), from_file["trainer"].model.state_dict()
+    da, db_ = trainer.train_dataset, from_file["trainer"].train_dataset
+    assert da.column_names == db_.column_names
+    for col in da.column_names:
+        assert da[col] == db_[col], col
+    assert m["train_loss"] == from_file["metrics"]["train_loss"], (m, from_file["metrics"])
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    flat = train_reward.main(["--model", str(tiny), "--dataset", str(f), "--no_register", "--no_group_rankings",
+                              "--output_dir", str(tmp_path / "rm-flat"), "--eval_fraction", "0.25", *budget])
+    assert type(flat["trainer"]).__name__ == "RewardTrainer"
+    assert flat["metrics"]["train_groups"] == flat["metrics"]["train_pairs"]
+    assert not all(torch.equal(a[k], flat["trainer"].model.state_dict()[k]) for k in a)
+
+
 def test_reward_from_hh_file_with_added_pad_token(tmp_path, home):
     from rlhf import train_reward
 

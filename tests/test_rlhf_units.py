@@ -48,7 +48,8 @@ def test_formatting_plain_and_chat():
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     plain = format_preference_row({"prompt": msgs, "chosen": [{"role": "assistant", "content": "yo"}],
                                    "rejected": "no", "group": "g"}, chat=False)
-    assert plain == {"prompt": "System: be brief\n\nUser: hi\n", "chosen": "yo", "rejected": "no", "margin": 0.0}
+    assert plain == {"prompt": "System: be brief\n\nUser: hi\n", "chosen": "yo", "rejected": "no", "margin": 0.0,
+                     "group": "g"}  # a ranking's pairs keep their group (one batch element in training)
 
 
 def test_pairwise_metrics_ties_count_as_wrong_and_ece():
@@ -314,3 +315,46 @@ def test_score_left_truncates_sequences_longer_than_the_context(tmp_path):
     assert m["pairs"] == 2 and m["truncated_pairs"] == 1
     norm = reward.normalize(rm, tok, ["hi\n", long_prompt], ["cat", "the cat"])
     assert norm["normalize_truncated"] == 1 and abs(norm["demo_mean_reward_after"]) < 1e-3
+
+
+# ------------------------------------------------------------------ rankings as one batch element
+
+def test_group_batch_sampler_keeps_groups_whole_and_shards_evenly():
+    from rlhf.reward_trainer import GroupBatchSampler, assign_group_ids
+
+    groups = assign_group_ids(["p1"] * 6 + [None, None] + ["p2"] * 3 + [None] + ["p3"] * 6)
+    assert groups[:6] == [0] * 6 and groups[6] != groups[7] and len(set(groups)) == 6
+    s = GroupBatchSampler(groups, groups_per_batch=2, seed=1)
+    epochs = []
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        batches = list(s)
+        assert len(batches) == len(s) == 3
+        assert sorted(i for b in batches for i in b) == list(range(len(groups)))  # each pair once per epoch
+        for b in batches:
+            assert len({groups[i] for i in b}) <= 2
+            for g in {groups[i] for i in b}:  # a group is never split across batches
+                assert sum(groups[i] == g for i in b) == groups.count(g)
+        epochs.append(batches)
+    assert epochs[0] != epochs[1] or epochs[1] != epochs[2]  # reshuffled per epoch
+    s.set_epoch(1)
+    assert list(s) == epochs[1]  # and deterministic (resume replays the same order)
+    ranks = [list(GroupBatchSampler(groups, 4, seed=1, rank=r, world=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 1  # 6 groups / 4 per batch = 2 batches, one per rank
+    assert sorted(i for r in ranks for b in r for i in b) == list(range(len(groups)))
+
+
+def test_grouped_loss_averages_within_groups_then_over_groups():
+    from rlhf.reward_trainer import grouped_pair_loss
+
+    rc = torch.tensor([1.0, 2.0, 0.5, -1.0])
+    rr = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    g = torch.tensor([7, 7, 7, 3])
+    per = -torch.nn.functional.logsigmoid(rc - rr)
+    expected = (per[:3].mean() + per[3]) / 2  # the 3 pairs of group 7 weigh as much as the single pair
+    assert torch.allclose(grouped_pair_loss(rc, rr, g), expected)
+    margin = torch.tensor([0.5, 0.5, 0.0, 1.0])
+    per_m = -torch.nn.functional.logsigmoid(rc - rr - margin)
+    assert torch.allclose(grouped_pair_loss(rc, rr, g, margin), (per_m[:3].mean() + per_m[3]) / 2)
+    # all groups of one: the plain pairwise loss
+    assert torch.allclose(grouped_pair_loss(rc, rr, torch.arange(4)), per.mean())
