@@ -212,3 +212,42 @@ def test_reward_with_held_out_pair_and_demonstration_longer_than_the_context(tmp
 
     res = evaluate.main(["reward", "--model", str(run), "--dataset", str(ev)])
     assert res["pairs"] == 5 and res["truncated_pairs"] == 1
+
+
+def test_grouped_reward_resume_matches_straight_run(tiny, sqlite_url, home, tmp_path, monkeypatch):
+    """Killed mid-epoch (step 4 of 6, 3 batches per epoch) and resumed: the group batches of every epoch
+    replay exactly, so the weights equal a straight run's."""
+    import torch
+
+    from rlhf import runs, train_reward
+
+    H.make_project(sqlite_url, "rr")
+    _polite_rankings(sqlite_url, "rr", 5)
+    real = runs.metrics_callback
+    stop_at = {"step": None}
+
+    def with_stop(run_dir):
+        cb = real(run_dir)
+        orig = cb.on_step_end
+
+        def on_step_end(args, state, control, **kw):
+            if state.global_step == stop_at["step"]:
+                control.should_save = control.should_training_stop = True  # as if killed after this save
+            return orig(args, state, control, **kw)
+
+        cb.on_step_end = on_step_end
+        return cb
+
+    monkeypatch.setattr(runs, "metrics_callback", with_stop)
+    common = ["--model", str(tiny), "--project", "rr", "--database_url", sqlite_url, "--no_register",
+              "--eval_fraction", "0", "--per_device_train_batch_size", "2", "--max_steps", "6", "--save_steps", "100",
+              "--learning_rate", "1e-3", "--disable_tqdm", "true", "--seed", "0", "--no_normalize"]
+    straight = train_reward.main(common + ["--output_dir", str(tmp_path / "a")])["trainer"].model.state_dict()
+    stop_at["step"] = 4
+    first = train_reward.main(common + ["--output_dir", str(tmp_path / "b")])
+    assert first["metrics"]["global_step"] == 4 and (tmp_path / "b" / "checkpoint-4").is_dir()
+    stop_at["step"] = None
+    resumed = train_reward.main(common + ["--output_dir", str(tmp_path / "b"), "--resume"])
+    assert resumed["metrics"]["global_step"] == 6
+    state = resumed["trainer"].model.state_dict()
+    assert [k for k in straight if not torch.equal(straight[k], state[k])] == []
