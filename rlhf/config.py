@@ -67,6 +67,9 @@ class JobFields:
         "help": "Attention kernel passed on every load: auto (eager for GPT-Neo, sdpa otherwise), eager, sdpa, "
                 "flash_attention_2."})
     max_rows: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    stop_at_step: int | None = field(default=None, metadata={
+        "help": "Save a checkpoint at this step and exit, as if killed there (time slices on a shared cluster); "
+                "continue with --resume. Nothing is registered until the run finishes."})
 
 
 @dataclass
@@ -85,10 +88,10 @@ class DeviceDefaults:
             self.bf16 = bool(bf16_available()) and not getattr(self, "fp16", False)
         if not cuda_available():
             self.dataloader_pin_memory = False  # nothing to pin to (and it warns on every run)
-            if self.bf16:
-                # Asked for bf16 without a GPU: CPU autocast does it, but transformers wants that said with
-                # use_cpu (else "Your setup doesn't support bf16/gpu"). Same code path as CUDA bf16.
-                self.use_cpu = True
+            # Say CPU explicitly: only then does accelerate treat torchrun / `accelerate launch` processes as one
+            # gloo job (MULTI_CPU); otherwise every process trains alone on all the data. It also lets bf16 run
+            # as CPU autocast (else transformers stops with "Your setup doesn't support bf16/gpu").
+            self.use_cpu = True
         # transformers 5 renamed it activation_checkpointing (the old name is a deprecated alias).
         ac = getattr(self, "activation_checkpointing", None)
         chosen = ac if ac is not None else self.gradient_checkpointing
@@ -160,7 +163,8 @@ def reward_config_class() -> type:
                         "averaged, so a ranking of K weighs as one example, not C(K,2). Batches then hold "
                         "per_device_train_batch_size groups (a plain comparison is a group of one). Only applies "
                         "when the data has rankings (a 'group' column); --no_group_rankings trains pairs "
-                        "independently."})
+                        "independently. eval_loss uses ordinary batches, so it only approximates the grouped "
+                        "objective; held-out accuracy is per pair either way."})
             add_pad_token: bool = field(default=False, metadata={
                 "help": "If the tokenizer has no pad token distinct from EOS, add '<|pad|>' and resize the "
                         "embeddings (otherwise that is an error)."})

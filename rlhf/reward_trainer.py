@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader, Sampler
 from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
+from db.services.errors import InputError
+
 GROUP_COLUMN = "group_id"
 
 
@@ -72,8 +74,9 @@ class GroupBatchSampler(Sampler[list[int]]):
             random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
         batches = [[i for g in order[s:s + self.per_batch] for i in self.groups[g]]
                    for s in range(0, len(order), self.per_batch)]
-        while len(batches) < self._n_batches():  # equal step counts on every rank
-            batches.append(batches[len(batches) % max(1, len(batches))])
+        n = len(batches)
+        for i in range(self._n_batches() - n):  # equal step counts on every rank: repeat from the start
+            batches.append(batches[i % n])
         yield from batches[self.rank::self.world]
 
 
@@ -111,22 +114,47 @@ class GroupedRewardTrainer(RewardTrainer):
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers,
                             pin_memory=self.args.dataloader_pin_memory)
+        dl_config = self.accelerator.dataloader_config
+        if self.args.world_size > 1 and (dl_config.split_batches or dl_config.dispatch_batches):
+            raise InputError("grouped rankings need each process to read its own batches: turn off accelerate's "
+                             "split_batches / dispatch_batches, or pass --no_group_rankings",
+                             field="group_rankings")
         loader = self.accelerator.prepare(loader)
-        # The sampler is already rank-aware: accelerate's BatchSamplerShard must pass its batches through.
+        # The sampler is already rank-aware: accelerate's BatchSamplerShard must pass its batches through, and
+        # hand set_epoch on (transformers looks for it one level down, also after skip_first_batches on resume).
         shard = getattr(loader, "batch_sampler", None)
         if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
             shard.num_processes, shard.process_index = 1, 0
+            shard.set_epoch = sampler.set_epoch
         return loader
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
+        # Our own pass rather than TRL's: group batches differ in size between ranks, and TRL gathers the raw
+        # rewards (a collective that needs equal shapes), so they are padded before gathering here.
+        mode = "train" if self.model.training else "eval"
         group_ids = inputs.pop(GROUP_COLUMN)
-        margin = inputs.get("margin")
-        # TRL's own pass: forward, token counts and reward metrics; only its (ungrouped) loss is replaced
-        _, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        margin = inputs.pop("margin", None)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
         rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-        grouped = grouped_pair_loss(rewards_chosen, rewards_rejected, group_ids, margin)
+        loss = grouped_pair_loss(rewards_chosen, rewards_rejected, group_ids, margin)
         if self.args.center_rewards_coefficient is not None:
-            grouped = grouped + self.args.center_rewards_coefficient * torch.mean(
-                (rewards_chosen + rewards_rejected) ** 2)
-        return (grouped, outputs) if return_outputs else grouped
+            loss = loss + self.args.center_rewards_coefficient * torch.mean((rewards_chosen + rewards_rejected) ** 2)
+
+        acc = self.accelerator
+        if mode == "train":
+            tokens = acc.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            self._total_train_tokens += tokens // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        with torch.no_grad():
+            rewards = outputs.logits.detach().float().reshape(-1)
+            padded = acc.pad_across_processes(rewards, dim=0, pad_index=float("nan"))
+            everyone = acc.gather(padded)
+            everyone = everyone[~torch.isnan(everyone)]
+            self._metrics[mode]["min_reward"].append(everyone.min().item())
+            self._metrics[mode]["mean_reward"].append(everyone.mean().item())
+            self._metrics[mode]["max_reward"].append(everyone.max().item())
+            diff = (rewards_chosen - rewards_rejected).detach().float()
+            self._metrics[mode]["accuracy"].append(acc.gather_for_metrics((diff > 0).float().mean()).mean().item())
+            self._metrics[mode]["margin"].append(acc.gather_for_metrics(diff.mean()).mean().item())
+        return (loss, outputs) if return_outputs else loss

@@ -97,11 +97,16 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def metrics_callback(run_dir: Path) -> Any:
+def metrics_callback(run_dir: Path, stop_at_step: int | None = None) -> Any:
     from transformers import TrainerCallback
 
     class MetricsJsonl(TrainerCallback):
-        """Appends every log (train and eval) to <run>/metrics.jsonl, main process only."""
+        """Appends every log (train and eval) to <run>/metrics.jsonl, main process only; with `stop_at_step`,
+        saves a checkpoint there and stops, as if the job were killed right after it."""
+
+        def on_step_end(self, args, state, control, **kw):
+            if stop_at_step is not None and state.global_step == stop_at_step:
+                control.should_save = control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kw):
             if not state.is_world_process_zero or not logs:
@@ -112,6 +117,17 @@ def metrics_callback(run_dir: Path) -> Any:
                 fh.write(json.dumps(row, default=str) + "\n")
 
     return MetricsJsonl()
+
+
+def stopped_early(cfg: Any, trainer: Any, name: str, run_dir: Path, log: Any) -> dict[str, Any] | None:
+    """After `--stop_at_step N` stopped training at N: the summary to return instead of finishing the job
+    (no final model, no registration: the run is not done). None when training ran to its end."""
+    step = trainer.state.global_step
+    if cfg.stop_at_step is None or step != cfg.stop_at_step or step >= trainer.state.max_steps:
+        return None
+    log.info("stopped at step %d as asked (checkpoint-%d in %s): continue with --resume", step, step, run_dir)
+    return {"name": name, "run_dir": str(run_dir), "stopped_at": step, "metrics": {"global_step": step},
+            "version_id": None, "trainer": trainer}
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:

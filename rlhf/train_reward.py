@@ -110,7 +110,8 @@ def run(cfg: Any) -> dict[str, Any]:
         log.info("rankings: %d groups for %d training pairs, one batch element each (--no_group_rankings to "
                  "train pairs independently)", len(set(train_ds["group_id"])), len(train_ds))
     trainer = trainer_cls(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
-                          processing_class=tokenizer, callbacks=[runs.metrics_callback(run_dir)], **extra)
+                          processing_class=tokenizer, callbacks=[runs.metrics_callback(run_dir, cfg.stop_at_step)],
+                          **extra)
     if len(trainer.train_dataset) < len(train_ds):
         log.warning("%d training pairs are longer than --max_length %s and were left out",
                     len(train_ds) - len(trainer.train_dataset), cfg.max_length)
@@ -118,6 +119,9 @@ def run(cfg: Any) -> dict[str, Any]:
     if cfg.resume and resume is None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
     result = trainer.train(resume_from_checkpoint=resume)
+    stopped = runs.stopped_early(cfg, trainer, name, run_dir, log)
+    if stopped is not None:
+        return stopped
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
                                "train_pairs": len(train_ds), "eval_pairs": len(eval_ds) if eval_ds else 0,
                                "train_groups": len(set(train_ds["group_id"])) if grouped else len(train_ds),

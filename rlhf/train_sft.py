@@ -68,11 +68,14 @@ def run(cfg: Any) -> dict[str, Any]:
         cfg.completion_only_loss = True
 
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, callbacks=[runs.metrics_callback(run_dir)])
+                         processing_class=tokenizer, callbacks=[runs.metrics_callback(run_dir, cfg.stop_at_step)])
     resume = runs.last_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and resume is None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
     result = trainer.train(resume_from_checkpoint=resume)
+    stopped = runs.stopped_early(cfg, trainer, name, run_dir, log)
+    if stopped is not None:
+        return stopped
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
                                "train_rows": len(train_ds), "eval_rows": len(eval_ds) if eval_ds else 0}
     if eval_ds is not None:

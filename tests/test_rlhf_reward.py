@@ -214,40 +214,47 @@ def test_reward_with_held_out_pair_and_demonstration_longer_than_the_context(tmp
     assert res["pairs"] == 5 and res["truncated_pairs"] == 1
 
 
-def test_grouped_reward_resume_matches_straight_run(tiny, sqlite_url, home, tmp_path, monkeypatch):
-    """Killed mid-epoch (step 4 of 6, 3 batches per epoch) and resumed: the group batches of every epoch
-    replay exactly, so the weights equal a straight run's."""
+@pytest.mark.slow
+@pytest.mark.parametrize("procs", [1, 2])
+def test_grouped_reward_stop_resume_and_torchrun(procs, tiny, sqlite_url, home, tmp_path):
+    """Stopped mid-epoch by --stop_at_step (in epoch 1 on one process, in epoch 2 on two) and resumed: the group
+    batches replay exactly, so the weights equal a straight run's; under torchrun the two processes split the
+    groups (fewer steps per epoch) and the version is registered once."""
+    import os
+    import subprocess
+    import sys
+
     import torch
+    from safetensors.torch import load_file
+    from sqlalchemy import func, select
 
-    from rlhf import runs, train_reward
+    from db.models import ModelVersion
+    from db.session import session_scope
 
+    root = Path(__file__).resolve().parents[1]
     H.make_project(sqlite_url, "rr")
-    _polite_rankings(sqlite_url, "rr", 5)
-    real = runs.metrics_callback
-    stop_at = {"step": None}
+    _polite_rankings(sqlite_url, "rr", 9)  # 5 batches of 2 rankings: 5 steps/epoch on 1 process, 3 on 2
+    launch = [sys.executable, "-m", "rlhf.train_reward"] if procs == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlhf.train_reward"]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "INSTRUCTLOOP_HOME": str(home)}
+    common = ["--model", str(tiny), "--project", "rr", "--database_url", sqlite_url, "--eval_fraction", "0",
+              "--per_device_train_batch_size", "2", "--max_steps", "7", "--save_steps", "100", "--learning_rate",
+              "1e-3", "--disable_tqdm", "true", "--seed", "0", "--no_normalize"]
 
-    def with_stop(run_dir):
-        cb = real(run_dir)
-        orig = cb.on_step_end
+    def job(*extra: str) -> None:
+        r = subprocess.run(launch + common + list(extra), env=env, cwd=root, capture_output=True, text=True,
+                           timeout=300, check=False)
+        assert r.returncode == 0, r.stderr[-4000:]
 
-        def on_step_end(args, state, control, **kw):
-            if state.global_step == stop_at["step"]:
-                control.should_save = control.should_training_stop = True  # as if killed after this save
-            return orig(args, state, control, **kw)
-
-        cb.on_step_end = on_step_end
-        return cb
-
-    monkeypatch.setattr(runs, "metrics_callback", with_stop)
-    common = ["--model", str(tiny), "--project", "rr", "--database_url", sqlite_url, "--no_register",
-              "--eval_fraction", "0", "--per_device_train_batch_size", "2", "--max_steps", "6", "--save_steps", "100",
-              "--learning_rate", "1e-3", "--disable_tqdm", "true", "--seed", "0", "--no_normalize"]
-    straight = train_reward.main(common + ["--output_dir", str(tmp_path / "a")])["trainer"].model.state_dict()
-    stop_at["step"] = 4
-    first = train_reward.main(common + ["--output_dir", str(tmp_path / "b")])
-    assert first["metrics"]["global_step"] == 4 and (tmp_path / "b" / "checkpoint-4").is_dir()
-    stop_at["step"] = None
-    resumed = train_reward.main(common + ["--output_dir", str(tmp_path / "b"), "--resume"])
-    assert resumed["metrics"]["global_step"] == 6
-    state = resumed["trainer"].model.state_dict()
-    assert [k for k in straight if not torch.equal(straight[k], state[k])] == []
+    job("--name", "straight", "--output_dir", str(tmp_path / "a"))
+    job("--name", "sliced", "--output_dir", str(tmp_path / "b"), "--stop_at_step", "4")
+    assert (tmp_path / "b" / "checkpoint-4").is_dir() and not (tmp_path / "b" / "model.safetensors").exists()
+    job("--name", "sliced", "--output_dir", str(tmp_path / "b"), "--resume")
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    logs = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in logs if "train_runtime" in r][-1]  # the trainer's own end-of-training line
+    assert last["epoch"] == pytest.approx(7 / (5 if procs == 1 else 3))  # 2 processes: each reads half
+    with session_scope(sqlite_url) as s:
+        names = dict(s.execute(select(ModelVersion.name, func.count()).group_by(ModelVersion.name)).all())
+    assert names.get("straight") == 1 and names.get("sliced") == 1

@@ -185,7 +185,8 @@ def test_device_defaults_follow_the_hardware(monkeypatch, gpu):
     monkeypatch.setattr(config, "bf16_available", lambda: gpu)
     a = _Args()
     a._resolve_device_defaults()
-    assert a.bf16 is gpu and a.dataloader_pin_memory is gpu and a.use_cpu is False
+    # CPU said explicitly: launchers' processes then form one gloo job (accelerate's MULTI_CPU needs it)
+    assert a.bf16 is gpu and a.dataloader_pin_memory is gpu and a.use_cpu is (not gpu)
     assert a.activation_checkpointing is False  # decided per model below
     small, big = torch.nn.Linear(10, 10), torch.nn.Linear(100, 100)  # 110 and 10,100 parameters
     monkeypatch.setattr(config, "CHECKPOINTING_MIN_PARAMS", 1000)
