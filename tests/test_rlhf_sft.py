@@ -160,3 +160,36 @@ def test_sft_on_pretrain_module_output(attention, sqlite_url, home, tmp_path):
     assert (Path(out["run_dir"]) / "model.safetensors").is_file()
     mv, parent = _version(sqlite_url, "sft-pt")
     assert mv.kind == "sft" and parent.path == str(Path(model_dir).resolve())
+
+
+@pytest.mark.slow
+def test_sft_under_torchrun_splits_the_data_and_registers_once(tiny, sqlite_url, home, tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo on CPU) with no change: the two processes share the rows (half the
+    steps per epoch of one process) and one model version is registered."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    rows = [{"prompt": f"{a}+{b}=?", "completion": str(a + b)} for a in range(10, 18) for b in range(10, 14)]
+    f = H.write_jsonl(tmp_path / "sums.jsonl", rows)  # 32 rows
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "INSTRUCTLOOP_HOME": str(home)}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "rlhf.train_sft", "--model", str(tiny), "--dataset", str(f), "--database_url",
+                        sqlite_url, "--name", "sft-ddp", "--eval_fraction", "0", "--per_device_train_batch_size",
+                        "4", "--max_steps", "6", "--save_strategy", "no", "--disable_tqdm", "true"],
+                       env=env, cwd=root, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-4000:]
+    run = home / "train_sft" / "sft-ddp"
+    logs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    end = [x for x in logs if "train_runtime" in x][-1]
+    assert end["epoch"] == pytest.approx(6 / 4)  # 32 rows / (2 processes x 4) = 4 steps per epoch
+    mv, _ = _version(sqlite_url, "sft-ddp")
+    assert mv.kind == "sft" and (run / "model.safetensors").is_file()
+    from sqlalchemy import func, select
+
+    from db.models import ModelVersion
+    from db.session import session_scope
+
+    with session_scope(sqlite_url) as s:
+        assert s.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.kind == "sft")) == 1
