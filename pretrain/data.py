@@ -45,11 +45,13 @@ def read_meta(data_dir: str | Path) -> dict:
     return json.loads(p.read_text())
 
 
-def load_split(data_dir: str | Path, split: str) -> np.memmap:
+def load_split(data_dir: str | Path, split: str) -> np.ndarray:
     meta = read_meta(data_dir)
     p = Path(data_dir) / f"{split}.bin"
     if not p.is_file():
         raise FileNotFoundError(f"token shard not found: {p}")
+    if p.stat().st_size == 0:  # e.g. --val-fraction 0: numpy cannot map an empty file
+        return np.zeros(0, dtype=np.dtype(meta["dtype"]))
     return np.memmap(p, dtype=np.dtype(meta["dtype"]), mode="r")
 
 
@@ -61,9 +63,9 @@ def batch_rng(seed: int, step: int, micro: int, rank: int, split: str) -> np.ran
 def get_batch(data: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator,
               device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows of ``block_size + 1`` tokens: inputs and next-token targets."""
-    if len(data) <= block_size + 1:
-        raise ValueError(f"split has {len(data)} tokens, need more than block_size+1={block_size + 1}")
-    ix = rng.integers(0, len(data) - block_size - 1, size=batch_size)
+    if len(data) < block_size + 1:
+        raise ValueError(f"split has {len(data)} tokens, need at least block_size+1={block_size + 1}")
+    ix = rng.integers(0, len(data) - block_size, size=batch_size)  # upper bound exclusive: last window included
     buf = np.stack([np.asarray(data[i:i + block_size + 1], dtype=np.int64) for i in ix])
     t = torch.from_numpy(buf)
     x, y = t[:, :-1], t[:, 1:]

@@ -58,6 +58,8 @@ def prepare(out_dir: str | Path, texts, tokenizer_dir: str | Path | None = None,
     dtype = dtype_for_vocab(n_vocab)
     writers = {s: ShardWriter(out / f"{s}.bin", dtype) for s in ("train", "val")}
     n_docs = {"train": 0, "val": 0}
+    open_chunk: dict[str, int | None] = {"train": None, "val": None}  # stream position of an EOS-less chunk
+    position = [0]
     n_chars = 0
     batch: list[str] = []
 
@@ -67,10 +69,16 @@ def prepare(out_dir: str | Path, texts, tokenizer_dir: str | Path | None = None,
         for doc, e in zip(batch, enc):
             ids = list(e.ids)
             split = split_of(doc, seed, val_fraction)
+            # A chunk of a long file carries no EOS so that it runs on into the file's next chunk. If that next
+            # chunk went to the other split, close the open chunk here before an unrelated document follows.
+            if open_chunk[split] is not None and open_chunk[split] != position[0] - 1:
+                ids.insert(0, eos)
+            open_chunk[split] = position[0] if isinstance(doc, Continued) else None
             if not isinstance(doc, Continued):
                 ids.append(eos)
             writers[split].write(ids)
             n_docs[split] += 1
+            position[0] += 1
         batch.clear()
 
     for doc in texts:

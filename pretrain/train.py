@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=None,
                    help="autocast dtype: auto = bfloat16 on CUDA, float32 on CPU. May be changed on "
                         "--resume (weights stay float32); a different effective dtype is not bit-identical")
-    r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
+    r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (worth it on CUDA; minutes to compile on CPU); --no-compile turns "
+                        "it off again on --resume")
     r.add_argument("--threads", type=int, help="torch.set_num_threads for CPU runs (default: torch's choice)")
     r.add_argument("--peak-tflops", type=float,
                    help="accelerator peak TFLOP/s for the MFU figure (default: looked up from the GPU name)")
@@ -273,8 +275,9 @@ def train(argv: list[str] | None = None) -> dict:
     # Vocabulary rounded up to a multiple of 64: faster matmuls, and HF accepts rows beyond the tokenizer.
     vocab = ckpt["model_config"]["vocab_size"] if ckpt else (meta["vocab_size"] + 63) // 64 * 64
     mcfg = GPTConfig(vocab_size=vocab, **{k: c[k] for k in MODEL_KEYS})
-    torch.manual_seed(c["seed"])
+    torch.manual_seed(c["seed"])  # the same initial weights on every rank
     model = GPT(mcfg).to(device)
+    torch.manual_seed(c["seed"] + rank)  # but each rank its own dropout masks (resume restores per-rank states)
     opt = model.configure_optimizer(c["weight_decay"], c["lr"], (c["beta1"], c["beta2"]), device.type)
     step = 0
     best_val = float("inf")
@@ -287,15 +290,15 @@ def train(argv: list[str] | None = None) -> dict:
         _set_rng_state(rng[rank] if isinstance(rng, list) and rank < len(rng) else
                        rng[0] if isinstance(rng, list) else rng)
     raw = model
-    if c.get("compile"):
-        model = torch.compile(model)
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if c.get("compile"):  # compile the DDP module, so gradient all-reduces overlap the compiled backward
+        model = torch.compile(model)
 
     train_data = load_split(data_dir, "train")
     val_data = load_split(data_dir, "val")
-    eval_sets = {"train": train_data, **({"val": val_data} if len(val_data) > c["block_size"] + 1 else {})}
+    eval_sets = {"train": train_data, **({"val": val_data} if len(val_data) >= c["block_size"] + 1 else {})}
 
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -393,8 +396,8 @@ def train(argv: list[str] | None = None) -> dict:
                 tps = steps_since * tokens_per_step / dt
                 rec = {"step": step, "loss": round(float(loss_acc), 5), "lr": lr, "tok_per_s": round(tps, 1),
                        "time": time.time()}
-                if peak:
-                    rec["mfu"] = round(tps * flops_tok / peak, 4)
+                if peak:  # tps is the whole job's; peak is one accelerator's
+                    rec["mfu"] = round(tps * flops_tok / (peak * world), 4)
                 last["loss"] = rec["loss"]
                 log(rec)
                 if pbar:

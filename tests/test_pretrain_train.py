@@ -115,6 +115,9 @@ def test_gpu_code_paths_run_on_cpu_compile_bf16_mfu(data_dir, tmp_path):
     assert v_fast[-1] < v_fast[0] and abs(v_fast[-1] - v_ref[-1]) < 0.05, (v_fast, v_ref)
     ck = torch.load(tmp_path / "fast" / "ckpt.pt", weights_only=False)
     assert all(v.dtype == torch.float32 and not k.startswith("_orig_mod") for k, v in ck["model"].items())
+    # --compile is a runtime flag: a resume may turn it off
+    train(["--out", str(tmp_path / "fast"), "--resume", "--no-progress", "--no-compile", "--max-steps", "21"])
+    assert [m for m in _metrics(tmp_path / "fast") if m.get("event") == "resume"][-1]["compile"] is False
     native, _ = load_native(tmp_path / "fast")
     from transformers import AutoModelForCausalLM
 
@@ -162,13 +165,16 @@ def test_ddp_two_processes_matches_single(data_dir, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "pretrain.train", "--out", str(tmp_path / "ddp")]
     # first half, then --resume under torchrun too (all ranks reload; per-rank RNG states are restored)
-    for extra in (["--data", str(data_dir), *SMALL, *steps, "--batch-size", "4", "--stop-at-step", "20"],
+    for extra in (["--data", str(data_dir), *SMALL, *steps, "--batch-size", "4", "--stop-at-step", "20",
+                   "--peak-tflops", "1"],
                   ["--resume", "--no-progress"]):
         r = subprocess.run(torchrun + extra, env=ENV, cwd=ROOT, check=False, capture_output=True, text=True, timeout=240)
         assert r.returncode == 0, (extra[0], r.stderr[:6000])
     train(["--data", str(data_dir), "--out", str(tmp_path / "one"), *SMALL, *steps, "--batch-size", "8"])
     ddp, one = _metrics(tmp_path / "ddp"), _metrics(tmp_path / "one")
     assert ddp[0]["world_size"] == 2 and ddp[0]["tokens_per_step"] == one[0]["tokens_per_step"]
+    for m in (x for x in ddp if "loss" in x):  # MFU per accelerator: the job's tokens/s over 2 x one peak
+        assert m["mfu"] == pytest.approx(m["tok_per_s"] * ddp[0]["flops_per_token"] / (2 * 1e12), rel=1e-3, abs=1e-4)
     runs = [(m["event"], m["step"], m["backend"]) for m in ddp if m.get("event") in ("start", "resume")]
     assert runs == [("start", 0, "gloo"), ("resume", 20, "gloo")] and one[0]["backend"] is None
     assert [m["step"] for m in ddp if "loss" in m] == [5 * i for i in range(1, 9)]  # nothing lost or repeated
