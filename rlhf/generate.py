@@ -86,7 +86,15 @@ def _few_shot_examples(url: str | None, project: str, n: int) -> list[tuple[Any,
         return []
     from rlhf.formatting import completion_text
 
-    return [(r["prompt"], completion_text(r["completion"]), json.dumps(r["prompt"])) for r in rows[:n + 1]]
+    return [(r["prompt"], completion_text(r["completion"]), prompt_key(r["prompt"])) for r in rows[:n + 1]]
+
+
+def prompt_key(prompt: Any) -> str:
+    """The same key for a prompt whether it arrives as text or as one user turn (exports turn every prompt
+    of a project with chats into turns), so a prompt's own demonstration is never its few-shot example."""
+    from rlhf.formatting import as_messages
+
+    return json.dumps(as_messages(prompt), sort_keys=True, ensure_ascii=False)
 
 
 @dataclass
@@ -109,19 +117,40 @@ def _load_prompts(url: str | None, project: str, limit: int | None) -> tuple[int
     return proj.id, prompts
 
 
-def _existing(url: str | None, prompt_ids: list[int], version_id: int) -> dict[int, dict[int, int]]:
-    """prompt id → {sample_index: response id} of this version's earliest responses."""
+SETTINGS = ("temperature", "top_p", "max_new_tokens")
+
+
+def _existing(url: str | None, prompt_ids: list[int], version_id: int
+              ) -> tuple[dict[int, dict[int, int]], dict[int, dict[str, Any]]]:
+    """(prompt id → {sample_index: response id} of this version's newest responses, response id → params).
+    Newest: after --regenerate, later runs build their tasks from the new samples."""
     from db.services import content
     from db.session import session_scope
 
     out: dict[int, dict[int, int]] = {}
+    params: dict[int, dict[str, Any]] = {}
     with session_scope(url) as s:
         for pid, rows in content.responses_for_prompts(s, prompt_ids, model_version_id=version_id).items():
             by_index: dict[int, int] = {}
-            for r in rows:
-                by_index.setdefault(r.sample_index, r.id)
+            for r in sorted(rows, key=lambda r: r.id):
+                by_index[r.sample_index] = r.id
+                params[r.id] = dict(r.params or {})
             out[pid] = by_index
-    return out
+    return out, params
+
+
+def _warn_if_settings_changed(version: str, reused: list[int], params: dict[int, dict[str, Any]],
+                              now: dict[str, Any]) -> None:
+    """Reused samples keep the settings they were made with: say so when this run asked for others."""
+    differ: dict[str, set] = {}
+    for rid in reused:
+        for k in SETTINGS:
+            if k in now and k in params.get(rid, {}) and params[rid][k] != now[k]:
+                differ.setdefault(k, set()).add(json.dumps(params[rid][k]))
+    if differ:
+        what = "; ".join(f"{k} was {', '.join(sorted(v))} (now {json.dumps(now[k])})" for k, v in differ.items())
+        log.warning("%s: %d reused samples were generated with other settings (%s): pass --regenerate to sample "
+                    "them again with these", version, len(reused), what)
 
 
 def fit_prompt(tok: Any, p: _Prompt, chat: bool, shots: list[tuple[Any, str]], budget: int | None
@@ -131,8 +160,10 @@ def fit_prompt(tok: Any, p: _Prompt, chat: bool, shots: list[tuple[Any, str]], b
     from rlhf.formatting import generation_input
 
     wanted, shots = len(shots), list(shots)
+    # Plain text gets the tokenizer's special tokens (a BOS for Llama-style tokenizers), as TRL's training
+    # tokenization does; a rendered chat template already holds them.
     while True:
-        ids = tok(generation_input(tok, p.content, chat, shots), add_special_tokens=False)["input_ids"]
+        ids = tok(generation_input(tok, p.content, chat, shots), add_special_tokens=not chat)["input_ids"]
         if budget is None or len(ids) <= budget or not shots:
             break
         shots.pop()
@@ -142,6 +173,9 @@ def fit_prompt(tok: Any, p: _Prompt, chat: bool, shots: list[tuple[Any, str]], b
     if budget is not None and len(ids) > budget:
         log.warning("prompt %d: %d tokens do not fit beside --max_new_tokens in the model's context; keeping "
                     "the last %d", p.id, len(ids), budget)
+        bos = tok.bos_token_id
+        if not chat and bos is not None and ids and ids[0] == bos and budget > 1:
+            return [bos] + list(ids[-(budget - 1):]), shots, len(ids) - budget  # keep the BOS at the front
         return list(ids[-budget:]), shots, len(ids) - budget
     return list(ids), shots, 0
 
@@ -162,6 +196,7 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
         load_causal_lm,
         load_tokenizer,
         resolve_model,
+        stop_token_ids,
     )
     from rlhf.reward import max_positions
 
@@ -170,7 +205,7 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
         mv = ensure_registered(s, m)
         version = {"id": mv.id, "name": mv.name, "kind": mv.kind}
     K = args.num_samples
-    have = _existing(args.database_url, [p.id for p in prompts], version["id"])
+    have, have_params = _existing(args.database_url, [p.id for p in prompts], version["id"])
     todo = prompts if args.regenerate else [p for p in prompts if any(i not in have[p.id] for i in range(K))]
     counts = {"generated": 0, "reused": 0}
     todo_ids = {p.id for p in todo}
@@ -193,7 +228,8 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
         torch.manual_seed(args.seed + 1000 * model_no)
         greedy = args.temperature <= 0
         params = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-                  "do_sample": not greedy, "seed": args.seed, "model_version": version["name"],
+                  "do_sample": not greedy, "num_beams": K if greedy and K > 1 else 1,
+                  "seed": args.seed + 1000 * model_no, "model_version": version["name"],
                   "dtype": str(dtype).removeprefix("torch.")}
         bar = tqdm(total=len(todo), desc=f"sampling {version['name']}", unit="prompt", disable=not args.progress)
         for i in range(0, len(todo), args.batch_size):
@@ -202,14 +238,14 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
             for p in batch:
                 chat = use_chat_for_generation(tok, args.chat_format, p.is_chat, version["kind"])
                 shots = [] if chat or version["kind"] in ("sft", "policy") else \
-                    [(fp, fc) for fp, fc, key in few_shot if key != json.dumps(p.content)][:args.few_shot]
+                    [(fp, fc) for fp, fc, key in few_shot if key != prompt_key(p.content)][:args.few_shot]
                 ids, shots, cut = fit_prompt(tok, p, chat, shots, budget)
                 inputs.append(ids)
                 shots_used.append((chat, len(shots), cut))
             enc = tok.pad({"input_ids": inputs}, padding=True, return_tensors="pt").to(model.device)
             gen_kw: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "num_return_sequences": K,
                                       "use_cache": True, "pad_token_id": tok.pad_token_id,
-                                      "eos_token_id": tok.eos_token_id}
+                                      "eos_token_id": stop_token_ids(model, tok)}
             gen_kw.update({"do_sample": False} if greedy else
                           {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p})
             if greedy and K > 1:
@@ -243,6 +279,10 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
             bar.update(len(batch))
         bar.close()
         del model
+    reused = [rid for ids in result.values() for rid in ids if rid in have_params]
+    _warn_if_settings_changed(version["name"], reused, have_params,
+                              {"temperature": args.temperature, "top_p": args.top_p,
+                               "max_new_tokens": args.max_new_tokens})
     return version, result, counts
 
 
@@ -257,21 +297,25 @@ def _create_tasks(args: GenerateArgs, project_id: int, prompts: list[_Prompt], k
         for p in prompts:
             pool = [(v["id"], rid) for v, res in per_model for rid in res.get(p.id, [])]
             pool = list(dict.fromkeys(pool))
-            rng = random.Random(args.seed * 1_000_003 + p.id)
+            # One stream per purpose: whether an earlier run already created some of these tasks (and so drew
+            # no A/B order for them) must not change which pairs or rank members this run picks.
+            base = f"{args.seed}:{p.id}"
+            pair_rng, rank_rng, order_rng = (random.Random(f"{base}:{what}") for what in ("pairs", "rank", "order"))
             if "compare" in kinds and len(pool) >= 2:
                 pairs = [(a, b) for a, b in itertools.combinations(pool, 2) if a[1] != b[1]]
                 if len({v for v, _ in pool}) > 1:
                     pairs = [(a, b) for a, b in pairs if a[0] != b[0]]  # across versions
-                for a, b in rng.sample(pairs, min(args.pairs_per_prompt, len(pairs))):
-                    _, created = tasks.create_task(s, project_id, "compare", p.id, [a[1], b[1]], rng=rng,
+                for a, b in pair_rng.sample(pairs, min(args.pairs_per_prompt, len(pairs))):
+                    _, created = tasks.create_task(s, project_id, "compare", p.id, [a[1], b[1]], rng=order_rng,
                                                    source=source)
                     stats["compare"]["created" if created else "existing"] += 1
             if "rank" in kinds:
                 ids = list(dict.fromkeys(rid for _, rid in pool))
                 size = args.rank_size or len(ids)
                 if len(ids) >= 3 and size >= 3:
-                    chosen = rng.sample(ids, min(size, len(ids)))
-                    _, created = tasks.create_task(s, project_id, "rank", p.id, chosen, rng=rng, source=source)
+                    chosen = rank_rng.sample(ids, min(size, len(ids)))
+                    _, created = tasks.create_task(s, project_id, "rank", p.id, chosen, rng=order_rng,
+                                                   source=source)
                     stats["rank"]["created" if created else "existing"] += 1
         if "demonstrate" in kinds:
             stats["demonstrate"]["created"] = tasks.create_demonstrate_tasks(s, project_id, source="rlhf.generate")

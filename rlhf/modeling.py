@@ -30,7 +30,9 @@ def resolve_model(ref: str, url: str | None = None, lookup: bool = True) -> Mode
         raise InputError("--model is required (a model version name, a local directory or a hub id)",
                          field="model")
     local = Path(ref).expanduser()
-    candidates = [ref] + ([str(local.resolve())] if local.exists() else [])
+    # An existing directory is looked up by its absolute path only: the same relative name typed in another
+    # folder (or a version that happens to share the name) must not stand in for these weights.
+    candidates = [str(local.resolve())] if local.exists() else [ref]
     if not lookup and local.exists():
         return ModelRef(ref, str(local.resolve()))
     try:
@@ -61,12 +63,21 @@ def ensure_registered(session: Any, m: ModelRef) -> Any:
 
     if m.version_id is not None:
         return registry.resolve(session, m.version_id)
-    for c in (m.path, m.ref):
+    local = Path(m.path).exists()
+    for c in (m.path,) if local else (m.path, m.ref):  # a directory only ever by its own path
         try:
-            return registry.resolve(session, c)
+            mv = registry.resolve(session, c)
         except NotFound:
-            pass
+            continue
+        if not local or mv.path == m.path:
+            return mv
     name = m.ref if len(m.ref) <= 200 else "external-" + m.ref[-180:]
+    try:
+        taken = registry.resolve(session, name)
+    except NotFound:
+        taken = None
+    if taken is not None and taken.path != m.path:  # the name is another model's: name it by its path
+        name = m.path if len(m.path) <= 200 else "external-" + m.path[-180:]
     mv = registry.get_or_register(session, name, "external", m.path, config={"registered_by": "rlhf"})
     m.version_id, m.version_name, m.kind = mv.id, mv.name, mv.kind
     return mv
@@ -148,6 +159,16 @@ def device() -> str:
 
 
 INFERENCE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a response: the generation config's (chat models list their end-of-turn tokens
+    there) plus the tokenizer's EOS."""
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = list(ids) if isinstance(ids, (list, tuple)) else ([] if ids is None else [ids])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
 
 
 def inference_dtype(name: str = "auto") -> Any:

@@ -98,6 +98,10 @@ def test_generate_compare_across_versions_randomized_and_idempotent(models, sqli
     chat_pid = max(pid for _, pid, _ in tasks)
     assert all(p[3]["chat_template"] == (p[0] == chat_pid) for p in responses.values())
     assert any(p[3]["few_shot"] == 1 for p in responses.values())
+    # "say hi" has the project's only accepted demonstration: never its own few-shot example, although the
+    # export hands the project's prompts over as chat turns (there is a chat prompt) and "say hi" is plain text
+    say_hi = min(pid for _, pid, _ in tasks)
+    assert {p[3]["few_shot"] for p in responses.values() if p[0] == say_hi} == {0}
 
     again = generate.main(argv)
     assert again["responses"] == {"generated": 0, "reused": n * 4}
@@ -159,3 +163,72 @@ def test_generate_fits_prompts_and_few_shot_examples_into_the_context(tmp_path, 
                        "--max_new_tokens", "40", "--regenerate", "--database_url", sqlite_url, "--no_progress"])
     err = capsys.readouterr().err
     assert "--max_new_tokens 40" in err and "32" in err and "prompt" in err
+
+
+def test_generate_reruns_create_nothing_new_and_follow_regenerated_samples(models, sqlite_url, caplog):
+    """compare + rank from the same pool, run again: no extra tasks (each choice has its own random stream);
+    after --regenerate a plain re-run builds on the new samples; changed settings are pointed out."""
+    from rlhf import generate
+
+    a, _ = models
+    _seed(sqlite_url)
+    argv = ["--project", "g", "--models", str(a), "--num_samples", "4", "--tasks", "compare,rank",
+            "--pairs_per_prompt", "2", "--rank_size", "3", "--max_new_tokens", "4", "--database_url", sqlite_url,
+            "--no_progress", "--seed", "7"]
+    argv8 = argv[:-1] + ["8"]  # other samples (same-text samples are stored once)
+    n = len(PROMPTS) + 1
+    first = generate.main(argv)
+    assert first["tasks"] == {"compare": {"created": 2 * n, "existing": 0}, "rank": {"created": n, "existing": 0}}
+    again = generate.main(argv)
+    assert again["tasks"] == {"compare": {"created": 0, "existing": 2 * n}, "rank": {"created": 0, "existing": n}}
+    regen = generate.main(argv8 + ["--regenerate"])
+    assert regen["responses"]["generated"] >= 4 * n - 2
+    with caplog.at_level("WARNING", logger="rlhf.generate"):
+        after = generate.main(argv8 + ["--temperature", "0.5"])
+    assert after["responses"] == {"generated": 0, "reused": 4 * n}
+    assert after["tasks"]["compare"]["created"] == 0 and after["tasks"]["rank"]["created"] == 0
+    assert "pass --regenerate" in caplog.text and "temperature was 1.0 (now 0.5)" in caplog.text
+
+
+def test_fit_prompt_keeps_bos_and_stop_tokens_merge():
+    from types import SimpleNamespace
+
+    from rlhf.generate import _Prompt, fit_prompt
+    from rlhf.modeling import stop_token_ids
+
+    class BosTokenizer:  # a Llama-style tokenizer: BOS added to plain text
+        bos_token_id = 1
+
+        def __call__(self, text, add_special_tokens=True):
+            ids = [100 + i for i in range(len(text.split()))]
+            return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
+    ids, _, cut = fit_prompt(BosTokenizer(), _Prompt(1, "a b c d e f", False), False, [], None)
+    assert ids == [1, 100, 101, 102, 103, 104, 105] and cut == 0
+    ids, _, cut = fit_prompt(BosTokenizer(), _Prompt(1, "a b c d e f", False), False, [], 4)
+    assert ids == [1, 103, 104, 105] and cut == 3  # the start of the text is cut, not the BOS
+
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[5, 7]))
+    assert stop_token_ids(model, SimpleNamespace(eos_token_id=7)) == [5, 7]  # end-of-turn ids are kept
+    assert stop_token_ids(model, SimpleNamespace(eos_token_id=9)) == [5, 7, 9]
+    model.generation_config.eos_token_id = None
+    assert stop_token_ids(model, SimpleNamespace(eos_token_id=9)) == [9]
+
+
+def test_a_local_directory_is_never_mistaken_for_a_version_of_the_same_name(models, sqlite_url, tmp_path,
+                                                                          monkeypatch):
+    from db.services import registry
+    from db.session import session_scope
+    from rlhf.modeling import ensure_registered, resolve_model
+
+    a, b = models
+    with session_scope(sqlite_url) as s:
+        registry.register_model_version(s, "hf", "base", str(a))  # registered from another folder as "hf"
+    shutil.copytree(b, tmp_path / "hf")
+    monkeypatch.chdir(tmp_path)
+    m = resolve_model("hf", sqlite_url)
+    assert m.path == str((tmp_path / "hf").resolve()) and m.version_id is None
+    with session_scope(sqlite_url) as s:
+        mv = ensure_registered(s, m)
+        assert mv.path == m.path and mv.name == m.path  # "hf" is taken by the other weights
+    assert resolve_model(str(a), sqlite_url).version_name == "hf"  # and that one still resolves by its path
