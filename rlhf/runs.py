@@ -62,6 +62,15 @@ def setup_run(cfg: Any, job: str) -> tuple[str, Path]:
         raise InputError("--resume needs --name (or --output_dir) of the run to resume", field="resume")
     else:
         name = default_name(job, cfg.project, cfg.dataset)
+        if world_size() <= 1:  # two jobs started in the same second: the folder is claimed atomically
+            base, n = name, 1
+            while True:
+                try:
+                    Path(default_run_dir(job, slug(name))).mkdir(parents=True, exist_ok=False)
+                    break
+                except FileExistsError:
+                    n += 1
+                    name = f"{base}-{n}"
     if not given_dir:
         cfg.output_dir = default_run_dir(job, slug(name))
     run_dir = Path(cfg.output_dir)

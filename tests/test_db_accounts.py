@@ -83,3 +83,21 @@ def test_oidc_never_takes_over_a_password_account(session):
     assert accounts.user_for_identity(session, "sub-1", email="sso@example.org", email_verified=False) is None
     assert accounts.user_for_identity(session, "sub-2", email="boss@example.org", email_verified=True) is None
     assert accounts.user_for_identity(session, "sub-3", email="sso@example.org", email_verified=True) is not None
+
+
+def test_get_or_register_when_another_process_inserts_the_same_name_first(session, monkeypatch):
+    """Both processes saw no row; the second insert hits the unique name and gets the first one's row."""
+    first = registry.register_model_version(session, "ext-model", "external", "/models/x")
+    session.commit()
+    real, seen = session.scalar, {"n": 0}
+
+    def blind_twice(q, *a, **kw):  # the lookups made before the other process's row was visible
+        seen["n"] += 1
+        return None if seen["n"] <= 2 else real(q, *a, **kw)
+
+    monkeypatch.setattr(session, "scalar", blind_twice)
+    got = registry.get_or_register(session, "ext-model", "external", "/models/x")
+    monkeypatch.undo()
+    assert got.id == first.id
+    session.commit()  # the session is still usable: only the savepoint was rolled back
+    assert len(registry.list_versions(session)) == 1

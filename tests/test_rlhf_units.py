@@ -254,6 +254,21 @@ def test_default_name_single_process_is_timestamped(monkeypatch):
     assert re.fullmatch(r"train_sft-d-\d{8}-\d{6}", runs.default_name("train_sft", None, "x/d.jsonl"))
 
 
+def test_jobs_started_in_the_same_second_get_their_own_folders(monkeypatch, home):
+    from types import SimpleNamespace
+
+    from rlhf import runs
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(runs, "default_name", lambda job, project, dataset: "train_sft-d-20261128-081500")
+    cfgs = [SimpleNamespace(name=None, output_dir=None, resume=False, register=False, project=None,
+                            dataset="d.jsonl") for _ in range(3)]
+    got = [runs.setup_run(c, "train_sft") for c in cfgs]
+    assert [n for n, _ in got] == ["train_sft-d-20261128-081500", "train_sft-d-20261128-081500-2",
+                                   "train_sft-d-20261128-081500-3"]
+    assert len({d for _, d in got}) == 3 and all(d.is_dir() for _, d in got)
+
+
 # ------------------------------------------------------------------ every flag of every job has help
 
 def _our_fields(cls) -> set[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import MODEL_KINDS, ModelVersion
@@ -44,8 +45,19 @@ def resolve(session: Session, ref: str | int) -> ModelVersion:
 
 
 def get_or_register(session: Session, name: str, kind: str, path: str = "", **kw: Any) -> ModelVersion:
+    """The version called `name`, registered now if there is none. Two processes registering the same name at
+    once both get the one row (the loser's insert is rolled back to a savepoint and the row read again)."""
     mv = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
-    return mv if mv is not None else register_model_version(session, name, kind, path, **kw)
+    if mv is not None:
+        return mv
+    try:
+        with session.begin_nested():
+            return register_model_version(session, name, kind, path, **kw)
+    except IntegrityError:
+        mv = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
+        if mv is None:
+            raise
+        return mv
 
 
 def list_versions(session: Session, kind: str | None = None) -> list[ModelVersion]:
