@@ -102,6 +102,14 @@ def test_preferences_round_trip_trl(session, tmp_path):
     assert {r["prompt"] for r in plain} >= {"What is 2+2?", "Capital of France?"}
     margins = {r["prompt"]: r["margin"] for r in plain}
     assert margins["What is 2+2?"] == 1.0 and margins["Capital of France?"] == 2.0
+    # a project of text prompts only: "auto" stays plain text (a text prompt's messages column holds JSON
+    # null, which must not count as a chat)
+    projects.create_project(session, "plain")
+    text_only = [r for r in TRL_ROWS if isinstance(r["prompt"], str)]
+    importers.import_preferences(session, _write(tmp_path, "plain.jsonl", text_only), "plain")
+    session.commit()
+    auto = list(export.iter_preference_rows(session, project="plain"))
+    assert auto and all(isinstance(r["prompt"], str) and isinstance(r["chosen"], str) for r in auto)
 
 
 def test_hh_round_trip(session, tmp_path):

@@ -191,7 +191,9 @@ def _conversational(session: Session, pid: int | None, mode: str) -> bool:
         return mode == "always"
     if mode != "auto":
         raise InputError(f"conversational must be auto, always or never, not {mode!r}", field="conversational")
-    q = select(Prompt.id).where(Prompt.messages.is_not(None))
+    # Chat prompts are the ones without text: `messages` of a text prompt may hold JSON null, which is not
+    # SQL NULL, so it cannot tell them apart.
+    q = select(Prompt.id).where(Prompt.text.is_(None))
     if pid is not None:
         q = q.where(Prompt.project_id == pid)
     return session.scalar(q.limit(1)) is not None
