@@ -52,6 +52,12 @@ def texts(at: AppTest) -> str:
     return "\n".join(str(p) for p in parts)
 
 
+def btn(at: AppTest, name: str):
+    """A compare-page button by its name; keys end in the task id (a press for a task no longer on screen is
+    dropped)."""
+    return next(b for b in at.button if b.key and b.key.rsplit("_", 1)[0] == name)
+
+
 def no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
@@ -174,16 +180,16 @@ def test_compare_submit_writes_one_label_and_shows_next(seeded):
     first = _prompt_shown(at)
     # HTML in model text is escaped so it shows as text.
     assert any("\\<script>" in m.value for m in at.markdown)
-    at.button(key="cmp_submit").click().run()
+    btn(at, "cmp_submit").click().run()
     assert "Pick one first" in texts(at)
     assert count(seeded["url"], PreferenceLabel) == 0
     tid = seeded["compare_task_ids"][0]
-    at.button(key="btn_b").click().run()
-    assert at.button(key="btn_b").proto.type == "primary"
-    at.button(key="btn_strong").click().run()
+    btn(at, "btn_b").click().run()
+    assert btn(at, "btn_b").proto.type == "primary"
+    btn(at, "btn_strong").click().run()
     at.pills(key=f"cmp_flags_{tid}").set_value(["hallucination"]).run()
     at.text_input(key=f"cmp_comment_{tid}").input("B is right").run()
-    at.button(key="cmp_submit").click().run()
+    btn(at, "cmp_submit").click().run()
     no_exception(at)
     with session_scope(seeded["url"]) as s:
         labels = s.scalars(select(PreferenceLabel)).all()
@@ -200,14 +206,14 @@ def test_compare_double_submit_writes_one_label(seeded):
     at = app_as("alice", seeded)
     tid = seeded["compare_task_ids"][0]
     view = at.session_state[f"task:compare:{seeded['project_id']}"]
-    at.button(key="btn_a").click().run()
-    at.button(key="cmp_submit").click().run()
+    btn(at, "btn_a").click().run()
+    btn(at, "cmp_submit").click().run()
     assert count(seeded["url"], PreferenceLabel) == 1
     # The same submit arrives again (double click / resent request): the old task is back on screen.
     at.session_state[f"task:compare:{seeded['project_id']}"] = view
     at.session_state[f"cmp_choice_{tid}"] = "a"
     at.run()
-    at.button(key="cmp_submit").click().run()
+    btn(at, "cmp_submit").click().run()
     no_exception(at)
     assert count(seeded["url"], PreferenceLabel) == 1
     assert any("Already saved" in t.value for t in at.toast)
@@ -217,7 +223,7 @@ def test_compare_skip_records_reason_and_moves_on(seeded):
     at = app_as("alice", seeded)
     tid = seeded["compare_task_ids"][0]
     at.selectbox(key=f"skip_reason_{tid}").set_value("Prompt is unclear").run()
-    at.button(key="cmp_skip").click().run()
+    btn(at, "cmp_skip").click().run()
     no_exception(at)
     with session_scope(seeded["url"]) as s:
         a = s.scalar(select(Assignment).where(Assignment.task_id == tid))
@@ -230,8 +236,8 @@ def test_compare_empty_state(seeded):
     at = app_as("alice", seeded)
     for _ in range(4):
         at.session_state[f"task:compare:{seeded['project_id']}"]
-        at.button(key="btn_tie").click().run()
-        at.button(key="cmp_submit").click().run()
+        btn(at, "btn_tie").click().run()
+        btn(at, "cmp_submit").click().run()
     no_exception(at)
     assert count(seeded["url"], PreferenceLabel) == 4
     assert "No tasks left in this project — thanks!" in texts(at)
@@ -299,8 +305,8 @@ def test_demonstrate_validation_then_submit(seeded):
 def test_history_lists_and_revises(seeded):
     at = app_as("alice", seeded)
     seeded["compare_task_ids"][0]
-    at.button(key="btn_a").click().run()
-    at.button(key="cmp_submit").click().run()
+    btn(at, "btn_a").click().run()
+    btn(at, "cmp_submit").click().run()
     at.switch_page("views/history.py").run()
     no_exception(at)
     assert at.dataframe[0].value.shape[0] == 1
@@ -378,8 +384,8 @@ def captured_downloads(monkeypatch):
 def test_export_download_content(seeded, captured_downloads):
     at = app_as("alice", seeded)
     for tid, choice in zip(seeded["compare_task_ids"][:2], ["a", "b"]):
-        at.button(key=f"btn_{choice}").click().run()
-        at.button(key="cmp_submit").click().run()
+        btn(at, f"btn_{choice}").click().run()
+        btn(at, "cmp_submit").click().run()
     assert count(seeded["url"], PreferenceLabel) == 2
     admin = app_as("admin", seeded, role="admin")
     admin.switch_page("views/export.py").run()
@@ -451,8 +457,8 @@ def test_agreement_page_with_overlap(seeded):
     for who, choices in (("alice", ["a", "b", "a"]), ("bob", ["a", "a", "a"])):
         at = app_as(who, seeded)
         for c in choices:
-            at.button(key=f"btn_{c}").click().run()
-            at.button(key="cmp_submit").click().run()
+            btn(at, f"btn_{c}").click().run()
+            btn(at, "cmp_submit").click().run()
     assert count(seeded["url"], PreferenceLabel) == 6
     admin = app_as("admin", seeded, role="admin")
     admin.switch_page("views/agreement.py").run()

@@ -24,15 +24,15 @@ with st.sidebar.expander("Keyboard shortcuts", icon=":material/keyboard:"):
                 "**Q / W / E** slight / clear / strong  \n**Enter** submit · **S** skip · **G** guidelines")
 
 
-def _set_current(prefix: str, value: str, pid: int) -> None:
-    """Button callback: set the choice/strength of the task on screen *now*.
+def _set_current(prefix: str, value: str, pid: int, tid: int) -> None:
+    """Button callback: set the choice/strength of task `tid`, if it is still the task on screen.
 
-    Keys and callback arguments are stable across tasks on purpose: a shortcut pressed while the next
-    task is still painting reaches the button rendered for the previous task, and must still count.
+    Keys carry the task id: a shortcut pressed again while the next task is painting (the first press looked
+    lost) must not label a task the annotator has not seen yet; it is dropped instead.
     """
     view = st.session_state.get(held_key(KIND, pid))
-    if view is not None:
-        st.session_state[f"{prefix}_{view.task_id}"] = value
+    if view is not None and view.task_id == tid:
+        st.session_state[f"{prefix}_{tid}"] = value
 
 
 @st.fragment
@@ -46,40 +46,43 @@ def compare_body(project: dict) -> None:
     ck, sk, fk, mk = (f"cmp_choice_{tid}", f"cmp_strength_{tid}", f"cmp_flags_{tid}", f"cmp_comment_{tid}")
     st.session_state.setdefault(sk, "clear")
 
-    with st.container(border=True, key="prompt_box"):
-        st.caption(f"PROMPT · task #{tid}")
-        render_prompt(view)
+    prompt_box = st.container(border=True, key="prompt_box")
     cols = st.columns(2, gap="medium")
-    for col, letter, resp in zip(cols, "AB", view.responses):
-        with col, st.container(border=True, height=440, key=f"resp_{letter}"):
-            st.markdown(f"#### Response {letter}")
-            show_text(resp["text"])
-
+    # The buttons are sent before the task's text: by the time the new prompt shows, its shortcuts (keyed by
+    # this task) are live, so a key pressed on seeing it counts, and a press on the old task's buttons is one
+    # made before the new task was visible (dropped by _set_current).
     choice = st.session_state.get(ck)
     with st.container(border=True, key="action_bar"):
         row = st.columns(4)
         for c, (value, label, key) in zip(row, CHOICES):
-            c.button(label, key=f"btn_{value}", shortcut=key, width="stretch",
+            c.button(label, key=f"btn_{value}_{tid}", shortcut=key, width="stretch",
                      type="primary" if choice == value else "secondary", on_click=_set_current,
-                     args=("cmp_choice", value, pid))
+                     args=("cmp_choice", value, pid, tid))
         opts = st.columns([1, 1], vertical_alignment="bottom")
         with opts[0]:
             st.caption("Strength" + ("" if choice in (None, "a", "b") else " (only for A/B)"))
             srow = st.columns(3)
             for c, s_ in zip(srow, STRENGTHS):
-                c.button(s_.capitalize(), key=f"btn_{s_}", shortcut=STRENGTH_KEYS[s_], width="stretch",
+                c.button(s_.capitalize(), key=f"btn_{s_}_{tid}", shortcut=STRENGTH_KEYS[s_], width="stretch",
                          type="primary" if st.session_state[sk] == s_ else "secondary",
-                         on_click=_set_current, args=("cmp_strength", s_, pid))
+                         on_click=_set_current, args=("cmp_strength", s_, pid, tid))
         with opts[1]:
             st.text_input("Comment (optional)", key=mk, placeholder="Anything the reviewers should know")
         st.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=fk)
         arow = st.columns([2, 3, 1], vertical_alignment="bottom")
-        submit = arow[0].button("Submit", key="cmp_submit", type="primary", shortcut="Enter",
+        submit = arow[0].button("Submit", key=f"cmp_submit_{tid}", type="primary", shortcut="Enter",
                                 icon=":material/send:", width="stretch")
         reason = arow[1].selectbox("Skip reason", SKIP_REASONS, key=f"skip_reason_{tid}",
                                    label_visibility="collapsed")
-        skip = arow[2].button("Skip", key="cmp_skip", shortcut="S", width="stretch")
+        skip = arow[2].button("Skip", key=f"cmp_skip_{tid}", shortcut="S", width="stretch")
         msg = st.empty()
+    with prompt_box:
+        st.caption(f"PROMPT · task #{tid}")
+        render_prompt(view)
+    for col, letter, resp in zip(cols, "AB", view.responses):
+        with col, st.container(border=True, height=440, key=f"resp_{letter}"):
+            st.markdown(f"#### Response {letter}")
+            show_text(resp["text"])
 
     if submit:
         if choice is None:
