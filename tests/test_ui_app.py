@@ -281,10 +281,16 @@ def test_rank_by_next_best_keys_then_clear(seeded):
     for i in (3, 1, 0):
         at.button(key=f"rank_next_{tid}_{ids[i]}").click().run()
     assert rank_of() == [3, 2, 4, 1]  # C was left and took the last rank
+    at.button(key=f"rank_clear_{tid}").click().run()
+    at.button_group(key=f"rank_{tid}_{ids[0]}").set_value(3)  # one rank clicked by hand, then keys
+    at.run()
+    for i in (1, 2):
+        at.button(key=f"rank_next_{tid}_{ids[i]}").click().run()
+    assert rank_of() == [3, 1, 2, 4]  # the free ranks, never beyond K
     at.button(key=f"rank_submit_{tid}").click().run()
     no_exception(at)
     with session_scope(seeded["url"]) as s:
-        assert s.scalars(select(Ranking)).one().ordering == [[ids[3]], [ids[1]], [ids[0]], [ids[2]]]
+        assert s.scalars(select(Ranking)).one().ordering == [[ids[1]], [ids[2]], [ids[0]], [ids[3]]]
 
 
 def test_demonstrate_validation_then_submit(seeded):

@@ -30,15 +30,18 @@ def _rank_key(tid: int, rid: int) -> str:
 
 
 def _next_best(tid: int, rid: int, ids: list[int]) -> None:
-    """Give `rid` the next rank after those given so far; when one response is left, it takes the last rank."""
+    """Give `rid` the best rank not given yet (ranks clicked by hand are respected); when one response is left,
+    it takes the best rank still free. Never beyond K."""
     state = st.session_state
     if state.get(_rank_key(tid, rid)) is not None:
         return
-    given = [state[_rank_key(tid, r)] for r in ids if state.get(_rank_key(tid, r)) is not None]
-    state[_rank_key(tid, rid)] = max(given, default=0) + 1
+    free = sorted(set(range(1, len(ids) + 1)) - {state.get(_rank_key(tid, r)) for r in ids})
+    if not free:
+        return
+    state[_rank_key(tid, rid)] = free[0]
     left = [r for r in ids if state.get(_rank_key(tid, r)) is None]
-    if len(left) == 1:
-        state[_rank_key(tid, left[0])] = state[_rank_key(tid, rid)] + 1
+    if len(left) == 1 and len(free) > 1:
+        state[_rank_key(tid, left[0])] = free[1]
 
 
 def _ordinal(n: int) -> str:
