@@ -103,14 +103,11 @@ def cmd_projects_list(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from db.services import importers, tasks
+    from db.services import importers
     with _session(args) as s:  # one transaction: any error rolls the whole file back
         if args.what == "prompts":
-            r = importers.import_prompts(s, args.file, args.project)
-            if args.tasks == "demonstrate":
-                from db.services import projects
-                n = tasks.create_demonstrate_tasks(s, projects.get_project(s, args.project).id)
-                r.details["demonstrate tasks"] = n
+            # demonstrate tasks for this file's prompts only, not every prompt of the project
+            r = importers.import_prompts(s, args.file, args.project, demonstrate_tasks=args.tasks == "demonstrate")
         elif args.what == "preferences":
             r = importers.import_preferences(s, args.file, args.project, fmt=args.format)
         else:
@@ -223,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     ip = add(ims, "prompts", cmd_import, "prompts: JSONL with 'prompt' or 'messages' (also MT-Bench 'turns', "
                                           "Alpaca 'instruction'), or CSV with a 'prompt' column")
     ip.add_argument("--tasks", choices=["none", "demonstrate"], default="none",
-                    help="also queue a demonstrate task per new prompt (default: none; use rlhf.generate "
+                    help="also queue a demonstrate task for each prompt of this file (default: none; use rlhf.generate "
                          "for compare/rank tasks)")
     ipr = add(ims, "preferences", cmd_import, "preference pairs: TRL (prompt/chosen/rejected[/margin], strings "
                                                "or chat turns) or Anthropic HH (chosen/rejected transcripts)")

@@ -153,3 +153,24 @@ def test_concurrent_leases_without_submit(db_url):
     [t.join(60) for t in threads]
     taken = [g for g in got if g is not None]
     assert sorted(taken) == sorted(task_ids)
+
+
+def test_changing_the_overlap_reopens_or_closes_tasks(session):
+    from db.models import Project
+    from db.services import projects
+
+    users = make_users(session, 3)
+    pid, task_ids = make_compare_project(session, n_tasks=3, overlap=1)
+    _label_everything(session, users[:1], pid)
+    assert {t.status for t in session.scalars(select(Task))} == {"done"}
+    name = session.get(Project, pid).name
+    projects.update_project(session, name, labels_per_task=2)
+    session.commit()
+    assert {t.status for t in session.scalars(select(Task))} == {"open"}  # each wants a second label now
+    seen = _label_everything(session, users[1:], pid)
+    assert seen == Counter({t: 1 for t in task_ids})  # one more label each, from another annotator
+    assert {t.status for t in session.scalars(select(Task))} == {"done"}
+    projects.update_project(session, name, labels_per_task=3)
+    projects.update_project(session, name, labels_per_task=2)  # back down: nothing left open
+    assert {t.status for t in session.scalars(select(Task))} == {"done"}
+    assert assignment.next_task(session, users[2], pid) is None

@@ -134,8 +134,12 @@ def skip_task(session: Session, user_id: int, task_id: int, reason: str = "",
     """Give the task back with a reason; the user is not offered it again."""
     now = now or utcnow()
     with write_transaction(session):
+        # Lock the task row as submits do (PostgreSQL): a skip racing this user's own submit must not leave a
+        # 'skipped' assignment beside a real label (the slot would be handed out again).
+        session.get(Task, task_id, with_for_update=True, populate_existing=True)
         a = session.scalar(select(Assignment).where(Assignment.task_id == task_id,
-                                                    Assignment.user_id == user_id))
+                                                    Assignment.user_id == user_id).execution_options(
+                                                        populate_existing=True))
         if a is None:
             raise ServiceError(f"task {task_id} is not assigned to this user")
         if a.state == "submitted":

@@ -63,7 +63,10 @@ def _read_text(source: str | Path | bytes, filename: str | None) -> tuple[str, s
 
 
 def _jsonl(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for i, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a JSONL line: str.splitlines() would also cut at U+2028, U+2029 or U+0085, which JSON
+    # allows unescaped inside strings (our own exports write them so).
+    for i, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.models import Project
+from db.models import Project, Task
 from db.services.errors import InputError, NotFound, ServiceError
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -63,7 +63,15 @@ def update_project(session: Session, name: str, *, guidelines: str | None = None
     if labels_per_task is not None:
         if labels_per_task < 1:
             raise InputError("labels_per_task must be >= 1", field="labels_per_task")
-        project.labels_per_task = labels_per_task
+        if labels_per_task != project.labels_per_task:
+            project.labels_per_task = labels_per_task
+            # Re-decide which tasks still need labels: raising the overlap reopens finished tasks, lowering it
+            # closes tasks that already have enough.
+            pid, need = project.id, labels_per_task
+            session.execute(update(Task).where(Task.project_id == pid, Task.status.in_(("open", "done")),
+                                               Task.n_submitted >= need).values(status="done"))
+            session.execute(update(Task).where(Task.project_id == pid, Task.status.in_(("open", "done")),
+                                               Task.n_submitted < need).values(status="open"))
     if settings is not None:
         project.settings = {**project.settings, **settings}
     session.flush()

@@ -67,7 +67,8 @@ c2.download_button("Download manifest", json.dumps(manifest, indent=2, default=s
                    file_name=f"{base}.jsonl.manifest.json", mime="application/json", key="exp_manifest",
                    width="stretch")
 with st.expander("Preview (first 5 rows)"):
-    for line in data.decode("utf-8").splitlines()[:5]:
+    # split on "\n" only, not splitlines(): U+2028 may sit unescaped inside a JSON string
+    for line in [x for x in data.decode("utf-8").split("\n") if x][:5]:
         st.json(json.loads(line), expanded=False)
 with st.expander("Manifest"):
     st.json(manifest)

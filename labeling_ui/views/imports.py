@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from db.services import importers, tasks
+from db.services import importers
 from db.services.errors import ServiceError
 from labeling_ui import auth
 from labeling_ui.common import db, project_picker, show_error
@@ -27,16 +27,14 @@ fmt, demo_tasks = "auto", False
 if kind == "preferences":
     fmt = st.selectbox("Format", ["auto", "trl", "hh"], key="imp_fmt")
 if kind == "prompts":
-    demo_tasks = st.checkbox("Also queue a demonstrate task for each new prompt", key="imp_demo")
+    demo_tasks = st.checkbox("Also queue a demonstrate task for each prompt of this file", key="imp_demo")
 upload = st.file_uploader("File", type=["jsonl", "json", "csv"], key="imp_file")
 if st.button("Import", type="primary", disabled=upload is None, key="imp_go", icon=":material/upload:"):
     data, name = upload.getvalue(), upload.name
     try:
         with db() as s:  # one transaction: any error rolls the whole file back
             if kind == "prompts":
-                r = importers.import_prompts(s, data, project["name"], filename=name)
-                if demo_tasks:
-                    r.details["demonstrate tasks"] = tasks.create_demonstrate_tasks(s, project["id"], source=name)
+                r = importers.import_prompts(s, data, project["name"], filename=name, demonstrate_tasks=demo_tasks)
             elif kind == "preferences":
                 r = importers.import_preferences(s, data, project["name"], fmt=fmt, filename=name)
             else:
