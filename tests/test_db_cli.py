@@ -112,3 +112,19 @@ def test_database_behind_the_code_gets_a_clear_message(tmp_path, capsys):
     assert main(["--url", url, "upgrade"]) == 0
     dispose_engines()
     assert main(["--url", url, "users", "list"]) == 0
+
+
+def test_import_prompts_queues_demonstrate_tasks_for_the_file_only(cli_url, tmp_path):
+    from db.models import Task
+    from db.services import content, projects
+
+    assert main(["--url", cli_url, "projects", "create", "d"]) == 0
+    s = session_factory(cli_url)()
+    content.add_prompt(s, projects.get_project(s, "d").id, text="an older prompt, not in the file")
+    s.commit()
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "first"}\n{"prompt": "second"}\n')
+    assert main(["--url", cli_url, "import", "prompts", str(f), "--project", "d", "--tasks", "demonstrate"]) == 0
+    s.expire_all()
+    assert s.scalar(select(func.count()).select_from(Task).where(Task.kind == "demonstrate")) == 2
+    s.close()

@@ -242,6 +242,30 @@ def test_margin_must_be_a_finite_number(session, tmp_path, margin):
         importers.import_preferences(session, _write(tmp_path, "m.jsonl", [row]), "p")
 
 
+def test_export_import_export_keeps_strengths_and_refuses_tie_rows(session, tmp_path):
+    """A label without strength exports margin 0.0 and comes back without strength; tie rows (--include-ties)
+    are refused with their line, nothing imported; a U+2028 inside a string survives the round trip."""
+    projects.create_project(session, "src")
+    rows = [{"prompt": "q1\u2028more", "chosen": "a1", "rejected": "b1", "margin": 0.0},
+            {"prompt": "q2", "chosen": "a2", "rejected": "b2", "margin": 2.0}]
+    f = tmp_path / "src.jsonl"
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    importers.import_preferences(session, f, "src")
+    session.commit()
+    out = tmp_path / "out.jsonl"
+    export.export_file(session, "preferences", out, project="src", conversational="never")
+    projects.create_project(session, "dst")
+    importers.import_preferences(session, out, "dst")
+    session.commit()
+    again = {r["prompt"]: r["margin"] for r in export.iter_preference_rows(session, project="dst",
+                                                                          conversational="never")}
+    assert again == {"q1\u2028more": 0.0, "q2": 2.0}
+    tie = {"prompt": "q3", "chosen": "x", "rejected": "y", "margin": 0.0, "tie": "tie"}
+    projects.create_project(session, "ties")
+    with pytest.raises(InputError, match=r"t\.jsonl:2, field 'tie'"):
+        importers.import_preferences(session, _write(tmp_path, "t.jsonl", rows[1:] + [tie]), "ties")
+
+
 def _tree(**reply_overrides):
     replies = [{"role": "assistant", "text": f"reply {i}", "rank": i} for i in range(3)]
     replies[1].update(reply_overrides)

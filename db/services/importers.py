@@ -279,6 +279,9 @@ def parse_preferences(text: str, name: str, fmt: str = "auto") -> tuple[str, lis
                 raise InputError("must be a finite number", field="margin")
             if chosen == rejected:
                 raise InputError("chosen and rejected are identical", field="rejected")
+            if obj.get("tie"):  # rows of an export made with --include-ties: no winner to import
+                raise InputError(f"a '{obj['tie']}' row (exported with --include-ties) has no preferred "
+                                 "response; export without ties to import", field="tie")
         except InputError as e:
             raise InputError(e.reason, file=name, line=i, field=e.field) from e
         rows.append({"messages": prompt_msgs, "chosen": chosen, "rejected": rejected, "margin": margin,
@@ -287,7 +290,9 @@ def parse_preferences(text: str, name: str, fmt: str = "auto") -> tuple[str, lis
 
 
 def strength_for_margin(margin: float | None) -> str | None:
-    if margin is None:
+    """Label strength from a dataset's margin; a margin of 0 or less (what our export writes for a label
+    without strength, e.g. a ranking pair) means none, so export -> import -> export keeps it."""
+    if margin is None or margin <= 0:
         return None
     for bound, name in STRENGTH_FOR_MARGIN:
         if margin < bound:
