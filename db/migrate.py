@@ -21,10 +21,34 @@ def alembic_config(url: str | None = None) -> Config:
     return cfg
 
 
+def _migration_connection(url: str):
+    """A connection for migrations. On SQLite, foreign keys are off while revisions run: a batch migration
+    rebuilds a table (copy, drop, rename), and with them on, dropping `tasks` would cascade-delete every label.
+    The pragma only takes effect outside a transaction, so it is set before `begin()`."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def conn_cm():
+        engine = get_engine(url)
+        with engine.connect() as conn:
+            sqlite = engine.dialect.name == "sqlite"
+            raw = conn.connection.dbapi_connection if sqlite else None
+            if raw is not None:  # on the driver connection: through SQLAlchemy it would run inside BEGIN
+                raw.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                if raw is not None:
+                    raw.execute("PRAGMA foreign_keys=ON")
+
+    return conn_cm()
+
+
 def upgrade(url: str | None = None, revision: str = "head") -> str | None:
     url = url or database_url()
     cfg = alembic_config(url)
-    with get_engine(url).begin() as conn:
+    with _migration_connection(url) as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     return current_revision(url)
@@ -33,7 +57,7 @@ def upgrade(url: str | None = None, revision: str = "head") -> str | None:
 def downgrade(url: str | None = None, revision: str = "base") -> str | None:
     url = url or database_url()
     cfg = alembic_config(url)
-    with get_engine(url).begin() as conn:
+    with _migration_connection(url) as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
     return current_revision(url)
@@ -56,6 +80,16 @@ def create_schema(url: str | None = None) -> str | None:
 def current_revision(url: str | None = None) -> str | None:
     with get_engine(url or database_url()).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def known_revision(rev: str) -> bool:
+    """Whether `rev` is one of this code's revisions (else the database is newer than the code)."""
+    from alembic.util.exc import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(rev) is not None
+    except CommandError:
+        return False
 
 
 def head_revision() -> str | None:

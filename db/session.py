@@ -86,6 +86,12 @@ def require_schema(url: str | None = None) -> None:
                            "(with the same DATABASE_URL) first")
     current, head = current_revision(url), head_revision()
     if current != head:  # an older schema fails later with "no such table/column"; say why now
+        from db.migrate import known_revision
+
+        if current is not None and not known_revision(current):
+            raise ServiceError(f"the database {shown} is at schema revision {current}, which this InstructLoop "
+                               f"does not know (it stops at {head}): the database was upgraded by a newer "
+                               "version; update InstructLoop")
         raise ServiceError(f"the database {shown} is at schema revision {current}, this InstructLoop needs "
                            f"{head}: run `python -m db upgrade` (with the same DATABASE_URL), after a backup")
     _checked.add(url)

@@ -128,3 +128,31 @@ def test_import_prompts_queues_demonstrate_tasks_for_the_file_only(cli_url, tmp_
     s.expire_all()
     assert s.scalar(select(func.count()).select_from(Task).where(Task.kind == "demonstrate")) == 2
     s.close()
+
+
+def test_database_newer_than_the_code_says_so(tmp_path, capsys):
+    from sqlalchemy import text
+
+    from db.session import dispose_engines, get_engine
+
+    url = f"sqlite:///{tmp_path / 'newer.sqlite3'}"
+    upgrade(url)
+    with get_engine(url).begin() as c:
+        c.execute(text("UPDATE alembic_version SET version_num = '0099'"))  # as left by a newer InstructLoop
+    dispose_engines()
+    assert main(["--url", url, "users", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "0099" in err and "newer version" in err and "update InstructLoop" in err
+
+
+def test_sqlite_migrations_run_with_foreign_keys_off(tmp_path):
+    """A batch migration rebuilds a table (copy, drop, rename); with foreign keys on, dropping `tasks` would
+    cascade-delete every label. Revisions therefore run with them off, and they are on again afterwards."""
+    from db.migrate import _migration_connection
+    from db.session import get_engine
+
+    url = f"sqlite:///{tmp_path / 'fk.sqlite3'}"
+    with _migration_connection(url) as c:
+        assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
+    with get_engine(url).connect() as c:
+        assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

@@ -110,7 +110,11 @@ def parse_prompts(text: str, name: str) -> list[dict[str, Any]]:
         if not reader.fieldnames or "prompt" not in reader.fieldnames:
             raise InputError(f"CSV needs a 'prompt' column (found: {', '.join(reader.fieldnames or [])})",
                              file=name, line=1, field="prompt")
-        for i, rec in enumerate(reader, start=2):
+        try:
+            records = [(reader.line_num, rec) for rec in reader]  # line_num: where the record ends in the file
+        except csv.Error as e:
+            raise InputError(f"malformed CSV: {e}", file=name, line=reader.line_num) from e
+        for i, rec in records:
             value = (rec.get("prompt") or "").strip()
             if not value:
                 raise InputError("empty prompt", file=name, line=i, field="prompt")

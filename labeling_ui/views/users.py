@@ -59,10 +59,14 @@ with right:
             st.rerun()
     label = "Deactivate" if u["active"] else "Reactivate"
     if c2.button(label, key="users_active_btn", disabled=name == me["username"]):
-        with db() as s:
-            accounts.set_active(s, name, not u["active"])
-        st.session_state["_flash_users"] = f"{name} {'deactivated' if u['active'] else 'reactivated'}"
-        st.rerun()
+        try:
+            with db() as s:
+                accounts.set_active(s, name, not u["active"])
+        except ServiceError as e:
+            show_error(e)
+        else:
+            st.session_state["_flash_users"] = f"{name} {'deactivated' if u['active'] else 'reactivated'}"
+            st.rerun()
     with st.form(f"reset_{name}", clear_on_submit=True):
         pw = st.text_input("New password", type="password")
         if st.form_submit_button("Reset password"):
