@@ -25,28 +25,41 @@ def db() -> Iterator[Session]:
 
 
 # ------------------------------------------------------------------ safe rendering of model text
-_FENCE = re.compile(r"(^[ \t]*(```|~~~).*?(?:^[ \t]*\2[ \t]*$|\Z))", re.DOTALL | re.MULTILINE)
+# A fence closes with at least as many of its characters (CommonMark): ``` ... ```` is one block.
+_FENCE = re.compile(r"(^[ \t]*(```+|~~~+).*?(?:^[ \t]*\2[`~]*[ \t]*$|\Z))", re.DOTALL | re.MULTILINE)
 _INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
-_ESCAPE = re.compile(r"([<$])")
+_ESCAPE = re.compile(r"([<$\[])")
+_DIRECTIVE = re.compile(r":(?=[A-Za-z_])")  # :red[...] colours (a URL's :// is left alone)
+_ICON = re.compile(r"(:[A-Za-z_]+)/")  # :material/home: icons (only an escaped slash stops them)
+
+
+def _escape_segment(text: str) -> str:
+    """Prose outside code: a backslash stays a backslash (so `\\$` cannot reopen math); `<` shows tags as text;
+    `$` is no math; `[` makes no link or image; `:red[…]` no colour and `:material/…:` no icon (checked in
+    Chromium: each escape is what stops the renderer)."""
+    text = text.replace("\\", "\\\\")
+    text = _ESCAPE.sub(r"\\\1", text)
+    text = _ICON.sub(r"\1\\/", text)
+    return _DIRECTIVE.sub(r"\\:", text)
 
 
 def _escape_prose(text: str) -> str:
     out, last = [], 0
     for m in _INLINE_CODE.finditer(text):
-        out.append(_ESCAPE.sub(r"\\\1", text[last:m.start()]))
+        out.append(_escape_segment(text[last:m.start()]))
         out.append(m.group(0))
         last = m.end()
-    out.append(_ESCAPE.sub(r"\\\1", text[last:]))
+    out.append(_escape_segment(text[last:]))
     return "".join(out)
 
 
 def safe_markdown(text: str) -> str:
-    """Markdown source that shows raw HTML (and `$`) literally while keeping code blocks intact.
+    """Markdown source that shows what the model wrote: formatting (bold, lists, code) renders, but nothing
+    that acts on the page or hides text: raw HTML, math, links, images, colours and icons show as text.
 
     Streamlit never renders raw HTML without unsafe_allow_html, but it would silently drop tags
-    such as `<script>`; annotators must *see* them (a response full of HTML is a bad response),
-    so `<` and `$` outside code are backslash-escaped. Code blocks and spans render
-    verbatim by Markdown's own rules.
+    such as `<script>`; annotators must *see* them (a response full of HTML is a bad response).
+    Code blocks and spans render verbatim by Markdown's own rules.
     """
     text = text or ""
     out, last = [], 0

@@ -454,6 +454,13 @@ def test_safe_markdown_escapes_html_outside_code():
     out = safe_markdown(src)
     assert "\\<script>" in out and "\\$5" in out
     assert "```html\n<b>code</b>\n```" in out and "`<i>`" in out
+    # nothing that loads, links, hides or fakes the UI: images, links, maths after a backslash, colours, icons
+    assert safe_markdown("![x](http://e/x.png) [click](http://p)") == "!\\[x](http://e/x.png) \\[click](http://p)"
+    assert safe_markdown(r"costs \$5") == r"costs \\\$5"  # shows \$5, no math
+    assert safe_markdown(":red[hidden] :material/home:") == r"\:red\[hidden] \:material\/home:"
+    assert safe_markdown("see https://example.com/a") == "see https://example.com/a"
+    # a fence closed by a longer fence ends there: what follows is prose again
+    assert safe_markdown("```\ncode $x$\n````\nafter $y$") == "```\ncode $x$\n````\nafter \\$y\\$"
 
 
 def test_agreement_page_with_overlap(seeded):
