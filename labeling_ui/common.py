@@ -153,6 +153,14 @@ def current_task(user_id: int, project_id: int, kind: str) -> Any | None:
     """The task on screen for this page (leased through next_task), with the time it was first shown."""
     key = held_key(kind, project_id)
     view = st.session_state.get(key)
+    if view is not None:
+        with db() as s:
+            still = assignment.holds(s, user_id, view.task_id)
+        if not still:  # labelled or skipped in another tab (same user): show the next task, and say why
+            st.toast(f"Task #{view.task_id} was already finished (in another tab?); here is the next one.",
+                     icon=":material/tab:")
+            st.session_state.pop(key, None)
+            view = None
     if view is None:
         with db() as s:
             view = assignment.next_task(s, user_id, project_id, kind=kind)

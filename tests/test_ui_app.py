@@ -209,14 +209,34 @@ def test_compare_double_submit_writes_one_label(seeded):
     btn(at, "btn_a").click().run()
     btn(at, "cmp_submit").click().run()
     assert count(seeded["url"], PreferenceLabel) == 1
-    # The same submit arrives again (double click / resent request): the old task is back on screen.
+    # The old task comes back on screen (a resent request, a stale tab): it is not shown again for labelling
     at.session_state[f"task:compare:{seeded['project_id']}"] = view
     at.session_state[f"cmp_choice_{tid}"] = "a"
     at.run()
-    btn(at, "cmp_submit").click().run()
     no_exception(at)
+    assert at.session_state[f"task:compare:{seeded['project_id']}"].task_id != tid
+    assert any(f"Task #{tid} was already finished" in t.value for t in at.toast)
     assert count(seeded["url"], PreferenceLabel) == 1
-    assert any("Already saved" in t.value for t in at.toast)
+
+
+def test_two_tabs_of_one_annotator_never_lose_an_answer_silently(seeded):
+    """Both tabs show the user's leased task; tab 1 submits. Tab 2's next run moves on and says why; a second,
+    different answer for the same task reaching the service is refused (the page then says NOT saved)."""
+    tab1, tab2 = app_as("alice", seeded), app_as("alice", seeded)
+    key = f"task:compare:{seeded['project_id']}"
+    t = tab1.session_state[key].task_id
+    assert tab2.session_state[key].task_id == t  # next_task hands back the lease the user holds
+    btn(tab1, "btn_a").click().run()
+    btn(tab1, "cmp_submit").click().run()
+    assert tab1.session_state[key].task_id != t
+    tab2.run()  # any interaction
+    assert tab2.session_state[key].task_id != t
+    assert any(f"Task #{t} was already finished" in x.value for x in tab2.toast)
+    from db.services import labels
+    with session_scope(seeded["url"]) as s:
+        lab, created = labels.submit_preference(s, seeded["alice_id"], t, "b", strength="strong")
+        assert not created and lab.choice == "a"
+    assert count(seeded["url"], PreferenceLabel) == 1
 
 
 def test_compare_skip_records_reason_and_moves_on(seeded):

@@ -129,6 +129,14 @@ def open_task(session: Session, user_id: int, task_id: int) -> TaskView:
     return task_view(session, task, a)
 
 
+def holds(session: Session, user_id: int, task_id: int) -> bool:
+    """Whether the user still holds the task (leased, not yet labelled or skipped): a page showing it in one
+    browser tab learns that another tab finished it."""
+    state = session.scalar(select(Assignment.state).where(Assignment.task_id == task_id,
+                                                          Assignment.user_id == user_id))
+    return state == "assigned"
+
+
 def skip_task(session: Session, user_id: int, task_id: int, reason: str = "",
               *, now: dt.datetime | None = None) -> Assignment:
     """Give the task back with a reason; the user is not offered it again."""

@@ -92,7 +92,10 @@ def compare_body(project: dict) -> None:
         task_action(KIND, pid, lambda s: labels.submit_preference(
             s, user["id"], tid, choice, strength=strength, flags=st.session_state.get(fk) or [],
             comment=st.session_state.get(mk, ""), seconds=seconds_on(KIND, pid)),
-            lambda r: ("Saved" if r[1] else "Already saved — nothing changed", ":material/check:"))
+            lambda r: ("Saved", ":material/check:") if r[1] else
+            ("Already saved — nothing changed", ":material/check:") if (r[0].choice, r[0].strength) == (choice, strength)
+            else ("Already labelled (another tab?): this answer was NOT saved; change it in My history",
+                  ":material/warning:"))
     if skip:
         skip_action(KIND, pid, user["id"], tid, reason)
 

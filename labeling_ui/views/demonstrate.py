@@ -45,9 +45,13 @@ def demonstrate_body(project: dict) -> None:
                                label_visibility="collapsed")
     skip = arow[2].button("Skip", key=f"demo_skip_{tid}", width="stretch")
     if submit:
+        text = st.session_state.get(key) or ""
         task_action(KIND, pid, lambda s: labels.submit_demonstration(
-            s, user["id"], tid, st.session_state.get(key) or "", seconds=seconds_on(KIND, pid)),
-            lambda r: ("Demonstration saved" if r[1] else "Already saved", ":material/check:"))
+            s, user["id"], tid, text, seconds=seconds_on(KIND, pid)),
+            lambda r: ("Demonstration saved", ":material/check:") if r[1] else
+            ("Already saved", ":material/check:") if r[0].text.strip() == text.strip()
+            else ("Already written (another tab?): this text was NOT saved; change it in My history",
+                  ":material/warning:"))
     if skip:
         skip_action(KIND, pid, user["id"], tid, reason)
 

@@ -104,10 +104,14 @@ def rank_body(project: dict) -> None:
         if missing:
             msg.warning(f"Give every response a rank (missing: response {', '.join(missing)}).")
             return
+        ordering = ordering_from_ranks(ranks)
         task_action(KIND, pid, lambda s: labels.submit_ranking(
-            s, user["id"], tid, ordering_from_ranks(ranks), flags=st.session_state.get(f"rank_flags_{tid}") or [],
+            s, user["id"], tid, ordering, flags=st.session_state.get(f"rank_flags_{tid}") or [],
             comment=st.session_state.get(f"rank_comment_{tid}", ""), seconds=seconds_on(KIND, pid)),
-            lambda r: ("Ranking saved" if r[1] else "Already saved — nothing changed", ":material/check:"),
+            lambda r: ("Ranking saved", ":material/check:") if r[1] else
+            ("Already saved — nothing changed", ":material/check:") if r[0].ordering == ordering
+            else ("Already ranked (another tab?): this ranking was NOT saved; change it in My history",
+                  ":material/warning:"),
             on_error=lambda e: msg.error(str(e), icon=":material/error:"))
     if skip:
         skip_action(KIND, pid, user["id"], tid, reason)
