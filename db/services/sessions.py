@@ -11,10 +11,11 @@ import datetime as dt
 import hashlib
 import secrets
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from db.models import UISession, User, utcnow
+from db.session import write_transaction
 
 # Writing last_seen_at on every rerun would turn each click into a write; a minute's slack is plenty for an
 # idle timeout measured in tens of minutes.
@@ -33,9 +34,9 @@ def create_session(session: Session, user_id: int, lifetime: dt.timedelta) -> st
     """A new session for `user_id`; returns the token for the browser (only its hash is stored)."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
-    session.add(UISession(user_id=user_id, token_hash=_hash(token), created_at=now, last_seen_at=now,
-                          expires_at=now + lifetime))
-    session.flush()
+    with write_transaction(session):
+        session.add(UISession(user_id=user_id, token_hash=_hash(token), created_at=now, last_seen_at=now,
+                              expires_at=now + lifetime))
     return token
 
 
@@ -50,14 +51,16 @@ def resume_session(session: Session, token: str | None, idle: dt.timedelta) -> U
         return None
     now = utcnow()
     user = session.get(User, row.user_id)
+    # Writes go through write_transaction: on SQLite a write after a read in a plain transaction fails at
+    # once ("database is locked") when another writer committed in between, instead of waiting its turn.
     if (_aware(row.expires_at) <= now or now - _aware(row.last_seen_at) > idle or user is None
             or not user.active or user.is_system):
-        session.delete(row)
-        session.flush()
+        with write_transaction(session):
+            session.execute(delete(UISession).where(UISession.id == row.id))
         return None
     if now - _aware(row.last_seen_at) > TOUCH_EVERY:
-        row.last_seen_at = now
-        session.flush()
+        with write_transaction(session):
+            session.execute(update(UISession).where(UISession.id == row.id).values(last_seen_at=now))
     return user
 
 
