@@ -24,7 +24,9 @@ from db.services import accounts, assignment, export, labels, projects
 from db.session import dispose_engines, get_engine, session_factory
 
 
-def seed(url: str, n: int) -> int:
+def seed(url: str, n: int, rank_share: float = 0.0) -> int:
+    """n prompts with two responses and one task each; the last `rank_share` of the tasks are rank tasks
+    (so a next_task(kind="rank") has every compare task sorting before it)."""
     eng = get_engine(url)
     Base.metadata.drop_all(eng)
     create_schema(url)
@@ -41,7 +43,9 @@ def seed(url: str, n: int) -> int:
             c.execute(insert(Response), [{"id": 2 * i + k - 1, "prompt_id": i, "text": f"response {k} to {i}",
                                           "params": {}, "sample_index": k, "content_hash": f"r{i}-{k}"}
                                          for i in ids for k in (0, 1)])
-            c.execute(insert(Task), [{"id": i, "project_id": pid, "kind": "compare", "prompt_id": i,
+            first_rank = n - int(n * rank_share)
+            c.execute(insert(Task), [{"id": i, "project_id": pid, "kind": "rank" if i > first_rank else "compare",
+                                      "prompt_id": i,
                                       "response_ids": [2 * i - 1, 2 * i], "status": "open", "n_submitted": 0,
                                       "dedup_key": f"t{i}", "source": "bench"} for i in ids])
     print(f"  seeded {n:,} prompts/200k responses/{n:,} tasks in {time.perf_counter() - t0:.1f}s")
@@ -57,11 +61,34 @@ QUEUE_INDEXES = {
 }
 
 
-def use_index(url: str, ddl: str) -> None:
+def use_index(url: str, ddl: str, name: str = "ix_tasks_queue") -> None:
     with get_engine(url).begin() as c:
-        c.exec_driver_sql("DROP INDEX IF EXISTS ix_tasks_queue")
-        c.exec_driver_sql(ddl)
+        c.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+        if ddl:
+            c.exec_driver_sql(ddl)
         c.exec_driver_sql("ANALYZE")
+
+
+KIND_INDEX = ("CREATE INDEX ix_tasks_queue_kind ON tasks (project_id, status, kind, n_submitted DESC, id)")
+
+
+def bench_next_task_of_kind(url: str, pid: int, calls: int, label: str) -> float:
+    """next_task(kind="rank") as the Rank page asks for it; each call a new lease (no submit: rank tasks)."""
+    s = session_factory(url)()
+    tag = abs(hash(label)) % 10_000
+    users = [accounts.create_user(s, f"k{tag}-{i}", "password-1").id for i in range(calls)]
+    s.commit()
+    lat = []
+    for uid in users:
+        t0 = time.perf_counter()
+        v = assignment.next_task(s, uid, pid, kind="rank")
+        lat.append(time.perf_counter() - t0)
+        assert v is not None and v.kind == "rank"
+    lat.sort()
+    p50, p95 = statistics.median(lat), lat[int(0.95 * len(lat)) - 1]
+    print(f"  next_task(kind='rank'), {label}, {calls} calls: p50 {p50 * 1e3:.2f} ms, p95 {p95 * 1e3:.2f} ms")
+    s.close()
+    return p50
 
 
 def bench_next_task(url: str, pid: int, calls: int, label: str = "next_task") -> float:
@@ -107,12 +134,21 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=300, help="next_task calls to time (default 300)")
     ap.add_argument("--compare-index", action="store_true",
                     help="also time next_task with the first, ascending queue index (ratio in one run)")
+    ap.add_argument("--compare-kind-index", action="store_true",
+                    help="10%% of the tasks are rank tasks, sorting after the compare tasks: time "
+                         "next_task(kind='rank') without and with the kind queue index (ratio in one run)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     urls = args.url or [f"sqlite:///{tmp / 'bench.sqlite3'}"]
     for url in urls:
         print(f"{get_engine(url).dialect.name}:")
-        pid = seed(url, args.tasks)
+        pid = seed(url, args.tasks, rank_share=0.1 if args.compare_kind_index else 0.0)
+        if args.compare_kind_index:
+            use_index(url, "", "ix_tasks_queue_kind")
+            before = bench_next_task_of_kind(url, pid, args.calls, "without the kind index")
+            use_index(url, KIND_INDEX, "ix_tasks_queue_kind")
+            after = bench_next_task_of_kind(url, pid, args.calls, "with the kind index")
+            print(f"  next_task(kind) p50 ratio without/with kind index: {before / after:.0f}x")
         if args.compare_index:
             p50 = {}
             for label, ddl in QUEUE_INDEXES.items():

@@ -166,6 +166,9 @@ class Task(Base):
 # next_task scans open tasks of a project, closest to completion first, then oldest: the index
 # order must match ORDER BY n_submitted DESC, id ASC exactly, or every call sorts all open tasks.
 Index("ix_tasks_queue", Task.project_id, Task.status, Task.n_submitted.desc(), Task.id)
+# The labeling pages always ask for one kind: without kind in the key, next_task(kind=...) walks every open task
+# of the other kinds that sorts first.
+Index("ix_tasks_queue_kind", Task.project_id, Task.status, Task.kind, Task.n_submitted.desc(), Task.id)
 
 
 class Assignment(Base):
