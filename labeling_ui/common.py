@@ -100,10 +100,13 @@ def project_picker(where: Any = None) -> dict[str, Any] | None:
     if not rows:
         return None
     by_id = {r["id"]: r for r in rows}
-    if st.session_state.get(PROJECT_KEY) not in by_id:
-        st.session_state[PROJECT_KEY] = rows[0]["id"]
+    # The widget's own key is cleared by Streamlit on pages that do not show it (Users, Models...); the
+    # choice is kept under a second key so that coming back to a labeling page keeps the project.
+    chosen = st.session_state.get(PROJECT_KEY, st.session_state.get(PROJECT_KEY + ":kept"))
+    st.session_state[PROJECT_KEY] = chosen if chosen in by_id else rows[0]["id"]
     container = where if where is not None else st.sidebar
     container.selectbox("Project", list(by_id), format_func=lambda i: by_id[i]["name"], key=PROJECT_KEY)
+    st.session_state[PROJECT_KEY + ":kept"] = st.session_state[PROJECT_KEY]
     return by_id[st.session_state[PROJECT_KEY]]
 
 

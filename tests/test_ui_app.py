@@ -535,3 +535,18 @@ def test_oidc_identity_maps_to_user_row(seeded):
     other.user = {"is_logged_in": True, "sub": "idp|99", "email": "mallory@example.com"}
     other.run()
     assert "user" not in other.session_state and "not linked" in texts(other)
+
+
+def test_project_choice_survives_a_visit_to_an_admin_page(seeded):
+    from db.services import projects
+    with session_scope(seeded["url"]) as s:
+        projects.create_project(s, "second")
+    at = app_as("admin", seeded, role="admin")
+    pick = next(sb for sb in at.sidebar.selectbox if sb.label == "Project")
+    second = next(o for o in pick.options if o == "second")
+    pick.select(second).run()
+    assert "Compare · second" in texts(at)
+    at.switch_page("views/users.py").run()  # no project picker there: Streamlit drops the widget's state
+    at.switch_page("views/compare.py").run()
+    no_exception(at)
+    assert "Compare · second" in texts(at)

@@ -11,6 +11,9 @@ from labeling_ui.common import db, show_error
 
 user = auth.require_user("admin")
 st.subheader("Model versions")
+flash = st.session_state.pop("_flash_models", None)
+if flash:  # set before the rerun that follows a registration (a toast sent right before st.rerun is lost)
+    st.toast(flash, icon=":material/check:")
 with db() as s:
     table = stats.model_versions_table(s)
     names = [mv.name for mv in registry.list_versions(s)]
@@ -32,5 +35,5 @@ with st.expander("Register a model version", icon=":material/add:"), st.form("ne
             except ServiceError as e:
                 show_error(e)
             else:
-                st.toast(f"Registered {name}", icon=":material/check:")
+                st.session_state["_flash_models"] = f"Registered {name}"
                 st.rerun()
