@@ -6,8 +6,8 @@ transformers, accelerate, tokenizers; trl, datasets, SQLAlchemy and alembic trav
 
     scripts/gpu_wheels.sh                    # here, once: py3.12 wheels the GPU image lacks, into .whl/
     # device run, carry [".whl"], from the repo root:
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \\
-        PYTHONPATH=/tmp/site python3 scripts/gpu_check.py --out $OUT
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
+        .whl/*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out $OUT
 
 Steps, each printed as PASS/FAIL with its figures (JSON summary in OUT/gpu_check.json; exit 1 if any fails):
   env      torch / CUDA / device / bf16 support
