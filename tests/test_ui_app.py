@@ -393,43 +393,30 @@ def test_admin_import_bad_file_shows_error_and_writes_nothing(seeded):
     assert count(seeded["url"], Prompt) == before + 2
 
 
-@pytest.fixture
-def captured_downloads(monkeypatch):
-    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
-    got: list[tuple[bytes, str | None]] = []
-    orig = MemoryMediaFileStorage.load_and_get_id
+def test_export_page_previews_rows_and_builds_files_only_on_download(seeded, monkeypatch):
+    """Filters change the preview; the export itself runs only when a download is clicked (deferred), and the
+    deferred files hold every row (the download itself is clicked in tests/browser)."""
+    from db.services import export
 
-    def spy(self, path_or_data, mimetype, kind, filename=None):
-        got.append((path_or_data, filename))
-        return orig(self, path_or_data, mimetype, kind, filename)
-
-    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
-    return got
-
-
-def test_export_download_content(seeded, captured_downloads):
     at = app_as("alice", seeded)
     for tid, choice in zip(seeded["compare_task_ids"][:2], ["a", "b"]):
         btn(at, f"btn_{choice}").click().run()
         btn(at, "cmp_submit").click().run()
     assert count(seeded["url"], PreferenceLabel) == 2
+    built = []
+    real = export.export_bytes
+    monkeypatch.setattr(export, "export_bytes", lambda *a, **kw: built.append(kw) or real(*a, **kw))
     admin = app_as("admin", seeded, role="admin")
     admin.switch_page("views/export.py").run()
     no_exception(admin)
-    captured_downloads.clear()
-    admin.run()
-    jsonl = [(d, f) for d, f in captured_downloads if f and f.endswith(".jsonl")]
-    assert jsonl, captured_downloads
-    rows = [json.loads(line) for line in jsonl[-1][0].decode().splitlines()]
+    rows = [json.loads(j.proto.body) for j in admin.json]
     assert len(rows) == 2 and {"prompt", "chosen", "rejected"} <= set(rows[0])
-    manifest = json.loads([d for d, f in captured_downloads if f and f.endswith(".manifest.json")][-1])
-    assert manifest["rows"] == 2
-    # Filters change the content: HH format.
     admin.selectbox(key="exp_fmt").set_value("hh").run()
-    rows = [json.loads(line) for line in captured_downloads[-2][0].decode().splitlines()]
+    rows = [json.loads(j.proto.body) for j in admin.json]
     assert rows[0]["chosen"].startswith("\n\nHuman:")
     admin.radio(key="exp_kind").set_value("raw").run()
-    assert "raw" in captured_downloads[-2][1]
+    no_exception(admin)
+    assert len(admin.json) == 2 and built == []  # three reruns, no full export built
 
 
 def test_admin_users_create_and_deactivate(seeded):

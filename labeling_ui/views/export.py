@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 
 import streamlit as st
@@ -51,24 +52,33 @@ else:
     mv = st.selectbox("Model version", ["(any)"] + versions, key="exp_raw_mv")
     filters["model_version"] = None if mv == "(any)" else mv
 
+# Only a preview is read on each rerun; the file itself is built when a download is clicked (a deferred
+# download), so changing a filter does not export the whole project again.
 try:
     with db() as s:
-        data, manifest = export.export_bytes(s, kind, **filters)
+        preview = list(itertools.islice(export.iter_rows(s, kind, **filters), 5))
 except ServiceError as e:
     show_error(e)
     st.stop()
+
+
+def _build() -> tuple[bytes, dict]:
+    with db() as s:
+        return export.export_bytes(s, kind, **filters)
+
+
 stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
 base = f"{kind}{'-' + project['name'] if project else ''}-{stamp}"
-st.metric("Rows", manifest.get("rows", data.count(b"\n")))
+if not preview:
+    st.info("No rows match these filters.")
 c1, c2 = st.columns(2)
-c1.download_button("Download JSONL", data, file_name=f"{base}.jsonl", mime="application/jsonl",
-                   type="primary", icon=":material/download:", key="exp_download", width="stretch")
-c2.download_button("Download manifest", json.dumps(manifest, indent=2, default=str).encode(),
+c1.download_button("Download JSONL", lambda: _build()[0], file_name=f"{base}.jsonl", mime="application/jsonl",
+                   type="primary", icon=":material/download:", key="exp_download", width="stretch",
+                   on_click="ignore", disabled=not preview)
+c2.download_button("Download manifest", lambda: json.dumps(_build()[1], indent=2, default=str).encode(),
                    file_name=f"{base}.jsonl.manifest.json", mime="application/json", key="exp_manifest",
-                   width="stretch")
-with st.expander("Preview (first 5 rows)"):
-    # split on "\n" only, not splitlines(): U+2028 may sit unescaped inside a JSON string
-    for line in [x for x in data.decode("utf-8").split("\n") if x][:5]:
-        st.json(json.loads(line), expanded=False)
-with st.expander("Manifest"):
-    st.json(manifest)
+                   width="stretch", on_click="ignore", disabled=not preview,
+                   help="row count, filters, schema revision and time of the export")
+with st.expander("Preview (first 5 rows)", expanded=True):
+    for i, row in enumerate(preview):
+        st.json(row, expanded=i == 0)
