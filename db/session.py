@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.settings import database_url
@@ -105,6 +106,14 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
     try:
         yield session
         session.commit()
+    except OperationalError as e:
+        session.rollback()
+        if "locked" in str(e.orig) or "busy" in str(e.orig):  # SQLite: another write held on past busy_timeout
+            from db.services.errors import ServiceError
+
+            raise ServiceError("the database is busy with another write (a long import?): nothing was saved; "
+                               "try again in a moment") from e
+        raise
     except BaseException:
         session.rollback()
         raise

@@ -100,3 +100,30 @@ def test_bad_choice_and_progress(session):
     df = stats.labels_over_time(session, pid)
     assert df["n"].sum() == 1 and list(df.columns) == ["day", "project", "annotator", "kind", "n"]
     assert stats.per_annotator(session, pid).iloc[0]["annotator"] == "ann0"
+
+
+def test_a_locked_sqlite_database_is_a_clear_message_with_nothing_saved(tmp_path):
+    """A write waiting past busy_timeout behind another writer (a long import) gets a ServiceError saying to
+    retry, not a raw OperationalError traceback."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from db.migrate import create_schema
+    from db.session import dispose_engines, get_engine, session_scope
+
+    url = f"sqlite:///{tmp_path / 'busy.sqlite3'}"
+    create_schema(url)
+    get_engine(url).pool.dispose()
+    event.listen(get_engine(url), "connect", lambda dbapi_conn, _rec: dbapi_conn.execute("PRAGMA busy_timeout=100"))
+    blocker = sqlite3.connect(tmp_path / "busy.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with pytest.raises(ServiceError, match="database is busy"), session_scope(url) as s:
+            projects.create_project(s, "p")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    with session_scope(url) as s:
+        assert projects.list_projects(s) == []
+    dispose_engines()
