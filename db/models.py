@@ -22,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names so batch migrations on SQLite can find them again.
 NAMING = {
@@ -52,7 +53,20 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
-TS = DateTime(timezone=True)
+class UTCDateTime(TypeDecorator):
+    """DateTime(timezone=True) that always hands back an aware UTC datetime: PostgreSQL does, SQLite stores no
+    zone and returns naive values. Everything is stored in UTC, so services can compare with utcnow() on both."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
+TS = UTCDateTime()
 
 
 class User(Base):

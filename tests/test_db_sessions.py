@@ -49,7 +49,7 @@ def test_expired_idle_and_ended_sessions_do_not_resume(session):
     assert _resume(session, live).id == u.id
     session.commit()
     session.expire_all()
-    assert utcnow() - sessions._aware(session.get(UISession, keep.id).last_seen_at) < dt.timedelta(minutes=1)
+    assert utcnow() - session.get(UISession, keep.id).last_seen_at < dt.timedelta(minutes=1)
     assert sessions.end_session(session, live) is True
     assert sessions.end_session(session, live) is False
     assert _resume(session, live) is None

@@ -324,7 +324,7 @@ def iter_raw_rows(session: Session, *, project: str | None = None, since: str | 
     since, until = _parse_date(since, "since"), _parse_date(until, "until")
     versions = {mv.id: mv.name for mv in session.scalars(select(ModelVersion))}
     pnames = {p.id: p.name for p in session.scalars(select(Project))}
-    iso = lambda t: (t if t is None or t.tzinfo else t.replace(tzinfo=dt.UTC)).isoformat() if t else None
+    iso = lambda t: t.isoformat() if t else None
     for batch in _task_batches(session, ("compare", "rank"), pid, mvid, (PreferenceLabel, Ranking)):
         _, responses = _load(session, batch)
         prefs = _labels(session, PreferenceLabel, batch, uid, since, until)

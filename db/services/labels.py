@@ -48,11 +48,6 @@ def _check_preference(choice: str, strength: str | None) -> None:
         raise InputError(f"strength must be one of {', '.join(STRENGTHS)}, not {strength!r}", field="strength")
 
 
-def _as_utc(t: dt.datetime) -> dt.datetime:
-    # SQLite returns naive datetimes; everything we store is UTC.
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
-
-
 def _claim_slot(session: Session, task: Task, user_id: int, now: dt.datetime) -> None:
     """Mark the user's assignment submitted (creating one if the task still has room) and count it.
 
@@ -179,7 +174,7 @@ def _check_revision_window(session: Session, task_id: int, created_at: dt.dateti
                            now: dt.datetime) -> None:
     project = session.get(Project, session.get(Task, task_id).project_id)
     hours = setting(project, "revision_window_hours")
-    if hours is not None and now - _as_utc(created_at) > dt.timedelta(hours=float(hours)):
+    if hours is not None and now - created_at > dt.timedelta(hours=float(hours)):
         raise ServiceError(f"labels can be revised for {hours} hours after submitting; this one is older")
 
 
@@ -265,7 +260,7 @@ def history(session: Session, user_id: int, *, project_id: int | None = None,
         if project_id is not None:
             q = q.where(Task.project_id == project_id)
         for lab, task in session.execute(q.order_by(model.id.desc()).limit(limit)):
-            row = {"kind": kind, "id": lab.id, "task_id": task.id, "created_at": _as_utc(lab.created_at),
+            row = {"kind": kind, "id": lab.id, "task_id": task.id, "created_at": lab.created_at,
                    "updated_at": lab.updated_at, "flags": lab.flags, "seconds": lab.seconds}
             if kind == "compare":
                 row.update(choice=lab.choice, strength=lab.strength, comment=lab.comment)
@@ -279,7 +274,7 @@ def history(session: Session, user_id: int, *, project_id: int | None = None,
         q = q.where(Prompt.project_id == project_id)
     for d, _p in session.execute(q.order_by(Demonstration.id.desc()).limit(limit)):
         rows.append({"kind": "demonstrate", "id": d.id, "task_id": d.task_id,
-                     "created_at": _as_utc(d.created_at), "updated_at": d.updated_at, "status": d.status,
+                     "created_at": d.created_at, "updated_at": d.updated_at, "status": d.status,
                      "text": d.text, "seconds": d.seconds, "review_note": d.review_note})
     rows.sort(key=lambda r: r["created_at"], reverse=True)
     return rows[:limit]

@@ -26,10 +26,6 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _aware(t: dt.datetime) -> dt.datetime:
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)  # SQLite returns naive UTC
-
-
 def create_session(session: Session, user_id: int, lifetime: dt.timedelta) -> str:
     """A new session for `user_id`; returns the token for the browser (only its hash is stored)."""
     token = secrets.token_urlsafe(32)
@@ -53,12 +49,12 @@ def resume_session(session: Session, token: str | None, idle: dt.timedelta) -> U
     user = session.get(User, row.user_id)
     # Writes go through write_transaction: on SQLite a write after a read in a plain transaction fails at
     # once ("database is locked") when another writer committed in between, instead of waiting its turn.
-    if (_aware(row.expires_at) <= now or now - _aware(row.last_seen_at) > idle or user is None
+    if (row.expires_at <= now or now - row.last_seen_at > idle or user is None
             or not user.active or user.is_system):
         with write_transaction(session):
             session.execute(delete(UISession).where(UISession.id == row.id))
         return None
-    if now - _aware(row.last_seen_at) > TOUCH_EVERY:
+    if now - row.last_seen_at > TOUCH_EVERY:
         with write_transaction(session):
             session.execute(update(UISession).where(UISession.id == row.id).values(last_seen_at=now))
     return user
