@@ -263,6 +263,32 @@ def task_action(kind: str, project_id: int, action: Any, flash: tuple[str, str] 
     rerun_fragment()
 
 
+def submit_skip_row(prefix: str, task_id: int, submit_label: str = "Submit", keys: bool = True
+                    ) -> tuple[bool, str, bool]:
+    """The Submit / skip reason / Skip row under a task (Enter and S when `keys`): (submit, reason, skip).
+    Keys end in the task id, so a click meant for a task no longer on screen does nothing."""
+    from labeling_ui.vocab import SKIP_REASONS
+
+    row = st.columns([2, 3, 1], vertical_alignment="bottom")
+    submit = row[0].button(submit_label, key=f"{prefix}_submit_{task_id}", type="primary", icon=":material/send:",
+                           shortcut="Enter" if keys else None, width="stretch")
+    reason = row[1].selectbox("Skip reason", SKIP_REASONS, key=f"{prefix}_skip_reason_{task_id}",
+                              label_visibility="collapsed")
+    skip = row[2].button("Skip", key=f"{prefix}_skip_{task_id}", shortcut="S" if keys else None, width="stretch")
+    return submit, reason, skip
+
+
+def saved_message(created: bool, unchanged: bool, saved: str, what: str) -> tuple[str, str]:
+    """The toast after a submit: saved; a repeat of the same answer; or a *different* answer for a task that
+    was already labelled (e.g. in another tab), which was not saved."""
+    if created:
+        return saved, ":material/check:"
+    if unchanged:
+        return "Already saved — nothing changed", ":material/check:"
+    return (f"Already labelled (another tab?): this {what} was NOT saved; change it in My history",
+            ":material/warning:")
+
+
 def skip_action(kind: str, project_id: int, user_id: int, task_id: int, reason: str) -> None:
     task_action(kind, project_id, lambda s: assignment.skip_task(s, user_id, task_id, reason),
                 ("Skipped", ":material/skip_next:"))

@@ -242,7 +242,7 @@ def test_two_tabs_of_one_annotator_never_lose_an_answer_silently(seeded):
 def test_compare_skip_records_reason_and_moves_on(seeded):
     at = app_as("alice", seeded)
     tid = seeded["compare_task_ids"][0]
-    at.selectbox(key=f"skip_reason_{tid}").set_value("Prompt is unclear").run()
+    at.selectbox(key=f"cmp_skip_reason_{tid}").set_value("Prompt is unclear").run()
     btn(at, "cmp_skip").click().run()
     no_exception(at)
     with session_scope(seeded["url"]) as s:

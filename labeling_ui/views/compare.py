@@ -9,13 +9,15 @@ from labeling_ui.common import (
     held_key,
     labeling_page,
     render_prompt,
+    saved_message,
     seconds_on,
     show_text,
     skip_action,
+    submit_skip_row,
     task_action,
     task_header,
 )
-from labeling_ui.vocab import CHOICES, FLAG_NAMES, SKIP_REASONS, STRENGTH_KEYS
+from labeling_ui.vocab import CHOICES, FLAG_NAMES, STRENGTH_KEYS
 
 KIND = "compare"
 user, project = labeling_page()
@@ -69,12 +71,7 @@ def compare_body(project: dict) -> None:
         with opts[1]:
             st.text_input("Comment (optional)", key=mk, placeholder="Anything the reviewers should know")
         st.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=fk)
-        arow = st.columns([2, 3, 1], vertical_alignment="bottom")
-        submit = arow[0].button("Submit", key=f"cmp_submit_{tid}", type="primary", shortcut="Enter",
-                                icon=":material/send:", width="stretch")
-        reason = arow[1].selectbox("Skip reason", SKIP_REASONS, key=f"skip_reason_{tid}",
-                                   label_visibility="collapsed")
-        skip = arow[2].button("Skip", key=f"cmp_skip_{tid}", shortcut="S", width="stretch")
+        submit, reason, skip = submit_skip_row("cmp", tid)
         msg = st.empty()
     with prompt_box:
         st.caption(f"PROMPT · task #{tid}")
@@ -92,10 +89,7 @@ def compare_body(project: dict) -> None:
         task_action(KIND, pid, lambda s: labels.submit_preference(
             s, user["id"], tid, choice, strength=strength, flags=st.session_state.get(fk) or [],
             comment=st.session_state.get(mk, ""), seconds=seconds_on(KIND, pid)),
-            lambda r: ("Saved", ":material/check:") if r[1] else
-            ("Already saved — nothing changed", ":material/check:") if (r[0].choice, r[0].strength) == (choice, strength)
-            else ("Already labelled (another tab?): this answer was NOT saved; change it in My history",
-                  ":material/warning:"))
+            lambda r: saved_message(r[1], (r[0].choice, r[0].strength) == (choice, strength), "Saved", "answer"))
     if skip:
         skip_action(KIND, pid, user["id"], tid, reason)
 

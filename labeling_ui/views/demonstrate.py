@@ -7,12 +7,13 @@ from db.services import labels, projects
 from labeling_ui.common import (
     labeling_page,
     render_prompt,
+    saved_message,
     seconds_on,
     skip_action,
+    submit_skip_row,
     task_action,
     task_header,
 )
-from labeling_ui.vocab import SKIP_REASONS
 
 KIND = "demonstrate"
 
@@ -38,20 +39,12 @@ def demonstrate_body(project: dict) -> None:
                  placeholder="Write the response you would want the assistant to give.")
     n = len((st.session_state.get(key) or "").strip())
     st.caption(f"{n} characters · minimum {minimum}" + (" ✓" if n >= minimum else ""))
-    arow = st.columns([2, 3, 1], vertical_alignment="bottom")
-    submit = arow[0].button("Submit", key=f"demo_submit_{tid}", type="primary", icon=":material/send:",
-                            width="stretch")
-    reason = arow[1].selectbox("Skip reason", SKIP_REASONS, key=f"demo_skip_reason_{tid}",
-                               label_visibility="collapsed")
-    skip = arow[2].button("Skip", key=f"demo_skip_{tid}", width="stretch")
+    submit, reason, skip = submit_skip_row("demo", tid, keys=False)  # Enter and S belong to the text area
     if submit:
         text = st.session_state.get(key) or ""
         task_action(KIND, pid, lambda s: labels.submit_demonstration(
             s, user["id"], tid, text, seconds=seconds_on(KIND, pid)),
-            lambda r: ("Demonstration saved", ":material/check:") if r[1] else
-            ("Already saved", ":material/check:") if r[0].text.strip() == text.strip()
-            else ("Already written (another tab?): this text was NOT saved; change it in My history",
-                  ":material/warning:"))
+            lambda r: saved_message(r[1], r[0].text.strip() == text.strip(), "Demonstration saved", "text"))
     if skip:
         skip_action(KIND, pid, user["id"], tid, reason)
 

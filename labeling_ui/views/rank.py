@@ -9,13 +9,15 @@ from labeling_ui.common import (
     labeling_page,
     ordering_from_ranks,
     render_prompt,
+    saved_message,
     seconds_on,
     show_text,
     skip_action,
+    submit_skip_row,
     task_action,
     task_header,
 )
-from labeling_ui.vocab import FLAG_NAMES, SKIP_REASONS
+from labeling_ui.vocab import FLAG_NAMES
 
 KIND = "rank"
 # "Next best" keys: the response numbers 1, 2, 3... pressed best first (letters would hit Streamlit's own C and
@@ -91,12 +93,7 @@ def rank_body(project: dict) -> None:
         c1, c2 = st.columns([1, 1])
         c1.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=f"rank_flags_{tid}")
         c2.text_input("Comment (optional)", key=f"rank_comment_{tid}")
-        arow = st.columns([2, 3, 1], vertical_alignment="bottom")
-        submit = arow[0].button("Submit ranking", key=f"rank_submit_{tid}", type="primary", shortcut="Enter",
-                                icon=":material/send:", width="stretch")
-        reason = arow[1].selectbox("Skip reason", SKIP_REASONS, key=f"rank_skip_reason_{tid}",
-                                   label_visibility="collapsed")
-        skip = arow[2].button("Skip", key=f"rank_skip_{tid}", shortcut="S", width="stretch")
+        submit, reason, skip = submit_skip_row("rank", tid, "Submit ranking")
         msg = st.empty()
     if submit:
         ranks = {r["id"]: st.session_state.get(_rank_key(tid, r["id"])) for r in view.responses}
@@ -108,10 +105,7 @@ def rank_body(project: dict) -> None:
         task_action(KIND, pid, lambda s: labels.submit_ranking(
             s, user["id"], tid, ordering, flags=st.session_state.get(f"rank_flags_{tid}") or [],
             comment=st.session_state.get(f"rank_comment_{tid}", ""), seconds=seconds_on(KIND, pid)),
-            lambda r: ("Ranking saved", ":material/check:") if r[1] else
-            ("Already saved — nothing changed", ":material/check:") if r[0].ordering == ordering
-            else ("Already ranked (another tab?): this ranking was NOT saved; change it in My history",
-                  ":material/warning:"),
+            lambda r: saved_message(r[1], r[0].ordering == ordering, "Ranking saved", "ranking"),
             on_error=lambda e: msg.error(str(e), icon=":material/error:"))
     if skip:
         skip_action(KIND, pid, user["id"], tid, reason)
