@@ -15,5 +15,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     || { echo "apt-get install ${need[*]} failed" >&2; exit 1; }
 else
   echo "WARNING: missing Debian packages: ${need[*]} (need root + apt-get to install them)." >&2
-  echo "  Give TEST_DATABASE_URL (a PostgreSQL you own); to leave tests out on purpose set ALLOW_NO_POSTGRES=1 / ALLOW_NO_BROWSER=1." >&2
+  echo "  Give TEST_DATABASE_URL (a PostgreSQL you own) and install Chromium at /usr/bin/chromium; the tests need both." >&2
 fi

@@ -1,7 +1,7 @@
 """Shared fixtures: a fresh database per test on SQLite and on the real PostgreSQL server.
 
 `make test` starts a throwaway PostgreSQL on a loopback port and sets TEST_DATABASE_URL.
-Without a server the PostgreSQL tests fail, unless ALLOW_NO_POSTGRES=1 skips them on purpose.
+Without a server the PostgreSQL tests fail (never skip).
 """
 from __future__ import annotations
 
@@ -39,9 +39,7 @@ def shared_data() -> Path:
 def _pg_fresh_url() -> str:
     """A fresh PostgreSQL schema for one test (tables created, search_path pinned to it)."""
     if not PG_URL:
-        # Every service runs on PostgreSQL too: without a server that is a failure, unless skipped on purpose.
-        if os.environ.get("ALLOW_NO_POSTGRES") == "1":
-            pytest.skip("ALLOW_NO_POSTGRES=1 and no TEST_DATABASE_URL")
+        # Every service runs on PostgreSQL too: without a server that is a failure, never a skip.
         pytest.fail("no PostgreSQL: run `make test` (starts one), or set TEST_DATABASE_URL")
     schema = "t_" + uuid.uuid4().hex[:12]
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
