@@ -45,22 +45,22 @@ def _migration_connection(url: str):
     return conn_cm()
 
 
-def upgrade(url: str | None = None, revision: str = "head") -> str | None:
+def _run(action, url: str | None, revision: str) -> str | None:
+    """An Alembic command on our migration connection; returns the revision the database is at after it."""
     url = url or database_url()
     cfg = alembic_config(url)
     with _migration_connection(url) as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        action(cfg, revision)
     return current_revision(url)
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> str | None:
+    return _run(command.upgrade, url, revision)
 
 
 def downgrade(url: str | None = None, revision: str = "base") -> str | None:
-    url = url or database_url()
-    cfg = alembic_config(url)
-    with _migration_connection(url) as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
-    return current_revision(url)
+    return _run(command.downgrade, url, revision)
 
 
 def create_schema(url: str | None = None) -> str | None:
@@ -70,11 +70,7 @@ def create_schema(url: str | None = None) -> str | None:
 
     url = url or database_url()
     Base.metadata.create_all(get_engine(url))
-    cfg = alembic_config(url)
-    with get_engine(url).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.stamp(cfg, "head")
-    return current_revision(url)
+    return _run(command.stamp, url, "head")
 
 
 def current_revision(url: str | None = None) -> str | None:

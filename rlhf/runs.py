@@ -128,6 +128,15 @@ def metrics_callback(run_dir: Path, stop_at_step: int | None = None) -> Any:
     return MetricsJsonl()
 
 
+TRAINING_KEYS = ("learning_rate", "num_train_epochs", "max_steps", "seed", "per_device_train_batch_size",
+                 "max_length")
+
+
+def training_config(cfg: Any) -> dict[str, Any]:
+    """The optimisation settings every job records in its model version's config."""
+    return {k: getattr(cfg, k) for k in TRAINING_KEYS}
+
+
 def stopped_early(cfg: Any, trainer: Any, name: str, run_dir: Path, log: Any) -> dict[str, Any] | None:
     """After `--stop_at_step N` stopped training at N: the summary to return instead of finishing the job
     (no final model, no registration: the run is not done). None when training ran to its end."""

@@ -168,8 +168,7 @@ def run(cfg: Any) -> dict[str, Any]:
             config = {"job": JOB, "init": init.path, "chat_template": chat, "run_dir": str(run_dir.resolve()),
                       "use_margin": cfg.use_margin, "aggregate": cfg.aggregate, "group_rankings": grouped,
                       "center_rewards_coefficient": cfg.center_rewards_coefficient,
-                      **{k: getattr(cfg, k) for k in ("learning_rate", "num_train_epochs", "max_steps", "seed",
-                                                       "per_device_train_batch_size", "max_length")},
+                      **runs.training_config(cfg),
                       **{k: metrics[k] for k in ("reward_shift", "reward_shift_method") if k in metrics}}
             version_id = runs.register(cfg.database_url, name, "reward", run_dir, init, config, metrics,
                                        rows.snapshot())

@@ -92,8 +92,7 @@ def run(cfg: Any) -> dict[str, Any]:
         runs.write_config(run_dir, cfg, extra)
         if cfg.register:
             config = {"job": JOB, "base": base.path, "chat_template": chat, "run_dir": str(run_dir.resolve()),
-                      **{k: getattr(cfg, k) for k in ("learning_rate", "num_train_epochs", "max_steps", "seed",
-                                                       "per_device_train_batch_size", "max_length")}}
+                      **runs.training_config(cfg)}
             version_id = runs.register(cfg.database_url, name, "sft", run_dir, base, config, metrics,
                                        rows.snapshot())
     log.info("SFT done: %s", metrics)

@@ -95,3 +95,20 @@ def sqlite_session(sqlite_url):
     s = session_factory(sqlite_url)()
     yield s
     s.close()
+
+
+# ------------------------------------------------------------------ rlhf jobs
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A random-weight tiny GPT-2 causal LM + tokenizer, built once per test module (no hub)."""
+    from tests import rlhf_helpers as H
+
+    return H.build_tiny_lm(tmp_path_factory.mktemp("tiny") / "lm")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """INSTRUCTLOOP_HOME (run folders) inside the test's temp dir."""
+    monkeypatch.setenv("INSTRUCTLOOP_HOME", str(tmp_path / "runs"))
+    return tmp_path / "runs"

@@ -13,17 +13,6 @@ BUDGET = ["--max_steps", "40", "--learning_rate", "1e-3", "--per_device_train_ba
           "--logging_steps", "20", "--save_strategy", "no", "--disable_tqdm", "true", "--seed", "0"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return H.build_tiny_lm(tmp_path_factory.mktemp("tiny") / "lm")
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("INSTRUCTLOOP_HOME", str(tmp_path / "runs"))
-    return tmp_path / "runs"
-
-
 def test_reward_from_project_learns_registers_normalizes_and_evaluates(tiny, sqlite_url, home, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -13,17 +13,6 @@ DEMOS = [("say hi", "hello world"), ("name a color", "red blue green"), ("an ani
          ("weather", "rain and snow"), ("a drink", "water please")]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return H.build_tiny_lm(tmp_path_factory.mktemp("tiny") / "lm")
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("INSTRUCTLOOP_HOME", str(tmp_path / "runs"))
-    return tmp_path / "runs"
-
-
 def _version(url: str, name: str):
     from db.services import registry
     from db.session import session_scope

@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,17 +13,6 @@ from rlhf import data, reward
 from rlhf.config import DeviceDefaults
 from rlhf.formatting import format_preference_row, format_sft_row, plain_prompt
 from tests import rlhf_helpers as H
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return H.build_tiny_lm(tmp_path_factory.mktemp("tiny") / "lm")
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("INSTRUCTLOOP_HOME", str(tmp_path / "runs"))
-    return tmp_path / "runs"
 
 
 def test_split_by_prompt_is_deterministic_and_keeps_groups_together():
