@@ -360,7 +360,9 @@ def run(args: GenerateArgs) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from trl import TrlParser
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from rlhf.runs import setup_logging
+
+    setup_logging()
     try:
         from rlhf.config import HelpFormatter
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import os
 import re
@@ -181,10 +182,16 @@ def register(url: str | None, name: str, kind: str, path: Path, parent: Any, con
         return mv.id
 
 
+def setup_logging() -> None:
+    """The jobs' log format on stderr (INFO: what each job loaded, trained and registered)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
 def cli(run: Callable[[Any], Any], config_cls: type, prog: str, doc: str, argv: list[str] | None) -> Any:
-    """Parse, run, and turn user errors into one clear line on stderr (exit status 2)."""
+    """Set up logging, parse, run, and turn user errors into one clear line on stderr (exit status 2)."""
     from rlhf.config import parse
 
+    setup_logging()
     try:
         cfg = parse(config_cls, argv, prog, doc)
         return run(cfg)

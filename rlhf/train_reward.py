@@ -181,7 +181,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rlhf import runs
     from rlhf.config import reward_config_class
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return runs.cli(run, reward_config_class(), "python -m rlhf.train_reward", __doc__, argv)
 
 

@@ -104,7 +104,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rlhf import runs
     from rlhf.config import sft_config_class
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return runs.cli(run, sft_config_class(), "python -m rlhf.train_sft", __doc__, argv)
 
 
