@@ -174,3 +174,27 @@ def test_changing_the_overlap_reopens_or_closes_tasks(session):
     projects.update_project(session, name, labels_per_task=2)  # back down: nothing left open
     assert {t.status for t in session.scalars(select(Task))} == {"done"}
     assert assignment.next_task(session, users[2], pid) is None
+
+
+def test_next_task_waits_for_a_task_another_transaction_holds_instead_of_saying_none_left(db_url):
+    """The only open task is locked for a moment by someone else's claim or submit: that is not "no tasks
+    left" (PostgreSQL's SKIP LOCKED alone would say so); next_task waits and hands it out."""
+    from db.session import write_transaction
+
+    s = session_factory(db_url)()
+    _u1, u2 = make_users(s, 2)
+    pid, (tid,) = make_compare_project(s, n_tasks=1, overlap=2)
+    s.commit()
+    holder = session_factory(db_url)()
+    hold = write_transaction(holder)
+    hold.__enter__()
+    holder.get(Task, tid, with_for_update=True)  # row lock (PostgreSQL) / write lock (SQLite)
+    release = threading.Timer(0.3, hold.__exit__, args=(None, None, None))
+    release.start()
+    try:
+        v = assignment.next_task(s, u2, pid)
+    finally:
+        release.join()
+        holder.close()
+    assert v is not None and v.task_id == tid
+    s.close()

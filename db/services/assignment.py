@@ -8,6 +8,7 @@ both take the last slot.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +91,7 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
                  .where(Assignment.task_id == Task.id, _live(now)).correlate(Task).scalar_subquery())
         is_pg = session.get_bind().dialect.name == "postgresql"
         tried: list[int] = []
-        for _ in range(50):
+        for attempt in range(50):
             q = select(Task).where(Task.project_id == project_id, Task.status == "open", ~done_by_me,
                                    taken < overlap)
             if kind:
@@ -98,10 +99,13 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
             if tried:
                 q = q.where(Task.id.not_in(tried))
             q = q.order_by(Task.n_submitted.desc(), Task.id).limit(1)
-            if is_pg:
-                q = q.with_for_update(skip_locked=True, of=Task)
-            task = session.scalars(q).first()
+            task = session.scalars(q.with_for_update(skip_locked=True, of=Task) if is_pg else q).first()
             if task is None:
+                # PostgreSQL skipped rows that other transactions hold right now (someone claiming or submitting
+                # them): that is not "nothing left". Wait for those short transactions and look again.
+                if is_pg and session.scalars(q).first() is not None:
+                    time.sleep(min(0.05, 0.005 * (attempt + 1)))
+                    continue
                 return None
             # PostgreSQL: the candidate query ran on a snapshot taken before we held the row lock;
             # recount now that no one else can claim this task.
