@@ -46,7 +46,9 @@ class GenerateArgs:
     pairs_per_prompt: int = field(default=1, metadata={"help": "compare: random pairs per prompt."})
     rank_size: int = field(default=0, metadata={"help": "rank: responses per rank task (0 = all of the prompt's)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0 = greedy)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1 = off)."})
+    top_k: int = field(default=0, metadata={
+        "help": "Sample only from the k most likely tokens (0 = off; a checkpoint's own default never applies)."})
     max_new_tokens: int = field(default=64, metadata={"help": "Maximum tokens per response."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
     few_shot: int = field(default=0, metadata={
@@ -117,7 +119,7 @@ def _load_prompts(url: str | None, project: str, limit: int | None) -> tuple[int
     return proj.id, prompts
 
 
-SETTINGS = ("temperature", "top_p", "max_new_tokens")
+SETTINGS = ("temperature", "top_p", "top_k", "max_new_tokens")
 
 
 def _existing(url: str | None, prompt_ids: list[int], version_id: int
@@ -199,6 +201,7 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
         stop_token_ids,
     )
     from rlhf.reward import max_positions
+    from rlhf.sampling import SamplingParams, left_pad, sample
 
     m = resolve_model(ref, args.database_url)
     with session_scope(args.database_url) as s:
@@ -226,10 +229,10 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
                              f"of {n_pos} tokens (prompt {todo[0].id} would have no room): lower --max_new_tokens",
                              field="max_new_tokens")
         torch.manual_seed(args.seed + 1000 * model_no)
-        greedy = args.temperature <= 0
-        params = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-                  "do_sample": not greedy, "num_beams": K if greedy and K > 1 else 1,
-                  "seed": args.seed + 1000 * model_no, "model_version": version["name"],
+        sp = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            max_new_tokens=args.max_new_tokens, num_return_sequences=K)
+        stops = stop_token_ids(model, tok)
+        params = {**sp.record(), "seed": args.seed + 1000 * model_no, "model_version": version["name"],
                   "dtype": str(dtype).removeprefix("torch.")}
         bar = tqdm(total=len(todo), desc=f"sampling {version['name']}", unit="prompt", disable=not args.progress)
         for i in range(0, len(todo), args.batch_size):
@@ -242,17 +245,9 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
                 ids, shots, cut = fit_prompt(tok, p, chat, shots, budget)
                 inputs.append(ids)
                 shots_used.append((chat, len(shots), cut))
-            enc = tok.pad({"input_ids": inputs}, padding=True, return_tensors="pt").to(model.device)
-            gen_kw: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "num_return_sequences": K,
-                                      "use_cache": True, "pad_token_id": tok.pad_token_id,
-                                      "eos_token_id": stop_token_ids(model, tok)}
-            gen_kw.update({"do_sample": False} if greedy else
-                          {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p})
-            if greedy and K > 1:
-                gen_kw.update(num_beams=K)  # K distinct greedy-ish answers
-            with torch.no_grad():
-                out = model.generate(**enc, **gen_kw)
-            new = out[:, enc["input_ids"].shape[1]:]
+            q_ids, q_mask = left_pad(inputs, tok.pad_token_id)
+            out = sample(model, q_ids, q_mask, sp, stops, tok.pad_token_id, return_logprobs=False)
+            new, ended = out.response_ids, out.ended_with_eos.tolist()
             decoded = tok.batch_decode(new, skip_special_tokens=True)
             with session_scope(args.database_url) as s:
                 for j, p in enumerate(batch):
@@ -270,7 +265,8 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
                             continue
                         r, created = content.add_response(
                             s, p.id, text, model_version_id=version["id"],
-                            params={**params, "chat_template": chat, "few_shot": n_shots, **extra},
+                            params={**params, "chat_template": chat, "few_shot": n_shots, **extra,
+                                    "ended_with_eos": bool(ended[j * K + k])},
                             sample_index=k)
                         counts["generated"] += created
                         counts["reused"] += not created
@@ -281,7 +277,7 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
         del model
     reused = [rid for ids in result.values() for rid in ids if rid in have_params]
     _warn_if_settings_changed(version["name"], reused, have_params,
-                              {"temperature": args.temperature, "top_p": args.top_p,
+                              {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
                                "max_new_tokens": args.max_new_tokens})
     return version, result, counts
 
