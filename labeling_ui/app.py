@@ -14,7 +14,7 @@ if str(_ROOT) not in sys.path:
 
 import streamlit as st
 
-from labeling_ui import auth
+from labeling_ui import auth, text
 
 st.set_page_config(page_title="InstructLoop", page_icon=":material/thumbs_up_down:", layout="wide")
 
@@ -40,6 +40,7 @@ ADMIN_PAGES = [
 
 user = auth.current_user()
 auth.write_cookie()
+text.page_style()
 if user is None:
     # Every app URL shows the sign-in form (no "page not found"), and keeps its path so that a deep link
     # opens its page once signed in.

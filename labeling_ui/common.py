@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +13,9 @@ from db.services import assignment, projects, stats
 from db.services.errors import ServiceError
 from db.session import session_scope
 
+# re-exported: model text is shown through common.show_text on every page
+from labeling_ui.text import render_mode, safe_markdown, show_text  # noqa: F401
+
 PROJECT_KEY = "project_id"
 
 
@@ -24,70 +26,16 @@ def db() -> Iterator[Session]:
         yield s
 
 
-# ------------------------------------------------------------------ safe rendering of model text
-# A fence closes with at least as many of its characters (CommonMark): ``` ... ```` is one block.
-_FENCE = re.compile(r"(^[ \t]*(```+|~~~+).*?(?:^[ \t]*\2[`~]*[ \t]*$|\Z))", re.DOTALL | re.MULTILINE)
-_INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
-_ESCAPE = re.compile(r"([<$\[])")
-_DIRECTIVE = re.compile(r":(?=[A-Za-z_])")  # :red[...] colours (a URL's :// is left alone)
-_ICON = re.compile(r"(:[A-Za-z_]+)/")  # :material/home: icons (only an escaped slash stops them)
-
-
-def _escape_segment(text: str) -> str:
-    """Prose outside code: a backslash stays a backslash (so `\\$` cannot reopen math); `<` shows tags as text;
-    `$` is no math; `[` makes no link or image; `:red[…]` no colour and `:material/…:` no icon (checked in
-    Chromium: each escape is what stops the renderer)."""
-    text = text.replace("\\", "\\\\")
-    text = _ESCAPE.sub(r"\\\1", text)
-    text = _ICON.sub(r"\1\\/", text)
-    return _DIRECTIVE.sub(r"\\:", text)
-
-
-def _escape_prose(text: str) -> str:
-    out, last = [], 0
-    for m in _INLINE_CODE.finditer(text):
-        out.append(_escape_segment(text[last:m.start()]))
-        out.append(m.group(0))
-        last = m.end()
-    out.append(_escape_segment(text[last:]))
-    return "".join(out)
-
-
-def safe_markdown(text: str) -> str:
-    """Markdown source that shows what the model wrote: formatting (bold, lists, code) renders, but nothing
-    that acts on the page or hides text: raw HTML, math, links, images, colours and icons show as text.
-
-    Streamlit never renders raw HTML without unsafe_allow_html, but it would silently drop tags
-    such as `<script>`; annotators must *see* them (a response full of HTML is a bad response).
-    Code blocks and spans render verbatim by Markdown's own rules.
-    """
-    text = text or ""
-    out, last = [], 0
-    for m in _FENCE.finditer(text):
-        out.append(_escape_prose(text[last:m.start()]))
-        out.append(m.group(0))
-        last = m.end()
-    out.append(_escape_prose(text[last:]))
-    return "".join(out)
-
-
-def show_text(text: str) -> None:
-    """Render model or user text as markdown, never as HTML."""
-    if not (text or "").strip():
-        st.caption("(empty)")
-        return
-    st.markdown(safe_markdown(text))
-
-
-def render_prompt(view: Any) -> None:
+def render_prompt(view: Any, mode: str = "markdown", key: str = "prompt") -> None:
     """The prompt as a conversation (one st.chat_message per turn)."""
     avatars = {"user": ":material/person:", "assistant": ":material/smart_toy:", "system": ":material/settings:"}
-    for turn in view.messages:
+    for i, turn in enumerate(view.messages):
         role = turn.get("role", "user")
         with st.chat_message(role if role in ("user", "assistant") else "ai", avatar=avatars.get(role)):
             if role == "system":
                 st.caption("System")
-            show_text(turn.get("content", ""))
+            show_text(turn.get("content", ""), key=f"{key}_{view.task_id}_{i}", mode=mode,
+                      empty_label="(empty message)")
 
 
 # ------------------------------------------------------------------ projects, guidelines, progress
@@ -292,3 +240,10 @@ def saved_message(created: bool, unchanged: bool, saved: str, what: str) -> tupl
 def skip_action(kind: str, project_id: int, user_id: int, task_id: int, reason: str) -> None:
     task_action(kind, project_id, lambda s: assignment.skip_task(s, user_id, task_id, reason),
                 ("Skipped", ":material/skip_next:"))
+
+
+def raw_toggle(title: str, key: str) -> bool:
+    """A response's heading with its "Raw" switch (show the exact characters, no formatting)."""
+    head = st.columns([4, 1], vertical_alignment="center")
+    head[0].markdown(f"#### {title}")
+    return head[1].toggle("Raw", key=key, help="Show exactly the characters the model wrote, unformatted")

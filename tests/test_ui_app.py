@@ -470,6 +470,81 @@ def test_safe_markdown_escapes_html_outside_code():
     assert safe_markdown("```\ncode $x$\n````\nafter $y$") == "```\ncode $x$\n````\nafter \\$y\\$"
 
 
+# What an annotator sees must be what the model wrote (issue 14): the characters of text that is not Markdown
+# formatting survive the renderer. The browser test compares the painted text with the stored text.
+TRICKY = (">>> import os\n>>> os.getcwd()\n'/home'\n-\nroses are red\nviolets are blue\n    indented\n"
+          "1. first\n7. seventh\n# not a heading\n---\n__init__ 2*3*4 x &amp; y :smile: a -> b -- c")
+
+
+def test_safe_markdown_keeps_what_the_model_wrote():
+    out = safe_markdown(TRICKY)
+    lines = out.split("\n")
+    assert lines[0] == "\\>>> import os"  # no blockquote that eats the >>>
+    assert lines[3] == "\\-"  # no empty bullet, no setext heading of the line above
+    assert lines[6] == "\u2060    indented"  # indentation kept (no code block, no stripped continuation)
+    assert lines[7:9] == ["1\\. first", "7\\. seventh"]  # no renumbered list
+    assert lines[9] == "\\# not a heading" and lines[10] == "\\---"
+    assert "\\_\\_init\\_\\_" in out and "2\\*3\\*4" in out and "\\&amp;" in out
+    assert ":\u2060smile:" in out and "-\u2060>" in out and "-\u2060-" in out  # no emoji, arrow or dash
+    assert safe_markdown("trailing  \nnext") == "trailing  \u2060\nnext"  # no hard break, spaces kept
+    # Real formatting still renders: bold, bullet lists, code fences and spans are left alone.
+    real = "**Answer.** About it:\n\n- point one\n- point two\n\n```python\n>>> x = 1\n```\nuse `a -> b`"
+    assert safe_markdown(real) == real
+    # Nothing but the joiners is added: removing them and the escapes gives the text back.
+    import re
+    assert re.sub(r"\\(.)", r"\1", safe_markdown(TRICKY).replace("\u2060", "")) == TRICKY
+
+
+def _project_with_pair(url: str, name: str, a: str, b: str, settings: dict | None = None) -> int:
+    from db.services import content, projects, tasks
+    with session_scope(url) as s:
+        p = projects.create_project(s, name, settings=settings)
+        pr, _ = content.add_prompt(s, p.id, text="Say it exactly.", source="test")
+        ids = [content.add_response(s, pr.id, t)[0].id for t in (a, b)]
+        return tasks.create_task(s, p.id, "compare", pr.id, ids, shuffle=False)[0].id
+
+
+def _pick_project(at: AppTest, name: str) -> None:
+    next(sb for sb in at.sidebar.selectbox if sb.label == "Project").select(name).run()
+
+
+def test_compare_raw_toggle_plain_projects_and_empty_responses(seeded):
+    tid = _project_with_pair(seeded["url"], "exact", TRICKY, "")
+    at = app_as("alice", seeded)
+    _pick_project(at, "exact")
+    no_exception(at)
+    md = [m.value for m in at.markdown]
+    assert safe_markdown(TRICKY) in md
+    assert any("(empty response)" in m for m in md)  # a badge, not a blank pane
+    assert not at.code
+    at.toggle(key=f"raw_{tid}_A").set_value(True).run()
+    assert [c.value for c in at.code] == [TRICKY]  # the raw source, character for character
+    assert safe_markdown(TRICKY) not in [m.value for m in at.markdown]
+    # A project set to plain shows the text as it is, no Markdown at all.
+    tid2 = _project_with_pair(seeded["url"], "plain", "**not bold**\n>>> x", "B", settings={"render": "plain"})
+    at.run()
+    _pick_project(at, "plain")
+    assert "**not bold**\n>>> x" in [t.value for t in at.text]
+    assert at.session_state[f"task:compare:{_pid(seeded, 'plain')}"].task_id == tid2
+
+
+def _pid(seeded: dict, name: str) -> int:
+    from db.services import projects
+    with session_scope(seeded["url"]) as s:
+        return projects.get_project(s, name).id
+
+
+def test_projects_page_sets_the_render_mode(seeded):
+    at = app_as("admin", seeded, role="admin")
+    at.switch_page("views/projects.py").run()
+    at.radio(key=f"proj_render_{seeded['project_id']}").set_value("plain")
+    next(b for b in at.button if b.label == "Save").click().run()
+    no_exception(at)
+    from db.services import projects
+    with session_scope(seeded["url"]) as s:
+        assert projects.get_project(s, "demo").settings["render"] == "plain"
+
+
 def test_agreement_page_with_overlap(seeded):
     from db.services import projects
     with session_scope(seeded["url"]) as s:

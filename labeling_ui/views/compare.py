@@ -8,6 +8,8 @@ from db.services import labels
 from labeling_ui.common import (
     held_key,
     labeling_page,
+    raw_toggle,
+    render_mode,
     render_prompt,
     saved_message,
     seconds_on,
@@ -45,6 +47,7 @@ def compare_body(project: dict) -> None:
     user, view = head
     pid = project["id"]
     tid = view.task_id
+    mode = render_mode(project)
     ck, sk, fk, mk = (f"cmp_choice_{tid}", f"cmp_strength_{tid}", f"cmp_flags_{tid}", f"cmp_comment_{tid}")
     st.session_state.setdefault(sk, "clear")
 
@@ -75,11 +78,11 @@ def compare_body(project: dict) -> None:
         msg = st.empty()
     with prompt_box:
         st.caption(f"PROMPT · task #{tid}")
-        render_prompt(view)
+        render_prompt(view, mode)
     for col, letter, resp in zip(cols, "AB", view.responses):
         with col, st.container(border=True, height=440, key=f"resp_{letter}"):
-            st.markdown(f"#### Response {letter}")
-            show_text(resp["text"])
+            raw = raw_toggle(f"Response {letter}", f"raw_{tid}_{letter}")
+            show_text(resp["text"], key=f"resp_{tid}_{letter}", mode=mode, raw=raw)
 
     if submit:
         if choice is None:

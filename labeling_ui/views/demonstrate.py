@@ -6,6 +6,7 @@ import streamlit as st
 from db.services import labels, projects
 from labeling_ui.common import (
     labeling_page,
+    render_mode,
     render_prompt,
     saved_message,
     seconds_on,
@@ -33,7 +34,7 @@ def demonstrate_body(project: dict) -> None:
     tid = view.task_id
     with st.container(border=True):
         st.caption(f"PROMPT · task #{tid}")
-        render_prompt(view)
+        render_prompt(view, render_mode(project))
     key = f"demo_text_{tid}"
     st.text_area("Your ideal response (Markdown)", key=key, height=300,
                  placeholder="Write the response you would want the assistant to give.")

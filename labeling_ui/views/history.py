@@ -10,7 +10,15 @@ from db.models import FLAGS, STRENGTHS
 from db.services import assignment, labels, projects
 from db.services.errors import ServiceError
 from labeling_ui import auth
-from labeling_ui.common import db, ordering_from_ranks, project_picker, render_prompt, show_error, show_text
+from labeling_ui.common import (
+    db,
+    ordering_from_ranks,
+    project_picker,
+    render_mode,
+    render_prompt,
+    show_error,
+    show_text,
+)
 from labeling_ui.vocab import CHOICE_NAMES, FLAG_NAMES
 
 user = auth.require_user()
@@ -65,10 +73,10 @@ if view is not None:
         cols = st.columns(max(1, len(view.responses)))
         # as on the labeling pages: A/B on compare, 1..K on rank
         names = string.ascii_uppercase if r["kind"] == "compare" else [str(i + 1) for i in range(len(view.responses))]
-        for c, name, resp in zip(cols, names, view.responses):
+        for i, (c, name, resp) in enumerate(zip(cols, names, view.responses)):
             with c.container(border=True):
                 st.markdown(f"**Response {name}** (id {resp['id']})")
-                show_text(resp["text"])
+                show_text(resp["text"], key=f"hist_{view.task_id}_{i}", mode=render_mode(project))
 
 with st.form(f"revise_{key}"):
     if r["kind"] == "compare":

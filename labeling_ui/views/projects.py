@@ -6,7 +6,10 @@ import streamlit as st
 from db.services import projects, stats, tasks
 from db.services.errors import ServiceError
 from labeling_ui import auth
-from labeling_ui.common import db, show_error
+from labeling_ui.common import db, render_mode, show_error
+from labeling_ui.text import RENDERS
+
+RENDER_NAMES = {"markdown": "Formatted (safe Markdown)", "plain": "Plain text"}
 
 user = auth.require_user("admin")
 st.subheader("Projects")
@@ -52,12 +55,17 @@ if plist:
                                     value=int(p["settings"].get("min_demonstration_chars", 20)))
         window = c2.number_input("Revision window (hours)", min_value=0.0,
                                  value=float(p["settings"].get("revision_window_hours", 24)))
+        render = st.radio("Show model text", RENDERS, index=RENDERS.index(render_mode(p)), horizontal=True,
+                          format_func=RENDER_NAMES.get, key=f"proj_render_{pid}",
+                          help="Formatted: code blocks, bold/italic and bullet lists render; every other character "
+                               "shows as written. Plain: no formatting at all. Annotators can always switch a "
+                               "response to its raw text.")
         if st.form_submit_button("Save", type="primary"):
             try:
                 with db() as s:
                     projects.update_project(s, p["name"], guidelines=guide, labels_per_task=int(lpt),
                                             settings={"min_demonstration_chars": int(min_chars),
-                                                      "revision_window_hours": window})
+                                                      "revision_window_hours": window, "render": render})
             except ServiceError as e:
                 show_error(e)
             else:

@@ -8,6 +8,8 @@ from db.services import labels
 from labeling_ui.common import (
     labeling_page,
     ordering_from_ranks,
+    raw_toggle,
+    render_mode,
     render_prompt,
     saved_message,
     seconds_on,
@@ -63,9 +65,10 @@ def rank_body(project: dict) -> None:
     user, view = head
     pid = project["id"]
     tid, k = view.task_id, len(view.responses)
+    mode = render_mode(project)
     with st.container(border=True):
         st.caption(f"PROMPT · task #{tid}")
-        render_prompt(view)
+        render_prompt(view, mode)
     ids = [r["id"] for r in view.responses]
     keyed = k <= MAX_KEYED
     hint = (" Or press the response numbers best first (the last one ranks itself); Backspace clears."
@@ -78,8 +81,8 @@ def rank_body(project: dict) -> None:
             resp = view.responses[i]
             with col:
                 with st.container(border=True, height=380):
-                    st.markdown(f"#### Response {i + 1}")
-                    show_text(resp["text"])
+                    raw = raw_toggle(f"Response {i + 1}", f"raw_{tid}_{i}")
+                    show_text(resp["text"], key=f"resp_{tid}_{i}", mode=mode, raw=raw)
                 st.segmented_control(f"Rank of response {i + 1}", list(range(1, k + 1)), format_func=_ordinal,
                                      key=_rank_key(tid, resp["id"]), width="stretch")
                 if keyed:

@@ -7,7 +7,7 @@ from db.services import labels
 from db.services.content import prompt_messages
 from db.services.errors import ServiceError
 from labeling_ui import auth
-from labeling_ui.common import db, project_picker, show_error, show_text
+from labeling_ui.common import db, project_picker, render_mode, show_error, show_text
 
 user = auth.require_user("admin")
 st.subheader("Review demonstrations")
@@ -28,18 +28,20 @@ if not demos:
     st.info(f"No {status} demonstrations.")
     st.stop()
 st.caption(f"{len(demos)} {status}")
+mode = render_mode(project)
 for d in demos[:50]:
     with st.container(border=True):
         st.markdown(f"**#{d['id']}** by **{d['user']}** · {d['created']:%Y-%m-%d %H:%M}")
         c1, c2 = st.columns(2)
         with c1:
             st.caption("PROMPT")
-            for turn in d["messages"]:
+            for i, turn in enumerate(d["messages"]):
                 with st.chat_message(turn["role"] if turn["role"] in ("user", "assistant") else "ai"):
-                    show_text(turn["content"])
+                    show_text(turn["content"], key=f"rev_prompt_{d['id']}_{i}", mode=mode,
+                              empty_label="(empty message)")
         with c2:
             st.caption("DEMONSTRATION")
-            show_text(d["text"])
+            show_text(d["text"], key=f"rev_demo_{d['id']}", mode=mode, empty_label="(empty demonstration)")
         if d["note"]:
             st.caption(f"Note: {d['note']}")
         a, b, c = st.columns([4, 1, 1], vertical_alignment="bottom")

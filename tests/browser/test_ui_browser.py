@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from db.models import PreferenceLabel, Ranking, Task, User
-from db.services import accounts
+from db.services import accounts, content, projects, tasks
 from db.session import session_scope
 from labeling_ui.devserver import (
     CHROMIUM,
@@ -33,6 +33,11 @@ from labeling_ui.seed import seed
 
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 N_KEYBOARD = 20
+# What Markdown (and Streamlit's text rewriting) used to change: `>>>` became a nested quote, a lone `-` an empty
+# bullet, single line breaks merged, indentation and `->` / `:smile:` / `&amp;` / `__init__` rewritten.
+EXACT_TEXT = (">>> import os\n>>> os.getcwd()\n'/home/user'\n-\nRoses are red,\n  violets are blue;\n"
+              "def f(*args, **kwargs):\n    return 2*3*4  # -> 24\n1. one\n7. seven\n---\n"
+              "x &amp; y :smile: __init__ a -- b <b>not bold</b> $5 [not a link](http://e)")
 
 
 def _need_browser() -> None:
@@ -50,6 +55,11 @@ def app_server(tmp_path_factory):
     with session_scope(url) as s:
         accounts.create_user(s, "newbie", "newbie-pass-1", display_name="New Annotator")
         accounts.create_user(s, "carol", "password123")
+        accounts.create_user(s, "reader", "password123")
+        p = projects.create_project(s, "exact")
+        pr, _ = content.add_prompt(s, p.id, text="Show me the REPL.", source="test")
+        ids = [content.add_response(s, pr.id, t)[0].id for t in (EXACT_TEXT, "")]
+        info["exact_task_id"] = tasks.create_task(s, p.id, "compare", pr.id, ids, shuffle=False)[0].id
     SHOTS.mkdir(parents=True, exist_ok=True)
     with streamlit_server(url, log=d / "streamlit.log") as base:
         yield base, url, info
@@ -278,4 +288,37 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     assert len(rows) == len(expected) + 6  # the 23 comparisons and the ranking's 4-choose-2 pairs
     assert {"prompt", "chosen", "rejected"} <= set(rows[0])
     page.screenshot(path=str(SHOTS / "admin_export.png"), full_page=True)
+    ctx.close()
+
+
+def _pick_project(page, name: str) -> None:
+    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    _settle(page)
+
+
+def _visible(locator) -> str:
+    # The page puts zero-width word joiners (U+2060) where Streamlit would otherwise rewrite or drop characters
+    # (labeling_ui/text.py); they have no glyph, so what a person sees is the text without them.
+    return locator.inner_text().replace("\u2060", "")
+
+
+def test_responses_show_exactly_what_the_model_wrote(app_server, browser):
+    base, _, info = app_server
+    tid = info["exact_task_id"]
+    ctx, page = _page(browser)
+    sign_in(page, base, "reader", "password123")
+    _pick_project(page, "exact")
+    page.get_by_text(f"PROMPT · task #{tid}").wait_for()
+    a = page.locator(f".st-key-mt_resp_{tid}_A")
+    assert _visible(a) == EXACT_TEXT
+    b = page.locator(f".st-key-mt_resp_{tid}_B")
+    assert _visible(b) == "(empty response)"
+    _shot(page, "compare_exact_text")
+    # The raw switch shows the source itself (a code block, nothing inserted).
+    page.locator(f".st-key-raw_{tid}_A").get_by_text("Raw").click()
+    _settle(page)
+    assert a.locator("code").inner_text() == EXACT_TEXT
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("textbox", name="Username").wait_for()
     ctx.close()

@@ -1,0 +1,155 @@
+"""Model and user text on screen exactly as written: the characters, the line breaks, the indentation.
+
+Two renderings, chosen per project (`settings["render"]`, `markdown` by default):
+
+- `markdown`: code fences, code spans, `*emphasis*`/`**bold**`, bullet lists and tables render; everything
+  else Markdown (or Streamlit's own extensions) would turn into something else is escaped, so what shows is
+  what the model wrote. Nothing acts on the page: raw HTML, maths, links, images, colours, icons show as text.
+- `plain`: the text as it is (`st.text`), no formatting at all.
+
+Every response also has a "raw" toggle that shows its source in a code block, character for character.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import streamlit as st
+
+RENDERS = ("markdown", "plain")
+DEFAULT_RENDER = "markdown"
+
+# A fence closes with at least as many of its characters (CommonMark): ``` ... ```` is one block.
+_FENCE = re.compile(r"(^[ \t]*(```+|~~~+).*?(?:^[ \t]*\2[`~]*[ \t]*$|\Z))", re.DOTALL | re.MULTILINE)
+_INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
+
+# Inline: `\` stays a backslash (so `\$` cannot reopen maths); `<` shows tags as text; `$` is no maths; `[` makes
+# no link or image; `&` no entity (`&amp;` shows as typed); `~` no strikethrough; `_` no emphasis (`__init__`
+# stays `__init__`); `*` between letters or digits no emphasis (`2*3*4`).
+_ESCAPE = re.compile(r"([<$\[&~_])")
+_INTRAWORD_STAR = re.compile(r"(?<=[0-9A-Za-z])\*(?=[0-9A-Za-z*])")
+_DIRECTIVE = re.compile(r":(?=[A-Za-z_])")  # :red[...] colours (a URL's :// is left alone)
+_ICON = re.compile(r"(:[A-Za-z_]+)/")  # :material/home: icons (only an escaped slash stops them)
+
+# Streamlit rewrites some text after parsing, where no Markdown escape reaches: ` -> ` becomes an arrow,
+# ` -- ` a dash, `:smile:` an emoji. And Markdown drops the spaces at the start and end of a line. A word joiner
+# (U+2060, zero width, no glyph) between the characters splits those patterns, and one before a line's
+# indentation (or after its trailing spaces) keeps them, so the characters show as typed. Copying from the page
+# carries the joiners; the "raw" toggle shows the text without them.
+JOINER = "\u2060"
+_TYPOGRAPHIC = re.compile(r"(?<!\S)(<->|->|<-|--|>=|<=|~=)(?!\S)")
+_EMOJI = re.compile(r":(?=[\w+-]+:)")
+
+# Block structure at the start of a line: a quote (`>>> code` would lose its `>>>`), a heading (`# comment`), a
+# lone bullet, a rule or setext underline (`---` vanishes, the line above becomes a heading); ordered lists would
+# be renumbered.
+_LINE_START = re.compile(r"^(?:>|#|[-*+](?=[ \t]*$)|[-*_=](?=[-*_= \t]*$))")
+_ORDERED = re.compile(r"^(\d{1,9})([.)])(?=\s|$)")
+_LEAD_WS = re.compile(r"^[ \t]+")
+_TRAIL_WS = re.compile(r"[ \t]+$")
+
+
+def _escape_inline(text: str) -> str:
+    text = text.replace("\\", "\\\\")
+    text = _ESCAPE.sub(r"\\\1", text)
+    text = _INTRAWORD_STAR.sub(r"\\*", text)
+    text = _ICON.sub(r"\1\\/", text)
+    return _DIRECTIVE.sub(r"\\:", text)
+
+
+def _escape_line(line: str, at_start: bool, at_end: bool) -> str:
+    line = _TYPOGRAPHIC.sub(lambda m: m.group(1)[0] + JOINER + m.group(1)[1:], line)
+    line = _EMOJI.sub(":" + JOINER, line)
+    lead = trail = ""
+    m = _TRAIL_WS.search(line) if at_end else None
+    if m and m.start() > 0:
+        line, trail = line[:m.start()], m.group(0) + JOINER
+    if at_start:
+        m = _LEAD_WS.match(line)
+        if m:
+            lead, line = JOINER + m.group(0), line[m.end():]
+        m = _ORDERED.match(line)
+        if m:  # escape the marker's dot (a digit cannot be escaped)
+            lead, line = lead + m.group(1) + "\\" + m.group(2), line[m.end():]
+        elif _LINE_START.match(line):
+            lead, line = lead + "\\" + line[0], line[1:]
+    return lead + _escape_inline(line) + trail
+
+
+def _escape_segment(text: str, at_line_start: bool, at_line_end: bool) -> str:
+    """Prose outside code, escaped line by line. Its first line starts a line only when `at_line_start`, its last
+    ends one only when `at_line_end` (not when a code span follows)."""
+    lines = text.split("\n")
+    last = len(lines) - 1
+    return "\n".join(_escape_line(line, i > 0 or at_line_start, i < last or at_line_end)
+                     for i, line in enumerate(lines))
+
+
+def _escape_prose(text: str) -> str:
+    out, last = [], 0
+    for m in _INLINE_CODE.finditer(text):
+        out.append(_escape_segment(text[last:m.start()], last == 0 or text[last - 1] == "\n", False))
+        out.append(m.group(0))
+        last = m.end()
+    out.append(_escape_segment(text[last:], last == 0 or text[last - 1] == "\n", True))
+    return "".join(out)
+
+
+def safe_markdown(text: str) -> str:
+    """Markdown source that shows what the model wrote (see the module docstring for what renders).
+
+    Streamlit never renders raw HTML without unsafe_allow_html, but it would silently drop tags such as
+    `<script>`; annotators must *see* them (a response full of HTML is a bad response). Code blocks and spans
+    render verbatim by Markdown's own rules. Line breaks are kept by the page's CSS (`page_style`).
+    """
+    text = text or ""
+    out, last = [], 0
+    for m in _FENCE.finditer(text):
+        out.append(_escape_prose(text[last:m.start()]))
+        out.append(m.group(0))
+        last = m.end()
+    out.append(_escape_prose(text[last:]))
+    return "".join(out)
+
+
+# Text containers carry a key starting "mt_" (model text). Inside them a paragraph keeps its line breaks and
+# spaces (pre-wrap): a poem, a list without markers or code without a fence keeps its shape.
+_CSS = """
+<style>
+[class*="st-key-mt_"] [data-testid="stMarkdownContainer"] p,
+[class*="st-key-mt_"] [data-testid="stMarkdownContainer"] li:not(:has(> p)),
+[class*="st-key-mt_"] [data-testid="stMarkdownContainer"] td,
+[class*="st-key-mt_"] [data-testid="stMarkdownContainer"] th { white-space: pre-wrap; }
+</style>
+"""
+
+
+def page_style() -> None:
+    """The CSS that text shown by `show_text` needs; once per page run."""
+    st.html(_CSS)
+
+
+def render_mode(project: dict[str, Any] | None) -> str:
+    """The project's `render` setting (`markdown` | `plain`), markdown when unset or unknown."""
+    mode = ((project or {}).get("settings") or {}).get("render", DEFAULT_RENDER)
+    return mode if mode in RENDERS else DEFAULT_RENDER
+
+
+def show_text(text: str, *, key: str, mode: str = DEFAULT_RENDER, raw: bool = False,
+              empty_label: str = "(empty response)") -> None:
+    """Show model or user text as written: markdown (escaped), plain text, or its raw source (`raw`).
+
+    `key` names the container (unique on the page). Empty or whitespace-only text shows a badge saying so,
+    never a blank pane that could pass for a rendering fault.
+    """
+    text = text or ""
+    with st.container(key=f"mt_{key}"):
+        if not text.strip():
+            st.badge(empty_label if not text else f"{empty_label[:-1]}: only whitespace)", color="gray")
+            return
+        if raw:
+            st.code(text, language=None, wrap_lines=True)
+        elif mode == "plain":
+            st.text(text)
+        else:
+            st.markdown(safe_markdown(text))
