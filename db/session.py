@@ -121,17 +121,51 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
+# Which root transaction of a session has written (flushed rows or run an UPDATE/DELETE/INSERT) or was begun by
+# write_transaction: write_transaction joins such a transaction instead of ending it.
+_WRITES_IN = "instructloop_writes_in"
+
+
+@event.listens_for(Session, "after_flush")
+def _mark_flush(session: Session, _ctx) -> None:
+    session.info[_WRITES_IN] = session.get_transaction()
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _mark_dml(state) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[_WRITES_IN] = state.session.get_transaction()
+
+
+def _has_writes(session: Session) -> bool:
+    return bool(session.new or session.dirty or session.deleted) or (
+        session.in_transaction() and session.info.get(_WRITES_IN) is session.get_transaction())
+
+
 @contextlib.contextmanager
 def write_transaction(session: Session) -> Iterator[Session]:
-    """Run the block as one write transaction and commit it.
+    """Run the block as one write transaction, composable with the caller's.
 
-    SQLite: BEGIN IMMEDIATE takes the database write lock before the first read, so a
-    read-then-claim cannot interleave with another writer. PostgreSQL: a plain transaction;
-    callers lock rows (FOR UPDATE SKIP LOCKED). Pending work in the session is committed first.
+    - The session holds no writes yet (no transaction, or one that only read): the block runs in a
+      transaction of its own, committed at the end and rolled back on error. A read-only transaction in
+      progress is ended first (that commits nothing). SQLite: BEGIN IMMEDIATE takes the database write
+      lock before the first read, so a read-then-claim cannot interleave with another writer.
+      PostgreSQL: a plain transaction; callers lock rows (FOR UPDATE [SKIP LOCKED]).
+    - The caller has pending or flushed writes, or is itself inside a write_transaction: the block joins
+      that transaction as a SAVEPOINT. Nothing is committed here (the caller's commit or rollback
+      decides); an error rolls back only the block's own work and propagates.
+
+    So services compose: `with write_transaction(s): a(s); b(s)` is one transaction, all or nothing.
+    (Writes issued on `session.connection()` directly are not seen; go through the session.)
     """
+    if _has_writes(session):
+        with session.begin_nested():
+            yield session
+        return
     if session.in_transaction():
-        session.commit()
+        session.commit()  # read-only so far: nothing of the caller's is committed
     session.connection(execution_options={"sqlite_immediate": True})
+    session.info[_WRITES_IN] = session.get_transaction()
     try:
         yield session
         session.commit()

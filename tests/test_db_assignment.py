@@ -12,7 +12,7 @@ from db.models import Assignment, PreferenceLabel, Task, utcnow
 from db.services import assignment, labels
 from db.services.errors import ServiceError
 from db.session import session_factory
-from tests.db_helpers import make_compare_project, make_users
+from tests.db_helpers import make_compare_project, make_users, run_threads
 
 
 def _label_everything(session, users, pid):
@@ -60,12 +60,81 @@ def test_lease_expiry_returns_task_to_pool(session):
     later = t0 + dt.timedelta(minutes=31)
     assert assignment.next_task(session, u2, pid, now=later).task_id == tid
     assert assignment.expire_leases(session, now=later) == 1  # u1's lease
-    # u1 comes back late and still submits: the work is kept (one slight over-label).
+
+
+def _one_label_task(session, overlap=1):
+    users = make_users(session, 3)
+    pid, (tid,) = make_compare_project(session, n_tasks=1, overlap=overlap)
+    return users, pid, tid
+
+
+def _label_count(session, tid):
+    return session.scalar(select(func.count()).select_from(PreferenceLabel).where(PreferenceLabel.task_id == tid))
+
+
+def test_late_submit_is_kept_while_its_slot_was_not_given_to_anyone(session):
+    (u1, u2, _), pid, tid = _one_label_task(session)
+    t0 = utcnow()
+    assignment.next_task(session, u1, pid, now=t0)
+    later = t0 + dt.timedelta(hours=2)
     _, created = labels.submit_preference(session, u1, tid, "a", now=later)
-    assert created
-    labels.submit_preference(session, u2, tid, "b", now=later)
+    assert created and _label_count(session, tid) == 1
+    assert (session.get(Task, tid).status, assignment.next_task(session, u2, pid, now=later)) == ("done", None)
+
+
+@pytest.mark.parametrize("how", ["leased", "submitted", "released then leased"])
+def test_late_submit_after_the_slot_was_reassigned_is_refused_and_overlap_stays_exact(session, how):
+    from db.services.labels import TaskReassigned
+
+    (u1, u2, _), pid, tid = _one_label_task(session)
+    t0 = utcnow()
+    assignment.next_task(session, u1, pid, now=t0)
+    later = t0 + dt.timedelta(minutes=31)
+    if how == "released then leased":
+        assignment.release_task(session, u1, tid)
+    assert assignment.next_task(session, u2, pid, now=later).task_id == tid
+    if how == "submitted":
+        labels.submit_preference(session, u2, tid, "b", now=later)
+    with pytest.raises(TaskReassigned, match=f"task {tid} was reassigned: your lease ran out at .* NOT saved"):
+        labels.submit_preference(session, u1, tid, "a", now=later)
+    assert _label_count(session, tid) == (1 if how == "submitted" else 0)
+    if how != "submitted":
+        labels.submit_preference(session, u2, tid, "b", now=later)
     task = session.get(Task, tid)
-    assert (task.n_submitted, task.status) == (2, "done")
+    assert (task.n_submitted, task.status, _label_count(session, tid)) == (1, "done", 1)
+    states = dict(session.execute(select(Assignment.user_id, Assignment.state)).all())
+    assert states[u2] == "submitted" and states[u1] != "submitted"
+
+
+def test_late_submit_with_overlap_two_takes_a_free_slot_but_not_a_leased_one(session):
+    from db.services.labels import TaskReassigned
+
+    (u1, u2, u3), pid, tid = _one_label_task(session, overlap=2)
+    t0 = utcnow()
+    for u in (u1, u2):
+        assignment.next_task(session, u, pid, now=t0)
+    later = t0 + dt.timedelta(minutes=31)  # both leases ran out; u3 takes one of the two slots
+    assert assignment.next_task(session, u3, pid, now=later).task_id == tid
+    assert labels.submit_preference(session, u1, tid, "a", now=later)[1]  # the other slot was still free
+    with pytest.raises(TaskReassigned):
+        labels.submit_preference(session, u2, tid, "a", now=later)
+    labels.submit_preference(session, u3, tid, "b", now=later)
+    assert (session.get(Task, tid).n_submitted, _label_count(session, tid)) == (2, 2)
+
+
+def test_a_submit_beyond_a_lowered_overlap_is_refused(session):
+    from db.models import Project
+    from db.services import projects
+
+    (u1, u2, _), pid, tid = _one_label_task(session, overlap=2)
+    assignment.next_task(session, u1, pid)
+    assignment.next_task(session, u2, pid)
+    labels.submit_preference(session, u1, tid, "a")
+    projects.update_project(session, session.get(Project, pid).name, labels_per_task=1)
+    session.commit()
+    with pytest.raises(ServiceError, match=f"task {tid} already has all its labels \\(1\\)"):
+        labels.submit_preference(session, u2, tid, "b")
+    assert _label_count(session, tid) == 1
 
 
 def test_skip_gives_task_to_someone_else(session):
@@ -97,30 +166,16 @@ def test_concurrent_next_task_never_hands_a_slot_twice(db_url, overlap):
     users = make_users(s, 8)
     pid, task_ids = make_compare_project(s, n_tasks=5, overlap=overlap)
     s.close()
-    got: dict[int, list[int]] = {}
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(8)
 
-    def worker(uid: int) -> None:
-        sess = session_factory(db_url)()
-        try:
-            barrier.wait()
+    def worker(uid: int) -> list[int]:
+        with session_factory(db_url)() as sess:
             mine = []
             while (v := assignment.next_task(sess, uid, pid)) is not None:
                 labels.submit_preference(sess, uid, v.task_id, "a")
                 mine.append(v.task_id)
-            got[uid] = mine
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-        finally:
-            sess.close()
+            return mine
 
-    threads = [threading.Thread(target=worker, args=(u,)) for u in users]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    got = run_threads(worker, users)
     counts = Counter(t for mine in got.values() for t in mine)
     assert counts == {t: overlap for t in task_ids}
     for mine in got.values():
@@ -139,18 +194,13 @@ def test_concurrent_leases_without_submit(db_url):
     users = make_users(s, 8)
     pid, task_ids = make_compare_project(s, n_tasks=3, overlap=1)
     s.close()
-    got, barrier = [], threading.Barrier(8)
 
-    def worker(uid: int) -> None:
-        sess = session_factory(db_url)()
-        barrier.wait()
-        v = assignment.next_task(sess, uid, pid)
-        got.append(v.task_id if v else None)
-        sess.close()
+    def worker(uid: int) -> int | None:
+        with session_factory(db_url)() as sess:
+            v = assignment.next_task(sess, uid, pid)
+            return v.task_id if v else None
 
-    threads = [threading.Thread(target=worker, args=(u,)) for u in users]
-    [t.start() for t in threads]
-    [t.join(60) for t in threads]
+    got = run_threads(worker, users).values()
     taken = [g for g in got if g is not None]
     assert sorted(taken) == sorted(task_ids)
 
@@ -197,4 +247,28 @@ def test_next_task_waits_for_a_task_another_transaction_holds_instead_of_saying_
         release.join()
         holder.close()
     assert v is not None and v.task_id == tid
+    s.close()
+
+
+def test_postgresql_next_task_unlocks_a_candidate_it_found_full_at_once(tmp_path, monkeypatch):
+    """A candidate can fill up between the candidate query's snapshot and the row lock; next_task then takes
+    the next task and must not keep the full one locked for the rest of the caller's transaction."""
+    from sqlalchemy import text
+
+    from db.session import get_engine, write_transaction
+    from tests.conftest import fresh_url
+
+    url = fresh_url("postgresql", tmp_path)
+    s = session_factory(url)()
+    (u,) = make_users(s, 1)
+    pid, (t1, t2) = make_compare_project(s, n_tasks=2)
+    real = assignment.slots_taken
+    monkeypatch.setattr(assignment, "slots_taken",  # t1 "filled up" just before we locked it
+                        lambda sess, tid, now: 99 if tid == t1 else real(sess, tid, now))
+    with write_transaction(s):  # the caller's transaction stays open after next_task returns
+        assert assignment.next_task(s, u, pid).task_id == t2
+        with get_engine(url).connect() as other:
+            locked = other.execute(text("SELECT id FROM tasks WHERE id = :t FOR UPDATE NOWAIT"), {"t": t1}).all()
+            assert locked == [(t1,)]
+            other.rollback()
     s.close()

@@ -143,7 +143,7 @@ def test_oasst_rankings_expand_to_pairs(session, shared_data):
     ranking = session.scalars(select(Ranking).order_by(Ranking.id)).first()
     task = session.get(Task, ranking.task_id)
     k = len(task.response_ids)
-    rows = [x for x in export.iter_preference_rows(session, project="oa") if x.get("group") == f"prompt-{task.prompt_id}"]
+    rows = [x for x in export.iter_preference_rows(session, project="oa") if x.get("group") == f"task-{task.id}"]
     n_tied = sum(len(g) * (len(g) - 1) // 2 for g in ranking.ordering)
     assert len(rows) == k * (k - 1) // 2 - n_tied
     # A reply in the top group is never the rejected side of a pair.

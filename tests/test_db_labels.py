@@ -31,13 +31,13 @@ def test_ranking_with_ties(session):
         labels.submit_ranking(session, u, t.id, [[rids[0]], [rids[1]]])
     with pytest.raises(InputError, match="everything ties"):
         labels.submit_ranking(session, u, t.id, [rids])
+    with pytest.raises(InputError, match="flag"):
+        labels.submit_ranking(session, u, t.id, [[rids[0]], rids[1:]], flags=["rude"])
     r, created = labels.submit_ranking(session, u, t.id, [[rids[2]], [rids[0], rids[3]], [rids[1]]],
                                        flags=["hallucination"], seconds=12)
     assert created and r.ordering[1] == [rids[0], rids[3]]
     _, again = labels.submit_ranking(session, u, t.id, [[rids[0]], [rids[1], rids[2], rids[3]]])
     assert not again and session.scalar(select(func.count()).select_from(Ranking)) == 1
-    with pytest.raises(InputError, match="flag"):
-        labels.submit_ranking(session, u, t.id, [[rids[0]], rids[1:]], flags=["rude"])
 
 
 def test_rank_task_needs_three_responses(session):
@@ -127,3 +127,52 @@ def test_a_locked_sqlite_database_is_a_clear_message_with_nothing_saved(tmp_path
     with session_scope(url) as s:
         assert projects.list_projects(s) == []
     dispose_engines()
+
+
+def test_a_repeat_submit_returns_the_first_label_even_if_its_input_no_longer_validates(session):
+    (u,) = make_users(session, 1)
+    p = projects.create_project(session, "d", settings={"min_demonstration_chars": 10})
+    pid, (ctid,) = make_compare_project(session, "c", n_tasks=1)
+    t, rids = _rank_task(session, pid)
+    content.add_prompt(session, p.id, text="Explain tides.")
+    tasks.create_demonstrate_tasks(session, p.id)
+    session.commit()
+    dtid = assignment.next_task(session, u, p.id).task_id
+    first_demo, _ = labels.submit_demonstration(session, u, dtid, "The moon pulls the sea.")
+    projects.update_project(session, "d", settings={"min_demonstration_chars": 500})
+    session.commit()
+    again, created = labels.submit_demonstration(session, u, dtid, "The moon pulls the sea.")
+    assert (again.id, created) == (first_demo.id, False)
+
+    for tid in (ctid, t.id):
+        assignment.next_task(session, u, pid)
+    pref, _ = labels.submit_preference(session, u, ctid, "a", strength="clear")
+    rank, _ = labels.submit_ranking(session, u, t.id, [[rids[0]], rids[1:]])
+    # A retry carrying input that would be refused now (stale page, changed vocabulary) is still the repeat.
+    assert labels.submit_preference(session, u, ctid, "maybe", flags=["rude"]) == (pref, False)
+    assert labels.submit_ranking(session, u, t.id, [[rids[0]]], flags=["rude"]) == (rank, False)
+    assert session.scalar(select(func.count()).select_from(Ranking)) == 1
+
+
+def test_the_same_demonstration_text_on_a_second_task_of_the_prompt_is_a_clear_error(session):
+    from db.models import Task
+
+    (u,) = make_users(session, 1)
+    p = projects.create_project(session, "d", settings={"min_demonstration_chars": 5})
+    pr, _ = content.add_prompt(session, p.id, text="Explain tides.")
+    first, _ = tasks.create_task(session, p.id, "demonstrate", pr.id)
+    # A second demonstrate task of the same prompt (e.g. queued again after a rejection).
+    second = Task(project_id=p.id, kind="demonstrate", prompt_id=pr.id, response_ids=[], dedup_key="again")
+    session.add(second)
+    session.commit()
+    text = "The moon pulls the sea."
+    d1, _ = labels.submit_demonstration(session, u, first.id, text)
+    with pytest.raises(InputError, match=f"already wrote exactly this demonstration .*demonstration {d1.id}, "
+                                         f"task {first.id}"):
+        labels.submit_demonstration(session, u, second.id, "  " + text + "\n")
+    assert session.scalar(select(func.count()).select_from(Demonstration)) == 1
+    d2, created = labels.submit_demonstration(session, u, second.id, text + " Twice a day.")
+    assert created
+    with pytest.raises(InputError, match="already wrote exactly this"):
+        labels.revise_demonstration(session, u, d2.id, text)
+    assert session.get(Demonstration, d2.id).text == text + " Twice a day."

@@ -38,7 +38,8 @@ class TaskView:
     expires_at: dt.datetime | None = None
 
 
-def _live(now: dt.datetime):
+def live_slot(now: dt.datetime) -> Any:
+    """An assignment that takes one of a task's `labels_per_task` slots: a submitted label or a live lease."""
     return or_(Assignment.state == "submitted",
                and_(Assignment.state == "assigned", Assignment.expires_at > now))
 
@@ -60,7 +61,7 @@ def task_view(session: Session, task: Task, assignment: Assignment | None = None
 def slots_taken(session: Session, task_id: int, now: dt.datetime) -> int:
     """Submitted labels plus live leases on a task."""
     return session.scalar(select(func.count()).select_from(Assignment)
-                          .where(Assignment.task_id == task_id, _live(now))) or 0
+                          .where(Assignment.task_id == task_id, live_slot(now))) or 0
 
 
 def next_task(session: Session, user_id: int, project_id: int, *, kind: str | None = None,
@@ -72,7 +73,7 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
     now = now or utcnow()
     lease = dt.timedelta(minutes=lease_minutes if lease_minutes is not None else LEASE_MINUTES)
     with write_transaction(session):
-        project = session.get(Project, project_id)
+        project = session.get(Project, project_id, populate_existing=True)  # labels_per_task may have changed
         if project is None:
             raise NotFound(f"no project with id {project_id}")
         held_q = (select(Assignment).join(Task, Task.id == Assignment.task_id)
@@ -88,40 +89,63 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
         done_by_me = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user_id,
                                     Assignment.state.in_(("submitted", "skipped")))
         taken = (select(func.count()).select_from(Assignment)
-                 .where(Assignment.task_id == Task.id, _live(now)).correlate(Task).scalar_subquery())
-        is_pg = session.get_bind().dialect.name == "postgresql"
-        tried: list[int] = []
-        for attempt in range(50):
-            q = select(Task).where(Task.project_id == project_id, Task.status == "open", ~done_by_me,
-                                   taken < overlap)
-            if kind:
-                q = q.where(Task.kind == kind)
-            if tried:
-                q = q.where(Task.id.not_in(tried))
-            q = q.order_by(Task.n_submitted.desc(), Task.id).limit(1)
-            task = session.scalars(q.with_for_update(skip_locked=True, of=Task) if is_pg else q).first()
-            if task is None:
-                # PostgreSQL skipped rows that other transactions hold right now (someone claiming or submitting
-                # them): that is not "nothing left". Wait for those short transactions and look again.
-                if is_pg and session.scalars(q).first() is not None:
-                    time.sleep(min(0.05, 0.005 * (attempt + 1)))
-                    continue
-                return None
-            # PostgreSQL: the candidate query ran on a snapshot taken before we held the row lock;
-            # recount now that no one else can claim this task.
-            if is_pg and slots_taken(session, task.id, now) >= overlap:
-                tried.append(task.id)
-                continue
-            mine = session.scalar(select(Assignment).where(Assignment.task_id == task.id,
-                                                           Assignment.user_id == user_id))
-            if mine is None:
-                mine = Assignment(task_id=task.id, user_id=user_id)
-                session.add(mine)
-            mine.state, mine.assigned_at, mine.expires_at = "assigned", now, now + lease
-            mine.finished_at, mine.skip_reason = None, None
-            session.flush()
-            return task_view(session, task, mine)
-        return None
+                 .where(Assignment.task_id == Task.id, live_slot(now)).correlate(Task).scalar_subquery())
+        q = select(Task).where(Task.project_id == project_id, Task.status == "open", ~done_by_me, taken < overlap)
+        if kind:
+            q = q.where(Task.kind == kind)
+        q = q.order_by(Task.n_submitted.desc(), Task.id).limit(1)
+        if session.get_bind().dialect.name != "postgresql":
+            task = session.scalars(q).first()  # the database write lock is ours: nobody else can claim
+            return None if task is None else _claim(session, task, user_id, now, lease)
+        return _next_task_pg(session, q, user_id, overlap, now, lease)
+
+
+# How long next_task may wait behind other transactions on PostgreSQL before saying "busy, try again".
+PG_WAIT_SECONDS = 30.0
+
+
+def _next_task_pg(session: Session, q: Any, user_id: int, overlap: int, now: dt.datetime,
+                  lease: dt.timedelta) -> TaskView | None:
+    """PostgreSQL: lock a candidate task row, recount its slots, claim it.
+
+    The candidate query runs on a snapshot taken before the row lock, so the slot count is redone once the
+    row is ours. A candidate that turns out full is released at once (its SAVEPOINT is rolled back, which
+    drops the row lock) so no row stays locked for the rest of the transaction. SKIP LOCKED spreads
+    concurrent callers over different tasks; when every candidate is locked by someone else, the first one
+    is waited for with a plain FOR UPDATE instead of reporting "no tasks left": None is returned only when
+    the committed data holds no candidate for this user.
+    """
+    deadline = time.monotonic() + PG_WAIT_SECONDS
+    full: list[int] = []  # candidates found full once locked: left out of this call's later looks
+    while True:
+        cand = q.where(Task.id.not_in(full)) if full else q
+        for wait in (False, True):
+            with session.begin_nested() as sp:
+                task = session.scalars(cand.with_for_update(skip_locked=not wait, of=Task)
+                                       .execution_options(populate_existing=True)).first()
+                if task is not None and slots_taken(session, task.id, now) < overlap:
+                    return _claim(session, task, user_id, now, lease)
+                sp.rollback()  # full after all (or nothing lockable): release the row lock at once
+            if task is not None:
+                full.append(task.id)
+                break  # start over with SKIP LOCKED on a fresh snapshot
+            if not wait and session.scalars(cand).first() is None:
+                return None  # nothing for this user in the committed data, locked or not
+            # else: every candidate is held by someone else right now; wait for the first one (wait=True)
+        if time.monotonic() > deadline:
+            raise ServiceError("the task queue is very busy: no task could be taken for "
+                               f"{PG_WAIT_SECONDS:.0f} s; try again in a moment")
+
+
+def _claim(session: Session, task: Task, user_id: int, now: dt.datetime, lease: dt.timedelta) -> TaskView:
+    mine = session.scalar(select(Assignment).where(Assignment.task_id == task.id, Assignment.user_id == user_id))
+    if mine is None:
+        mine = Assignment(task_id=task.id, user_id=user_id)
+        session.add(mine)
+    mine.state, mine.assigned_at, mine.expires_at = "assigned", now, now + lease
+    mine.finished_at, mine.skip_reason = None, None
+    session.flush()
+    return task_view(session, task, mine)
 
 
 def open_task(session: Session, user_id: int, task_id: int) -> TaskView:
@@ -186,7 +210,7 @@ def tasks_left(session: Session, user_id: int, project_id: int, *, kind: str | N
     done_by_me = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user_id,
                                 Assignment.state.in_(("submitted", "skipped")))
     taken = (select(func.count()).select_from(Assignment)
-             .where(Assignment.task_id == Task.id, _live(now), Assignment.user_id != user_id)
+             .where(Assignment.task_id == Task.id, live_slot(now), Assignment.user_id != user_id)
              .correlate(Task).scalar_subquery())
     q = select(func.count()).select_from(Task).where(
         Task.project_id == project_id, Task.status == "open", ~done_by_me, taken < project.labels_per_task)

@@ -207,8 +207,11 @@ def iter_preference_rows(session: Session, *, project: str | None = None, fmt: s
                          collect: dict[str, list[int]] | None = None) -> Iterator[dict[str, Any]]:
     """Preference pairs in TRL explicit-prompt format ({prompt, chosen, rejected, margin}) or HH.
 
-    Rankings expand into all C(K,2) pairs with a `group` per prompt. Ties and both-bad are left out
-    unless `include_ties` (then rows carry `"tie": true`). `collect` receives the label ids used.
+    Rankings expand into all C(K,2) pairs with a `group` per rank task (`task-<id>`; per ranking under
+    `aggregate="all"`: `task-<id>-ranking-<label id>`). `aggregate="all"` gives one row per label, each in
+    its own direction (a dissenting vote is the reversed pair). Ties and both-bad are left out unless
+    `include_ties` (then rows carry `"tie": "tie"` or `"tie": "both_bad"`, chosen/rejected in response-id
+    order). `collect` receives the label ids used.
     """
     if fmt not in PREF_FORMATS:
         raise InputError(f"format must be one of {', '.join(PREF_FORMATS)}, not {fmt!r}", field="format")
@@ -247,7 +250,11 @@ def iter_preference_rows(session: Session, *, project: str | None = None, fmt: s
                                "chosen": cw, "rejected": cl}
                     row["margin"] = float(margin) if margin is not None else 0.0
                     if task.kind == "rank":
-                        row["group"] = f"prompt-{prompt.id}"
+                        # One group per ranked task (per ranking under 'all'): a group is one batch element in
+                        # reward training, so two rank tasks of a prompt or several annotators' rankings of a
+                        # task must not merge into one group holding the same pair twice.
+                        row["group"] = (f"task-{task.id}-ranking-{used[0][0]}" if aggregate == "all"
+                                        else f"task-{task.id}")
                     if tie:
                         row["tie"] = verdict
                     if collect is not None:

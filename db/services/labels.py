@@ -9,8 +9,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -25,7 +24,7 @@ from db.models import (
     Task,
     utcnow,
 )
-from db.services.assignment import slots_taken
+from db.services.assignment import live_slot
 from db.services.content import sha
 from db.services.errors import InputError, NotFound, ServiceError
 from db.services.projects import setting
@@ -48,23 +47,40 @@ def _check_preference(choice: str, strength: str | None) -> None:
         raise InputError(f"strength must be one of {', '.join(STRENGTHS)}, not {strength!r}", field="strength")
 
 
-def _claim_slot(session: Session, task: Task, user_id: int, now: dt.datetime) -> None:
-    """Mark the user's assignment submitted (creating one if the task still has room) and count it.
+class TaskReassigned(ServiceError):
+    """A late submit on a lease that ran out, after the slot went to another annotator: nothing was saved.
+    The UI keeps what the annotator entered (they may copy it) and offers Skip."""
 
-    The caller holds the task row lock (PostgreSQL) or the database write lock (SQLite), so the
-    counter update cannot interleave with another submit.
+
+def _claim_slot(session: Session, task: Task, user_id: int, now: dt.datetime) -> None:
+    """Mark the user's assignment submitted and count it, if the task still has room for this label.
+
+    A label is kept only while submitted labels plus *other* annotators' live leases leave room under
+    `labels_per_task`, so a task never ends with more labels than its overlap. A live lease always has room
+    (next_task only hands out free slots); a lease that ran out (or was released) keeps its room until
+    next_task gives that slot to someone else, and then the late submit is refused with TaskReassigned.
+    The caller holds the task row lock (PostgreSQL) or the database write lock (SQLite), so the count and
+    the counter update cannot interleave with another submit or claim.
     """
-    project = session.get(Project, task.project_id)
-    a = session.scalar(select(Assignment).where(Assignment.task_id == task.id, Assignment.user_id == user_id))
-    if a is None:
-        # No lease (a direct service or script submit): only into a slot nobody holds.
-        if slots_taken(session, task.id, now) >= project.labels_per_task:
-            raise ServiceError(f"task {task.id} already has all its labels")
+    project = session.get(Project, task.project_id, populate_existing=True)
+    a = session.scalar(select(Assignment).where(Assignment.task_id == task.id, Assignment.user_id == user_id)
+                       .execution_options(populate_existing=True))
+    if a is not None and a.state == "skipped":
+        raise ServiceError(f"task {task.id} was skipped by this user")
+    others = session.scalar(select(func.count()).select_from(Assignment).where(
+        Assignment.task_id == task.id, Assignment.user_id != user_id, live_slot(now))) or 0
+    if others >= project.labels_per_task:
+        lease_ended = a is not None and (a.state != "assigned" or a.expires_at <= now)
+        if lease_ended:
+            raise TaskReassigned(
+                f"task {task.id} was reassigned: your lease ran out at {a.expires_at:%Y-%m-%d %H:%M} UTC and "
+                "the task went to another annotator, so this answer was NOT saved. Copy anything you want to "
+                "keep, then skip to get the next task.")
+        raise ServiceError(f"task {task.id} already has all its labels ({project.labels_per_task}); "
+                           "nothing was saved")
+    if a is None:  # no lease (a direct service or script submit) into a free slot
         a = Assignment(task_id=task.id, user_id=user_id, assigned_at=now, expires_at=now)
         session.add(a)
-    elif a.state == "skipped":
-        raise ServiceError(f"task {task.id} was skipped by this user")
-    # An expired lease still counts: the work was done, a slight over-label beats losing it.
     a.state, a.finished_at = "submitted", now
     task.n_submitted += 1
     if task.n_submitted >= project.labels_per_task:
@@ -84,30 +100,22 @@ def _task(session: Session, task_id: int, kind: str) -> Task:
 
 def _submit_once(session: Session, model: Any, kind: str, task_id: int, user_id: int, now: dt.datetime,
                  build: Callable[[Task], Any]) -> tuple[Any, bool]:
-    """The idempotent submit every label kind shares, in one write transaction.
+    """The idempotent submit every label kind shares, in one write transaction (see write_transaction).
 
-    `build(task)` validates and returns the new, unsaved row. A repeat submit by the same user (double
-    click, retry, or a concurrent duplicate that won the race on PostgreSQL) returns the first row.
+    A repeat submit by the same user (double click, retry) returns the first row before the new input is
+    even validated: a retry must not fail because, say, the project's minimum length changed since. Only a
+    first submit goes through `build(task)`, which validates and returns the new, unsaved row.
     """
-    def first() -> Any:
-        return session.scalar(select(model).where(model.task_id == task_id, model.user_id == user_id))
-
-    try:
-        with write_transaction(session):
-            task = _task(session, task_id, kind)
-            row = build(task)
-            existing = first()
-            if existing is not None:
-                return existing, False
-            _claim_slot(session, task, user_id, now)
-            session.add(row)
-            session.flush()
-            return row, True
-    except IntegrityError:
-        existing = first()
-        if existing is None:
-            raise
-        return existing, False
+    with write_transaction(session):
+        task = _task(session, task_id, kind)
+        existing = session.scalar(select(model).where(model.task_id == task_id, model.user_id == user_id))
+        if existing is not None:
+            return existing, False
+        row = build(task)
+        _claim_slot(session, task, user_id, now)
+        session.add(row)
+        session.flush()
+        return row, True
 
 
 def submit_preference(session: Session, user_id: int, task_id: int, choice: str, *,
@@ -115,12 +123,15 @@ def submit_preference(session: Session, user_id: int, task_id: int, choice: str,
                       seconds: float | None = None, now: dt.datetime | None = None
                       ) -> tuple[PreferenceLabel, bool]:
     """Record a pairwise judgement. Returns (label, created); created is False on a repeat submit."""
-    _check_preference(choice, strength)
-    flags = _check_flags(flags)
     now = now or utcnow()
-    return _submit_once(session, PreferenceLabel, "compare", task_id, user_id, now, lambda task: PreferenceLabel(
-        task_id=task_id, user_id=user_id, choice=choice, strength=strength if choice in ("a", "b") else None,
-        flags=flags, comment=comment or "", seconds=seconds, created_at=now))
+
+    def build(task: Task) -> PreferenceLabel:
+        _check_preference(choice, strength)
+        return PreferenceLabel(task_id=task_id, user_id=user_id, choice=choice,
+                               strength=strength if choice in ("a", "b") else None, flags=_check_flags(flags),
+                               comment=comment or "", seconds=seconds, created_at=now)
+
+    return _submit_once(session, PreferenceLabel, "compare", task_id, user_id, now, build)
 
 
 def _check_ordering(task: Task, ordering: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -141,10 +152,9 @@ def submit_ranking(session: Session, user_id: int, task_id: int, ordering: Seque
                    flags: Sequence[str] | None = None, comment: str = "", seconds: float | None = None,
                    now: dt.datetime | None = None) -> tuple[Ranking, bool]:
     """Record an ordering, best first; responses in one inner list tie."""
-    flags = _check_flags(flags)
     now = now or utcnow()
     return _submit_once(session, Ranking, "rank", task_id, user_id, now, lambda task: Ranking(
-        task_id=task_id, user_id=user_id, ordering=_check_ordering(task, ordering), flags=flags,
+        task_id=task_id, user_id=user_id, ordering=_check_ordering(task, ordering), flags=_check_flags(flags),
         comment=comment or "", seconds=seconds, created_at=now))
 
 
@@ -156,6 +166,21 @@ def _check_demonstration(session: Session, project_id: int, text: str) -> str:
     return text
 
 
+def _check_not_written_before(session: Session, prompt_id: int, user_id: int, text: str,
+                              exclude_id: int | None = None) -> None:
+    # One user's demonstrations of a prompt are unique by text (the table's constraint): say so instead of
+    # failing on it.
+    q = select(Demonstration).where(Demonstration.prompt_id == prompt_id, Demonstration.user_id == user_id,
+                                    Demonstration.content_hash == sha(text))
+    if exclude_id is not None:
+        q = q.where(Demonstration.id != exclude_id)
+    same = session.scalar(q.limit(1))
+    if same is not None:
+        where = f"task {same.task_id}" if same.task_id is not None else "an import"
+        raise InputError(f"you already wrote exactly this demonstration for this prompt (demonstration {same.id}, "
+                         f"{where}); write a different one or skip the task", field="text")
+
+
 def submit_demonstration(session: Session, user_id: int, task_id: int, text: str, *,
                          seconds: float | None = None, now: dt.datetime | None = None
                          ) -> tuple[Demonstration, bool]:
@@ -164,6 +189,7 @@ def submit_demonstration(session: Session, user_id: int, task_id: int, text: str
 
     def build(task: Task) -> Demonstration:
         clean = _check_demonstration(session, task.project_id, text)
+        _check_not_written_before(session, task.prompt_id, user_id, clean)
         return Demonstration(prompt_id=task.prompt_id, task_id=task_id, user_id=user_id, text=clean,
                              content_hash=sha(clean), seconds=seconds, created_at=now)
 
@@ -224,6 +250,7 @@ def revise_demonstration(session: Session, user_id: int, demo_id: int, text: str
         if d.task_id is not None:
             _check_revision_window(session, d.task_id, d.created_at, now)
         text = _check_demonstration(session, d.prompt.project_id, text)
+        _check_not_written_before(session, d.prompt_id, user_id, text, exclude_id=d.id)
         d.text, d.content_hash, d.updated_at = text, sha(text), now
         session.flush()
         return d

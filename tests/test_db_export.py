@@ -1,0 +1,79 @@
+"""Preference export: ranking pairs grouped by task (per ranking under --aggregate all), every vote under
+--aggregate all in its own direction, tie rows as documented."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from db.models import Response, Task
+from db.services import assignment, content, export, labels, projects, tasks
+from tests.db_helpers import make_compare_project, make_users
+
+
+def _pairs_by_group(rows):
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["group"]].append(frozenset((r["chosen"], r["rejected"])))
+    return groups
+
+
+def _rank_all(session, users, pid, order):
+    """Each user ranks every rank task it is given; `order(view)` gives the ordering."""
+    for u in users:
+        while (v := assignment.next_task(session, u, pid)) is not None:
+            labels.submit_ranking(session, u, v.task_id, order(v))
+
+
+def test_two_rank_tasks_of_one_prompt_are_two_groups_without_duplicate_pairs(session):
+    (u,) = make_users(session, 1)
+    p = projects.create_project(session, "r")
+    pr, _ = content.add_prompt(session, p.id, text="Name a colour.")
+    r = [content.add_response(session, pr.id, f"colour {i}")[0].id for i in range(4)]
+    t1, _ = tasks.create_task(session, p.id, "rank", pr.id, r[:3])
+    t2, _ = tasks.create_task(session, p.id, "rank", pr.id, [r[0], r[1], r[3]])  # shares pairs with t1
+    session.commit()
+    _rank_all(session, [u], p.id, lambda v: [[x["id"]] for x in sorted(v.responses, key=lambda x: x["id"])])
+    groups = _pairs_by_group(export.iter_preference_rows(session, project="r", conversational="never"))
+    assert set(groups) == {f"task-{t1.id}", f"task-{t2.id}"}
+    for pairs in groups.values():
+        assert len(pairs) == 3 and len(set(pairs)) == 3  # C(3,2) pairs, none twice
+
+
+def test_rankings_of_several_annotators_group_per_task_or_per_ranking_under_all(session):
+    users = make_users(session, 2)
+    p = projects.create_project(session, "r", labels_per_task=2)
+    pr, _ = content.add_prompt(session, p.id, text="Name a colour.")
+    r = [content.add_response(session, pr.id, f"colour {i}")[0].id for i in range(3)]
+    t, _ = tasks.create_task(session, p.id, "rank", pr.id, r)
+    session.commit()
+    _rank_all(session, users, p.id, lambda v: [[r[0]], [r[1]], [r[2]]])
+    maj = _pairs_by_group(export.iter_preference_rows(session, project="r", conversational="never"))
+    assert {g: len(x) for g, x in maj.items()} == {f"task-{t.id}": 3}
+    every = _pairs_by_group(export.iter_preference_rows(session, project="r", aggregate="all",
+                                                        conversational="never"))
+    assert len(every) == 2 and all(g.startswith(f"task-{t.id}-ranking-") for g in every)
+    assert all(len(set(pairs)) == len(pairs) == 3 for pairs in every.values())
+
+
+def test_aggregate_all_gives_every_vote_and_the_dissent_reversed(session):
+    u = make_users(session, 3)
+    pid, (tid,) = make_compare_project(session, n_tasks=1, overlap=3)
+    for uid, choice, strength in zip(u, ["a", "a", "b"], ["clear", "strong", "slight"]):
+        assignment.next_task(session, uid, pid)
+        labels.submit_preference(session, uid, tid, choice, strength=strength)
+    a, b = (session.get(Response, i).text for i in session.get(Task, tid).response_ids)
+    rows = list(export.iter_preference_rows(session, project="p", aggregate="all", conversational="never"))
+    assert Counter((x["chosen"], x["rejected"], x["margin"]) for x in rows) == Counter(
+        {(a, b, 1.0): 1, (a, b, 2.0): 1, (b, a, 0.5): 1})
+    (maj,) = export.iter_preference_rows(session, project="p", conversational="never")
+    assert (maj["chosen"], maj["rejected"], maj["margin"]) == (a, b, 1.5)  # mean margin of the majority
+
+
+def test_tie_rows_carry_which_kind_of_tie(session):
+    u = make_users(session, 2)
+    pid, (t1, t2) = make_compare_project(session, n_tasks=2)
+    for uid, tid, choice in ((u[0], t1, "tie"), (u[1], t2, "both_bad")):
+        assignment.next_task(session, uid, pid)
+        labels.submit_preference(session, uid, tid, choice)
+    rows = list(export.iter_preference_rows(session, project="p", include_ties=True))
+    assert sorted(x["tie"] for x in rows) == ["both_bad", "tie"]
+    assert all(x["margin"] == 0.0 for x in rows)
