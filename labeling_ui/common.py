@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Iterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import streamlit as st
 from sqlalchemy.orm import Session
@@ -36,6 +38,19 @@ def render_prompt(view: Any, mode: str = "markdown", key: str = "prompt") -> Non
                 st.caption("System")
             show_text(turn.get("content", ""), key=f"{key}_{view.task_id}_{i}", mode=mode,
                       empty_label="(empty message)")
+
+
+def local_time(when: dt.datetime | None) -> str:
+    """A stored time (UTC) in the viewer's own time zone (the browser's, from st.context), without an offset;
+    "… UTC" when the browser did not say."""
+    if when is None:
+        return ""
+    try:
+        tz = ZoneInfo(st.context.timezone) if isinstance(st.context.timezone, str) else None
+    except Exception:  # noqa: BLE001 - no request context, or a zone name this system does not know
+        tz = None
+    when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    return when.astimezone(tz or dt.UTC).strftime("%Y-%m-%d %H:%M") + ("" if tz else " UTC")
 
 
 # ------------------------------------------------------------------ projects, guidelines, progress
@@ -211,19 +226,63 @@ def task_action(kind: str, project_id: int, action: Any, flash: tuple[str, str] 
     rerun_fragment()
 
 
+def _skip_key(prefix: str, task_id: int) -> str:
+    return f"{prefix}_skipping_{task_id}"
+
+
+def skipping(prefix: str, task_id: int) -> bool:
+    """Whether the skip panel is open for this task: the page's own number keys stand down meanwhile (1-4 then
+    choose a skip reason)."""
+    return bool(st.session_state.get(_skip_key(prefix, task_id)))
+
+
+def _set_state(key: str, value: Any) -> None:
+    st.session_state[key] = value
+
+
 def submit_skip_row(prefix: str, task_id: int, submit_label: str = "Submit", keys: bool = True
-                    ) -> tuple[bool, str, bool]:
-    """The Submit / skip reason / Skip row under a task (Enter and S when `keys`): (submit, reason, skip).
-    Keys end in the task id, so a click meant for a task no longer on screen does nothing."""
+                    ) -> tuple[bool, str | None]:
+    """The Submit / Skip row under a task (Enter and S when `keys`): (submit pressed, skip reason or None).
+
+    Skipping takes two steps: Skip (S) opens a panel, and only choosing a reason there (a click, or 1-4)
+    skips; "Other" asks for the reason in words. Back (Esc) closes the panel. Keys end in the task id, so a
+    click meant for a task no longer on screen does nothing.
+    """
     from labeling_ui.vocab import SKIP_REASONS
 
-    row = st.columns([2, 3, 1], vertical_alignment="bottom")
-    submit = row[0].button(submit_label, key=f"{prefix}_submit_{task_id}", type="primary", icon=":material/send:",
-                           shortcut="Enter" if keys else None, width="stretch")
-    reason = row[1].selectbox("Skip reason", SKIP_REASONS, key=f"{prefix}_skip_reason_{task_id}",
-                              label_visibility="collapsed")
-    skip = row[2].button("Skip", key=f"{prefix}_skip_{task_id}", shortcut="S" if keys else None, width="stretch")
-    return submit, reason, skip
+    state, sk, ok = st.session_state, _skip_key(prefix, task_id), f"{prefix}_skip_other_open_{task_id}"
+    if not state.get(sk):
+        row = st.columns([3, 1], vertical_alignment="bottom")
+        submit = row[0].button(submit_label, key=f"{prefix}_submit_{task_id}", type="primary",
+                               icon=":material/send:", shortcut="Enter" if keys else None, width="stretch")
+        row[1].button("Skip…", key=f"{prefix}_skip_{task_id}", shortcut="S" if keys else None, width="stretch",
+                      on_click=_set_state, args=(sk, True), help="Asks why first: nothing is skipped until you "
+                                                                  "choose a reason")
+        return submit, None
+    chosen = None
+    with st.container(border=True, key=f"skip_panel_{prefix}"):
+        st.markdown("**Skip this task?** Say why" + (" (press 1–4), or go back (Esc)." if keys else "."))
+        cols = st.columns(len(SKIP_REASONS) + 1)
+        for i, (col, reason) in enumerate(zip(cols, SKIP_REASONS)):
+            other = reason == "Other"
+            pressed = col.button(reason + ("…" if other else ""), key=f"{prefix}_skipwhy_{i}_{task_id}",
+                                 shortcut=str(i + 1) if keys else None, width="stretch",
+                                 type="primary" if other and state.get(ok) else "secondary",
+                                 on_click=_set_state if other else None, args=(ok, True) if other else None)
+            if pressed and not other:
+                chosen = reason
+        cols[-1].button("Back", key=f"{prefix}_skipback_{task_id}", shortcut="Escape" if keys else None,
+                        width="stretch", icon=":material/undo:", on_click=_set_state, args=(sk, False))
+        if state.get(ok):
+            row = st.columns([3, 1], vertical_alignment="bottom")
+            why = row[0].text_input("Why are you skipping it?", key=f"{prefix}_skip_other_{task_id}",
+                                    placeholder="e.g. the prompt is in a language I do not read")
+            if row[1].button("Skip task", key=f"{prefix}_skipgo_{task_id}", type="primary", width="stretch"):
+                if (why or "").strip():
+                    chosen = f"Other: {why.strip()}"
+                else:
+                    st.warning("Say in a few words why you are skipping it.")
+    return False, chosen
 
 
 def saved_message(created: bool, unchanged: bool, saved: str, what: str) -> tuple[str, str]:
@@ -239,7 +298,8 @@ def saved_message(created: bool, unchanged: bool, saved: str, what: str) -> tupl
 
 def skip_action(kind: str, project_id: int, user_id: int, task_id: int, reason: str) -> None:
     task_action(kind, project_id, lambda s: assignment.skip_task(s, user_id, task_id, reason),
-                ("Skipped", ":material/skip_next:"))
+                (f"Task #{task_id} skipped ({reason}). Changed your mind? Undo it in My history.",
+                 ":material/skip_next:"))
 
 
 def raw_toggle(title: str, key: str) -> bool:

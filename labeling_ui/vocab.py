@@ -9,3 +9,9 @@ FLAG_NAMES = {"hallucination": "Hallucination", "fails_instruction": "Fails the 
               "harmful": "Harmful", "inappropriate": "Inappropriate", "other": "Other"}
 SKIP_REASONS = ["I can't judge this (outside my knowledge)", "Responses are broken or empty",
                 "Prompt is unclear", "Other"]
+KIND_NAMES = {"compare": "Compare", "rank": "Rank", "demonstrate": "Demonstrate"}
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ... 11th, 12th: ranks that never read like response numbers."""
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"

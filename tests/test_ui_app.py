@@ -239,17 +239,61 @@ def test_two_tabs_of_one_annotator_never_lose_an_answer_silently(seeded):
     assert count(seeded["url"], PreferenceLabel) == 1
 
 
-def test_compare_skip_records_reason_and_moves_on(seeded):
+def test_compare_skip_asks_why_then_history_lists_it_and_undoes_it(seeded):
     at = app_as("alice", seeded)
     tid = seeded["compare_task_ids"][0]
-    at.selectbox(key=f"cmp_skip_reason_{tid}").set_value("Prompt is unclear").run()
+    key = f"task:compare:{seeded['project_id']}"
+    btn(at, "cmp_skip").click().run()  # S: nothing skipped yet, a reason is asked for
+    no_exception(at)
+    assert at.session_state[key].task_id == tid and "Skip this task?" in texts(at)
+    assert btn(at, "btn_a").proto.shortcut == ""  # 1-4 choose a reason while the panel is open
+    assert not [b for b in at.button if b.key == f"cmp_submit_{tid}"]
+    at.button(key=f"cmp_skipback_{tid}").click().run()  # Esc: back, still nothing skipped
+    assert btn(at, "btn_a").proto.shortcut and at.button(key=f"cmp_submit_{tid}")
     btn(at, "cmp_skip").click().run()
+    at.button(key=f"cmp_skipwhy_3_{tid}").click().run()  # "Other": asks for words
+    at.button(key=f"cmp_skipgo_{tid}").click().run()
+    assert "Say in a few words" in texts(at) and at.session_state[key].task_id == tid
+    at.text_input(key=f"cmp_skip_other_{tid}").input("not my language").run()
+    at.button(key=f"cmp_skipgo_{tid}").click().run()
     no_exception(at)
     with session_scope(seeded["url"]) as s:
         a = s.scalar(select(Assignment).where(Assignment.task_id == tid))
-        assert a.state == "skipped" and a.skip_reason == "Prompt is unclear"
+        assert a.state == "skipped" and a.skip_reason == "Other: not my language"
     assert count(seeded["url"], PreferenceLabel) == 0
-    assert at.session_state[f"task:compare:{seeded['project_id']}"].task_id != tid
+    assert at.session_state[key].task_id != tid
+    # My history lists the skip; undo gives the task back (it is the next one Compare shows)
+    at.switch_page("views/history.py").run()
+    no_exception(at)
+    assert at.dataframe[0].value.iloc[0]["Your label"] == "Skipped: Other: not my language"
+    at.button(key=f"hist_unskip_{tid}").click().run()
+    no_exception(at)
+    assert f"task #{tid} is back" in texts(at)
+    with session_scope(seeded["url"]) as s:
+        assert s.scalar(select(Assignment.state).where(Assignment.task_id == tid)) == "assigned"
+    at.switch_page("views/compare.py").run()
+    assert at.session_state[key].task_id == tid  # shown at once, before the task that was on screen
+
+
+def test_skip_with_a_reason_key_and_undo_refused_once_the_task_is_full(seeded):
+    at = app_as("alice", seeded)
+    tid = seeded["compare_task_ids"][0]
+    btn(at, "cmp_skip").click().run()
+    at.button(key=f"cmp_skipwhy_2_{tid}").click().run()  # "Prompt is unclear": one step
+    with session_scope(seeded["url"]) as s:
+        assert s.scalar(select(Assignment.skip_reason).where(Assignment.task_id == tid)) == "Prompt is unclear"
+    bob = app_as("bob", seeded)
+    assert bob.session_state[f"task:compare:{seeded['project_id']}"].task_id == tid
+    btn(bob, "btn_a").click().run()
+    btn(bob, "cmp_submit").click().run()  # the task has its one label now
+    at.switch_page("views/history.py").run()
+    assert "Skipped: Prompt is unclear" in at.dataframe[0].value["Your label"].tolist()
+    assert not [b for b in at.button if b.key == f"hist_unskip_{tid}"]
+    assert "has all the labels it needs" in texts(at)
+    from db.services import skips
+    from db.services.errors import ServiceError
+    with session_scope(seeded["url"]) as s, pytest.raises(ServiceError, match="cannot be undone"):
+        skips.undo_skip(s, seeded["alice_id"], tid)
 
 
 def test_compare_empty_state(seeded):
@@ -330,39 +374,63 @@ def test_demonstrate_validation_then_submit(seeded):
 
 def test_history_lists_and_revises(seeded):
     at = app_as("alice", seeded)
-    seeded["compare_task_ids"][0]
     btn(at, "btn_a").click().run()
     btn(at, "cmp_submit").click().run()
     at.switch_page("views/history.py").run()
     no_exception(at)
-    assert at.dataframe[0].value.shape[0] == 1
-    at.radio[0].set_value("b")
-    form_btn = next(b for b in at.button if b.label == "Save revision")
-    form_btn.click().run()
+    table = at.dataframe[0].value
+    assert table.shape[0] == 1 and table.iloc[0]["Your label"] == "A is better (clear)"
+    assert "+00:00" not in table.iloc[0]["When"]  # the viewer's time, not a raw UTC offset
+    at.radio(key=f"hist_choice_{_label_id(seeded, PreferenceLabel)}").set_value("b")
+    next(b for b in at.button if b.label == "Save revision").click().run()
     no_exception(at)
     with session_scope(seeded["url"]) as s:
         lab = s.scalars(select(PreferenceLabel)).one()
         assert lab.choice == "b" and lab.updated_at is not None
-    # a ranking, revised: response 4 moves from last to first
-    at.switch_page("views/rank.py").run()
-    view = at.session_state[f"task:rank:{seeded['project_id']}"]
-    ids = [r["id"] for r in view.responses]
-    for rid in ids[:3]:
-        at.button(key=f"rank_next_{view.task_id}_{rid}").click().run()
-    at.button(key=f"rank_submit_{view.task_id}").click().run()
-    at.switch_page("views/history.py").run()
+    # the picker, the table and the form all show the new answer
+    assert "B is better (clear)" in at.selectbox(key="hist_pick").format_func(at.selectbox(key="hist_pick").value)
+    assert at.dataframe[0].value.iloc[0]["Your label"] == "B is better (clear)"
+    assert at.radio(key=f"hist_choice_{lab.id}").value == "b"
+
+
+def _label_id(seeded: dict, model) -> int:
     with session_scope(seeded["url"]) as s:
-        ranking_id = s.scalar(select(Ranking.id))
-    at.selectbox(key="hist_pick").set_value(f"rank:{ranking_id}").run()
-    assert [n.label for n in at.number_input] == [f"Rank of response {i}" for i in (1, 2, 3, 4)]
-    at.number_input[3].set_value(1)
-    at.number_input[0].set_value(2)
-    at.number_input[1].set_value(3)
-    at.number_input[2].set_value(4)
+        return s.scalar(select(model.id))
+
+
+def test_history_shows_a_ranking_in_the_order_it_was_shown_and_revises_it_so(seeded):
+    """The task shows its responses in an order that is not their id order: history and the revise form use the
+    response numbers the annotator saw, never database ids."""
+    from db.services import content, projects, tasks
+    with session_scope(seeded["url"]) as s:
+        p = projects.create_project(s, "ranked")
+        pr, _ = content.add_prompt(s, p.id, text="Rank these.", source="test")
+        r0, r1, r2 = (content.add_response(s, pr.id, f"answer {i}")[0].id for i in range(3))
+        tid = tasks.create_task(s, p.id, "rank", pr.id, [r2, r0, r1], shuffle=False)[0].id
+    at = app_as("alice", seeded)
+    _pick_project(at, "ranked")
+    at.switch_page("views/rank.py").run()
+    for rid in (r0, r1):  # on screen: response 2 best, then 3, then 1
+        at.button(key=f"rank_next_{tid}_{rid}").click().run()
+    at.button(key=f"rank_submit_{tid}").click().run()
+    with session_scope(seeded["url"]) as s:
+        assert s.scalars(select(Ranking)).one().ordering == [[r0], [r1], [r2]]
+    at.switch_page("views/history.py").run()
+    no_exception(at)
+    assert at.dataframe[0].value.iloc[0]["Your label"] == "Best first: 2 > 3 > 1"
+    rid = _label_id(seeded, Ranking)
+    controls = [at.button_group(key=f"hist_rank_{rid}_{x}") for x in (r2, r0, r1)]  # screen order
+    assert [c.label for c in controls] == ["Rank of response 1", "Rank of response 2", "Rank of response 3"]
+    assert [c.value for c in controls] == [3, 1, 2]
+    shown = [m.value for m in at.markdown if m.value.startswith("answer ")]
+    assert shown == ["answer 2", "answer 0", "answer 1"]  # the responses in the order they were shown
+    for c, rank in zip(controls, (1, 2, 2)):
+        c.set_value(rank)
     next(b for b in at.button if b.label == "Save revision").click().run()
     no_exception(at)
     with session_scope(seeded["url"]) as s:
-        assert s.scalars(select(Ranking)).one().ordering == [[ids[3]], [ids[0]], [ids[1]], [ids[2]]]
+        assert s.scalars(select(Ranking)).one().ordering == [[r2], sorted([r0, r1])]
+    assert at.dataframe[0].value.iloc[0]["Your label"] == "Best first: 1 > 2 = 3"
 
 
 # ------------------------------------------------------------------ admin pages

@@ -15,6 +15,7 @@ from labeling_ui.common import (
     seconds_on,
     show_text,
     skip_action,
+    skipping,
     submit_skip_row,
     task_action,
     task_header,
@@ -57,10 +58,11 @@ def compare_body(project: dict) -> None:
     # this task) are live, so a key pressed on seeing it counts, and a press on the old task's buttons is one
     # made before the new task was visible (dropped by _set_current).
     choice = st.session_state.get(ck)
+    asking_skip = skipping("cmp", tid)  # 1-4 choose a skip reason meanwhile
     with st.container(border=True, key="action_bar"):
         row = st.columns(4)
         for c, (value, label, key) in zip(row, CHOICES):
-            c.button(label, key=f"btn_{value}_{tid}", shortcut=key, width="stretch",
+            c.button(label, key=f"btn_{value}_{tid}", shortcut=None if asking_skip else key, width="stretch",
                      type="primary" if choice == value else "secondary", on_click=_set_current,
                      args=("cmp_choice", value, pid, tid))
         opts = st.columns([1, 1], vertical_alignment="bottom")
@@ -74,7 +76,7 @@ def compare_body(project: dict) -> None:
         with opts[1]:
             st.text_input("Comment (optional)", key=mk, placeholder="Anything the reviewers should know")
         st.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=fk)
-        submit, reason, skip = submit_skip_row("cmp", tid)
+        submit, skip_reason = submit_skip_row("cmp", tid)
         msg = st.empty()
     with prompt_box:
         st.caption(f"PROMPT · task #{tid}")
@@ -93,8 +95,8 @@ def compare_body(project: dict) -> None:
             s, user["id"], tid, choice, strength=strength, flags=st.session_state.get(fk) or [],
             comment=st.session_state.get(mk, ""), seconds=seconds_on(KIND, pid)),
             lambda r: saved_message(r[1], (r[0].choice, r[0].strength) == (choice, strength), "Saved", "answer"))
-    if skip:
-        skip_action(KIND, pid, user["id"], tid, reason)
+    if skip_reason:
+        skip_action(KIND, pid, user["id"], tid, skip_reason)
 
 
 compare_body(project)

@@ -40,14 +40,14 @@ def demonstrate_body(project: dict) -> None:
                  placeholder="Write the response you would want the assistant to give.")
     n = len((st.session_state.get(key) or "").strip())
     st.caption(f"{n} characters · minimum {minimum}" + (" ✓" if n >= minimum else ""))
-    submit, reason, skip = submit_skip_row("demo", tid, keys=False)  # Enter and S belong to the text area
+    submit, skip_reason = submit_skip_row("demo", tid, keys=False)  # Enter and S belong to the text area
     if submit:
         text = st.session_state.get(key) or ""
         task_action(KIND, pid, lambda s: labels.submit_demonstration(
             s, user["id"], tid, text, seconds=seconds_on(KIND, pid)),
             lambda r: saved_message(r[1], r[0].text.strip() == text.strip(), "Demonstration saved", "text"))
-    if skip:
-        skip_action(KIND, pid, user["id"], tid, reason)
+    if skip_reason:
+        skip_action(KIND, pid, user["id"], tid, skip_reason)
 
 
 demonstrate_body(project)

@@ -1,17 +1,21 @@
-"""My history: the annotator's own labels, and revising one within the project's revision window."""
+"""My history: every label the annotator gave and every task they skipped, as they saw them (A/B, response
+numbers in screen order); revising a label within the project's revision window; undoing a skip."""
 from __future__ import annotations
 
-import string
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from db.models import FLAGS, STRENGTHS
-from db.services import assignment, labels, projects
+from db.services import assignment, labels, projects, skips
 from db.services.errors import ServiceError
 from labeling_ui import auth
 from labeling_ui.common import (
     db,
+    done_with,
+    held_key,
+    local_time,
     ordering_from_ranks,
     project_picker,
     render_mode,
@@ -19,7 +23,7 @@ from labeling_ui.common import (
     show_error,
     show_text,
 )
-from labeling_ui.vocab import CHOICE_NAMES, FLAG_NAMES
+from labeling_ui.vocab import CHOICE_NAMES, FLAG_NAMES, KIND_NAMES, ordinal
 
 user = auth.require_user()
 project = project_picker()
@@ -27,73 +31,129 @@ if project is None:
     st.info("No projects yet.")
     st.stop()
 pid = project["id"]
+mode = render_mode(project)
 hours = project["settings"].get("revision_window_hours", projects.DEFAULT_SETTINGS["revision_window_hours"])
 st.subheader(f"My history · {project['name']}")
-st.caption(f"Your labels in this project, newest first. You can revise a label for {hours} hours after "
-           "submitting it.")
+st.caption(f"Your labels and skips in this project, newest first, as you saw them. You can revise a label for "
+           f"{hours:g} hours after submitting it, and undo a skip while the task still needs labels.")
 flash = st.session_state.pop("_flash_hist", None)
 if flash:
-    st.toast(flash, icon=":material/check:")
+    st.success(flash, icon=":material/check:")
 
 with db() as s:
     rows = labels.history(s, user["id"], project_id=pid, limit=500)
-if not rows:
-    st.info("You have not labelled anything in this project yet.")
+    skipped = skips.skipped_tasks(s, user["id"], project_id=pid, limit=500)
+    orders = skips.display_orders(s, [r["task_id"] for r in rows if r["kind"] in ("compare", "rank")])
+if not rows and not skipped:
+    st.info("You have not labelled or skipped anything in this project yet.")
     st.stop()
 
 
-def _summary(r: dict) -> str:
+def _names(kind: str, task_id: int) -> dict[int, str]:
+    """Response id -> the name the labeling page showed it under (A/B on Compare, 1..K on Rank)."""
+    order = orders.get(task_id, [])
+    return {rid: ("AB"[i] if kind == "compare" and i < 2 else str(i + 1)) for i, rid in enumerate(order)}
+
+
+def _summary(r: dict[str, Any]) -> str:
+    if r["kind"] == "skip":
+        return f"Skipped: {r['reason']}"
     if r["kind"] == "compare":
         return CHOICE_NAMES.get(r["choice"], r["choice"]) + (f" ({r['strength']})" if r.get("strength") else "")
     if r["kind"] == "rank":
-        return " > ".join("=".join(str(x) for x in g) for g in r["ordering"])
+        names = _names("rank", r["task_id"])
+        groups = [sorted(names.get(x, "?") for x in g) for g in r["ordering"]]
+        return "Best first: " + " > ".join(" = ".join(g) for g in groups)
     return f"{r['status']}: {r['text'][:80]}"
 
 
-table = pd.DataFrame([{"when": r["created_at"], "kind": r["kind"], "task": r["task_id"], "label": _summary(r),
-                       "flags": ", ".join(r.get("flags") or []), "seconds": r.get("seconds"),
-                       "revised": r.get("updated_at") is not None} for r in rows])
+items: dict[str, dict[str, Any]] = {f"{r['kind']}:{r['id']}": r for r in rows}
+for sk in skipped:
+    items[f"skip:{sk['task_id']}"] = {"kind": "skip", "task_kind": sk["kind"], "task_id": sk["task_id"],
+                                      "created_at": sk["skipped_at"], "reason": sk["reason"],
+                                      "undoable": sk["undoable"]}
+ordered = sorted(items, key=lambda k: items[k]["created_at"], reverse=True)
+table = pd.DataFrame([{
+    "When": local_time(r["created_at"]),
+    "Task": f"{KIND_NAMES[r.get('task_kind', r['kind'])]} #{r['task_id']}" if r.get("task_id") else "",
+    "Your label": _summary(r),
+    "Flags": ", ".join(FLAG_NAMES.get(f, f) for f in r.get("flags") or []),
+    "Time spent": r.get("seconds"),
+    "Revised": bool(r.get("updated_at")),
+} for r in (items[k] for k in ordered)])
 st.dataframe(table, hide_index=True, width="stretch",
-             column_config={"when": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
-                            "seconds": st.column_config.NumberColumn(format="%.1f s")})
+             column_config={"Time spent": st.column_config.NumberColumn(format="%.1f s")})
 
-st.markdown("#### Revise a label")
-labels_by_key = {f"{r['kind']}:{r['id']}": r for r in rows}
-key = st.selectbox("Label", list(labels_by_key), key="hist_pick",
-                   format_func=lambda k: f"{labels_by_key[k]['kind']} · task {labels_by_key[k]['task_id']} · "
-                                         f"{_summary(labels_by_key[k])}")
-r = labels_by_key[key]
+st.markdown("#### Revise a label or undo a skip")
+key = st.selectbox("Label", ordered, key="hist_pick",
+                   format_func=lambda k: f"{KIND_NAMES[items[k].get('task_kind', items[k]['kind'])]} · task "
+                                         f"#{items[k]['task_id']} · {_summary(items[k])}")
+r = items[key]
 view = None
 if r.get("task_id") is not None:
     with db() as s:
         view = assignment.open_task(s, user["id"], r["task_id"])
-if view is not None:
-    with st.expander("Show the task", expanded=False):
-        render_prompt(view)
-        cols = st.columns(max(1, len(view.responses)))
-        # as on the labeling pages: A/B on compare, 1..K on rank
-        names = string.ascii_uppercase if r["kind"] == "compare" else [str(i + 1) for i in range(len(view.responses))]
-        for i, (c, name, resp) in enumerate(zip(cols, names, view.responses)):
-            with c.container(border=True):
-                st.markdown(f"**Response {name}** (id {resp['id']})")
-                show_text(resp["text"], key=f"hist_{view.task_id}_{i}", mode=render_mode(project))
+rank_of = {rid: i + 1 for i, g in enumerate(r.get("ordering") or []) for rid in g}
+
+
+def _show_task(letters: bool) -> None:
+    """The task as the labeling page showed it: prompt, then the responses in screen order."""
+    with st.container(border=True):
+        st.caption(f"PROMPT · task #{view.task_id}")
+        render_prompt(view, mode, key="hist_prompt")
+    cols = st.columns(max(1, min(len(view.responses), 4)))
+    for i, resp in enumerate(view.responses):
+        name = "AB"[i] if letters and i < 2 else str(i + 1)
+        with cols[i % len(cols)], st.container(border=True):
+            st.markdown(f"**Response {name}**")
+            show_text(resp["text"], key=f"hist_{view.task_id}_{i}", mode=mode)
+            if r["kind"] == "rank":
+                st.segmented_control(f"Rank of response {name}", list(range(1, len(view.responses) + 1)),
+                                     default=rank_of.get(resp["id"]), key=f"hist_rank_{r['id']}_{resp['id']}",
+                                     format_func=ordinal, width="stretch")
+
+
+if r["kind"] == "skip":
+    if view is not None:
+        _show_task(letters=r["task_kind"] == "compare")
+    if r["undoable"]:
+        st.caption("Undo the skip to get this task back: it is the next one its page shows you.")
+        if st.button("Undo skip", key=f"hist_unskip_{r['task_id']}", icon=":material/undo:"):
+            held = st.session_state.get(held_key(r["task_kind"], pid))
+            try:
+                with db() as s:
+                    skips.undo_skip(s, user["id"], r["task_id"])
+                    if held is not None and held.task_id != r["task_id"]:
+                        # the task that page was showing goes back to the pool, so the one taken back shows first
+                        assignment.release_task(s, user["id"], held.task_id)
+            except ServiceError as e:
+                show_error(e)
+            else:
+                done_with(r["task_kind"], pid)
+                page = KIND_NAMES[r["task_kind"]]
+                st.session_state["_flash_hist"] = f"Skip undone: task #{r['task_id']} is back on the {page} page."
+                st.rerun()
+    else:
+        st.caption("This task has all the labels it needs now, so the skip stays.")
+    st.stop()
 
 with st.form(f"revise_{key}"):
+    if view is not None and r["kind"] in ("compare", "rank"):
+        _show_task(letters=r["kind"] == "compare")
     if r["kind"] == "compare":
-        choice = st.radio("Choice", list(CHOICE_NAMES), format_func=CHOICE_NAMES.get, horizontal=True,
-                          index=list(CHOICE_NAMES).index(r["choice"]))
-        strength = st.radio("Strength", list(STRENGTHS), horizontal=True,
-                            index=list(STRENGTHS).index(r.get("strength") or "clear"))
-        flags = st.multiselect("Flags", list(FLAGS), default=r.get("flags") or [], format_func=FLAG_NAMES.get)
-        comment = st.text_input("Comment", value=r.get("comment") or "")
+        choice = st.radio("Your choice", list(CHOICE_NAMES), format_func=CHOICE_NAMES.get, horizontal=True,
+                          index=list(CHOICE_NAMES).index(r["choice"]), key=f"hist_choice_{r['id']}")
+        strength = st.radio("Strength (A/B only)", list(STRENGTHS), horizontal=True, format_func=str.capitalize,
+                            index=list(STRENGTHS).index(r.get("strength") or "clear"), key=f"hist_str_{r['id']}")
+        flags = st.multiselect("Flags", list(FLAGS), default=r.get("flags") or [], format_func=FLAG_NAMES.get,
+                               key=f"hist_flags_{r['id']}")
+        comment = st.text_input("Comment", value=r.get("comment") or "", key=f"hist_comment_{r['id']}")
     elif r["kind"] == "rank":
-        rank_of = {rid: i + 1 for i, g in enumerate(r["ordering"]) for rid in g}
-        ids = [x for g in r["ordering"] for x in g] if view is None else [x["id"] for x in view.responses]
-        new_ranks = {rid: st.number_input(f"Rank of response {i + 1}", 1, len(ids), rank_of.get(rid, 1),
-                                          help=f"response id {rid}")
-                     for i, rid in enumerate(ids)}
-        flags = st.multiselect("Flags", list(FLAGS), default=r.get("flags") or [], format_func=FLAG_NAMES.get)
+        flags = st.multiselect("Flags", list(FLAGS), default=r.get("flags") or [], format_func=FLAG_NAMES.get,
+                               key=f"hist_flags_{r['id']}")
     else:
+        if view is not None:
+            render_prompt(view, mode, key="hist_prompt")
         text = st.text_area("Demonstration", value=r["text"], height=240)
         if r.get("review_note"):
             st.caption(f"Reviewer's note: {r['review_note']}")
@@ -105,11 +165,17 @@ if save:
                 labels.revise_preference(s, user["id"], r["id"], choice, strength=strength, flags=flags,
                                          comment=comment)
             elif r["kind"] == "rank":
+                ids = [x["id"] for x in view.responses] if view is not None else list(rank_of)
+                new_ranks = {rid: st.session_state.get(f"hist_rank_{r['id']}_{rid}") for rid in ids}
+                missing = [i + 1 for i, rid in enumerate(ids) if new_ranks[rid] is None]
+                if missing:
+                    raise ServiceError(f"Give every response a rank (missing: response "
+                                       f"{', '.join(map(str, missing))}).")
                 labels.revise_ranking(s, user["id"], r["id"], ordering_from_ranks(new_ranks), flags=flags)
             else:
                 labels.revise_demonstration(s, user["id"], r["id"], text)
     except ServiceError as e:
         show_error(e)
     else:
-        st.session_state["_flash_hist"] = "Revision saved"
+        st.session_state["_flash_hist"] = "Revision saved."
         st.rerun()

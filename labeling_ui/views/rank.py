@@ -15,11 +15,12 @@ from labeling_ui.common import (
     seconds_on,
     show_text,
     skip_action,
+    skipping,
     submit_skip_row,
     task_action,
     task_header,
 )
-from labeling_ui.vocab import FLAG_NAMES
+from labeling_ui.vocab import FLAG_NAMES, ordinal
 
 KIND = "rank"
 # "Next best" keys: the response numbers 1, 2, 3... pressed best first (letters would hit Streamlit's own C and
@@ -48,10 +49,6 @@ def _next_best(tid: int, rid: int, ids: list[int]) -> None:
         state[_rank_key(tid, left[0])] = free[1]
 
 
-def _ordinal(n: int) -> str:
-    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
-
-
 def _clear_ranks(tid: int, ids: list[int]) -> None:
     for r in ids:
         st.session_state[_rank_key(tid, r)] = None
@@ -71,9 +68,10 @@ def rank_body(project: dict) -> None:
         render_prompt(view, mode)
     ids = [r["id"] for r in view.responses]
     keyed = k <= MAX_KEYED
+    keys_live = not skipping("rank", tid)  # 1-4 choose a skip reason meanwhile
     hint = (" Or press the response numbers best first (the last one ranks itself); Backspace clears."
             if keyed else "")
-    st.caption(f"Give each response a rank from 1st (best) to {_ordinal(k)}. Equal ranks mean a tie.{hint}")
+    st.caption(f"Give each response a rank from 1st (best) to {ordinal(k)}. Equal ranks mean a tie.{hint}")
     per_row = k if k <= 4 else 3
     for start in range(0, k, per_row):
         cols = st.columns(per_row, gap="medium")
@@ -83,20 +81,20 @@ def rank_body(project: dict) -> None:
                 with st.container(border=True, height=380):
                     raw = raw_toggle(f"Response {i + 1}", f"raw_{tid}_{i}")
                     show_text(resp["text"], key=f"resp_{tid}_{i}", mode=mode, raw=raw)
-                st.segmented_control(f"Rank of response {i + 1}", list(range(1, k + 1)), format_func=_ordinal,
+                st.segmented_control(f"Rank of response {i + 1}", list(range(1, k + 1)), format_func=ordinal,
                                      key=_rank_key(tid, resp["id"]), width="stretch")
                 if keyed:
                     st.button(f"{i + 1} is next best", key=f"rank_next_{tid}_{resp['id']}",
-                              shortcut=str(i + 1), on_click=_next_best, args=(tid, resp["id"], ids),
+                              shortcut=str(i + 1) if keys_live else None, on_click=_next_best, args=(tid, resp["id"], ids),
                               width="stretch")
     if keyed:
-        st.button("Clear ranks", key=f"rank_clear_{tid}", shortcut="Backspace", on_click=_clear_ranks,
+        st.button("Clear ranks", key=f"rank_clear_{tid}", shortcut="Backspace" if keys_live else None, on_click=_clear_ranks,
                   args=(tid, ids), icon=":material/backspace:")
     with st.container(border=True):
         c1, c2 = st.columns([1, 1])
         c1.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=f"rank_flags_{tid}")
         c2.text_input("Comment (optional)", key=f"rank_comment_{tid}")
-        submit, reason, skip = submit_skip_row("rank", tid, "Submit ranking")
+        submit, skip_reason = submit_skip_row("rank", tid, "Submit ranking")
         msg = st.empty()
     if submit:
         ranks = {r["id"]: st.session_state.get(_rank_key(tid, r["id"])) for r in view.responses}
@@ -110,8 +108,8 @@ def rank_body(project: dict) -> None:
             comment=st.session_state.get(f"rank_comment_{tid}", ""), seconds=seconds_on(KIND, pid)),
             lambda r: saved_message(r[1], r[0].ordering == ordering, "Ranking saved", "ranking"),
             on_error=lambda e: msg.error(str(e), icon=":material/error:"))
-    if skip:
-        skip_action(KIND, pid, user["id"], tid, reason)
+    if skip_reason:
+        skip_action(KIND, pid, user["id"], tid, skip_reason)
 
 
 rank_body(project)
