@@ -1,6 +1,7 @@
 """Admin CLI: `python -m db <command> …` (every command has --help).
 
-Errors in input print one line naming file, line and field, exit with status 2, and write nothing.
+Errors in input name file, line and field (an import lists its first few bad lines), exit with status 2
+and write nothing; `import … --skip-invalid REPORT.jsonl` imports the good rows and reports the others.
 """
 from __future__ import annotations
 
@@ -104,15 +105,31 @@ def cmd_projects_list(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from db.services import importers
+    report = args.skip_invalid
+    if report is not None:
+        if Path(report).resolve() == Path(args.file).resolve():
+            raise ServiceError(f"--skip-invalid {report}: the report would overwrite the file being imported")
+        if not Path(report).resolve().parent.is_dir():
+            raise ServiceError(f"--skip-invalid {report}: folder {Path(report).parent} does not exist")
+    skip = report is not None
     with _session(args) as s:  # one transaction: any error rolls the whole file back
         if args.what == "prompts":
             # demonstrate tasks for this file's prompts only, not every prompt of the project
-            r = importers.import_prompts(s, args.file, args.project, demonstrate_tasks=args.tasks == "demonstrate")
+            r = importers.import_prompts(s, args.file, args.project, skip_invalid=skip,
+                                         demonstrate_tasks=args.tasks == "demonstrate")
         elif args.what == "preferences":
-            r = importers.import_preferences(s, args.file, args.project, fmt=args.format)
+            r = importers.import_preferences(s, args.file, args.project, fmt=args.format, skip_invalid=skip)
         else:
-            r = importers.import_oasst(s, args.file, args.project)
+            r = importers.import_oasst(s, args.file, args.project, skip_invalid=skip)
+        if skip:
+            # before the commit: a report that cannot be written rolls the import back
+            importers.write_report(report, r.file, r.refused)
     print(r.summary())
+    if skip:
+        print(f"{len(r.refused)} refused line(s) written to {report}")
+        if r.refused and not r.rows:
+            print(f"error: no line of {r.file} could be imported (reasons in {report})", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -127,6 +144,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     elif args.what == "sft":
         filters.update(fmt=args.format or "prompt_completion", conversational=args.conversational,
                        statuses=tuple(args.status.split(",")))
+    elif args.what == "prompts":
+        filters = {"project": args.project}
     else:
         filters.update(model_version=args.model_version)
     out = args.output or f"exports/{args.what}{'-' + args.project if args.project else ''}.jsonl"
@@ -214,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(ps, "list", cmd_projects_list, "list projects with their progress")
 
     imp = sub.add_parser("import", help="import prompts or existing labels",
-                         description="import prompts or existing labels (one transaction: all or nothing; "
-                                     "re-importing the same file adds nothing)")
+                         description="import prompts or existing labels (one transaction: all or nothing, "
+                                     "or every good row with --skip-invalid; re-importing the same file adds "
+                                     "nothing)")
     ims = imp.add_subparsers(dest="what", required=True, metavar="WHAT")
     ip = add(ims, "prompts", cmd_import, "prompts: JSONL with 'prompt' or 'messages' (also MT-Bench 'turns', "
                                           "Alpaca 'instruction'), or CSV with a 'prompt' column")
@@ -223,13 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also queue a demonstrate task for each prompt of this file (default: none; use rlhf.generate "
                          "for compare/rank tasks)")
     ipr = add(ims, "preferences", cmd_import, "preference pairs: TRL (prompt/chosen/rejected[/margin], strings "
-                                               "or chat turns) or Anthropic HH (chosen/rejected transcripts)")
+                                               "or chat turns) or Anthropic HH (chosen/rejected transcripts); "
+                                               "the prompt is the conversations' shared start up to a user "
+                                               "turn, so rows that diverge before the last reply keep "
+                                               "several-turn responses")
     ipr.add_argument("--format", choices=["auto", "trl", "hh"], default="auto", help="default: detect per row")
     add(ims, "oasst", cmd_import, "OpenAssistant message trees (JSONL): ranked replies become rank tasks "
                                   "with the tree's ranking as a label")
     for sp in (ip, ipr, ims.choices["oasst"]):
-        sp.add_argument("file", help="path of the file to import")
+        sp.add_argument("file", help="path of the file to import (.jsonl, or .jsonl.gz as HH and OASST publish it)")
         sp.add_argument("--project", required=True, help="project name (must exist)")
+        sp.add_argument("--skip-invalid", metavar="REPORT.jsonl",
+                        help="import every good row (still one transaction) and write each refused line to "
+                             "REPORT.jsonl as {file, line, field, reason, text}; without it one bad line refuses "
+                             "the whole file (exit status 2) and the error lists the first few")
 
     exp = sub.add_parser("export", help="export datasets as JSONL (+ manifest)",
                          description="export datasets as JSONL, streamed and ordered by id, with a "
@@ -249,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated review states to include (default: accepted,submitted)")
     er = add(es, "raw", cmd_export, "one row per label with pseudonymous annotator, times, flags, model versions")
     er.add_argument("--model-version", help="only tasks showing a response of this model version")
+    epr = add(es, "prompts", cmd_export, "prompts for online RL (rlhf.train_ppo --dataset): {prompt, prompt_id"
+                                          "[, answer]}, chat prompts as turns")
+    epr.add_argument("--project", help="project name (default: all projects)")
+    epr.add_argument("-o", "--output", help="output file (default: exports/prompts[-<project>].jsonl)")
     for sp in (ep, es_):
         sp.add_argument("--conversational", choices=["auto", "always", "never"], default="auto",
                         help="message lists instead of strings (auto: when the project has chat prompts)")

@@ -156,3 +156,96 @@ def test_sqlite_migrations_run_with_foreign_keys_off(tmp_path):
         assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
     with get_engine(url).connect() as c:
         assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def _hh_with_bad_lines(tmp_path, n_good: int = 4, n_bad: int = 7):
+    good = [{"chosen": f"\n\nHuman: q{i}\n\nAssistant: good {i}", "rejected": f"\n\nHuman: q{i}\n\nAssistant: bad {i}"}
+            for i in range(n_good)]
+    lines = [json.dumps(r) for r in good] + [f'{{"chosen": "broken {i}' for i in range(n_bad)]
+    f = tmp_path / "hh.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    return f
+
+
+def _count(url, model) -> int:
+    s = session_factory(url)()
+    try:
+        return s.scalar(select(func.count()).select_from(model))
+    finally:
+        s.close()
+
+
+def test_import_with_bad_lines_names_the_count_the_first_few_and_the_flag(cli_url, tmp_path, capsys):
+    from db.models import PreferenceLabel
+
+    assert main(["--url", cli_url, "projects", "create", "hh"]) == 0
+    f = _hh_with_bad_lines(tmp_path)
+    r = run(cli_url, "import", "preferences", str(f), "--project", "hh")
+    assert r.returncode == 2 and r.stdout == ""
+    err = r.stderr.splitlines()
+    assert err[0] == f"error: {f}: 7 of 11 lines cannot be imported; nothing was imported:"
+    assert err[1:6] == [f"  {f}:{i}: malformed JSON (Unterminated string starting at column 12)" for i in range(5, 10)]
+    assert err[6] == "  ... and 2 more"
+    assert "--skip-invalid REPORT.jsonl" in err[7] and "4 good rows" in err[7] and len(err) == 8
+    assert _count(cli_url, PreferenceLabel) == 0
+
+
+def test_import_skip_invalid_imports_the_good_rows_and_writes_the_report(cli_url, tmp_path, capsys):
+    from db.models import PreferenceLabel
+
+    assert main(["--url", cli_url, "projects", "create", "hh"]) == 0
+    f, report = _hh_with_bad_lines(tmp_path), tmp_path / "refused.jsonl"
+    r = run(cli_url, "import", "preferences", str(f), "--project", "hh", "--skip-invalid", str(report))
+    assert r.returncode == 0, r.stderr
+    assert f"{f}: 4 rows read, 4 added, 0 already present, 7 lines refused" in r.stdout
+    assert f"7 refused line(s) written to {report}" in r.stdout
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [(o["line"], o["field"]) for o in rows] == [(i, None) for i in range(5, 12)]
+    assert all(o["reason"].startswith("malformed JSON") and o["text"].startswith('{"chosen": "broken') for o in rows)
+    assert _count(cli_url, PreferenceLabel) == 4
+    # again: nothing new, the report rewritten the same
+    assert main(["--url", cli_url, "import", "preferences", str(f), "--project", "hh", "--skip-invalid",
+                 str(report)]) == 0
+    assert "0 added, 4 already present" in capsys.readouterr().out
+    assert _count(cli_url, PreferenceLabel) == 4 and len(report.read_text().splitlines()) == 7
+
+
+def test_import_skip_invalid_refusals(cli_url, tmp_path, capsys, monkeypatch):
+    from db.models import PreferenceLabel
+    from db.services import importers
+    from db.services.errors import InputError
+
+    assert main(["--url", cli_url, "projects", "create", "hh"]) == 0
+    f = _hh_with_bad_lines(tmp_path)
+    before = f.read_bytes()
+    # the report must not overwrite the input, and its folder must exist
+    assert main(["--url", cli_url, "import", "preferences", str(f), "--project", "hh", "--skip-invalid", str(f)]) == 2
+    assert "would overwrite the file being imported" in capsys.readouterr().err and f.read_bytes() == before
+    assert main(["--url", cli_url, "import", "preferences", str(f), "--project", "hh", "--skip-invalid",
+                 str(tmp_path / "nope" / "r.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # every line bad: nothing to import is a failure, the report still says why
+    allbad = tmp_path / "allbad.jsonl"
+    allbad.write_text("nope\n[1]\n")
+    rep = tmp_path / "r.jsonl"
+    assert main(["--url", cli_url, "import", "preferences", str(allbad), "--project", "hh", "--skip-invalid",
+                 str(rep)]) == 2
+    assert "no line of" in capsys.readouterr().err and len(rep.read_text().splitlines()) == 2
+    # a report that cannot be written rolls the import back
+
+    def cannot_write(path, name, refused):
+        raise InputError("cannot write the report: No space left on device", file=str(path))
+
+    monkeypatch.setattr(importers, "write_report", cannot_write)
+    assert main(["--url", cli_url, "import", "preferences", str(f), "--project", "hh", "--skip-invalid",
+                 str(rep)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert _count(cli_url, PreferenceLabel) == 0
+
+
+def test_import_help_explains_skip_invalid(capsys):
+    for what in ("prompts", "preferences", "oasst"):
+        with pytest.raises(SystemExit):
+            main(["import", what, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--skip-invalid REPORT.jsonl" in out and "line, field, reason" in out and ".jsonl.gz" in out

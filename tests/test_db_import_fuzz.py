@@ -88,3 +88,27 @@ def test_oasst_import_fuzz(tmp_path_factory, rows):
 @given(st.binary(max_size=40))
 def test_arbitrary_bytes(tmp_path_factory, data):
     _check(_s(tmp_path_factory), importers.import_prompts, data)
+
+
+def _check_skip(session, fn, data: bytes) -> None:
+    """With skip_invalid every non-blank line is either imported or refused (with its line), never both."""
+    lines = [i for i, line in enumerate(data.split(b"\n"), 1) if line.strip()]
+    try:
+        r = fn(session, data, "p", filename="fuzz.jsonl", skip_invalid=True)
+        assert r.rows + len(r.refused) == len(lines)
+        assert {x.line for x in r.refused} <= set(lines) and len({x.line for x in r.refused}) == len(r.refused)
+        assert all(x.reason for x in r.refused)
+    finally:
+        session.rollback()
+
+
+@FUZZ
+@given(st.lists(PREF_ROW | JSON, min_size=1, max_size=4))
+def test_preference_import_skip_invalid_fuzz(tmp_path_factory, rows):
+    _check_skip(_s(tmp_path_factory), importers.import_preferences, _lines(rows))
+
+
+@FUZZ
+@given(st.lists(TREE | JSON, min_size=1, max_size=3))
+def test_oasst_import_skip_invalid_fuzz(tmp_path_factory, rows):
+    _check_skip(_s(tmp_path_factory), importers.import_oasst, _lines(rows))

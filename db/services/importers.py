@@ -1,19 +1,24 @@
 """Imports: prompts (JSONL/CSV), preference datasets (TRL or Anthropic HH), OpenAssistant trees.
 
-Every import validates the whole file first and raises `InputError` naming file, line and field
-before anything is written; the caller commits once (one transaction per import). Content hashes
-make a re-import of the same file add nothing.
+Files are read as published: UTF-8 JSONL (or CSV for prompts), optionally gzip-compressed (HH and OASST ship
+`.jsonl.gz`). Every line is checked before anything is written. A line that cannot be read is refused with
+its line number, field and reason: by default the whole file is then refused (`InvalidRowsError` lists the
+bad lines); with `skip_invalid=True` every good row is imported and the refused lines come back in
+`ImportResult.refused` for a report. Either way the caller commits once (one transaction per import), and
+content hashes make a re-import of the same file add nothing.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import io
 import json
 import math
 import random
 import re
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,55 +32,194 @@ from db.services.content import validate_messages
 from db.services.errors import InputError
 
 STRENGTH_FOR_MARGIN = ((0.75, "slight"), (1.5, "clear"), (float("inf"), "strong"))
+SHOWN_BAD_LINES = 5  # how many refused lines an error message lists
+
+# What to do about bad lines, as each front end words it ({good}: rows that would import).
+CLI_HINT = ("fix {them}, or pass --skip-invalid REPORT.jsonl to import the {good} good rows and write each "
+            "refused line (line number and reason) to REPORT.jsonl")
+UI_HINT = ("fix {them}, or tick 'Skip invalid rows' to import the {good} good rows and download a report of "
+           "the refused lines")
+
+
+# ------------------------------------------------------------------------------ refused lines
+
+@dataclass
+class RefusedLine:
+    """A line of the input that cannot be imported, as it appears in the report."""
+
+    line: int
+    reason: str
+    field: str | None = None
+    text: str = ""  # the line as it stands in the file
+
+    def located(self, name: str) -> str:
+        return str(InputError(self.reason, file=name, line=self.line, field=self.field))
+
+    def as_json(self, name: str) -> dict[str, Any]:
+        return {"file": name, "line": self.line, "field": self.field, "reason": self.reason, "text": self.text}
+
+
+class InvalidRowsError(InputError):
+    """Some lines cannot be imported and the caller did not ask to skip them: nothing was imported."""
+
+    def __init__(self, name: str, refused: list[RefusedLine], total: int, hint: str = CLI_HINT) -> None:
+        self.refused, self.total = refused, total
+        first = refused[0]
+        if len(refused) == 1:  # one bad line: the located message of that line, as for any input error
+            super().__init__(f"{first.reason} (1 of {total} lines cannot be imported; nothing was imported: "
+                             f"{self._hint(hint)})", file=name, line=first.line, field=first.field)
+        else:
+            super().__init__(self.describe(hint, name=name), file=name)
+            self.line, self.field = first.line, first.field
+
+    def _hint(self, hint: str) -> str:
+        return hint.format(good=self.total - len(self.refused), them="it" if len(self.refused) == 1 else "them")
+
+    def describe(self, hint: str = CLI_HINT, *, name: str | None = None) -> str:
+        """The message with `hint` saying what to do; lists the first few bad lines, one per line."""
+        name = name or self.file or "input"
+        if len(self.refused) == 1:
+            return self.refused[0].located(name) + (f" (1 of {self.total} lines cannot be imported; nothing "
+                                                     f"was imported: {self._hint(hint)})")
+        shown = [f"  {r.located(name)}" for r in self.refused[:SHOWN_BAD_LINES]]
+        more = len(self.refused) - SHOWN_BAD_LINES
+        if more > 0:
+            shown.append(f"  ... and {more} more")
+        return (f"{len(self.refused)} of {self.total} lines cannot be imported; nothing was imported:\n"
+                + "\n".join(shown) + f"\n{self._hint(hint)[:1].upper()}{self._hint(hint)[1:]}")
+
+
+def report_lines(name: str, refused: list[RefusedLine]) -> Iterator[str]:
+    """The skip-invalid report: one JSON object per refused line (file, line, field, reason, text)."""
+    for r in refused:
+        yield json.dumps(r.as_json(name), ensure_ascii=False) + "\n"
+
+
+def report_bytes(name: str, refused: list[RefusedLine]) -> bytes:
+    return "".join(report_lines(name, refused)).encode("utf-8")
+
+
+def write_report(path: str | Path, name: str, refused: list[RefusedLine]) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.writelines(report_lines(name, refused))
+    except OSError as e:
+        raise InputError(f"cannot write the report: {e.strerror}", file=str(path)) from e
+
+
+def _settle(name: str, bad: list[RefusedLine], total: int, refused: list[RefusedLine] | None) -> None:
+    """Bad lines either go to the caller's list (skip invalid) or refuse the whole file."""
+    if not bad:
+        return
+    if refused is None:
+        raise InvalidRowsError(name, bad, total)
+    refused.extend(bad)
 
 
 @dataclass
 class ImportResult:
     file: str
     kind: str
-    rows: int = 0
+    rows: int = 0  # rows read and importable
     added: int = 0  # new prompts / preference pairs / trees, by kind
     skipped: int = 0  # rows already in the project
     details: dict[str, int] = field(default_factory=dict)
+    refused: list[RefusedLine] = field(default_factory=list)  # only with skip_invalid
 
     def summary(self) -> str:
-        extra = ", ".join(f"{k} {v}" for k, v in self.details.items())
+        extra = ", ".join(f"{k}: {v}" for k, v in self.details.items())
+        refused = f", {len(self.refused)} lines refused" if self.refused else ""
         return (f"{self.file}: {self.rows} rows read, {self.added} added, {self.skipped} already present"
-                + (f" ({extra})" if extra else ""))
+                + refused + (f" ({extra})" if extra else ""))
+
+
+# ---------------------------------------------------------------------------------- reading
+
+# Bytes that are not UTF-8 decode to U+DC80..U+DCFF ("surrogateescape"), so a bad byte refuses its own line
+# only; valid UTF-8 never decodes to a surrogate.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+# What neither database can store as text: NUL (PostgreSQL) and unpaired surrogates (not encodable as UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _read_text(source: str | Path | bytes, filename: str | None) -> tuple[str, str]:
-    """(text, display name). Bytes come from uploads; paths from the CLI."""
+    """(text, display name). Bytes come from uploads; paths from the CLI. Gzip is unpacked."""
     if isinstance(source, (bytes, bytearray)):
         name, raw = filename or "upload", bytes(source)
     else:
         path = Path(source)
         name = filename or str(path)
-        if not path.exists():
+        if not path.is_file():
             raise InputError("file not found", file=name)
         raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig"), name
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise InputError(f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r}); "
-                         "save the file as UTF-8", file=name, line=line) from e
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise InputError(f"broken gzip file ({e}); download it again", file=name) from e
+    return raw.decode("utf-8-sig", errors="surrogateescape"), name
 
 
-def _jsonl(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _undecodable(m: re.Match[str]) -> str:
+    return (f"not valid UTF-8 (byte 0x{ord(m.group()) - 0xDC00:02x} at column {m.start() + 1}); "
+            "save the file as UTF-8")
+
+
+def _jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
     # Only "\n" ends a JSONL line: str.splitlines() would also cut at U+2028, U+2029 or U+0085, which JSON
     # allows unescaped inside strings (our own exports write them so).
     for i, line in enumerate(text.split("\n"), start=1):
         line = line.removesuffix("\r")
-        if not line.strip():
-            continue
+        if line.strip():
+            yield i, line
+
+
+def _json_object(line: str) -> dict[str, Any]:
+    bad = _UNDECODABLE.search(line)
+    if bad:
+        raise InputError(_undecodable(bad))
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        at = "" if e.msg.endswith(" at") else " at"  # "Unterminated string starting at" + column
+        raise InputError(f"malformed JSON ({e.msg}{at} column {e.colno})") from e
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits, nesting too deep
+        raise InputError(f"unreadable JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise InputError("each line must be a JSON object")
+    return obj
+
+
+def _parse_jsonl(text: str, name: str, parse_row: Callable[[dict[str, Any], int], Any],
+                 refused: list[RefusedLine] | None) -> list[Any]:
+    """parse_row(obj, line) for every line; lines it refuses (InputError) are collected, then settled."""
+    rows, bad, total = [], [], 0
+    for i, line in _jsonl_lines(text):
+        total += 1
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", file=name, line=i) from e
-        if not isinstance(obj, dict):
-            raise InputError("each line must be a JSON object", file=name, line=i)
-        yield i, obj
+            rows.append(parse_row(_json_object(line), i))
+        except InputError as e:
+            bad.append(RefusedLine(i, e.reason, e.field, line.encode("utf-8", "surrogateescape")
+                                   .decode("utf-8", "replace")))
+    _settle(name, bad, total, refused)
+    return rows
+
+
+def _check_storable(value: Any, fieldname: str) -> None:
+    """Refuse text the database cannot hold (checked before writing, so it refuses a line, not the file)."""
+    if isinstance(value, str):
+        m = _UNSTORABLE.search(value)
+        if m:
+            what = ("a NUL character (\\u0000)" if m.group() == "\x00"
+                    else f"an unpaired surrogate (\\u{ord(m.group()):04x}, a broken emoji?)")
+            raise InputError(f"contains {what}, which cannot be stored as text", field=fieldname)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_storable(k, fieldname)
+            _check_storable(v, fieldname)
+    elif isinstance(value, list):
+        for v in value:
+            _check_storable(v, fieldname)
 
 
 @contextlib.contextmanager
@@ -90,7 +234,7 @@ def _located(name: str, line: int) -> Iterator[None]:
 
 
 def _format_of(name: str, text: str) -> str:
-    lower = name.lower()
+    lower = name.lower().removesuffix(".gz")
     if lower.endswith(".csv"):
         return "csv"
     if lower.endswith((".jsonl", ".json", ".ndjson")):
@@ -100,74 +244,95 @@ def _format_of(name: str, text: str) -> str:
 
 # ---------------------------------------------------------------------------------------- prompts
 
-def parse_prompts(text: str, name: str) -> list[dict[str, Any]]:
-    """Rows {text|messages, meta, line}. JSONL needs `prompt` (string) or `messages` (chat turns);
-    MT-Bench style `turns` (first turn) and Alpaca style `instruction`/`input` are accepted too.
-    CSV needs a `prompt` column."""
-    rows: list[dict[str, Any]] = []
-    if _format_of(name, text) == "csv":
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or "prompt" not in reader.fieldnames:
-            raise InputError(f"CSV needs a 'prompt' column (found: {', '.join(reader.fieldnames or [])})",
-                             file=name, line=1, field="prompt")
+def _prompt_row(obj: dict[str, Any], i: int) -> dict[str, Any]:
+    meta = {k: v for k, v in obj.items() if k not in ("prompt", "messages", "turns", "instruction", "input",
+                                                       "output", "instances")}
+    for k, v in meta.items():  # kept as the prompt's metadata, so stored too
+        _check_storable(k, "metadata key")
+        _check_storable(v, k)
+    if "messages" in obj:
+        msgs = validate_messages(obj["messages"])
+        # A trailing assistant turn is an answer, not part of the prompt.
+        while msgs and msgs[-1]["role"] == "assistant":
+            msgs.pop()
+        if not msgs:
+            raise InputError("no user turn", field="messages")
+        _check_storable(msgs, "messages")
+        return {"text": None, "messages": msgs, "meta": meta, "line": i}
+    if "prompt" in obj:
+        if not isinstance(obj["prompt"], str) or not obj["prompt"].strip():
+            raise InputError("must be a non-empty string", field="prompt")
+        _check_storable(obj["prompt"], "prompt")
+        return {"text": obj["prompt"], "messages": None, "meta": meta, "line": i}
+    if "turns" in obj:  # MT-Bench questions: the first turn is the prompt
+        turns = obj["turns"]
+        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str) or not turns[0].strip():
+            raise InputError("must be a non-empty list of strings", field="turns")
+        _check_storable(turns, "turns")
+        return {"text": turns[0], "messages": None, "meta": {**meta, "turns": turns}, "line": i}
+    if "instruction" in obj:  # Alpaca / self-instruct seed tasks
+        instr = obj["instruction"]
+        instances = obj.get("instances") or [{}]
+        if not isinstance(instances, list) or not all(isinstance(x, dict) for x in instances):
+            raise InputError("must be a list of objects", field="instances")
+        inp = obj.get("input") or instances[0].get("input") or ""
+        if not isinstance(inp, str):
+            raise InputError("must be a string", field="input")
+        if not isinstance(instr, str) or not instr.strip():
+            raise InputError("must be a non-empty string", field="instruction")
+        text = instr + (f"\n\n{inp}" if inp else "")
+        _check_storable(text, "instruction")
+        return {"text": text, "messages": None, "meta": meta, "line": i}
+    raise InputError("needs a 'prompt' or 'messages' field", field="prompt")
+
+
+def _csv_prompt_rows(text: str, name: str, refused: list[RefusedLine] | None) -> list[dict[str, Any]]:
+    bad_byte = _UNDECODABLE.search(text)
+    if bad_byte:  # a CSV record may span lines, so a bad byte cannot refuse just one record
+        raise InputError(_undecodable(bad_byte), file=name, line=text.count("\n", 0, bad_byte.start()) + 1)
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "prompt" not in reader.fieldnames:
+        raise InputError(f"CSV needs a 'prompt' column (found: {', '.join(reader.fieldnames or [])})",
+                         file=name, line=1, field="prompt")
+    try:
+        records = [(reader.line_num, rec) for rec in reader]  # line_num: where the record ends in the file
+    except csv.Error as e:
+        raise InputError(f"malformed CSV: {e}", file=name, line=reader.line_num) from e
+    rows, bad = [], []
+    for i, rec in records:
+        value = (rec.get("prompt") or "").strip()
+        meta = {k: v for k, v in rec.items() if k != "prompt" and k is not None and v not in (None, "")}
         try:
-            records = [(reader.line_num, rec) for rec in reader]  # line_num: where the record ends in the file
-        except csv.Error as e:
-            raise InputError(f"malformed CSV: {e}", file=name, line=reader.line_num) from e
-        for i, rec in records:
-            value = (rec.get("prompt") or "").strip()
             if not value:
-                raise InputError("empty prompt", file=name, line=i, field="prompt")
-            meta = {k: v for k, v in rec.items() if k != "prompt" and k is not None and v not in (None, "")}
-            rows.append({"text": value, "messages": None, "meta": meta, "line": i})
-        return rows
-    for i, obj in _jsonl(text, name):
-        meta = {k: v for k, v in obj.items() if k not in ("prompt", "messages", "turns", "instruction", "input",
-                                                           "output", "instances")}
-        if "messages" in obj:
-            try:
-                msgs = validate_messages(obj["messages"])
-            except InputError as e:
-                raise InputError(e.reason, file=name, line=i, field=e.field) from e
-            # A trailing assistant turn is an answer, not part of the prompt.
-            while msgs and msgs[-1]["role"] == "assistant":
-                msgs.pop()
-            if not msgs:
-                raise InputError("no user turn", file=name, line=i, field="messages")
-            rows.append({"text": None, "messages": msgs, "meta": meta, "line": i})
-        elif "prompt" in obj:
-            if not isinstance(obj["prompt"], str) or not obj["prompt"].strip():
-                raise InputError("must be a non-empty string", file=name, line=i, field="prompt")
-            rows.append({"text": obj["prompt"], "messages": None, "meta": meta, "line": i})
-        elif "turns" in obj:  # MT-Bench questions: the first turn is the prompt
-            turns = obj["turns"]
-            if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
-                raise InputError("must be a non-empty list of strings", file=name, line=i, field="turns")
-            rows.append({"text": turns[0], "messages": None, "meta": {**meta, "turns": turns}, "line": i})
-        elif "instruction" in obj:  # Alpaca / self-instruct seed tasks
-            instr = obj["instruction"]
-            instances = obj.get("instances") or [{}]
-            if not isinstance(instances, list) or not all(isinstance(x, dict) for x in instances):
-                raise InputError("must be a list of objects", file=name, line=i, field="instances")
-            inp = obj.get("input") or instances[0].get("input") or ""
-            if not isinstance(inp, str):
-                raise InputError("must be a string", file=name, line=i, field="input")
-            if not isinstance(instr, str) or not instr.strip():
-                raise InputError("must be a non-empty string", file=name, line=i, field="instruction")
-            rows.append({"text": instr + (f"\n\n{inp}" if inp else ""), "messages": None, "meta": meta,
-                         "line": i})
-        else:
-            raise InputError("needs a 'prompt' or 'messages' field", file=name, line=i, field="prompt")
+                raise InputError("empty prompt", field="prompt")
+            _check_storable(rec.get("prompt"), "prompt")
+            _check_storable(meta, "meta")
+        except InputError as e:
+            bad.append(RefusedLine(i, e.reason, e.field, json.dumps(rec, ensure_ascii=False)))
+            continue
+        rows.append({"text": value, "messages": None, "meta": meta, "line": i})
+    _settle(name, bad, len(records), refused)
     return rows
 
 
+def parse_prompts(text: str, name: str, *, refused: list[RefusedLine] | None = None) -> list[dict[str, Any]]:
+    """Rows {text|messages, meta, line}. JSONL needs `prompt` (string) or `messages` (chat turns);
+    MT-Bench style `turns` (first turn) and Alpaca style `instruction`/`input` are accepted too.
+    CSV needs a `prompt` column. Bad lines go to `refused` when given, else raise InvalidRowsError."""
+    if _format_of(name, text) == "csv":
+        return _csv_prompt_rows(text, name, refused)
+    return _parse_jsonl(text, name, _prompt_row, refused)
+
+
 def import_prompts(session: Session, source: str | Path | bytes, project: str, *,
-                   filename: str | None = None, demonstrate_tasks: bool = False) -> ImportResult:
+                   filename: str | None = None, demonstrate_tasks: bool = False,
+                   skip_invalid: bool = False) -> ImportResult:
     """Import prompts into `project`. With `demonstrate_tasks`, also queue a demonstrate task each."""
     text, name = _read_text(source, filename)
     proj = projects.get_project(session, project)
-    rows = parse_prompts(text, name)
-    result = ImportResult(file=name, kind="prompts", rows=len(rows))
+    refused: list[RefusedLine] = []
+    rows = parse_prompts(text, name, refused=refused if skip_invalid else None)
+    result = ImportResult(file=name, kind="prompts", rows=len(rows), refused=refused)
     for r in rows:
         with _located(name, r["line"]):
             p, created = content.add_prompt(session, proj.id, text=r["text"], messages=r["messages"],
@@ -193,7 +358,9 @@ def _count_imported_label(session: Session, task: Task, who_id: int, proj: Proje
         task.status = "done"
 
 
-_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+# HH turn markers. The space after the colon is optional: an empty last reply is published as "\n\nAssistant:".
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
+_HH_SPEAKER = {"user": "Human", "assistant": "Assistant", "system": "System"}
 
 
 def parse_hh(text: str) -> list[dict[str, str]]:
@@ -211,86 +378,119 @@ def parse_hh(text: str) -> list[dict[str, str]]:
     return turns
 
 
-def _split_shared_prefix(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], str, str]:
-    """Implicit-prompt rows: the prompt is everything before the final assistant turn."""
-    if not chosen or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        raise ValueError("chosen and rejected must end with an assistant turn")
-    if chosen[:-1] != rejected[:-1]:
-        raise ValueError("chosen and rejected do not share the same conversation before the last reply")
-    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+def _tail_text(turns: list[dict[str, str]]) -> str:
+    """A response of several turns (the rows' conversations part before their last reply) as text: the first
+    reply, then the later turns HH-style, so an HH export writes the original transcript back."""
+    return turns[0]["content"] + "".join(f"\n\n{_HH_SPEAKER[m['role']]}: {m['content']}" for m in turns[1:])
 
 
-def _completion_text(value: Any, fieldname: str) -> str:
+def split_conversations(chosen: list[dict[str, str]], rejected: list[dict[str, str]]
+                        ) -> tuple[list[dict[str, str]], list[dict[str, str]], list[dict[str, str]]]:
+    """(prompt, chosen tail, rejected tail): the prompt is the longest shared start of the two conversations
+    that ends with a user turn answered by the assistant on both sides; the tails are the rest. Usually
+    that is everything before the last reply; published HH rows that diverge earlier get a shorter prompt
+    and several-turn tails, so no row is lost. Raises InputError (with the field) for rows with no pair."""
+    for side, conv in (("chosen", chosen), ("rejected", rejected)):
+        if not conv or conv[-1]["role"] != "assistant":
+            last = conv[-1]["role"] if conv else "no"
+            raise InputError(f"ends with a {last} turn, not with an assistant reply", field=side)
+    if chosen == rejected:
+        raise InputError("chosen and rejected are identical", field="rejected")
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    k = shared
+    while k > 0 and not (chosen[k - 1]["role"] == "user" and k < len(chosen) and k < len(rejected)
+                         and chosen[k]["role"] == rejected[k]["role"] == "assistant"):
+        k -= 1
+    if k == 0:
+        raise InputError("chosen and rejected share no prompt: they differ from their first turn, or no shared "
+                         "user turn is answered by the assistant on both sides", field="chosen")
+    return chosen[:k], chosen[k:], rejected[k:]
+
+
+def _completion_turns(value: Any, fieldname: str) -> list[dict[str, str]]:
+    """TRL explicit-prompt completions: a string (one assistant reply) or chat turns."""
     if isinstance(value, str):
-        return value
+        return [{"role": "assistant", "content": value}]
     if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
-        msgs = validate_messages(value, field=fieldname)
-        if msgs[-1]["role"] != "assistant":
-            raise InputError("must end with an assistant turn", field=fieldname)
-        return "\n\n".join(m["content"] for m in msgs if m["role"] == "assistant")
+        return validate_messages(value, field=fieldname)
     raise InputError("must be a string or a list of chat turns", field=fieldname)
 
 
-def parse_preferences(text: str, name: str, fmt: str = "auto") -> tuple[str, list[dict[str, Any]]]:
-    """Rows {messages, chosen, rejected, margin, line}. Formats: TRL explicit prompt
-    (`prompt`/`chosen`/`rejected`, strings or chat turns, optional `margin`), TRL implicit prompt
-    (chat-turn `chosen`/`rejected` sharing a prefix) and Anthropic HH (`chosen`/`rejected` strings
-    with Human:/Assistant: turns)."""
+def _preference_row(obj: dict[str, Any], fmt: str) -> tuple[str, dict[str, Any]]:
+    """(format of the row, {messages, chosen, rejected, margin, ...}); InputError names the field."""
+    for f in ("chosen", "rejected"):
+        if f not in obj:
+            raise InputError("missing field", field=f)
+    row_fmt = fmt
+    if fmt == "auto":
+        row_fmt = "trl" if "prompt" in obj or isinstance(obj["chosen"], list) else "hh"
+    if row_fmt == "hh":
+        convs = []
+        for f in ("chosen", "rejected"):
+            if not isinstance(obj[f], str):
+                raise InputError("HH rows need string 'chosen' and 'rejected' transcripts", field=f)
+            try:
+                convs.append(parse_hh(obj[f]))
+            except ValueError as e:
+                raise InputError(str(e), field=f) from e
+        chosen_conv, rejected_conv = convs
+    elif "prompt" in obj:
+        p = obj["prompt"]
+        if isinstance(p, str):
+            if not p.strip():
+                raise InputError("empty prompt", field="prompt")
+            prompt_msgs = [{"role": "user", "content": p}]
+        else:
+            prompt_msgs = validate_messages(p, field="prompt")
+        chosen_conv = prompt_msgs + _completion_turns(obj["chosen"], "chosen")
+        rejected_conv = prompt_msgs + _completion_turns(obj["rejected"], "rejected")
+    else:
+        if not isinstance(obj["chosen"], list) or not isinstance(obj["rejected"], list):
+            raise InputError("TRL rows need a 'prompt', or chat-turn 'chosen'/'rejected'", field="prompt")
+        chosen_conv = validate_messages(obj["chosen"], field="chosen")
+        rejected_conv = validate_messages(obj["rejected"], field="rejected")
+    prompt, chosen_tail, rejected_tail = split_conversations(chosen_conv, rejected_conv)
+    if not any(m["content"].strip() for m in prompt):
+        raise InputError("the prompt is empty", field="prompt")
+    chosen, rejected = _tail_text(chosen_tail), _tail_text(rejected_tail)
+    if chosen == rejected:
+        raise InputError("chosen and rejected are identical", field="rejected")
+    margin = obj.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                               or not math.isfinite(margin)):
+        raise InputError("must be a finite number", field="margin")
+    if obj.get("tie"):  # rows of an export made with --include-ties: no winner to import
+        raise InputError(f"a '{obj['tie']}' row (exported with --include-ties) has no preferred "
+                         "response; export without ties to import", field="tie")
+    _check_storable(prompt, "prompt")
+    _check_storable(chosen, "chosen")
+    _check_storable(rejected, "rejected")
+    return row_fmt, {"messages": prompt, "chosen": chosen, "rejected": rejected, "margin": margin,
+                     "chosen_turns": chosen_tail, "rejected_turns": rejected_tail,
+                     "divergent": len(chosen_tail) > 1 or len(rejected_tail) > 1}
+
+
+def parse_preferences(text: str, name: str, fmt: str = "auto", *, refused: list[RefusedLine] | None = None
+                      ) -> tuple[str, list[dict[str, Any]]]:
+    """(format, rows {messages, chosen, rejected, margin, line, chosen_turns, rejected_turns, divergent}).
+
+    Formats: TRL explicit prompt (`prompt`/`chosen`/`rejected`, strings or chat turns, optional `margin`),
+    TRL implicit prompt (chat-turn `chosen`/`rejected` sharing a start) and Anthropic HH (`chosen`/`rejected`
+    transcripts with Human:/Assistant: turns). The prompt is the conversations' shared start up to a user
+    turn (see `split_conversations`). Bad lines go to `refused` when given, else raise InvalidRowsError."""
     if fmt not in ("auto", "trl", "hh"):
         raise InputError(f"unknown format {fmt!r}: use auto, trl or hh", field="format")
-    rows, seen_fmt = [], None
-    for i, obj in _jsonl(text, name):
-        for f in ("chosen", "rejected"):
-            if f not in obj:
-                raise InputError("missing field", file=name, line=i, field=f)
-        row_fmt = fmt
-        if fmt == "auto":
-            row_fmt = ("trl" if "prompt" in obj or isinstance(obj["chosen"], list) else "hh")
-        seen_fmt = seen_fmt or row_fmt
-        try:
-            if row_fmt == "hh":
-                if not isinstance(obj["chosen"], str) or not isinstance(obj["rejected"], str):
-                    raise InputError("HH rows need string 'chosen' and 'rejected'", field="chosen")
-                try:
-                    prompt_msgs, chosen, rejected = _split_shared_prefix(parse_hh(obj["chosen"]),
-                                                                         parse_hh(obj["rejected"]))
-                except ValueError as e:
-                    raise InputError(str(e), field="chosen") from e
-            elif "prompt" in obj:
-                p = obj["prompt"]
-                if isinstance(p, str):
-                    if not p.strip():
-                        raise InputError("empty prompt", field="prompt")
-                    prompt_msgs = [{"role": "user", "content": p}]
-                else:
-                    prompt_msgs = validate_messages(p, field="prompt")
-                chosen = _completion_text(obj["chosen"], "chosen")
-                rejected = _completion_text(obj["rejected"], "rejected")
-            else:
-                if not isinstance(obj["chosen"], list) or not isinstance(obj["rejected"], list):
-                    raise InputError("TRL rows need a 'prompt', or chat-turn 'chosen'/'rejected'", field="prompt")
-                try:
-                    prompt_msgs, chosen, rejected = _split_shared_prefix(
-                        validate_messages(obj["chosen"], field="chosen"),
-                        validate_messages(obj["rejected"], field="rejected"))
-                except ValueError as e:
-                    raise InputError(str(e), field="chosen") from e
-            if not prompt_msgs:
-                raise InputError("no prompt before the responses", field="prompt")
-            margin = obj.get("margin")
-            if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
-                                       or not math.isfinite(margin)):
-                raise InputError("must be a finite number", field="margin")
-            if chosen == rejected:
-                raise InputError("chosen and rejected are identical", field="rejected")
-            if obj.get("tie"):  # rows of an export made with --include-ties: no winner to import
-                raise InputError(f"a '{obj['tie']}' row (exported with --include-ties) has no preferred "
-                                 "response; export without ties to import", field="tie")
-        except InputError as e:
-            raise InputError(e.reason, file=name, line=i, field=e.field) from e
-        rows.append({"messages": prompt_msgs, "chosen": chosen, "rejected": rejected, "margin": margin,
-                     "line": i})
-    return seen_fmt or fmt, rows
+    seen: list[str] = []
+
+    def parse_row(obj: dict[str, Any], i: int) -> dict[str, Any]:
+        row_fmt, row = _preference_row(obj, fmt)
+        seen.append(row_fmt)
+        return {**row, "line": i}
+
+    rows = _parse_jsonl(text, name, parse_row, refused)
+    return (seen[0] if seen else fmt), rows
 
 
 def strength_for_margin(margin: float | None) -> str | None:
@@ -305,22 +505,32 @@ def strength_for_margin(margin: float | None) -> str | None:
 
 
 def import_preferences(session: Session, source: str | Path | bytes, project: str, *, fmt: str = "auto",
-                       filename: str | None = None, seed: int = 0) -> ImportResult:
+                       filename: str | None = None, seed: int = 0, skip_invalid: bool = False) -> ImportResult:
     """Seed a project with an existing preference dataset: each row becomes a prompt, two responses,
-    a compare task (A/B randomized) and one label by the pseudo-user `import:<file>`."""
+    a compare task (A/B randomized) and one label by the pseudo-user `import:<format>`."""
     text, name = _read_text(source, filename)
     proj = projects.get_project(session, project)
-    fmt_used, rows = parse_preferences(text, name, fmt)
-    result = ImportResult(file=name, kind=f"preferences ({fmt_used})", rows=len(rows))
+    refused: list[RefusedLine] = []
+    fmt_used, rows = parse_preferences(text, name, fmt, refused=refused if skip_invalid else None)
+    result = ImportResult(file=name, kind=f"preferences ({fmt_used})", rows=len(rows), refused=refused)
+    n_divergent = sum(r["divergent"] for r in rows)
+    if n_divergent:
+        result.details["pairs diverging before the last reply (prompt: their shared start)"] = n_divergent
     who = accounts.system_user(session, f"import:{fmt_used}")
     rng = random.Random(seed)
     src = Path(name).name
     for r in rows:
         with _located(name, r["line"]):
             prompt, _ = content.add_prompt(session, proj.id, messages=r["messages"], source=src)
-        rc, _ = content.add_response(session, prompt.id, r["chosen"], params={"source": src})
-        rr, _ = content.add_response(session, prompt.id, r["rejected"], params={"source": src})
-        task, _ = tasks.create_task(session, proj.id, "compare", prompt.id, [rc.id, rr.id], rng=rng, source=src)
+            responses = []
+            for side in ("chosen", "rejected"):
+                turns = r[f"{side}_turns"]
+                # several turns are kept as turns too, for exports that can write them as messages
+                params = {"source": src, **({"turns": turns} if len(turns) > 1 else {})}
+                responses.append(content.add_response(session, prompt.id, r[side], params=params)[0])
+            rc, rr = responses
+            task, _ = tasks.create_task(session, proj.id, "compare", prompt.id, [rc.id, rr.id], rng=rng,
+                                        source=src)
         if session.scalar(select(PreferenceLabel.id).where(PreferenceLabel.task_id == task.id,
                                                            PreferenceLabel.user_id == who.id)) is not None:
             result.skipped += 1
@@ -337,89 +547,110 @@ def import_preferences(session: Session, source: str | Path | bytes, project: st
 
 # ---------------------------------------------------------------------------------- OpenAssistant
 
-def _oasst_nodes(tree: dict[str, Any], name: str, line: int
-                 ) -> Iterator[tuple[list[dict[str, str]], list[dict[str, Any]]]]:
-    """(conversation up to a prompter message, its ranked assistant replies) for every prompter node."""
+def _oasst_nodes(tree: dict[str, Any]) -> list[tuple[list[dict[str, str]], list[dict[str, Any]]]]:
+    """(conversation up to a prompter message, its ranked assistant replies) for every prompter node.
+    Deleted messages (and what hangs below them) are left out, as OpenAssistant's own exports do."""
     root = tree.get("prompt")
     if not isinstance(root, dict):
-        raise InputError("missing message tree", file=name, line=line, field="prompt")
+        raise InputError("missing message tree", field="prompt")
+    out: list[tuple[list[dict[str, str]], list[dict[str, Any]]]] = []
 
-    def walk(node: dict[str, Any], path: list[dict[str, str]]) -> Iterator:
+    def walk(node: dict[str, Any], path: list[dict[str, str]]) -> None:
         for f in ("text", "role"):
             if f not in node:
-                raise InputError("message without this field", file=name, line=line, field=f)
+                raise InputError("message without this field", field=f)
             if not isinstance(node[f], str):
-                raise InputError("must be a string", file=name, line=line, field=f)
+                raise InputError("must be a string", field=f)
         if not isinstance(node.get("replies") or [], list):
-            raise InputError("must be a list of messages", file=name, line=line, field="replies")
+            raise InputError("must be a list of messages", field="replies")
         for r in node.get("replies") or []:
             rank = r.get("rank") if isinstance(r, dict) else None
-            if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, float))):
-                raise InputError(f"must be a number, not {rank!r}", file=name, line=line, field="rank")
+            if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, float))
+                                     or not math.isfinite(rank)):
+                raise InputError(f"must be a number, not {rank!r}", field="rank")
         if node.get("deleted"):
             return
         role = {"prompter": "user", "assistant": "assistant"}.get(node["role"])
         if role is None:
-            raise InputError(f"unknown role {node['role']!r}", file=name, line=line, field="role")
+            raise InputError(f"unknown role {node['role']!r}", field="role")
+        _check_storable(node["text"], "text")
         here = path + [{"role": role, "content": node["text"]}]
         replies = [r for r in node.get("replies") or [] if isinstance(r, dict) and not r.get("deleted")]
         if role == "user":
             ranked = [r for r in replies if r.get("role") == "assistant" and r.get("rank") is not None]
             if len(ranked) >= 2:
-                yield here, sorted(ranked, key=lambda r: r["rank"])
+                if not any(m["content"].strip() for m in here):
+                    raise InputError("the prompter message of ranked replies is empty", field="text")
+                for r in ranked:
+                    if not isinstance(r.get("text"), str):
+                        raise InputError("must be a string", field="text")
+                    _check_storable(r["text"], "text")
+                    _check_storable(r.get("message_id"), "message_id")
+                out.append((here, sorted(ranked, key=lambda r: r["rank"])))
         for r in replies:
-            yield from walk(r, here)
+            walk(r, here)
 
-    yield from walk(root, [])
+    walk(root, [])
+    return out
+
+
+def parse_oasst(text: str, name: str, *, refused: list[RefusedLine] | None = None
+                ) -> list[tuple[int, list[tuple[list[dict[str, str]], list[dict[str, Any]]]]]]:
+    """[(line, nodes of its tree)]; a tree with any bad message is refused whole (never half a tree)."""
+    return _parse_jsonl(text, name, lambda tree, i: (i, _oasst_nodes(tree)), refused)
 
 
 def import_oasst(session: Session, source: str | Path | bytes, project: str, *,
-                 filename: str | None = None, seed: int = 0) -> ImportResult:
+                 filename: str | None = None, seed: int = 0, skip_invalid: bool = False) -> ImportResult:
     """OpenAssistant message trees: each prompter message with ≥2 ranked replies becomes a task —
     a rank task (with the tree's ranking as a label) for ≥3 replies, a compare task for 2."""
     text, name = _read_text(source, filename)
     proj = projects.get_project(session, project)
-    trees = list(_jsonl(text, name))
-    nodes = [(line, conv, ranked) for line, tree in trees for conv, ranked in _oasst_nodes(tree, name, line)]
-    result = ImportResult(file=name, kind="oasst", rows=len(trees))
+    refused: list[RefusedLine] = []
+    trees = parse_oasst(text, name, refused=refused if skip_invalid else None)
+    result = ImportResult(file=name, kind="oasst", rows=len(trees), refused=refused)
     who = accounts.system_user(session, "import:oasst")
     rng = random.Random(seed)
     src = Path(name).name
     details = {"rank tasks": 0, "compare tasks": 0}
-    for line, conv, ranked in nodes:
-        with _located(name, line):
-            prompt, _ = content.add_prompt(session, proj.id, messages=conv, source=src)
-        resp = []
-        for r in ranked:
-            row, _ = content.add_response(session, prompt.id, r["text"],
-                                          params={"source": src, "oasst_message_id": r.get("message_id"),
-                                                  "oasst_rank": r["rank"]})
-            resp.append(row)
-        if len({r.id for r in resp}) < len(resp):  # identical reply texts: cannot rank them apart
-            continue
-        kind = "rank" if len(resp) >= 3 else "compare"
-        task, _ = tasks.create_task(session, proj.id, kind, prompt.id, [r.id for r in resp], rng=rng, source=src)
-        table = Ranking if kind == "rank" else PreferenceLabel
-        if session.scalar(select(table.id).where(table.task_id == task.id, table.user_id == who.id)):
-            result.skipped += 1
-            continue
-        if kind == "rank":
-            # Equal OASST ranks tie.
-            groups: dict[int, list[int]] = {}
+    left_out = 0  # replies that cannot be ranked apart: counted, never dropped silently
+    for line, nodes in trees:
+        for conv, ranked in nodes:
+            with _located(name, line):
+                prompt, _ = content.add_prompt(session, proj.id, messages=conv, source=src)
+                resp = []
+                for r in ranked:
+                    params = {"source": src, "oasst_message_id": r.get("message_id"), "oasst_rank": r["rank"]}
+                    if r.get("synthetic"):
+                        params["oasst_synthetic"] = True
+                    resp.append(content.add_response(session, prompt.id, r["text"], params=params)[0])
+            groups: dict[float, list[int]] = {}
             for src_node, row in zip(ranked, resp):
                 groups.setdefault(src_node["rank"], []).append(row.id)
-            ordering = [groups[k] for k in sorted(groups)]
-            if len(ordering) < 2:
+            kind = "rank" if len(resp) >= 3 else "compare"
+            # identical reply texts, or K replies all ranked equal: no order to record
+            if len({r.id for r in resp}) < len(resp) or (kind == "rank" and len(groups) < 2):
+                left_out += 1
                 continue
-            session.add(Ranking(task_id=task.id, user_id=who.id, ordering=ordering, flags=[], comment=""))
-        else:
-            best = resp[0].id
-            choice = ("tie" if ranked[0]["rank"] == ranked[1]["rank"]
-                      else "a" if task.response_ids[0] == best else "b")
-            session.add(PreferenceLabel(task_id=task.id, user_id=who.id, choice=choice, flags=[], comment=""))
-        details[f"{kind} tasks"] += 1
-        _count_imported_label(session, task, who.id, proj)
-        result.added += 1
+            with _located(name, line):
+                task, _ = tasks.create_task(session, proj.id, kind, prompt.id, [r.id for r in resp], rng=rng,
+                                            source=src)
+            table = Ranking if kind == "rank" else PreferenceLabel
+            if session.scalar(select(table.id).where(table.task_id == task.id, table.user_id == who.id)):
+                result.skipped += 1
+                continue
+            if kind == "rank":  # equal OASST ranks tie
+                ordering = [groups[k] for k in sorted(groups)]
+                session.add(Ranking(task_id=task.id, user_id=who.id, ordering=ordering, flags=[], comment=""))
+            else:
+                choice = ("tie" if len(groups) < 2 else "a" if task.response_ids[0] == resp[0].id else "b")
+                session.add(PreferenceLabel(task_id=task.id, user_id=who.id, choice=choice, flags=[],
+                                            comment=""))
+            details[f"{kind} tasks"] += 1
+            _count_imported_label(session, task, who.id, proj)
+            result.added += 1
+    if left_out:
+        details["prompts left out: identical or equally ranked replies"] = left_out
     result.details = details
     session.flush()
     return result

@@ -1,0 +1,76 @@
+"""Admin Imports page (AppTest): bad lines refuse the file and are listed; 'Skip invalid rows' imports the good
+ones and offers the report of the refused lines for download, as `python -m db import --skip-invalid` does."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from db.models import PreferenceLabel
+from db.session import session_scope
+from labeling_ui.seed import seed
+from labeling_ui.text import JOINER
+
+APP = str(Path(__file__).resolve().parents[1] / "labeling_ui" / "app.py")
+GOOD = [{"chosen": f"\n\nHuman: q{i}\n\nAssistant: good {i}", "rejected": f"\n\nHuman: q{i}\n\nAssistant: bad {i}"}
+        for i in range(3)]
+FILE = ("\n".join([json.dumps(GOOD[0]), '{"chosen": "broken', json.dumps(GOOD[1]), "[1]", json.dumps(GOOD[2]),
+                   '{"chosen": "<b>no rejected</b>"}']) + "\n").encode()
+
+
+@pytest.fixture
+def admin(sqlite_url, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    info = seed(sqlite_url, n_compare=1, n_rank=0, n_demonstrate=0, create_tables=False)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["user"] = {"id": info["admin_id"], "username": "admin", "display_name": "admin", "role": "admin"}
+    at.run()
+    at.switch_page("views/imports.py").run()
+    at.radio(key="imp_kind").set_value("preferences").run()
+    at.file_uploader(key="imp_file").upload("hh.jsonl", FILE, "application/jsonl").run()
+    return at, sqlite_url
+
+
+def labels(url: str) -> int:
+    with session_scope(url) as s:
+        return s.scalar(select(func.count()).select_from(PreferenceLabel))
+
+
+def report_data(at: AppTest) -> list[dict]:
+    """The refused lines offered for download (the button's file is the page's kept report)."""
+    (dl,) = at.get("download_button")
+    report = at.session_state["imp_report"]
+    assert dl.label == f"Download the report of {report['count']} refused line(s)"
+    return [json.loads(line) for line in report["data"].decode().splitlines()]
+
+
+def test_bad_lines_refuse_the_file_and_are_listed(admin):
+    at, url = admin
+    before = labels(url)
+    at.button(key="imp_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (err,) = [e.value.replace(JOINER, "") for e in at.error]
+    assert "3 of 6 lines cannot be imported; nothing was imported" in err
+    assert "hh.jsonl:2: malformed JSON" in err and "hh.jsonl:6, field 'rejected': missing field" in err
+    assert "Skip invalid rows" in err and "3 good rows" in err and "--skip-invalid" not in err
+    assert labels(url) == before
+    assert [o["line"] for o in report_data(at)] == [2, 4, 6]
+
+
+def test_skip_invalid_rows_imports_the_good_ones_and_offers_the_report(admin):
+    at, url = admin
+    before = labels(url)
+    at.checkbox(key="imp_skip").check().run()
+    at.button(key="imp_go").click().run()
+    assert not at.exception and not at.error
+    assert "3 rows read, 3 added, 0 already present, 3 lines refused" in at.success[0].value
+    assert "3 line(s) of hh.jsonl were refused" in at.warning[0].value
+    assert labels(url) == before + 3
+    rows = report_data(at)
+    assert [(o["line"], o["field"]) for o in rows] == [(2, None), (4, None), (6, "rejected")]
+    assert rows[2]["text"] == '{"chosen": "<b>no rejected</b>"}'
+    at.button(key="imp_go").click().run()  # again: nothing new
+    assert "0 added, 3 already present" in at.success[0].value and labels(url) == before + 3
