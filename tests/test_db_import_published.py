@@ -158,23 +158,57 @@ def test_synthetic_hh_file_imports_the_right_rows_and_reports_the_others(session
 
 
 def test_a_failure_while_writing_leaves_nothing(session, tmp_path, monkeypatch):
-    """One transaction: an error after some rows were written rolls them all back."""
+    """One transaction: an error after prompts, responses and tasks were written rolls them all back."""
     projects.create_project(session, "hh")
     session.commit()
     path, _, _ = hh_file(tmp_path)
-    real, calls = content.add_response, []
+    real, calls = importers._count_imported_label, []
 
     def failing(*a, **kw):
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == 3:
+            assert counts(session)["Task"] > 0  # rows are written (flushed) by now
             raise RuntimeError("disk full")
         return real(*a, **kw)
 
-    monkeypatch.setattr(content, "add_response", failing)
+    monkeypatch.setattr(importers, "_count_imported_label", failing)
     with pytest.raises(RuntimeError):
         importers.import_preferences(session, path, "hh", skip_invalid=True)
     session.rollback()
-    assert len(calls) == 5 and counts(session) == dict.fromkeys(counts(session), 0)
+    assert len(calls) == 3 and counts(session) == dict.fromkeys(counts(session), 0)
+
+
+def test_rows_written_by_the_other_services_are_found(session, tmp_path):
+    """The bulk writer uses the services' hashes and keys: a prompt imported as a prompt, a response and a
+    compare task made one at a time are reused, not doubled."""
+    projects.create_project(session, "p")
+    pid = projects.get_project(session, "p").id
+    p1 = tmp_path / "prompts.jsonl"
+    p1.write_text(json.dumps({"prompt": "shared question"}) + "\n"
+                  + json.dumps({"messages": [{"role": "system", "content": "terse"},
+                                             {"role": "user", "content": "chat question"}]}) + "\n")
+    importers.import_prompts(session, p1, "p")
+    prompt = next(p for p in content.list_prompts(session, pid) if p.text == "shared question")
+    ra, _ = content.add_response(session, prompt.id, "yes")
+    rb, _ = content.add_response(session, prompt.id, "no")
+    from db.services import tasks
+    task, _ = tasks.create_task(session, pid, "compare", prompt.id, [ra.id, rb.id])
+    session.commit()
+    before = counts(session)
+    f = tmp_path / "prefs.jsonl"
+    f.write_text(json.dumps({"prompt": "shared question", "chosen": "no", "rejected": "yes"}) + "\n"
+                 + json.dumps({"prompt": [{"role": "system", "content": "terse"},
+                                          {"role": "user", "content": "chat question"}],
+                               "chosen": "a", "rejected": "b"}) + "\n")
+    r = importers.import_preferences(session, f, "p")
+    session.commit()
+    after = counts(session)
+    assert r.added == 2 and after["Prompt"] == before["Prompt"] and after["Task"] == before["Task"] + 1
+    assert after["Response"] == before["Response"] + 2  # only the chat prompt's two new replies
+    label = session.scalar(select(PreferenceLabel).where(PreferenceLabel.task_id == task.id))
+    assert session.get(Response, task.response_ids[0 if label.choice == "a" else 1]).text == "no"
+    session.refresh(task)
+    assert (task.n_submitted, task.status) == (1, "done")
 
 
 def test_gzip_as_published(session, tmp_path):

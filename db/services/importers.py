@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Assignment, PreferenceLabel, Project, Ranking, Task, utcnow
+from db.models import Assignment, PreferenceLabel, Project, Prompt, Ranking, Response, Task, utcnow
 from db.services import accounts, content, projects, tasks
 from db.services.content import validate_messages
 from db.services.errors import InputError
@@ -504,10 +504,29 @@ def strength_for_margin(margin: float | None) -> str | None:
     return "strong"
 
 
+_CHUNK = 500  # ids / hashes per IN (...) lookup
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    for lo in range(0, len(items), _CHUNK):
+        yield items[lo:lo + _CHUNK]
+
+
+def _stored_prompt(messages: list[dict[str, str]]) -> tuple[str | None, list[dict[str, str]] | None]:
+    """(text, messages) as content.add_prompt stores them: a one-turn chat is a plain text prompt."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"], None
+    return None, messages
+
+
 def import_preferences(session: Session, source: str | Path | bytes, project: str, *, fmt: str = "auto",
                        filename: str | None = None, seed: int = 0, skip_invalid: bool = False) -> ImportResult:
     """Seed a project with an existing preference dataset: each row becomes a prompt, two responses,
-    a compare task (A/B randomized) and one label by the pseudo-user `import:<format>`."""
+    a compare task (A/B randomized) and one label by the pseudo-user `import:<format>`.
+
+    Written in bulk (one lookup and one insert batch per table, not per row: published files have tens of
+    thousands of rows), with the same content hashes and task keys as `content.add_prompt`,
+    `content.add_response` and `tasks.create_task`, so rows they wrote are found and nothing is doubled."""
     text, name = _read_text(source, filename)
     proj = projects.get_project(session, project)
     refused: list[RefusedLine] = []
@@ -519,23 +538,79 @@ def import_preferences(session: Session, source: str | Path | bytes, project: st
     who = accounts.system_user(session, f"import:{fmt_used}")
     rng = random.Random(seed)
     src = Path(name).name
-    for r in rows:
-        with _located(name, r["line"]):
-            prompt, _ = content.add_prompt(session, proj.id, messages=r["messages"], source=src)
-            responses = []
-            for side in ("chosen", "rejected"):
+
+    # prompts, by content hash
+    stored = [_stored_prompt(r["messages"]) for r in rows]
+    hashes = [content.prompt_hash(t, m) for t, m in stored]
+    prompt_id: dict[str, int] = {}
+    for chunk in _chunks(sorted(set(hashes))):
+        prompt_id.update(session.execute(select(Prompt.content_hash, Prompt.id).where(
+            Prompt.project_id == proj.id, Prompt.content_hash.in_(chunk))).all())
+    new_prompts: dict[str, Prompt] = {}
+    for h, (t, m) in zip(hashes, stored):
+        if h not in prompt_id and h not in new_prompts:
+            new_prompts[h] = Prompt(project_id=proj.id, text=t, messages=m, source=src, meta={}, content_hash=h)
+    session.add_all(new_prompts.values())
+    session.flush()
+    prompt_id.update({h: p.id for h, p in new_prompts.items()})
+
+    # responses (human-written: no model version, sample 0), by (prompt, text hash)
+    pids = [prompt_id[h] for h in hashes]
+    response_id: dict[tuple[int, str], int] = {}
+    for chunk in _chunks(sorted(set(pids))):
+        response_id.update(((pid, h), rid) for pid, h, rid in session.execute(
+            select(Response.prompt_id, Response.content_hash, Response.id).where(
+                Response.prompt_id.in_(chunk), Response.model_version_id.is_(None), Response.sample_index == 0)))
+    new_responses: dict[tuple[int, str], Response] = {}
+    pairs = []
+    for pid, r in zip(pids, rows):
+        keys = []
+        for side in ("chosen", "rejected"):
+            key = (pid, content.sha(r[side]))
+            if key not in response_id and key not in new_responses:
                 turns = r[f"{side}_turns"]
                 # several turns are kept as turns too, for exports that can write them as messages
                 params = {"source": src, **({"turns": turns} if len(turns) > 1 else {})}
-                responses.append(content.add_response(session, prompt.id, r[side], params=params)[0])
-            rc, rr = responses
-            task, _ = tasks.create_task(session, proj.id, "compare", prompt.id, [rc.id, rr.id], rng=rng,
-                                        source=src)
-        if session.scalar(select(PreferenceLabel.id).where(PreferenceLabel.task_id == task.id,
-                                                           PreferenceLabel.user_id == who.id)) is not None:
+                new_responses[key] = Response(prompt_id=pid, text=r[side], params=params, sample_index=0,
+                                              content_hash=key[1])
+            keys.append(key)
+        pairs.append(keys)
+    session.add_all(new_responses.values())
+    session.flush()
+    response_id.update({k: resp.id for k, resp in new_responses.items()})
+
+    # compare tasks, by the order-free key tasks.create_task uses; the A/B order is drawn once, at creation
+    task_keys = []
+    for pid, (kc, kr) in zip(pids, pairs):
+        ids = [response_id[kc], response_id[kr]]
+        task_keys.append((tasks._dedup_key("compare", pid, ids), pid, ids))
+    task_of: dict[str, Task] = {}
+    for chunk in _chunks(sorted({k for k, _, _ in task_keys})):
+        task_of.update((t.dedup_key, t) for t in session.scalars(select(Task).where(
+            Task.project_id == proj.id, Task.dedup_key.in_(chunk))))
+    new_tasks = []
+    for key, pid, ids in task_keys:
+        if key not in task_of:
+            ordered = list(ids)
+            rng.shuffle(ordered)
+            task_of[key] = Task(project_id=proj.id, kind="compare", prompt_id=pid, response_ids=ordered,
+                                status="open", n_submitted=0, dedup_key=key, source=src)
+            new_tasks.append(task_of[key])
+    session.add_all(new_tasks)
+    session.flush()
+
+    # one label per task by the import's pseudo-user; a task it already labelled is "already present"
+    labelled: set[int] = set()
+    for chunk in _chunks(sorted({t.id for t in task_of.values()})):
+        labelled.update(session.scalars(select(PreferenceLabel.task_id).where(
+            PreferenceLabel.task_id.in_(chunk), PreferenceLabel.user_id == who.id)))
+    for r, (key, _, ids) in zip(rows, task_keys):
+        task = task_of[key]
+        if task.id in labelled:
             result.skipped += 1
             continue
-        choice = "a" if task.response_ids[0] == rc.id else "b"
+        labelled.add(task.id)
+        choice = "a" if task.response_ids[0] == ids[0] else "b"
         session.add(PreferenceLabel(task_id=task.id, user_id=who.id, choice=choice,
                                     strength=strength_for_margin(r["margin"]), flags=[],
                                     comment="", seconds=None))
