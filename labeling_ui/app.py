@@ -14,15 +14,16 @@ if str(_ROOT) not in sys.path:
 
 import streamlit as st
 
-from labeling_ui import auth, text
+from labeling_ui import auth, style
 
 st.set_page_config(page_title="InstructLoop", page_icon=":material/thumbs_up_down:", layout="wide")
 
 HERE = Path(__file__).parent
 V = HERE / "views"
 
+ANNOTATOR_PATHS = ["compare", "rank", "demonstrate", "history"]
 ANNOTATOR_PAGES = [
-    st.Page(V / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare", default=True),
+    st.Page(V / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page(V / "rank.py", title="Rank", icon=":material/format_list_numbered:", url_path="rank"),
     st.Page(V / "demonstrate.py", title="Demonstrate", icon=":material/edit_note:", url_path="demonstrate"),
     st.Page(V / "history.py", title="My history", icon=":material/history:", url_path="history"),
@@ -40,11 +41,11 @@ ADMIN_PAGES = [
 
 user = auth.current_user()
 auth.write_cookie()
-text.page_style()
+style.apply()
 if user is None:
     # Every app URL shows the sign-in form (no "page not found"), and keeps its path so that a deep link
     # opens its page once signed in.
-    paths = [p.url_path for p in ANNOTATOR_PAGES if p.url_path] + [u for *_, u in ADMIN_PAGES]
+    paths = ANNOTATOR_PATHS + [u for *_, u in ADMIN_PAGES]
     pg = st.navigation([st.Page(auth.sign_in_page, title="Sign in", icon=":material/login:",
                                 url_path="signin", default=True)]
                        + [st.Page(auth.sign_in_page, title="Sign in", url_path=u, visibility="hidden")
@@ -55,11 +56,18 @@ else:
         if st.button("Sign out", icon=":material/logout:", key="signout_btn"):
             auth.sign_out("You have signed out.")
             st.rerun()
+
+    def to_compare() -> None:
+        st.switch_page(ANNOTATOR_PAGES[0])
+
+    # Streamlit serves the default page at "/" only: had Compare been the default, /compare (a bookmark, a deep
+    # link kept through the sign-in) would say "Page not found". So "/" is a hidden page that forwards to it.
+    alias = st.Page(to_compare, title="Start", url_path="start", visibility="hidden", default=True)
     if user["role"] == "admin":
         admin = [st.Page(V / f, title=t, icon=i, url_path=u) for f, t, i, u in ADMIN_PAGES]
-        pg = st.navigation({"Label": ANNOTATOR_PAGES, "Admin": admin})
+        pg = st.navigation({"Label": ANNOTATOR_PAGES, "Admin": admin, "": [alias]})
     else:
         # Admin URLs stay registered (hidden) so that opening one shows a refusal, not a random page.
         hidden = [st.Page(auth.refuse, title=t, url_path=u, visibility="hidden") for _, t, _, u in ADMIN_PAGES]
-        pg = st.navigation({"Label": ANNOTATOR_PAGES, "": hidden})
+        pg = st.navigation({"Label": ANNOTATOR_PAGES, "": [alias, *hidden]})
 pg.run()

@@ -115,16 +115,18 @@ def held_key(kind: str, project_id: int) -> str:
     return f"task:{kind}:{project_id}"
 
 
-def current_task(user_id: int, project_id: int, kind: str) -> Any | None:
-    """The task on screen for this page (leased through next_task), with the time it was first shown."""
+def current_task(user_id: int, project_id: int, kind: str, notify: Any = None) -> Any | None:
+    """The task on screen for this page (leased through next_task), with the time it was first shown.
+    `notify(message, icon)` says why the task changed when it did without this page's doing."""
     key = held_key(kind, project_id)
     view = st.session_state.get(key)
     if view is not None:
         with db() as s:
             still = assignment.holds(s, user_id, view.task_id)
         if not still:  # labelled or skipped in another tab (same user): show the next task, and say why
-            st.toast(f"Task #{view.task_id} was already finished (in another tab?); here is the next one.",
-                     icon=":material/tab:")
+            (notify or (lambda m, i: st.toast(m, icon=i)))(
+                f"Task #{view.task_id} was already finished (in another tab?); here is the next one.",
+                ":material/tab:")
             st.session_state.pop(key, None)
             view = None
     if view is None:
@@ -160,6 +162,31 @@ def release_held_tasks(user_id: int) -> None:
 
 def empty_state(message: str) -> None:
     st.success(message, icon=":material/celebration:")
+
+
+_HOW_TASKS_COME = {
+    "compare": "An admin creates them from model outputs: "
+               "`python -m rlhf.generate --project {p} --models MODEL --num_samples 2 --tasks compare`.",
+    "rank": "An admin creates them from model outputs "
+            "(`python -m rlhf.generate --project {p} --models MODEL --num_samples 4 --tasks rank`) or imports "
+            "ranked conversations on the Import page.",
+    "demonstrate": "An admin queues them on the Projects page, when importing prompts on the Import page, or "
+                   "with `python -m rlhf.generate --project {p} --tasks demonstrate`.",
+}
+
+
+def no_tasks_state(user_id: int, project: dict[str, Any], kind: str) -> None:
+    """Nothing to label: either the project has no such tasks yet (say who adds them), or this user is done."""
+    from db.services import tasks
+
+    with db() as s:
+        total = tasks.count_tasks(s, project["id"], kind)
+    if total == 0:
+        st.info(f"No {kind} tasks in **{project['name']}** yet. " + _HOW_TASKS_COME[kind].format(p=project["name"]),
+                icon=":material/hourglass_empty:")
+    else:
+        empty_state(f"No {kind} tasks left for you in this project — thanks! Your labels and skips are in My "
+                    "history.")
 
 
 def show_error(e: Exception) -> None:
@@ -198,17 +225,34 @@ def task_header(kind: str, project: dict[str, Any], title: str) -> tuple[dict[st
 
     user = auth.require_user()
     flash = st.session_state.pop(_flash_key(kind), None)
-    if flash:
-        st.toast(flash[0], icon=flash[1])
     top = st.columns([3, 2], vertical_alignment="bottom")
     top[0].subheader(f"{title} · {project['name']}")
     with top[1]:
         progress_line(user["id"], project["id"], kind)
-    view = current_task(user["id"], project["id"], kind)
+        note = st.empty()
+    # The last action's outcome sits in the header, where it covers nothing (a toast hid Response B).
+    if flash:
+        _note(note, *flash)
+        scroll_to_top(f"{kind}:{time.time()}")
+    view = current_task(user["id"], project["id"], kind, notify=lambda m, i: _note(note, m, i))
     if view is None:
-        empty_state("No tasks left in this project — thanks!")
+        no_tasks_state(user["id"], project, kind)
         return None
     return user, view
+
+
+def _note(where: Any, message: str, icon: str) -> None:
+    colour = "orange" if icon == ":material/warning:" else "green"
+    where.markdown(f":{colour}[{icon} {message}]")
+
+
+def scroll_to_top(nonce: str) -> None:
+    """Scroll the page back to its top (the next task starts there, not where the last Submit was).
+    `nonce` makes the script new, so the browser runs it again for each task."""
+    st.html(f"<script>/* {nonce} */ for (const el of [document.scrollingElement, "
+            "document.querySelector('[data-testid=\"stMain\"]'), "
+            "document.querySelector('[data-testid=\"stAppViewContainer\"]')]) { if (el) el.scrollTop = 0; }"
+            "</script>", unsafe_allow_javascript=True)
 
 
 def task_action(kind: str, project_id: int, action: Any, flash: tuple[str, str] | Any,
@@ -240,26 +284,32 @@ def _set_state(key: str, value: Any) -> None:
     st.session_state[key] = value
 
 
-def submit_skip_row(prefix: str, task_id: int, submit_label: str = "Submit", keys: bool = True
-                    ) -> tuple[bool, str | None]:
+def submit_skip_row(prefix: str, task_id: int, submit_label: str = "Submit", keys: bool = True,
+                    middle: Any = None) -> tuple[bool, str | None]:
     """The Submit / Skip row under a task (Enter and S when `keys`): (submit pressed, skip reason or None).
 
     Skipping takes two steps: Skip (S) opens a panel, and only choosing a reason there (a click, or 1-4)
     skips; "Other" asks for the reason in words. Back (Esc) closes the panel. Keys end in the task id, so a
-    click meant for a task no longer on screen does nothing.
+    click meant for a task no longer on screen does nothing. `middle()`, when given, draws between the two
+    buttons (the comment field: one row less).
     """
     from labeling_ui.vocab import SKIP_REASONS
 
     state, sk, ok = st.session_state, _skip_key(prefix, task_id), f"{prefix}_skip_other_open_{task_id}"
     if not state.get(sk):
-        row = st.columns([3, 1], vertical_alignment="bottom")
+        row = st.columns([2, 2, 1] if middle else [3, 1], vertical_alignment="bottom")
         submit = row[0].button(submit_label, key=f"{prefix}_submit_{task_id}", type="primary",
                                icon=":material/send:", shortcut="Enter" if keys else None, width="stretch")
-        row[1].button("Skip…", key=f"{prefix}_skip_{task_id}", shortcut="S" if keys else None, width="stretch",
+        if middle:
+            with row[1]:
+                middle()
+        row[-1].button("Skip…", key=f"{prefix}_skip_{task_id}", shortcut="S" if keys else None, width="stretch",
                       on_click=_set_state, args=(sk, True), help="Asks why first: nothing is skipped until you "
                                                                   "choose a reason")
         return submit, None
     chosen = None
+    if middle:
+        middle()
     with st.container(border=True, key=f"skip_panel_{prefix}"):
         st.markdown("**Skip this task?** Say why" + (" (press 1–4), or go back (Esc)." if keys else "."))
         cols = st.columns(len(SKIP_REASONS) + 1)
@@ -298,12 +348,14 @@ def saved_message(created: bool, unchanged: bool, saved: str, what: str) -> tupl
 
 def skip_action(kind: str, project_id: int, user_id: int, task_id: int, reason: str) -> None:
     task_action(kind, project_id, lambda s: assignment.skip_task(s, user_id, task_id, reason),
-                (f"Task #{task_id} skipped ({reason}). Changed your mind? Undo it in My history.",
+                (f"Task #{task_id} skipped. Changed your mind? Undo it in My history.",
                  ":material/skip_next:"))
 
 
-def raw_toggle(title: str, key: str) -> bool:
-    """A response's heading with its "Raw" switch (show the exact characters, no formatting)."""
-    head = st.columns([4, 1], vertical_alignment="center")
-    head[0].markdown(f"#### {title}")
-    return head[1].toggle("Raw", key=key, help="Show exactly the characters the model wrote, unformatted")
+def raw_toggle(title: str, key: str, compact: bool = False) -> bool:
+    """A response's heading with its "Raw" switch (show the exact characters, no formatting); `compact` for
+    narrow panes (a bold title, no heading)."""
+    head = st.columns([1, 1] if compact else [2, 1], vertical_alignment="center")
+    head[0].markdown(f":small[**{title}**]" if compact else f"#### {title}")
+    return head[1].toggle("Raw", key=key, help=None if compact else "Show exactly the characters the model "
+                                                                     "wrote, unformatted")

@@ -100,7 +100,7 @@ def safe_markdown(text: str) -> str:
 
     Streamlit never renders raw HTML without unsafe_allow_html, but it would silently drop tags such as
     `<script>`; annotators must *see* them (a response full of HTML is a bad response). Code blocks and spans
-    render verbatim by Markdown's own rules. Line breaks are kept by the page's CSS (`page_style`).
+    render verbatim by Markdown's own rules. Line breaks are kept by the page's CSS (`TEXT_CSS`).
     """
     text = text or ""
     out, last = [], 0
@@ -113,20 +113,14 @@ def safe_markdown(text: str) -> str:
 
 
 # Text containers carry a key starting "mt_" (model text). Inside them a paragraph keeps its line breaks and
-# spaces (pre-wrap): a poem, a list without markers or code without a fence keeps its shape.
-_CSS = """
-<style>
+# spaces (pre-wrap): a poem, a list without markers or code without a fence keeps its shape. (labeling_ui.style
+# puts this on every page.)
+TEXT_CSS = """
 [class*="st-key-mt_"] [data-testid="stMarkdownContainer"] p,
 [class*="st-key-mt_"] [data-testid="stMarkdownContainer"] li:not(:has(> p)),
 [class*="st-key-mt_"] [data-testid="stMarkdownContainer"] td,
 [class*="st-key-mt_"] [data-testid="stMarkdownContainer"] th { white-space: pre-wrap; }
-</style>
 """
-
-
-def page_style() -> None:
-    """The CSS that text shown by `show_text` needs; once per page run."""
-    st.html(_CSS)
 
 
 def render_mode(project: dict[str, Any] | None) -> str:

@@ -199,7 +199,9 @@ def test_compare_submit_writes_one_label_and_shows_next(seeded):
         assert lab.flags == ["hallucination"] and lab.comment == "B is right"
         assert lab.seconds is not None and lab.seconds >= 0
     assert _prompt_shown(at) != first
-    assert any(t.value == "Saved" for t in at.toast)
+    # the outcome is said in the header (a toast covered Response B), and the page scrolls back to the top
+    assert ":green[:material/check: Saved]" in [m.value for m in at.markdown] and not at.toast
+    assert any("scrollTop = 0" in h.proto.body for h in at.get("html"))
 
 
 def test_compare_double_submit_writes_one_label(seeded):
@@ -215,7 +217,7 @@ def test_compare_double_submit_writes_one_label(seeded):
     at.run()
     no_exception(at)
     assert at.session_state[f"task:compare:{seeded['project_id']}"].task_id != tid
-    assert any(f"Task #{tid} was already finished" in t.value for t in at.toast)
+    assert f"Task #{tid} was already finished" in texts(at)
     assert count(seeded["url"], PreferenceLabel) == 1
 
 
@@ -231,7 +233,7 @@ def test_two_tabs_of_one_annotator_never_lose_an_answer_silently(seeded):
     assert tab1.session_state[key].task_id != t
     tab2.run()  # any interaction
     assert tab2.session_state[key].task_id != t
-    assert any(f"Task #{t} was already finished" in x.value for x in tab2.toast)
+    assert f"Task #{t} was already finished" in texts(tab2)
     from db.services import labels
     with session_scope(seeded["url"]) as s:
         lab, created = labels.submit_preference(s, seeded["alice_id"], t, "b", strength="strong")
@@ -304,7 +306,17 @@ def test_compare_empty_state(seeded):
         btn(at, "cmp_submit").click().run()
     no_exception(at)
     assert count(seeded["url"], PreferenceLabel) == 4
-    assert "No tasks left in this project — thanks!" in texts(at)
+    assert "No compare tasks left for you in this project — thanks!" in texts(at)
+    # a project with no tasks at all does not thank anyone: it says none exist yet, and who adds them
+    from db.services import projects
+    with session_scope(seeded["url"]) as s:
+        projects.create_project(s, "fresh")
+    at.run()
+    _pick_project(at, "fresh")
+    assert "No compare tasks in **fresh** yet" in texts(at) and "rlhf.generate --project fresh" in texts(at)
+    assert "thanks" not in texts(at)
+    at.switch_page("views/demonstrate.py").run()
+    assert "No demonstrate tasks in **fresh** yet" in texts(at) and "Projects page" in texts(at)
 
 
 # ------------------------------------------------------------------ rank, demonstrate, history

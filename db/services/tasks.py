@@ -75,3 +75,11 @@ def task_counts(session: Session, project_id: int) -> dict[str, int]:
     rows = session.execute(select(Task.status, func.count()).where(Task.project_id == project_id)
                            .group_by(Task.status)).all()
     return {status: n for status, n in rows}
+
+
+def count_tasks(session: Session, project_id: int, kind: str | None = None) -> int:
+    """All tasks of the project (of one kind, if given), whatever their state."""
+    q = select(func.count()).select_from(Task).where(Task.project_id == project_id)
+    if kind:
+        q = q.where(Task.kind == kind)
+    return session.scalar(q) or 0

@@ -59,30 +59,30 @@ def compare_body(project: dict) -> None:
     # made before the new task was visible (dropped by _set_current).
     choice = st.session_state.get(ck)
     asking_skip = skipping("cmp", tid)  # 1-4 choose a skip reason meanwhile
-    with st.container(border=True, key="action_bar"):
-        row = st.columns(4)
+    # One compact bar (sticky at the bottom of the window, labeling_ui.style): choice and strength in one row,
+    # flags and comment in the next, then Submit / Skip.
+    with st.container(border=True, key="action_bar", gap="small"):
+        row = st.columns([1, 1, 1, 1, 0.1, 0.8, 0.8, 0.8], vertical_alignment="center")
         for c, (value, label, key) in zip(row, CHOICES):
             c.button(label, key=f"btn_{value}_{tid}", shortcut=None if asking_skip else key, width="stretch",
                      type="primary" if choice == value else "secondary", on_click=_set_current,
                      args=("cmp_choice", value, pid, tid))
-        opts = st.columns([1, 1], vertical_alignment="bottom")
-        with opts[0]:
-            st.caption("Strength" + ("" if choice in (None, "a", "b") else " (only for A/B)"))
-            srow = st.columns(3)
-            for c, s_ in zip(srow, STRENGTHS):
-                c.button(s_.capitalize(), key=f"btn_{s_}_{tid}", shortcut=STRENGTH_KEYS[s_], width="stretch",
-                         type="primary" if st.session_state[sk] == s_ else "secondary",
-                         on_click=_set_current, args=("cmp_strength", s_, pid, tid))
-        with opts[1]:
-            st.text_input("Comment (optional)", key=mk, placeholder="Anything the reviewers should know")
-        st.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=fk)
-        submit, skip_reason = submit_skip_row("cmp", tid)
+        strength_help = "How much better (A/B only; ignored for tie and both bad)"
+        for c, s_ in zip(row[5:], STRENGTHS):
+            c.button(s_.capitalize(), key=f"btn_{s_}_{tid}", shortcut=STRENGTH_KEYS[s_], width="stretch",
+                     type="primary" if st.session_state[sk] == s_ and choice in (None, "a", "b") else "secondary",
+                     on_click=_set_current, args=("cmp_strength", s_, pid, tid), help=strength_help)
+        # Flags get a row of their own: pills do not wrap, and beside another field the last ones were cut off.
+        st.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=fk,
+                 label_visibility="collapsed")
+        submit, skip_reason = submit_skip_row("cmp", tid, middle=lambda: st.text_input(
+            "Comment (optional)", key=mk, placeholder="Comment (optional)", label_visibility="collapsed"))
         msg = st.empty()
     with prompt_box:
         st.caption(f"PROMPT · task #{tid}")
         render_prompt(view, mode)
     for col, letter, resp in zip(cols, "AB", view.responses):
-        with col, st.container(border=True, height=440, key=f"resp_{letter}"):
+        with col, st.container(border=True, key=f"resp_{letter}"):
             raw = raw_toggle(f"Response {letter}", f"raw_{tid}_{letter}")
             show_text(resp["text"], key=f"resp_{tid}_{letter}", mode=mode, raw=raw)
 

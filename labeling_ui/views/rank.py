@@ -63,38 +63,40 @@ def rank_body(project: dict) -> None:
     pid = project["id"]
     tid, k = view.task_id, len(view.responses)
     mode = render_mode(project)
-    with st.container(border=True):
+    with st.container(border=True, key="prompt_box"):
         st.caption(f"PROMPT · task #{tid}")
         render_prompt(view, mode)
     ids = [r["id"] for r in view.responses]
     keyed = k <= MAX_KEYED
     keys_live = not skipping("rank", tid)  # 1-4 choose a skip reason meanwhile
-    hint = (" Or press the response numbers best first (the last one ranks itself); Backspace clears."
-            if keyed else "")
-    st.caption(f"Give each response a rank from 1st (best) to {ordinal(k)}. Equal ranks mean a tie.{hint}")
+    hint = " Keys: the response numbers, best first (the last ranks itself); Backspace clears." if keyed else ""
+    st.caption(f"Rank each response, 1st = best; equal ranks tie.{hint}")
     per_row = k if k <= 4 else 3
     for start in range(0, k, per_row):
-        cols = st.columns(per_row, gap="medium")
+        cols = st.columns(per_row, gap="small")
         for col, i in zip(cols, range(start, min(k, start + per_row))):
             resp = view.responses[i]
             with col:
-                with st.container(border=True, height=380):
-                    raw = raw_toggle(f"Response {i + 1}", f"raw_{tid}_{i}")
+                with st.container(border=True, key=f"resp_{i}"):
+                    raw = raw_toggle(f"Response {i + 1}", f"raw_{tid}_{i}", compact=k > 2)
                     show_text(resp["text"], key=f"resp_{tid}_{i}", mode=mode, raw=raw)
                 st.segmented_control(f"Rank of response {i + 1}", list(range(1, k + 1)), format_func=ordinal,
                                      key=_rank_key(tid, resp["id"]), width="stretch")
                 if keyed:
                     st.button(f"{i + 1} is next best", key=f"rank_next_{tid}_{resp['id']}",
-                              shortcut=str(i + 1) if keys_live else None, on_click=_next_best, args=(tid, resp["id"], ids),
-                              width="stretch")
+                              shortcut=str(i + 1) if keys_live else None, on_click=_next_best,
+                              args=(tid, resp["id"], ids), width="stretch")
     if keyed:
-        st.button("Clear ranks", key=f"rank_clear_{tid}", shortcut="Backspace" if keys_live else None, on_click=_clear_ranks,
-                  args=(tid, ids), icon=":material/backspace:")
-    with st.container(border=True):
-        c1, c2 = st.columns([1, 1])
-        c1.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=f"rank_flags_{tid}")
-        c2.text_input("Comment (optional)", key=f"rank_comment_{tid}")
-        submit, skip_reason = submit_skip_row("rank", tid, "Submit ranking")
+        st.button("Clear ranks", key=f"rank_clear_{tid}", shortcut="Backspace" if keys_live else None,
+                  on_click=_clear_ranks, args=(tid, ids), icon=":material/backspace:")
+    # Sticky at the bottom of the window (labeling_ui.style). Flags get a row of their own: pills do not wrap,
+    # and beside the comment field the last one ("Other") ended up under it.
+    with st.container(border=True, key="action_bar", gap="small"):
+        st.pills("Flags", list(FLAGS), format_func=FLAG_NAMES.get, selection_mode="multi", key=f"rank_flags_{tid}",
+                 label_visibility="collapsed")
+        submit, skip_reason = submit_skip_row("rank", tid, "Submit ranking", middle=lambda: st.text_input(
+            "Comment (optional)", key=f"rank_comment_{tid}", placeholder="Comment (optional)",
+            label_visibility="collapsed"))
         msg = st.empty()
     if submit:
         ranks = {r["id"]: st.session_state.get(_rank_key(tid, r["id"])) for r in view.responses}
