@@ -227,8 +227,18 @@ def run_annotators(url: str, project_id: int, users: list[int], mode: str, behav
 
 # ----------------------------------------------------------------------------------------- checking
 
-def check(url: str, project_id: int, results: list[WorkerResult]) -> dict[str, Any]:
-    """What the database holds against what the services reported. Every count here must be 0."""
+def label_keys(url: str, project_id: int) -> set[tuple[str, int]]:
+    """(kind, label id) of every label on the project's tasks."""
+    with session_factory(url)() as s:
+        tids = select(Task.id).where(Task.project_id == project_id)
+        return {(kind, lid) for kind, model in LABEL_TABLES.items()
+                for lid in s.scalars(select(model.id).where(model.task_id.in_(tids)))}
+
+
+def check(url: str, project_id: int, results: list[WorkerResult],
+          preexisting: set[tuple[str, int]] = frozenset()) -> dict[str, Any]:
+    """What the database holds against what the services reported (plus `preexisting` labels, written before
+    by a run whose reports are gone, e.g. a killed process). Every count here must be 0."""
     with session_factory(url)() as s:
         overlap = projects.get_project_by_id(s, project_id).labels_per_task
         task_rows = {t.id: t for t in s.scalars(select(Task).where(Task.project_id == project_id))}
@@ -241,7 +251,7 @@ def check(url: str, project_id: int, results: list[WorkerResult]) -> dict[str, A
             Assignment.task_id.in_(list(task_rows)), Assignment.state == "submitted")).scalars())
         live = s.scalar(select(func.count()).select_from(Assignment).where(
             Assignment.task_id.in_(list(task_rows)), Assignment.state == "assigned", Assignment.expires_at > utcnow()))
-    reported = [(kind, lid) for r in results for kind, lid, _ in r.created]
+    reported = [(kind, lid) for r in results for kind, lid, _ in r.created] + list(preexisting)
     per_task = Counter(tid for tid, _ in in_db.values())
     per_task_user = Counter(in_db.values())
     return {
@@ -343,9 +353,13 @@ def main(argv: list[str] | None = None) -> None:
         pg_base = args.pg_url
         if "postgresql" in args.backends and not pg_base:
             own_pg = tmp / "pg"
+            tmp.chmod(0o755)  # the server runs as user postgres (when we are root): it must reach its folder
             port = str(56000 + os.getpid() % 1000)
-            pg_base = subprocess.run([str(ROOT / "scripts" / "pg_test_server.sh"), "start", str(own_pg), port],
-                                     check=True, capture_output=True, text=True).stdout.strip()
+            started = subprocess.run([str(ROOT / "scripts" / "pg_test_server.sh"), "start", str(own_pg), port],
+                                     check=False, capture_output=True, text=True)
+            if started.returncode:
+                sys.exit(f"could not start PostgreSQL (give --pg-url): {started.stderr.strip()}")
+            pg_base = started.stdout.strip()
         print(f"{args.annotators} annotators, {n_tasks:,} tasks x {args.overlap} labels = {n_tasks * args.overlap:,} "
               f"submissions per run; cores: {os.cpu_count()}")
         for backend in args.backends:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -272,3 +273,49 @@ def test_postgresql_next_task_unlocks_a_candidate_it_found_full_at_once(tmp_path
             assert locked == [(t1,)]
             other.rollback()
     s.close()
+
+
+def test_a_submit_reads_the_clock_after_waiting_for_the_lock(db_url):
+    """u1 holds a live lease and submits while another transaction holds the task: meanwhile u2's lease lapses
+    and u3 takes the other slot. u1's submit must judge u2's lease by the time it gets the lock (lapsed), not by
+    the time it started waiting (when u2's lease still looked live), or u1's promised slot is refused."""
+    from db.session import write_transaction
+
+    s = session_factory(db_url)()
+    u1, u2, u3 = make_users(s, 3)
+    pid, (tid,) = make_compare_project(s, n_tasks=1, overlap=2)
+    assignment.next_task(s, u1, pid)
+    holder = session_factory(db_url)()
+    with write_transaction(holder):
+        holder.get(Task, tid, with_for_update=True)  # the row lock (PostgreSQL) / write lock (SQLite)
+        waiting = run_threads_later(lambda: labels.submit_preference(session_factory(db_url)(), u1, tid, "a"))
+        time.sleep(0.3)  # u1's submit has started and waits for the lock
+        assignment.next_task(holder, u2, pid, lease_minutes=0)  # a lease that lapses at once
+        assignment.next_task(holder, u3, pid)
+        labels.submit_preference(holder, u3, tid, "b")
+    _label, created = waiting()
+    assert created and s.get(Task, tid, populate_existing=True).n_submitted == 2
+    holder.close()
+    s.close()
+
+
+def run_threads_later(fn):
+    """Start fn in a thread now; the returned function joins it and returns its result (or re-raises)."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def join():
+        t.join(60)
+        assert not t.is_alive(), "still waiting after 60 s"
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+    return join

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,16 +70,19 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
     """Lease the next task for `user_id` in the project, or None when nothing is left for them.
 
     A live lease the user already holds is returned again (a page reload shows the same task).
+    `now` (tests) fixes the clock; otherwise it is read once the lock is held (see `_next_task_pg`), so
+    lease times follow the order in which transactions took the task.
     """
-    now = now or utcnow()
+    clock = (lambda: now) if now is not None else utcnow
     lease = dt.timedelta(minutes=lease_minutes if lease_minutes is not None else LEASE_MINUTES)
     with write_transaction(session):
+        now_ = clock()  # SQLite: after BEGIN IMMEDIATE took the write lock
         project = session.get(Project, project_id, populate_existing=True)  # labels_per_task may have changed
         if project is None:
             raise NotFound(f"no project with id {project_id}")
         held_q = (select(Assignment).join(Task, Task.id == Assignment.task_id)
                   .where(Assignment.user_id == user_id, Task.project_id == project_id,
-                         Assignment.state == "assigned", Assignment.expires_at > now))
+                         Assignment.state == "assigned", Assignment.expires_at > now_))
         if kind:
             held_q = held_q.where(Task.kind == kind)
         held = session.scalars(held_q.order_by(Assignment.assigned_at, Assignment.id).limit(1)).first()
@@ -88,24 +92,29 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
         overlap = project.labels_per_task
         done_by_me = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user_id,
                                     Assignment.state.in_(("submitted", "skipped")))
-        taken = (select(func.count()).select_from(Assignment)
-                 .where(Assignment.task_id == Task.id, live_slot(now)).correlate(Task).scalar_subquery())
-        q = select(Task).where(Task.project_id == project_id, Task.status == "open", ~done_by_me, taken < overlap)
-        if kind:
-            q = q.where(Task.kind == kind)
-        q = q.order_by(Task.n_submitted.desc(), Task.id).limit(1)
+
+        def candidates(at: dt.datetime) -> Any:
+            """The best open task with a free slot at time `at` that this user has not done."""
+            taken = (select(func.count()).select_from(Assignment)
+                     .where(Assignment.task_id == Task.id, live_slot(at)).correlate(Task).scalar_subquery())
+            q = select(Task).where(Task.project_id == project_id, Task.status == "open", ~done_by_me,
+                                   taken < overlap)
+            if kind:
+                q = q.where(Task.kind == kind)
+            return q.order_by(Task.n_submitted.desc(), Task.id).limit(1)
+
         if session.get_bind().dialect.name != "postgresql":
-            task = session.scalars(q).first()  # the database write lock is ours: nobody else can claim
-            return None if task is None else _claim(session, task, user_id, now, lease)
-        return _next_task_pg(session, q, user_id, overlap, now, lease)
+            task = session.scalars(candidates(now_)).first()  # the write lock is ours: nobody else can claim
+            return None if task is None else _claim(session, task, user_id, now_, lease)
+        return _next_task_pg(session, candidates, user_id, overlap, clock, lease)
 
 
 # How long next_task may wait behind other transactions on PostgreSQL before saying "busy, try again".
 PG_WAIT_SECONDS = 30.0
 
 
-def _next_task_pg(session: Session, q: Any, user_id: int, overlap: int, now: dt.datetime,
-                  lease: dt.timedelta) -> TaskView | None:
+def _next_task_pg(session: Session, candidates: Callable[[dt.datetime], Any], user_id: int, overlap: int,
+                  clock: Callable[[], dt.datetime], lease: dt.timedelta) -> TaskView | None:
     """PostgreSQL: lock a candidate task row, recount its slots, claim it.
 
     The candidate query runs on a snapshot taken before the row lock, so the slot count is redone once the
@@ -118,13 +127,16 @@ def _next_task_pg(session: Session, q: Any, user_id: int, overlap: int, now: dt.
     deadline = time.monotonic() + PG_WAIT_SECONDS
     full: list[int] = []  # candidates found full once locked: left out of this call's later looks
     while True:
-        cand = q.where(Task.id.not_in(full)) if full else q
+        cand = candidates(clock())
+        cand = cand.where(Task.id.not_in(full)) if full else cand
         for wait in (False, True):
             with session.begin_nested() as sp:
                 task = session.scalars(cand.with_for_update(skip_locked=not wait, of=Task)
                                        .execution_options(populate_existing=True)).first()
-                if task is not None and slots_taken(session, task.id, now) < overlap:
-                    return _claim(session, task, user_id, now, lease)
+                if task is not None:
+                    now = clock()  # read under the row lock: no later lease of this task is older
+                    if slots_taken(session, task.id, now) < overlap:
+                        return _claim(session, task, user_id, now, lease)
                 sp.rollback()  # full after all (or nothing lockable): release the row lock at once
             if task is not None:
                 full.append(task.id)

@@ -98,20 +98,23 @@ def _task(session: Session, task_id: int, kind: str) -> Task:
     return task
 
 
-def _submit_once(session: Session, model: Any, kind: str, task_id: int, user_id: int, now: dt.datetime,
-                 build: Callable[[Task], Any]) -> tuple[Any, bool]:
+def _submit_once(session: Session, model: Any, kind: str, task_id: int, user_id: int, now: dt.datetime | None,
+                 build: Callable[[Task, dt.datetime], Any]) -> tuple[Any, bool]:
     """The idempotent submit every label kind shares, in one write transaction (see write_transaction).
 
     A repeat submit by the same user (double click, retry) returns the first row before the new input is
     even validated: a retry must not fail because, say, the project's minimum length changed since. Only a
-    first submit goes through `build(task)`, which validates and returns the new, unsaved row.
+    first submit goes through `build(task, now)`, which validates and returns the new, unsaved row.
+    The clock is read once the task is locked: a time taken before waiting for the lock could be older than
+    a lease another transaction just wrote, and count that lapsed lease as live.
     """
     with write_transaction(session):
         task = _task(session, task_id, kind)
+        now = now or utcnow()
         existing = session.scalar(select(model).where(model.task_id == task_id, model.user_id == user_id))
         if existing is not None:
             return existing, False
-        row = build(task)
+        row = build(task, now)
         _claim_slot(session, task, user_id, now)
         session.add(row)
         session.flush()
@@ -123,9 +126,7 @@ def submit_preference(session: Session, user_id: int, task_id: int, choice: str,
                       seconds: float | None = None, now: dt.datetime | None = None
                       ) -> tuple[PreferenceLabel, bool]:
     """Record a pairwise judgement. Returns (label, created); created is False on a repeat submit."""
-    now = now or utcnow()
-
-    def build(task: Task) -> PreferenceLabel:
+    def build(task: Task, now: dt.datetime) -> PreferenceLabel:
         _check_preference(choice, strength)
         return PreferenceLabel(task_id=task_id, user_id=user_id, choice=choice,
                                strength=strength if choice in ("a", "b") else None, flags=_check_flags(flags),
@@ -152,8 +153,7 @@ def submit_ranking(session: Session, user_id: int, task_id: int, ordering: Seque
                    flags: Sequence[str] | None = None, comment: str = "", seconds: float | None = None,
                    now: dt.datetime | None = None) -> tuple[Ranking, bool]:
     """Record an ordering, best first; responses in one inner list tie."""
-    now = now or utcnow()
-    return _submit_once(session, Ranking, "rank", task_id, user_id, now, lambda task: Ranking(
+    return _submit_once(session, Ranking, "rank", task_id, user_id, now, lambda task, now: Ranking(
         task_id=task_id, user_id=user_id, ordering=_check_ordering(task, ordering), flags=_check_flags(flags),
         comment=comment or "", seconds=seconds, created_at=now))
 
@@ -185,9 +185,7 @@ def submit_demonstration(session: Session, user_id: int, task_id: int, text: str
                          seconds: float | None = None, now: dt.datetime | None = None
                          ) -> tuple[Demonstration, bool]:
     """Record an ideal response written by the annotator (minimum length from project settings)."""
-    now = now or utcnow()
-
-    def build(task: Task) -> Demonstration:
+    def build(task: Task, now: dt.datetime) -> Demonstration:
         clean = _check_demonstration(session, task.project_id, text)
         _check_not_written_before(session, task.prompt_id, user_id, clean)
         return Demonstration(prompt_id=task.prompt_id, task_id=task_id, user_id=user_id, text=clean,
