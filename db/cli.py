@@ -147,7 +147,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     elif args.what == "prompts":
         filters = {"project": args.project}
     else:
-        filters.update(model_version=args.model_version)
+        filters.update(model_version=args.model_version, with_usernames=args.with_usernames, salt=args.salt)
     out = args.output or f"exports/{args.what}{'-' + args.project if args.project else ''}.jsonl"
     with _session(args) as s:
         m = export.export_file(s, args.what, out, **filters)
@@ -276,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated review states to include (default: accepted,submitted)")
     er = add(es, "raw", cmd_export, "one row per label with pseudonymous annotator, times, flags, model versions")
     er.add_argument("--model-version", help="only tasks showing a response of this model version")
+    er.add_argument("--with-usernames", action="store_true",
+                    help="real usernames instead of pseudonyms (the file then identifies people)")
+    er.add_argument("--salt", help="pseudonym salt: the same salt gives the same pseudonyms in every export "
+                                   "(reruns, joins); default: a random one per export. Never written out")
     epr = add(es, "prompts", cmd_export, "prompts for online RL (rlhf.train_ppo --dataset): {prompt, prompt_id"
                                           "[, answer]}, chat prompts as turns")
     epr.add_argument("--project", help="project name (default: all projects)")

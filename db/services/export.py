@@ -6,12 +6,15 @@ the database and one trained from the exported JSONL see exactly the same rows.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import io
 import itertools
 import json
 import os
+import secrets
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -322,11 +325,36 @@ def iter_sft_rows(session: Session, *, project: str | None = None, fmt: str = "p
 
 # -------------------------------------------------------------------------------------------- raw
 
+def annotator_names(session: Session, *, salt: str | None = None, with_usernames: bool = False
+                    ) -> Callable[[int], str]:
+    """user id -> what an export shows for the annotator.
+
+    By default a pseudonym: HMAC-SHA256 of the user id under a salt, so one annotator keeps one name within an
+    export (agreement, per-annotator audits) but the names neither reveal the username nor link two exports
+    (a plain hash of the id would: ids are small numbers anyone can hash). The salt is random per export unless
+    given (the same salt: the same names, e.g. a rerun or a join of two exports); it is never written out.
+    `with_usernames` gives the real usernames (an admin's choice: the file then identifies people).
+    """
+    if with_usernames:
+        names = dict(session.execute(select(User.id, User.username)).all())
+        return lambda user_id: names.get(user_id, f"user-{user_id}")
+    key = (salt if salt is not None else secrets.token_hex(16)).encode()
+    cache: dict[int, str] = {}
+
+    def name(user_id: int) -> str:
+        if user_id not in cache:
+            cache[user_id] = "ann-" + hmac.new(key, str(user_id).encode(), hashlib.sha256).hexdigest()[:12]
+        return cache[user_id]
+    return name
+
+
 def iter_raw_rows(session: Session, *, project: str | None = None, since: str | dt.datetime | None = None,
                   until: str | dt.datetime | None = None, model_version: str | None = None,
-                  annotator: str | None = None, collect: dict[str, list[int]] | None = None
-                  ) -> Iterator[dict[str, Any]]:
-    """One row per label for audits: pseudonymous annotator, times, flags, the model versions judged."""
+                  annotator: str | None = None, with_usernames: bool = False, salt: str | None = None,
+                  collect: dict[str, list[int]] | None = None) -> Iterator[dict[str, Any]]:
+    """One row per label for audits: annotator (pseudonymous unless `with_usernames`, see `annotator_names`),
+    times, flags, the model versions judged."""
+    who = annotator_names(session, salt=salt, with_usernames=with_usernames)
     pid, mvid, uid = _resolve_filters(session, project, model_version, annotator)
     since, until = _parse_date(since, "since"), _parse_date(until, "until")
     versions = {mv.id: mv.name for mv in session.scalars(select(ModelVersion))}
@@ -342,7 +370,7 @@ def iter_raw_rows(session: Session, *, project: str | None = None, since: str | 
             for is_pref, lab in [(True, x) for x in prefs.get(task.id, [])] + [(False, x) for x in ranks.get(task.id, [])]:
                 row = {"label_id": lab.id, "kind": task.kind, "project": pnames[task.project_id],
                        "task_id": task.id, "prompt_id": task.prompt_id,
-                       "annotator": accounts.pseudonym(lab.user_id), "created_at": iso(lab.created_at),
+                       "annotator": who(lab.user_id), "created_at": iso(lab.created_at),
                        "updated_at": iso(lab.updated_at), "seconds": lab.seconds, "flags": lab.flags,
                        "comment": lab.comment, "responses": shown}
                 if is_pref:
@@ -359,9 +387,34 @@ def iter_raw_rows(session: Session, *, project: str | None = None, since: str | 
             if collect is not None:
                 collect.setdefault("demonstrations", []).append(d.id)
             yield {"label_id": d.id, "kind": "demonstrate", "project": pnames[p.project_id], "task_id": d.task_id,
-                   "prompt_id": d.prompt_id, "annotator": accounts.pseudonym(d.user_id),
+                   "prompt_id": d.prompt_id, "annotator": who(d.user_id),
                    "created_at": iso(d.created_at), "updated_at": iso(d.updated_at), "seconds": d.seconds,
                    "status": d.status, "review_note": d.review_note, "text": d.text}
+
+
+# -------------------------------------------------------------------------------------------- prompts
+
+def iter_prompt_rows(session: Session, *, project: str | None = None, collect: dict[str, list[int]] | None = None,
+                     batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Prompts for online RL (PPO, RLOO, GRPO): {prompt: text | chat turns, prompt_id[, answer]} by id; the
+    prompt's metadata ``answer`` is kept (verifiable prompts)."""
+    pid, _, _ = _resolve_filters(session, project, None, None)
+    last = 0
+    while True:
+        q = select(Prompt).where(Prompt.id > last).order_by(Prompt.id).limit(batch)
+        if pid is not None:
+            q = q.where(Prompt.project_id == pid)
+        rows = list(session.scalars(q))
+        if not rows:
+            return
+        for p in rows:
+            row: dict[str, Any] = {"prompt": list(p.messages) if p.messages else p.text, "prompt_id": p.id}
+            if (p.meta or {}).get("answer") is not None:
+                row["answer"] = str(p.meta["answer"])
+            if collect is not None:
+                collect.setdefault("prompts", []).append(p.id)
+            yield row
+        last = rows[-1].id
 
 
 # ------------------------------------------------------------------------------- files and bytes
@@ -374,7 +427,9 @@ def iter_rows(session: Session, kind: str, collect: dict[str, list[int]] | None 
         return iter_sft_rows(session, collect=collect, **filters)
     if kind == "raw":
         return iter_raw_rows(session, collect=collect, **filters)
-    raise InputError(f"unknown export {kind!r}: use preferences, sft or raw", field="kind")
+    if kind == "prompts":
+        return iter_prompt_rows(session, collect=collect, **filters)
+    raise InputError(f"unknown export {kind!r}: use preferences, sft, raw or prompts", field="kind")
 
 
 def schema_revision(session: Session) -> str | None:
@@ -385,9 +440,14 @@ def schema_revision(session: Session) -> str | None:
 
 def _manifest(session: Session, kind: str, filters: dict[str, Any], n: int,
               collect: dict[str, list[int]]) -> dict[str, Any]:
+    shown = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in filters.items() if k != "salt"}
+    if kind == "raw":  # say how annotators appear, never the salt (it would let anyone undo the pseudonyms)
+        shown["annotators"] = ("usernames" if filters.get("with_usernames") else
+                               "pseudonyms, given salt" if filters.get("salt") is not None else
+                               "pseudonyms, random salt of this export")
     return {
         "kind": kind, "rows": n,
-        "filters": {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in filters.items()},
+        "filters": shown,
         "labels": {table: {"count": len(set(ids)), "max_id": max(ids) if ids else None}
                    for table, ids in sorted(collect.items())},
         "schema_revision": schema_revision(session),
@@ -437,6 +497,7 @@ def label_ids(collect: dict[str, list[int]]) -> dict[str, list[int]]:
 __all__ = [
     "MARGIN_FOR_STRENGTH",
     "User",
+    "annotator_names",
     "export_bytes",
     "export_file",
     "iter_preference_rows",
