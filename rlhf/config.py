@@ -6,7 +6,7 @@ lists everything and ``TrlParser`` reads the same keys from ``--config job.yaml`
 
     SFTJobConfig    = JobFields + DeviceDefaults + trl.SFTConfig
     RewardJobConfig = JobFields + RewardFields + DeviceDefaults + trl.RewardConfig
-    (later) PPOJobConfig = JobFields + DeviceDefaults + rlhf.ppo_config.PPOConfig (ours, a TrainingArguments)
+    PPOJobConfig    = JobFields + DeviceDefaults + rlhf.ppo_config.PPOConfig (ours, a TrainingArguments)
 
 ``JobFields`` comes first in the MRO so its ``project`` replaces ``TrainingArguments.project`` (a trackio
 setting we do not use). ``DeviceDefaults`` resolves ``bf16`` / ``gradient_checkpointing`` from the hardware
@@ -174,8 +174,19 @@ def reward_config_class() -> type:
     return RewardJobConfig
 
 
+def ppo_config_class() -> type:
+    from rlhf.ppo_config import PPOConfig
+
+    global PPOJobConfig
+    if PPOJobConfig is None:
+        PPOJobConfig = _job_config(PPOConfig, (), "rlhf.train_ppo configuration")
+        PPOJobConfig.__name__ = PPOJobConfig.__qualname__ = "PPOJobConfig"
+    return PPOJobConfig
+
+
 SFTJobConfig: Any = None
 RewardJobConfig: Any = None
+PPOJobConfig: Any = None
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

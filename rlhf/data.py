@@ -20,7 +20,7 @@ from typing import Any
 from db.services.errors import InputError
 from rlhf.formatting import format_preference_row, format_sft_row, is_chat
 
-SFT_KIND, PREF_KIND = "sft", "preferences"
+SFT_KIND, PREF_KIND, PROMPT_KIND = "sft", "preferences", "prompts"
 
 
 @dataclass
@@ -148,6 +148,40 @@ def preference_rows_from_file(path: str | Path) -> Rows:
     return Rows(check_preference_rows(rows, str(path)), _file_source(path))
 
 
+def prompt_rows_from_db(url: str | None, project: str) -> Rows:
+    """The project's prompts as {prompt, prompt_id[, answer]} (what ``python -m db export prompts`` writes):
+    text, or chat turns for chat prompts; ``answer`` when the prompt's metadata has one (verifiable tasks)."""
+    from db.services import export
+    from db.session import session_scope
+
+    with session_scope(url) as s:
+        rows = list(export.iter_prompt_rows(s, project=project))
+    if not rows:
+        raise InputError(f"project {project!r} has no prompts: import some first (python -m db import prompts ...)",
+                         field="project")
+    return Rows(rows, {"project": project, "label_table": "prompts"},
+                {"prompts": sorted(r["prompt_id"] for r in rows)})
+
+
+def prompt_rows_from_file(path: str | Path) -> Rows:
+    """Prompt JSONL: {prompt: text | chat turns} or {messages: [...]} rows (an SFT or preference file works too:
+    only its prompts are read); an optional ``answer`` makes the prompt verifiable."""
+    rows = []
+    for i, r in enumerate(read_jsonl(path), 1):
+        prompt = r.get("prompt")
+        if prompt is None and "messages" in r:
+            msgs = r["messages"]
+            prompt = msgs[:-1] if is_chat(msgs) and msgs and msgs[-1].get("role") == "assistant" else msgs
+        if not (isinstance(prompt, str) and prompt.strip()) and not (is_chat(prompt) and prompt):
+            raise InputError("each row needs a non-empty 'prompt' (text or chat turns) or 'messages'",
+                             file=str(path), line=i, field="prompt")
+        row = {"prompt": prompt, "prompt_id": r.get("prompt_id", i)}
+        if r.get("answer") is not None:
+            row["answer"] = str(r["answer"])
+        rows.append(row)
+    return Rows(rows, _file_source(path))
+
+
 # ------------------------------------------------------------------------------------- validation
 
 def _missing(rows: list[dict[str, Any]], columns: tuple[str, ...], where: str) -> None:
@@ -229,4 +263,6 @@ def load_rows(kind: str, *, url: str | None, project: str | None, dataset: str |
         raise InputError("give exactly one of --project (database) or --dataset (JSONL file)", field="project")
     if kind == SFT_KIND:
         return sft_rows_from_db(url, project, **filters) if project else sft_rows_from_file(dataset)
+    if kind == PROMPT_KIND:
+        return prompt_rows_from_db(url, project) if project else prompt_rows_from_file(dataset)
     return preference_rows_from_db(url, project, **filters) if project else preference_rows_from_file(dataset)

@@ -1,6 +1,13 @@
-"""Evaluate trained models on files.
+"""Evaluate trained models.
 
     python -m rlhf.evaluate reward --model DIR|VERSION --dataset prefs.jsonl [--out metrics.json]
+    python -m rlhf.evaluate policy --model ppo-v1 --reference sft-v1 --reward rm-v1 --project P|--dataset F
+
+``policy``: on held-out prompts (the same split PPO holds out, or every prompt of a file with ``--split all``)
+sample one response per prompt from the policy and from the reference, score both with the reward model, and
+print the mean reward-model score of each, the policy's win rate against the reference (RM-judged, ties half),
+the KL of the policy to the reference on its own samples (nats per response), mean lengths, and, when the
+prompts carry an ``answer`` (verifiable tasks), the share of responses that start with it.
 
 ``reward``: score every pair of a preference file (TRL explicit/implicit prompt or Anthropic HH) with any
 sequence-classification reward model; prints pairwise accuracy (ties count as wrong), mean margin, ECE of
@@ -49,6 +56,103 @@ def evaluate_reward(model_ref: str, dataset: str, *, chat_format: str = "auto", 
             "chat_template": chat, "dtype": str(torch_dtype).removeprefix("torch."), **metrics}
 
 
+def evaluate_policy(policy: Any, reference: Any, score_fn: Any, tok: Any, prompt_ids: list[list[int]],
+                    rows: list[dict[str, Any]], *, max_new_tokens: int, stop_ids: list[int], temperature: float = 1.0,
+                    seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
+    """Policy vs reference on tokenized prompts (see the module docstring). The global RNG is left as it was."""
+    import torch
+
+    from rlhf.sampling import SamplingParams, left_pad, sample, token_logprobs
+
+    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
+    pad = tok.pad_token_id
+    sp, sr, kl, lp, lr, hits = [], [], [], [], [], {"policy": [], "reference": []}
+    modes = (policy.training, reference.training)
+    policy.eval(), reference.eval()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for i in range(0, len(prompt_ids), batch_size):
+            q, m = left_pad(prompt_ids[i:i + batch_size], pad)
+            outs = {who: sample(model, q, m, params, stop_ids, pad, return_logprobs=False)
+                    for who, model in (("policy", policy), ("reference", reference))}
+            a, b = outs["policy"], outs["reference"]
+            sp += score_fn(a.query_ids, a.query_mask, a.response_ids, a.response_mask).float().tolist()
+            sr += score_fn(b.query_ids, b.query_mask, b.response_ids, b.response_mask).float().tolist()
+            dev = next(reference.parameters()).device
+            lp_pol = token_logprobs(policy, a.query_ids, a.query_mask, a.response_ids, a.response_mask, temperature)
+            lp_ref = token_logprobs(reference, a.query_ids.to(dev), a.query_mask.to(dev), a.response_ids.to(dev),
+                                    a.response_mask.to(dev), temperature)
+            kl += (lp_pol.float().cpu() - lp_ref.float().cpu()).sum(1).tolist()
+            lp += a.lengths.tolist()
+            lr += b.lengths.tolist()
+            for who, o in outs.items():
+                for j, row in enumerate(rows[i:i + batch_size]):
+                    if row.get("answer") is not None:
+                        text = tok.decode(o.response_ids[j][o.response_mask[j].bool()], skip_special_tokens=True)
+                        hits[who].append(text.strip().startswith(str(row["answer"])))
+    policy.train(modes[0]), reference.train(modes[1])
+    n = len(sp)
+    out: dict[str, Any] = {
+        "prompts": n, "score": sum(sp) / n, "reference_score": sum(sr) / n,
+        "win_rate": sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(sp, sr)) / n,
+        "kl": sum(kl) / n, "length": sum(lp) / n, "reference_length": sum(lr) / n}
+    if hits["policy"]:
+        out["accuracy"] = sum(hits["policy"]) / len(hits["policy"])
+        out["reference_accuracy"] = sum(hits["reference"]) / len(hits["reference"])
+    return out
+
+
+def evaluate_policy_cli(args: argparse.Namespace) -> dict[str, Any]:
+    """`evaluate policy`: load the three models, the held-out prompts, and run :func:`evaluate_policy`."""
+    from rlhf import data, reward
+    from rlhf.formatting import use_chat_for_training
+    from rlhf.modeling import (
+        device,
+        load_causal_lm,
+        load_reward_model,
+        load_tokenizer,
+        pad_problem,
+        resolve_model,
+        stop_token_ids,
+    )
+    from rlhf.train_ppo import RewardScorer, _vocab_key, render_prompts
+
+    if bool(args.project) == bool(args.dataset):
+        raise InputError("give exactly one of --project or --dataset (prompts)", field="project")
+    refs = {k: resolve_model(getattr(args, k), args.database_url) for k in ("model", "reference", "reward")}
+    rows = data.load_rows(data.PROMPT_KIND, url=args.database_url, project=args.project, dataset=args.dataset)
+    held = data.split_by_prompt(rows.rows, args.eval_fraction)[1] if args.split == "held_out" else rows.rows
+    if not held:
+        raise InputError("no held-out prompts (too few prompts for --eval_fraction): pass --split all",
+                         field="split")
+    tok = load_tokenizer(refs["model"].path, padding_side="left")
+    rm_tok = load_tokenizer(refs["reward"].path)
+    for who, t in (("model", tok), ("reward", rm_tok)):
+        if pad_problem(t):
+            raise InputError(f"--{who} {getattr(args, who)!r}: {pad_problem(t)}", field=who)
+    policy = load_causal_lm(refs["model"].path).to(device())
+    reference = load_causal_lm(refs["reference"].path).to(device())
+    rm = load_reward_model(refs["reward"].path).to(device()).eval()
+    rm.config.pad_token_id = rm_tok.pad_token_id
+    n_pos = getattr(policy.config, "n_positions", None) or getattr(policy.config, "max_position_embeddings", None)
+    budget = (n_pos - args.max_new_tokens) if n_pos else 10 ** 9
+    if budget < 1:
+        raise InputError(f"--max_new_tokens {args.max_new_tokens} leaves no room for a prompt", field="max_new_tokens")
+    chat = use_chat_for_training(tok, args.chat_format)
+    ids, cut = render_prompts(tok, held, chat, budget)
+    recorded = reward.info(rm).get("chat_template")
+    scorer = RewardScorer(rm, rm_tok, tok, {tuple(i): r["prompt"] for i, r in zip(ids, held)},
+                          bool(recorded) if recorded is not None else use_chat_for_training(rm_tok, "auto"),
+                          _vocab_key(rm_tok) == _vocab_key(tok))
+    res = evaluate_policy(policy, reference, scorer, tok, ids, held, max_new_tokens=args.max_new_tokens,
+                          stop_ids=stop_token_ids(policy, tok), temperature=args.temperature, seed=args.seed,
+                          batch_size=args.batch_size)
+    return {"model": refs["model"].version_name or refs["model"].path,
+            "reference": refs["reference"].version_name or refs["reference"].path,
+            "reward": refs["reward"].version_name or refs["reward"].path,
+            "split": args.split, "prompts_truncated": cut, **res}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m rlhf.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,6 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "(bf16 rounding turns close pairs into ties, which count as wrong); auto = bfloat16 on "
                         "a CUDA GPU that supports it")
     r.add_argument("--out", default=None, help="also write the metrics JSON here")
+
+    pp = sub.add_parser("policy", help="policy vs reference on held-out prompts, judged by a reward model",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pp.add_argument("--model", required=True, help="policy to evaluate (version name/id, directory or hub id)")
+    pp.add_argument("--reference", required=True, help="reference model (usually the SFT model PPO started from)")
+    pp.add_argument("--reward", required=True, help="reward model that judges both")
+    pp.add_argument("--project", help="prompts of this project (held-out split unless --split all)")
+    pp.add_argument("--dataset", help="prompt JSONL ({prompt} / {messages} rows, optional 'answer')")
+    pp.add_argument("--split", choices=["held_out", "all"], default="held_out",
+                    help="held_out: the prompts PPO holds out (same hash split, --eval_fraction); all: every prompt")
+    pp.add_argument("--eval_fraction", "--eval-fraction", type=float, default=0.1,
+                    help="share of prompts held out (must match the PPO run's)")
+    pp.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=64, help="longest response")
+    pp.add_argument("--temperature", type=float, default=1.0,
+                    help="sampling temperature of both models (the KL is measured under it)")
+    pp.add_argument("--chat_format", "--chat-format", default="auto", choices=["auto", "always", "never"],
+                    help="render prompts with the policy's chat template (auto: when it has one)")
+    pp.add_argument("--seed", type=int, default=0, help="sampling seed")
+    pp.add_argument("--batch_size", "--batch-size", type=int, default=16, help="prompts per generate call")
+    pp.add_argument("--database_url", "--database-url", default=None, help="database URL (None: $DATABASE_URL)")
+    pp.add_argument("--out", default=None, help="also write the metrics JSON here")
     return ap
 
 
@@ -78,8 +203,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
-        res = evaluate_reward(args.model, args.dataset, chat_format=args.chat_format, batch_size=args.batch_size,
-                              database_url=args.database_url, attn=args.attn_implementation, dtype=args.dtype)
+        if args.what == "policy":
+            res = evaluate_policy_cli(args)
+        else:
+            res = evaluate_reward(args.model, args.dataset, chat_format=args.chat_format, batch_size=args.batch_size,
+                                  database_url=args.database_url, attn=args.attn_implementation, dtype=args.dtype)
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from e

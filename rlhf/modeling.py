@@ -96,9 +96,16 @@ def attn_implementation(path: str, requested: str = "auto") -> str:
         return "sdpa"
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model",
+                   "vocab.txt")
+
+
 def load_tokenizer(path: str, padding_side: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
+    # transformers 5 builds an empty one-token tokenizer from a folder without tokenizer files
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError(f"{path!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})", field="model")
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:

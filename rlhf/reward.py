@@ -85,6 +85,40 @@ def score(model: Any, tokenizer: Any, prompts: Sequence[Any], completions: Seque
     return out
 
 
+def backbone_and_head(model: Any) -> tuple[Any, Any]:
+    """(transformer body, scalar head) of a sequence-classification model, for per-token scores."""
+    head = _head(model)
+    body = getattr(model, getattr(model, "base_model_prefix", "") or "", None)
+    if head is None or body is None or head.out_features != 1:
+        raise ValueError(f"{type(model).__name__} has no scalar head (score/classifier) over a base model")
+    return body, head
+
+
+def token_scores(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The head's output at every position (N, T), minus the stored offset; padding on either side is fine
+    (positions come from the mask). The value model of PPO reads these; the reward is the last one."""
+    from rlhf.sampling import position_ids
+
+    body, head = backbone_and_head(model)
+    hidden = body(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)[0]
+    return head(hidden).squeeze(-1).float() - float(info(model).get("reward_offset", 0.0))
+
+
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of a 0/1 mask (left and right padding allowed)."""
+    return mask.shape[1] - 1 - torch.argmax(mask.flip(1).long(), dim=1)
+
+
+@torch.no_grad()
+def score_ids(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Reward of token sequences (N,) read at the last unmasked token, with the same normalisation offset as
+    :func:`score` applies (so a config-offset reward model gives the same numbers either way)."""
+    dev = next(model.parameters()).device
+    ids, mask = ids.to(dev), mask.to(dev)
+    scores = token_scores(model, ids, mask)
+    return scores.gather(1, last_index(mask).unsqueeze(1)).squeeze(1)
+
+
 def pairwise_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float], bins: int = 10) -> dict[str, float]:
     """Accuracy (strictly r_c > r_r: ties count as wrong), mean margin, and ECE of sigmoid(r_c - r_r).
 

@@ -135,7 +135,7 @@ TRAINING_KEYS = ("learning_rate", "num_train_epochs", "max_steps", "seed", "per_
 
 def training_config(cfg: Any) -> dict[str, Any]:
     """The optimisation settings every job records in its model version's config."""
-    return {k: getattr(cfg, k) for k in TRAINING_KEYS}
+    return {k: getattr(cfg, k) for k in TRAINING_KEYS if hasattr(cfg, k)}
 
 
 def stopped_early(cfg: Any, trainer: Any, name: str, run_dir: Path, log: Any) -> dict[str, Any] | None:

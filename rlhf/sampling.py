@@ -106,8 +106,8 @@ def sample(model: Any, query_ids: torch.Tensor, query_mask: torch.Tensor, params
     query_ids, query_mask = query_ids.to(dev), query_mask.to(dev)
     gc = generation_config(params, stop_ids, pad_id)
     want_logits = return_logprobs and not params.greedy
-    out = model.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gc,
-                         return_dict_in_generate=True, output_logits=want_logits)
+    gc.return_dict_in_generate, gc.output_logits = True, want_logits
+    out = model.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gc)
     tq = query_ids.shape[1]
     resp = out.sequences[:, tq:]
     k = params.num_return_sequences
