@@ -459,3 +459,26 @@ def test_ppo_under_torchrun_on_two_processes_registers_once(loop, tmp_path):
     assert [x["episode"] for x in steps] == [32, 64]
     with session_scope(url) as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.name == "ppo-ddp")) == 1
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_trl_online_trainers_run_on_our_reward_model_and_register(algo, loop, monkeypatch):
+    from db.services import registry
+    from db.session import session_scope
+    from rlhf import train_grpo, train_rloo
+
+    monkeypatch.setenv("INSTRUCTLOOP_HOME", str(loop["home"]))
+    main = {"rloo": train_rloo.main, "grpo": train_grpo.main}[algo]
+    out = main(["--model", "sft-1", "--reward_model", "rm-1", "--project", "pp", "--name", f"{algo}-1",
+                "--database_url", loop["url"], "--max_steps", "2", "--per_device_train_batch_size", "8",
+                "--num_generations", "4", "--max_completion_length", "8", "--learning_rate", "1e-3",
+                "--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none", "--seed", "0"])
+    m = out["metrics"]
+    assert m["global_step"] == 2 and {"eval/score", "eval/win_rate", "eval/kl"} <= set(m)
+    logs = [json.loads(x) for x in (Path(out["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert any("rewards/rm-1/mean" in r for r in logs)  # TRL called our reward model
+    with session_scope(loop["url"]) as s:
+        mv = registry.resolve(s, f"{algo}-1")
+        assert mv.kind == "policy" and registry.resolve(s, mv.parent_id).name == "sft-1"
+        assert mv.config["algo"] == algo and mv.config["reward_model"]["name"] == "rm-1"
+        assert mv.label_snapshot["ids"]["prompts"]
