@@ -257,3 +257,49 @@ class Demonstration(Base):
 
     prompt: Mapped[Prompt] = relationship()
     user: Mapped[User] = relationship(foreign_keys=[user_id])
+
+
+JOB_KINDS = ("generate", "train_sft", "train_reward", "train_ppo", "evaluate", "pretrain")
+# Jobs that train a model: a worker runs one of these at a time by default (they take the whole device).
+TRAINING_JOB_KINDS = ("train_sft", "train_reward", "train_ppo", "pretrain")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class Job(Base):
+    """A job queued from the app or the CLI and run by a worker (`python -m rlhf.worker`) as its own process."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    # The model version a training job registers (its --name); null for generate/evaluate.
+    name: Mapped[str | None] = mapped_column(String(200))
+    # Flag name -> value, as `python -m rlhf.<kind> --flag value` takes them.
+    args: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(20), default="queued")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(TS)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(TS)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(TS)
+    # "host:pid:start" of the worker that claimed it (start = the OS's process start time, against pid reuse).
+    worker: Mapped[str | None] = mapped_column(String(300))
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    pid_start: Mapped[str | None] = mapped_column(String(40))
+    command: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    log_path: Mapped[str | None] = mapped_column(String(1000))
+    run_dir: Mapped[str | None] = mapped_column(String(1000))
+    progress: Mapped[float | None] = mapped_column(Float)
+    progress_text: Mapped[str] = mapped_column(String(300), default="")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    exit_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(Text, default="")
+    # What the job printed as its summary (generate's task counts, evaluate's metrics).
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+
+    model_version: Mapped[ModelVersion | None] = relationship()
+
+
+# Workers claim the oldest queued job: WHERE state = 'queued' ORDER BY id.
+Index("ix_jobs_state_id", Job.state, Job.id)

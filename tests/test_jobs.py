@@ -1,0 +1,358 @@
+"""Jobs table and worker: atomic claims (threads and processes), one training job at a time, cancel, recovery of
+jobs whose process died, and real jobs end to end (train_sft -> "generate comparisons from it")."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from db.models import Job, Task
+from db.services import jobs, registry
+from db.services.errors import InputError, ServiceError
+from db.session import session_factory, session_scope
+from rlhf import worker as W
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def enqueue(url: str, kind: str = "generate", args: dict | None = None, **kw) -> int:
+    with session_scope(url) as s:
+        return jobs.enqueue(s, kind, args if args is not None else {"project": "p", "models": ["m"]}, **kw).id
+
+
+def job(url: str, job_id: int) -> Job:
+    with session_scope(url) as s:
+        return jobs.get_job(s, job_id)
+
+
+def wait_for(cond, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class ScriptWorker(W.Worker):
+    """A worker whose jobs are short Python scripts instead of rlhf modules (the claim, process, log, cancel and
+    finish machinery is the real one). The script gets the job id and `args["script"]` (code; `jid` is set)."""
+
+    def command_for(self, job: Job) -> W.Launch:
+        launch = W.build_command(job, self.root, self.python)
+        code = f"jid = {job.id}\n" + job.args.get("script", "")
+        launch.command = [self.python, "-c", code]
+        launch.run_dir = launch.result_file = None
+        return launch
+
+
+def script_job(url: str, script: str, kind: str = "generate", **kw) -> int:
+    return enqueue(url, kind, {"script": script}, **kw)
+
+
+# ------------------------------------------------------------------------------------------ service
+
+def test_enqueue_validates_and_names(db_url):
+    with session_scope(db_url) as s:
+        registry.register_model_version(s, "taken", "base", "/x")
+    with pytest.raises(InputError, match="job kind"):
+        enqueue(db_url, "train_everything")
+    with pytest.raises(InputError, match="set by the worker"):
+        enqueue(db_url, "train_sft", {"project": "p", "database_url": "sqlite://"})
+    with pytest.raises(InputError, match="not a flag name"):
+        enqueue(db_url, "generate", {"--project": "p"})
+    with pytest.raises(InputError, match="plain value"):
+        enqueue(db_url, "generate", {"project": {"a": 1}})
+    with pytest.raises(InputError, match="what: reward or policy"):
+        enqueue(db_url, "evaluate", {"model": "m"})
+    with pytest.raises(InputError, match="already exists"):
+        enqueue(db_url, "train_sft", {"project": "p"}, name="taken")
+    with pytest.raises(InputError, match="register no model version"):
+        enqueue(db_url, "generate", name="x")
+    a = enqueue(db_url, "train_sft", {"project": "p", "max_steps": 2, "bf16": False})
+    assert job(db_url, a).name == f"sft-job{a}" and job(db_url, a).args == {"project": "p", "max_steps": 2,
+                                                                            "bf16": False}
+    enqueue(db_url, "train_reward", {"project": "p"}, name="rm-1")
+    with pytest.raises(InputError, match="will register 'rm-1'"):
+        enqueue(db_url, "train_reward", {"project": "p"}, name="rm-1")
+
+
+def test_command_lines(tmp_path):
+    j = Job(id=7, kind="train_sft", name="sft v1", args={"project": "p", "max_steps": 2, "bf16": False,
+                                                          "models": ["a", "b"]})
+    launch = W.build_command(j, tmp_path, "py")
+    assert launch.command == ["py", "-m", "rlhf.train_sft", "--project", "p", "--max_steps", "2", "--bf16", "false",
+                              "--models", "a", "b", "--name", "sft v1"]
+    assert launch.run_dir == tmp_path / "train_sft" / "sft-v1" and launch.log_path == tmp_path / "jobs/7/log.txt"
+    e = W.build_command(Job(id=8, kind="evaluate", args={"what": "reward", "model": "rm", "dataset": "d.jsonl"}),
+                        tmp_path, "py")
+    assert e.command == ["py", "-m", "rlhf.evaluate", "reward", "--model", "rm", "--dataset", "d.jsonl", "--out",
+                         str(tmp_path / "jobs/8/result.json")]
+    p = W.build_command(Job(id=9, kind="pretrain", name="base-2", args={"steps": 5, "vocab_size": 512,
+                                                                         "no_progress": True}), tmp_path, "py")
+    assert p.command == ["py", "-m", "pretrain.pipeline", "--steps", "5", "--vocab-size", "512", "--no-progress",
+                         "--out", str(tmp_path / "pretrain/base-2")]
+    assert p.run_dir == tmp_path / "pretrain/base-2/run"
+
+
+def test_progress_and_log_tail(tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"$ cmd\nloading\n" + b"\rPPO:   0%|    | 0/8 [00:00<?]\rPPO:  50%|##  | 4/8 [00:02<00:02]\n")
+    tail = jobs.log_tail(log, 5)
+    assert tail.splitlines() == ["$ cmd", "loading", "PPO:  50%|##  | 4/8 [00:02<00:02]"]
+    frac, text = jobs.progress_from_log(tail)
+    assert frac == 0.5 and text.startswith("PPO:  50%")
+    assert jobs.progress_from_log("no bar here") == (None, None)
+    assert jobs.log_tail(tmp_path / "missing.txt") == ""
+
+
+def _claim_all(url: str, n_threads: int, kinds=None) -> list[int]:
+    got: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        s = session_factory(url)()
+        try:
+            while True:
+                j = jobs.claim_next(s, f"thread:{i}", "host", kinds or jobs.JOB_KINDS)
+                if j is None:
+                    return
+                with lock:
+                    got.append(j.id)
+        except BaseException as e:  # noqa: BLE001 - re-raised below, in the test's thread
+            errors.append(e)
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return got
+
+
+def test_claim_is_atomic_across_threads(db_url):
+    ids = [enqueue(db_url) for _ in range(40)]
+    got = _claim_all(db_url, 6)
+    assert sorted(got) == ids  # every job once, none twice
+    with session_scope(db_url) as s:
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.state == "running")) == 40
+    assert _claim_all(db_url, 2) == []
+
+
+CLAIMER = """
+import json, sys
+from db.services import jobs
+from db.session import session_factory
+s = session_factory(sys.argv[1])()
+got = []
+while (j := jobs.claim_next(s, "proc:" + sys.argv[2], "host")) is not None:
+    got.append(j.id)
+print(json.dumps(got))
+"""
+
+
+def test_claim_is_atomic_across_processes(db_url):
+    ids = [enqueue(db_url) for _ in range(40)]
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, db_url, str(i)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True) for i in range(4)]
+    got = []
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        got += json.loads(out)
+    assert sorted(got) == ids
+
+
+def test_claim_respects_kinds_and_order(db_url):
+    g = enqueue(db_url, "generate")
+    t = enqueue(db_url, "train_sft", {"project": "p"})
+    assert _claim_all(db_url, 1, kinds=["train_sft"]) == [t]
+    assert _claim_all(db_url, 1) == [g]
+
+
+# ------------------------------------------------------------------------------------------ the worker
+
+WORKER_PROC = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from tests.test_jobs import ScriptWorker
+ScriptWorker(sys.argv[1], root=sys.argv[2], poll_seconds=0.05, max_jobs=3).run(until_idle=%s)
+"""
+
+
+def test_several_workers_never_run_a_job_twice(db_url, tmp_path):
+    """3 worker threads and 2 worker processes over 30 queued jobs: each job's process ran exactly once."""
+    ran = tmp_path / "ran.txt"
+    script = f"open({str(ran)!r}, 'a').write(f'{{jid}}\\n')"
+    ids = [script_job(db_url, script) for _ in range(30)]
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER_PROC % "True", db_url, str(tmp_path / "runs"), str(ROOT)],
+                              cwd=ROOT) for _ in range(2)]
+    threads = [threading.Thread(target=ScriptWorker(db_url, root=tmp_path / "runs", poll_seconds=0.05,
+                                                    max_jobs=3).run, kwargs={"until_idle": True}) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for p in procs:
+        assert p.wait(120) == 0
+    lines = ran.read_text().split()
+    assert sorted(int(x) for x in lines) == ids  # once each
+    with session_scope(db_url) as s:
+        rows = jobs.list_jobs(s)
+        assert {r.state for r in rows} == {"succeeded"} and {r.exit_status for r in rows} == {0}
+        assert len({r.worker for r in rows}) > 1  # the work was actually shared
+        assert all(Path(r.log_path).is_file() and r.pid for r in rows)
+
+
+def test_one_training_job_at_a_time(sqlite_url, tmp_path):
+    times = tmp_path / "times.jsonl"
+    script = ("import json, time; t0 = time.time(); time.sleep(0.6); "
+              f"open({str(times)!r}, 'a').write(json.dumps([jid, t0, time.time()]) + '\\n')")
+    trains = [script_job(sqlite_url, script, "train_sft") for _ in range(3)]
+    gen = script_job(sqlite_url, script, "generate")
+    ScriptWorker(sqlite_url, root=tmp_path / "runs", poll_seconds=0.05, max_jobs=2).run(until_idle=True)
+    spans = {row[0]: row[1:] for row in map(json.loads, times.read_text().splitlines())}
+    t = sorted(spans[i] for i in trains)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(t))  # training jobs never overlapped
+    g0, g1 = spans[gen]
+    assert any(a < g1 and g0 < b for a, b in t)  # the generate job ran beside a training job
+
+
+def test_failed_job_records_exit_status_and_log_tail(sqlite_url, tmp_path):
+    jid = script_job(sqlite_url, "import sys\nprint('step 1 ok')\nprint('boom: out of memory', file=sys.stderr)\n"
+                                 "sys.exit(3)")
+    ScriptWorker(sqlite_url, root=tmp_path / "runs", poll_seconds=0.05).run(until_idle=True)
+    j = job(sqlite_url, jid)
+    assert (j.state, j.exit_status) == ("failed", 3)
+    assert "exit status 3" in j.error and "boom: out of memory" in j.error and "step 1 ok" in j.error
+
+
+def test_cancel(db_url, tmp_path, tiny):
+    """A queued job is cancelled at once; a running one (a real rlhf.generate process) is terminated."""
+    queued = enqueue(db_url)
+    with session_scope(db_url) as s:
+        assert jobs.cancel(s, queued).state == "cancelled"
+    with pytest.raises(ServiceError, match="already cancelled"), session_scope(db_url) as s:
+        jobs.cancel(s, queued)
+    jid = enqueue(db_url, "generate", {"project": "p", "models": [str(tiny)], "tasks": "compare"})
+    w = W.Worker(db_url, root=tmp_path / "runs", poll_seconds=0.1)
+    t = threading.Thread(target=w.run, kwargs={"until_idle": True})
+    t.start()
+    try:
+        pid = wait_for(lambda: job(db_url, jid).pid, what="the job's process")
+        with session_scope(db_url) as s:
+            assert jobs.cancel(s, jid).cancel_requested
+    finally:
+        t.join(60)
+    j = job(db_url, jid)
+    assert j.state == "cancelled" and j.exit_status == -signal.SIGTERM
+    assert not W.process_alive(pid, j.pid_start)
+    assert "exit status" in Path(j.log_path).read_text()
+
+
+SLOW = "import time\nfor i in range(3): print(f'working on step {i}', flush=True)\ntime.sleep(120)"
+
+
+@pytest.mark.parametrize("job_survives", [False, True])
+def test_job_whose_process_died_is_marked_failed_when_the_worker_restarts(db_url, tmp_path, job_survives):
+    """The worker process is SIGKILLed while its job runs. The job's process dies too (or survives, orphaned):
+    the next worker start marks the job failed with its last log lines (stopping the orphan first)."""
+    wp = subprocess.Popen([sys.executable, "-c", WORKER_PROC % "False", db_url, str(tmp_path / "runs"), str(ROOT)],
+                          cwd=ROOT)
+    jid = script_job(db_url, SLOW, "train_sft")
+    try:
+        j = wait_for(lambda: (x := job(db_url, jid)).pid and "step 2" in jobs.log_tail(x.log_path) and x,
+                     what="the job to run")
+    finally:
+        wp.kill()
+        wp.wait()
+    if not job_survives:
+        os.kill(j.pid, signal.SIGKILL)
+    wait_for(lambda: W.process_alive(j.pid, j.pid_start) == job_survives, 10, "the job's process state")
+    assert job(db_url, jid).state == "running"  # nobody has looked yet
+    ended = W.Worker(db_url, root=tmp_path / "runs").recover()
+    j2 = job(db_url, jid)
+    assert ended == [jid] and j2.state == "failed" and j2.ended_at is not None
+    assert "working on step 2" in j2.error and "worker" in j2.error
+    assert not W.process_alive(j.pid, j.pid_start)  # the orphan was stopped
+
+
+def test_recover_leaves_live_jobs_and_fails_stale_ones(db_url, tmp_path):
+    """A job of a live worker stays running; a job on another machine without a heartbeat for too long fails."""
+    import datetime as dt
+
+    live, stale = enqueue(db_url), enqueue(db_url)
+    host = socket.gethostname()
+    me = f"{host}:{os.getpid()}:{W.process_start(os.getpid())}/999"
+    with session_scope(db_url) as s:
+        jobs.claim_next(s, me, host)
+        jobs.claim_next(s, "elsewhere:1:1/1", "elsewhere")
+        s.get(Job, stale).heartbeat_at = jobs.utcnow() - dt.timedelta(hours=1)
+    assert W.Worker(db_url, root=tmp_path, stale_after=600).recover() == [stale]
+    assert job(db_url, live).state == "running"
+    assert "no heartbeat from worker elsewhere:1:1/1" in job(db_url, stale).error
+
+
+# ------------------------------------------------------------------------------------------ real jobs
+
+def test_train_sft_job_end_to_end_then_generate_comparisons_from_it(sqlite_url, tmp_path, tiny):
+    """The real thing through the worker: train_sft (2 steps) registers its version in the job row; the
+    "generate comparisons from it" job samples from it and its parent and creates compare tasks."""
+    from tests import rlhf_helpers as H
+
+    H.make_project(sqlite_url, "p")
+    H.add_demonstrations(sqlite_url, "p", [(f"say {w}", f"{w} {w}") for w in H.WORDS[:6]])
+    with session_scope(sqlite_url) as s:
+        registry.register_model_version(s, "tiny-base", "base", str(tiny))
+        sft = jobs.enqueue(s, "train_sft", {"project": "p", "model": "tiny-base", "max_steps": 2,
+                                            "per_device_train_batch_size": 2, "save_strategy": "no",
+                                            "eval_fraction": 0, "logging_steps": 1}, name="sft-e2e").id
+    W.Worker(sqlite_url, root=tmp_path / "runs", poll_seconds=0.2).run(until_idle=True)
+    j = job(sqlite_url, sft)
+    assert j.state == "succeeded", j.error + jobs.log_tail(j.log_path, 30)
+    with session_scope(sqlite_url) as s:
+        mv = registry.resolve(s, "sft-e2e")
+        assert j.model_version_id == mv.id and mv.kind == "sft" and mv.parent.name == "tiny-base"
+        detail = jobs.job_detail(s, sft)
+    assert detail["model_version"]["name"] == "sft-e2e"
+    assert any("loss" in row for row in detail["metrics"])  # metrics.jsonl of the run folder
+    assert Path(j.run_dir) == tmp_path / "runs" / "train_sft" / "sft-e2e"
+
+    with session_scope(sqlite_url) as s:
+        gen = jobs.enqueue_comparisons(s, "sft-e2e", "p", num_samples=1).id
+        assert jobs.get_job(s, gen).args["models"] == ["sft-e2e", "tiny-base"]
+    with session_scope(sqlite_url) as s:  # generate with small outputs: the job's args are plain flags
+        s.get(Job, gen).args = {**s.get(Job, gen).args, "max_new_tokens": 4}
+    W.Worker(sqlite_url, root=tmp_path / "runs", poll_seconds=0.2).run(until_idle=True)
+    g = job(sqlite_url, gen)
+    assert g.state == "succeeded", g.error
+    assert g.result["tasks"]["compare"]["created"] == 6
+    with session_scope(sqlite_url) as s:
+        assert s.scalar(select(func.count()).select_from(Task).where(Task.kind == "compare")) == 6
+
+
+def test_worker_help_and_bad_flags():
+    r = subprocess.run([sys.executable, "-m", "rlhf.worker", "--help"], check=False, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0
+    for flag in ("--url", "--max-jobs", "--max-training", "--kinds", "--poll", "--stale-after", "--home",
+                 "--until-idle"):
+        assert flag in r.stdout
+    r = subprocess.run([sys.executable, "-m", "rlhf.worker", "--kinds", "train_everything", "--url",
+                        "sqlite:///nowhere.sqlite3"], check=False, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "unknown job kind" in r.stderr
