@@ -101,5 +101,5 @@ def wait_task_change(page, old: int | None, timeout: float = 30_000) -> None:
     page.wait_for_function(
         """(old) => { const els = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')];
              const t = els.map(e => e.innerText).find(s => s.includes('PROMPT · task #'));
-             if (!t) return !!document.body.innerText.includes('No tasks left');
+             if (!t) return /tasks left for you|No \\w+ tasks in/.test(document.body.innerText);
              return parseInt(t.split('#').pop()) !== old; }""", arg=old, timeout=timeout)

@@ -11,11 +11,11 @@ from labeling_ui.text import TEXT_CSS
 # Streamlit's own light and dark page colours: the sticky bar must hide what scrolls under it. Its default
 # theme follows the system setting, as prefers-color-scheme does.
 _LAYOUT_CSS = """
-/* Streamlit leaves ~6rem above the page under its transparent header: 3rem is enough for the header. */
-.stMainBlockContainer { padding-top: 3rem; padding-bottom: 1rem; }
+/* Streamlit leaves ~6rem above the page under its transparent header: 2.25rem clears its buttons. */
+.stMainBlockContainer { padding-top: 2.25rem; padding-bottom: .25rem; }
 /* Labeling panes are as tall as their text, up to what leaves the action bar in view, and scroll inside. */
-.st-key-prompt_box { max-height: 30vh; overflow-y: auto; }
-[class*="st-key-resp_"] { max-height: max(160px, calc(100vh - 460px)); overflow-y: auto; }
+.st-key-prompt_box { max-height: 22vh; overflow-y: auto; }
+[class*="st-key-resp_"] { max-height: max(150px, calc(100vh - 520px)); overflow-y: auto; }
 /* Rank: four ordinals (1st..4th) fit a quarter of a 1280 px window. */
 [class*="st-key-rank_"]:not([class*="st-key-rank_flags"]) [data-testid="stButtonGroup"] button { padding-left: .3rem; padding-right: .3rem;
                                                               min-width: 0; }

@@ -400,7 +400,8 @@ def test_history_lists_and_revises(seeded):
         lab = s.scalars(select(PreferenceLabel)).one()
         assert lab.choice == "b" and lab.updated_at is not None
     # the picker, the table and the form all show the new answer
-    assert "B is better (clear)" in at.selectbox(key="hist_pick").format_func(at.selectbox(key="hist_pick").value)
+    pick = next(sb for sb in at.selectbox if sb.label == "Label")
+    assert "B is better (clear)" in pick.format_func(pick.value)
     assert at.dataframe[0].value.iloc[0]["Your label"] == "B is better (clear)"
     assert at.radio(key=f"hist_choice_{lab.id}").value == "b"
 

@@ -85,9 +85,22 @@ st.dataframe(table, hide_index=True, width="stretch",
              column_config={"Time spent": st.column_config.NumberColumn(format="%.1f s")})
 
 st.markdown("#### Revise a label or undo a skip")
-key = st.selectbox("Label", ordered, key="hist_pick",
+# The browser keeps showing an option's old text when only its text changes (a revised answer), so each save
+# gives the picker a new key; the choice itself is carried over.
+version = st.session_state.get("_hist_version", 0)
+picked = st.session_state.get("_hist_picked")
+key = st.selectbox("Label", ordered, index=ordered.index(picked) if picked in ordered else 0,
+                   key=f"hist_pick_{version}",
                    format_func=lambda k: f"{KIND_NAMES[items[k].get('task_kind', items[k]['kind'])]} · task "
                                          f"#{items[k]['task_id']} · {_summary(items[k])}")
+st.session_state["_hist_picked"] = key
+
+
+def _saved(message: str) -> None:
+    st.session_state["_flash_hist"] = message
+    st.session_state["_hist_version"] = version + 1
+    st.rerun()
+
 r = items[key]
 view = None
 if r.get("task_id") is not None:
@@ -130,9 +143,7 @@ if r["kind"] == "skip":
                 show_error(e)
             else:
                 done_with(r["task_kind"], pid)
-                page = KIND_NAMES[r["task_kind"]]
-                st.session_state["_flash_hist"] = f"Skip undone: task #{r['task_id']} is back on the {page} page."
-                st.rerun()
+                _saved(f"Skip undone: task #{r['task_id']} is back on the {KIND_NAMES[r['task_kind']]} page.")
     else:
         st.caption("This task has all the labels it needs now, so the skip stays.")
     st.stop()
@@ -177,5 +188,4 @@ if save:
     except ServiceError as e:
         show_error(e)
     else:
-        st.session_state["_flash_hist"] = "Revision saved."
-        st.rerun()
+        _saved("Revision saved.")

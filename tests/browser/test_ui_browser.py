@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from db.models import PreferenceLabel, Ranking, Task, User
+from db.models import Assignment, PreferenceLabel, Ranking, Task, User
 from db.services import accounts, content, projects, tasks
 from db.session import session_scope
 from labeling_ui.devserver import (
@@ -60,6 +60,21 @@ def app_server(tmp_path_factory):
         pr, _ = content.add_prompt(s, p.id, text="Show me the REPL.", source="test")
         ids = [content.add_response(s, pr.id, t)[0].id for t in (EXACT_TEXT, "")]
         info["exact_task_id"] = tasks.create_task(s, p.id, "compare", pr.id, ids, shuffle=False)[0].id
+        accounts.create_user(s, "ranker", "password123")
+        p = projects.create_project(s, "order")
+        pr, _ = content.add_prompt(s, p.id, text="Rank these three.", source="test")
+        r0, r1, r2 = (content.add_response(s, pr.id, f"answer number {i}")[0].id for i in range(3))
+        info["order_ids"] = (r0, r1, r2)  # shown as response 1 = r2, 2 = r0, 3 = r1
+        info["order_task_id"] = tasks.create_task(s, p.id, "rank", pr.id, [r2, r0, r1], shuffle=False)[0].id
+        accounts.create_user(s, "skipper", "password123")
+        p = projects.create_project(s, "long")
+        pr, _ = content.add_prompt(s, p.id, text="Write a lot.", source="test")
+        ids = [content.add_response(s, pr.id, "\n".join(f"line {i} of {who}" for i in range(80)))[0].id
+               for who in ("A", "B")]
+        info["long_task_ids"] = [tasks.create_task(s, p.id, "compare", pr.id, ids, shuffle=False)[0].id]
+        pr, _ = content.add_prompt(s, p.id, text="And again.", source="test")
+        ids = [content.add_response(s, pr.id, t)[0].id for t in ("short A", "short B")]
+        info["long_task_ids"].append(tasks.create_task(s, p.id, "compare", pr.id, ids, shuffle=False)[0].id)
     SHOTS.mkdir(parents=True, exist_ok=True)
     with streamlit_server(url, log=d / "streamlit.log") as base:
         yield base, url, info
@@ -74,8 +89,9 @@ def browser(app_server):
         b.close()
 
 
-def _page(browser):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+def _page(browser, width: int = 1280, height: int = 720):
+    # A laptop screen by default: every labeling control must be usable there without scrolling.
+    ctx = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
     page = ctx.new_page()
     page.set_default_timeout(30_000)
     return ctx, page
@@ -99,9 +115,29 @@ def _open_url_in_session(page, path: str) -> None:
 
 
 def _shot(page, name: str) -> None:
-    """Screenshot for people to look at; lazily loaded widgets (data grids, radios) get a moment to paint."""
-    page.wait_for_timeout(1200)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    """Screenshots for people to look at, at 1280x720 and 1920x1080 (then back to the page's own size); lazily
+    loaded widgets (data grids, radios) get a moment to paint."""
+    size = page.viewport_size
+    for w, h in ((1280, 720), (1920, 1080)):
+        page.set_viewport_size({"width": w, "height": h})
+        page.wait_for_timeout(1200)
+        page.screenshot(path=str(SHOTS / f"{name}_{w}x{h}.png"), full_page=True)
+    page.set_viewport_size(size)
+
+
+def _in_view(page, loc) -> None:
+    """The control is inside the window and nothing covers its centre."""
+    box, vp = loc.bounding_box(), page.viewport_size
+    assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= vp["height"], (box, vp)
+    assert box["x"] >= 0 and box["x"] + box["width"] <= vp["width"], (box, vp)
+    assert loc.evaluate("el => { const r = el.getBoundingClientRect();"
+                        " return el.contains(document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2)); }")
+
+
+def _scroll(page) -> tuple[int, int]:
+    """(how far the page is scrolled, how much more there is to scroll)."""
+    return tuple(page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+                               " return [Math.round(m.scrollTop), Math.round(m.scrollHeight - m.clientHeight)]; }"))
 
 
 def _labels(url: str, username: str) -> list[PreferenceLabel]:
@@ -118,7 +154,7 @@ def test_signed_out_and_annotator_cannot_open_admin_pages(app_server, browser):
     page.get_by_role("textbox", name="Username").wait_for()
     _settle(page)
     assert page.get_by_text("Create a user").count() == 0 and page.get_by_text("Page not found").count() == 0
-    page.screenshot(path=str(SHOTS / "sign_in.png"))
+    _shot(page, "sign_in")
     # a deep link survives the sign-in: /rank opens Rank once signed in
     page.goto(base + "/rank")
     page.get_by_role("textbox", name="Username").fill("bob")
@@ -132,7 +168,7 @@ def test_signed_out_and_annotator_cannot_open_admin_pages(app_server, browser):
     _open_url_in_session(page, "/users")
     page.get_by_text("for admins only").wait_for()
     assert page.get_by_text("Create a user").count() == 0
-    page.screenshot(path=str(SHOTS / "refusal.png"))
+    _shot(page, "refusal")
     page.get_by_role("button", name="Sign out").click()  # gives back the task bob was shown
     page.get_by_role("textbox", name="Username").wait_for()
     ctx.close()
@@ -183,7 +219,6 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     ctx, page = _page(browser)
     sign_in(page, base, "newbie", "newbie-pass-1")
     page.get_by_text("PROMPT · task #").wait_for()
-    page.get_by_text("No tasks left").count()
 
     # 1. The first task shows HTML from the model as text, and runs none of it.
     assert page.get_by_text('<img src=x onerror="window.__xss=1">', exact=False).count() == 1
@@ -191,7 +226,7 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     page.wait_for_timeout(500)
     assert page.evaluate("() => window.__xss") is None
     assert page.locator("img[src='x']").count() == 0 and page.locator("script:text('__xss')").count() == 0
-    page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
+    _shot(page, "compare")
 
     # 2. Guidelines are one click away.
     page.get_by_role("button", name="Guidelines").click()
@@ -205,6 +240,11 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     for choice, strength, button in (("a", "strong", "A is better"), ("b", "slight", "B is better"),
                                      ("a", "clear", "A is better")):
         tid = current_task_id(page)
+        # At 1280x720 the whole task and every control are on screen without scrolling.
+        assert _scroll(page) == (0, 0)
+        for name in ("A is better", "B is better", "Tie", "Both bad", "Slight", "Clear", "Strong", "Other",
+                     "Submit", "Skip…"):
+            _in_view(page, page.get_by_role("button", name=re.compile("^" + re.escape(name))).first)
         page.get_by_role("button", name=button).click()
         _settle(page)
         page.get_by_role("button", name=re.compile("^" + strength.capitalize())).click()
@@ -215,6 +255,11 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
         page.get_by_role("button", name="Submit").click()
         wait_task_change(page, tid)
         expected.append((tid, choice, strength))
+        # The confirmation sits in the header, covering neither response; the next task starts at the top.
+        saved = page.get_by_text(re.compile("Saved$")).last
+        saved.wait_for()
+        _in_view(page, saved)
+        page.wait_for_function("() => document.querySelector('[data-testid=\"stMain\"]').scrollTop === 0")
 
     # 4. Twenty with the keyboard alone: 1/2 for A/B, Q/W/E for strength, Enter to submit.
     page.evaluate("() => document.activeElement && document.activeElement.blur()")  # no widget has focus
@@ -231,6 +276,8 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
         page.keyboard.press("Enter")
         try:
             wait_task_change(page, tid)
+            _settle(page)
+            assert _scroll(page) == (0, 0)  # 20 comparisons at 1280x720, never a scroll
         except Exception:
             page.screenshot(path=str(SHOTS / f"FAILED_keyboard_vote_{i}.png"), full_page=True)
             raise
@@ -240,7 +287,7 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     assert [(r.task_id, r.choice, r.strength) for r in rows] == expected
     assert rows[1].flags == ["hallucination"]
     assert all(r.seconds is not None and 0 <= r.seconds < 600 for r in rows)
-    page.screenshot(path=str(SHOTS / "compare_after_23.png"), full_page=True)
+    _shot(page, "compare_after_23")
 
     # 5. Annotator pages and own history; one ranking with the keyboard alone: response numbers best first
     #    (the last one ranks itself), Enter submits.
@@ -274,7 +321,7 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     metric = page.locator('[data-testid="stMetric"]', has_text="Labels").first
     assert metric.locator('[data-testid="stMetricValue"]').inner_text().strip() == str(len(expected) + 1)
     page.wait_for_timeout(1000)  # let the charts paint
-    page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
+    _shot(page, "dashboard")
     for link, path in (("Agreement", "agreement"), ("Review demonstrations", "review"), ("Projects", "projects"),
                        ("Users", "users"), ("Import", "import"), ("Model versions", "models")):
         _nav(page, link)
@@ -287,7 +334,7 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     rows = [json.loads(line) for line in data.splitlines()]
     assert len(rows) == len(expected) + 6  # the 23 comparisons and the ranking's 4-choose-2 pairs
     assert {"prompt", "chosen", "rejected"} <= set(rows[0])
-    page.screenshot(path=str(SHOTS / "admin_export.png"), full_page=True)
+    _shot(page, "admin_export")
     ctx.close()
 
 
@@ -295,6 +342,12 @@ def _pick_project(page, name: str) -> None:
     page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").click()
     page.get_by_role("option", name=name, exact=True).click()
     _settle(page)
+
+
+def _picked(page) -> str:
+    """What the last select box on the page shows as chosen (its value lives in its input)."""
+    box = page.get_by_test_id("stSelectbox").last
+    return box.inner_text() + " " + box.locator("input").input_value()
 
 
 def _visible(locator) -> str:
@@ -319,6 +372,139 @@ def test_responses_show_exactly_what_the_model_wrote(app_server, browser):
     page.locator(f".st-key-raw_{tid}_A").get_by_text("Raw").click()
     _settle(page)
     assert a.locator("code").inner_text() == EXACT_TEXT
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("textbox", name="Username").wait_for()
+    ctx.close()
+
+
+ANNOTATOR_URLS = {"compare": "Compare · demo", "rank": "Rank · demo", "demonstrate": "Demonstrate · demo",
+                  "history": "My history · demo"}
+ADMIN_URLS = {"dashboard": "Dashboard", "agreement": "Agreement", "review": "Review demonstrations",
+              "projects": "Projects", "users": "Users", "import": "Import", "models": "Model versions",
+              "export": "Export"}
+
+
+def test_every_page_url_opened_directly_lands_on_its_page(app_server, browser):
+    """Signed out: any page URL shows the sign-in form and, once signed in, that page. Signed in: a typed URL
+    (a reload, a bookmark) opens its page. Never Streamlit's "Page not found"."""
+    base, _, _ = app_server
+    ctx, page = _page(browser)
+    for path, title in {**ANNOTATOR_URLS, **ADMIN_URLS}.items():
+        page.goto(f"{base}/{path}")
+        page.get_by_role("textbox", name="Username").fill("admin")
+        pw = page.get_by_role("textbox", name="Password")
+        pw.fill("password123")
+        pw.press("Enter")
+        try:
+            page.get_by_role("heading", name=title, exact=True).wait_for()
+        except Exception:
+            page.screenshot(path=str(SHOTS / f"FAILED_url_{path}.png"), full_page=True)
+            raise
+        _settle(page)
+        assert page.get_by_text("Page not found").count() == 0 and page.url.endswith("/" + path), path
+        for other, other_title in {**ANNOTATOR_URLS, **ADMIN_URLS}.items():
+            if other in (path, "import", "export") or path != "compare":
+                continue  # signed in: every URL once, from the first page
+            page.goto(f"{base}/{other}")
+            page.get_by_role("heading", name=other_title, exact=True).wait_for()
+            _settle(page)
+            assert page.get_by_text("Page not found").count() == 0, other
+        page.goto(f"{base}/{path}")
+        page.get_by_text("Sign out").wait_for()
+        page.get_by_role("button", name="Sign out").click()
+        page.get_by_role("textbox", name="Username").wait_for()
+    ctx.close()
+
+
+def test_skip_asks_why_and_is_undone_from_history(app_server, browser):
+    base, url, info = app_server
+    first, second = info["long_task_ids"]
+    ctx, page = _page(browser)
+    sign_in(page, base, "skipper", "password123")
+    _pick_project(page, "long")
+    page.get_by_text(f"PROMPT · task #{first}").wait_for()
+    # A long response scrolls inside its pane; the action bar stays on screen.
+    for name in ("A is better", "Both bad", "Other", "Submit", "Skip…"):
+        _in_view(page, page.get_by_role("button", name=re.compile("^" + re.escape(name))).first)
+    pane = page.locator(".st-key-resp_A")
+    assert pane.evaluate("el => el.scrollHeight > el.clientHeight + 100")
+    _shot(page, "compare_long_response")
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    page.keyboard.press("s")  # step one: asks why, skips nothing
+    page.get_by_text("Skip this task?").wait_for()
+    _settle(page)
+    assert current_task_id(page) == first
+    _shot(page, "compare_skip_asks_why")
+    page.keyboard.press("Escape")  # back
+    page.get_by_text("Skip this task?").wait_for(state="detached")
+    page.keyboard.press("s")
+    page.get_by_text("Skip this task?").wait_for()
+    _settle(page)
+    page.keyboard.press("2")  # "Responses are broken or empty"
+    wait_task_change(page, first)
+    assert current_task_id(page) == second
+    with session_scope(url) as s:
+        a = s.scalar(select(Assignment).where(Assignment.task_id == first))
+        assert a.state == "skipped" and a.skip_reason == "Responses are broken or empty"
+    _nav(page, "My history")
+    # the table (a canvas grid: its cells are in the DOM, not visible) and the picker list the skip
+    page.get_by_text("Skipped: Responses are broken or empty").first.wait_for(state="attached")
+    assert "Skipped: Responses are broken or empty" in _picked(page)
+    page.get_by_role("button", name="Undo skip").click()
+    page.get_by_text(f"task #{first} is back").wait_for()
+    _nav(page, "Compare")
+    page.get_by_text(f"PROMPT · task #{first}").wait_for()
+    with session_scope(url) as s:
+        assert s.scalar(select(Assignment.state).where(Assignment.task_id == first)) == "assigned"
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("textbox", name="Username").wait_for()
+    ctx.close()
+
+
+def test_ranking_revised_from_history_keeps_the_on_screen_order(app_server, browser):
+    base, url, info = app_server
+    tid, (r0, r1, r2) = info["order_task_id"], info["order_ids"]
+    ctx, page = _page(browser)
+    sign_in(page, base, "ranker", "password123")
+    _pick_project(page, "order")
+    _nav(page, "Rank")
+    page.get_by_text(f"PROMPT · task #{tid}").wait_for()
+    for name in ("Other", "Submit ranking", "Skip…"):
+        _in_view(page, page.get_by_role("button", name=re.compile("^" + re.escape(name))).first)
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    for key in ("2", "3"):  # response 2 best, then 3; 1 ranks itself
+        page.keyboard.press(key)
+        _settle(page)
+    page.keyboard.press("Enter")
+    wait_task_change(page, tid)
+    with session_scope(url) as s:
+        assert s.scalars(select(Ranking).where(Ranking.task_id == tid)).one().ordering == [[r0], [r1], [r2]]
+    _nav(page, "My history")
+    page.get_by_text("Best first: 2 > 3 > 1").first.wait_for(state="attached")
+    assert "Best first: 2 > 3 > 1" in _picked(page)
+    _shot(page, "history_ranking")
+    # the revise form shows the responses in the order they were on screen, with their ranks
+    texts = page.locator('[class*="st-key-mt_hist_"]').all_inner_texts()
+    assert [t.replace("\u2060", "") for t in texts[1:]] == ["answer number 2", "answer number 0", "answer number 1"]
+    with session_scope(url) as s:
+        lid = s.scalar(select(Ranking.id).where(Ranking.task_id == tid))
+    control = {rid: page.locator(f".st-key-hist_rank_{lid}_{rid}") for rid in (r0, r1, r2)}
+    assert [control[x].get_by_text(re.compile("^Rank of")).inner_text() for x in (r2, r0, r1)] == [
+        "Rank of response 1", "Rank of response 2", "Rank of response 3"]
+    control[r2].get_by_text("1st", exact=True).click()  # response 1 (r2) becomes best; 2 and 3 tie second
+    control[r0].get_by_text("2nd", exact=True).click()
+    page.get_by_role("button", name="Save revision").click()
+    try:
+        page.get_by_text("Revision saved.").wait_for()
+    except Exception:
+        page.screenshot(path=str(SHOTS / "FAILED_history_revision.png"), full_page=True)
+        raise
+    _settle(page)
+    with session_scope(url) as s:
+        assert s.scalars(select(Ranking).where(Ranking.task_id == tid)).one().ordering == [[r2], sorted([r0, r1])]
+    # the table and the picker show the new answer, not the old one
+    assert page.get_by_text("Best first: 1 > 2 = 3").count() >= 1
+    assert "Best first: 1 > 2 = 3" in _picked(page)
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("textbox", name="Username").wait_for()
     ctx.close()
