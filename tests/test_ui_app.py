@@ -508,14 +508,17 @@ def test_admin_users_create_and_deactivate(seeded):
     form_inputs[1].input("Carol")
     form_inputs[2].input("short")
     next(b for b in at.button if b.label == "Create user").click().run()
-    assert "at least 8" in " ".join(e.value for e in at.error)
-    at.text_input[0].input("carol")
-    at.text_input[2].input("long-enough-pw")
+    errors = " ".join(e.value for e in at.error)
+    assert "Password must have at least 8" in errors and "field '" not in errors  # words, not code
+    # what was typed is still there
+    assert [at.text_input(key=k).value for k in ("nu_username", "nu_display")] == ["carol", "Carol"]
+    at.text_input(key="nu_password").input("long-enough-pw")
     next(b for b in at.button if b.label == "Create user").click().run()
     no_exception(at)
     from db.services import accounts
     with session_scope(seeded["url"]) as s:
         assert accounts.authenticate(s, "carol", "long-enough-pw") is not None
+    assert at.text_input(key="nu_username").value == ""  # cleared once created
 
 
 def test_review_accept(seeded):

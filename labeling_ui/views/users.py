@@ -6,7 +6,7 @@ import streamlit as st
 
 from db.models import ROLES
 from db.services import accounts
-from db.services.errors import ServiceError
+from db.services.errors import InputError, ServiceError
 from labeling_ui import auth
 from labeling_ui.common import db, show_error
 
@@ -25,19 +25,30 @@ st.dataframe(pd.DataFrame(users), hide_index=True, width="stretch")
 left, right = st.columns(2)
 with left:
     st.markdown("#### Create a user")
-    with st.form("new_user", clear_on_submit=True):
-        username = st.text_input("Username")
-        display = st.text_input("Display name")
-        role = st.selectbox("Role", ROLES, index=ROLES.index("annotator"))
-        password = st.text_input("Initial password (at least 8 characters)", type="password")
+    # What was typed stays after an error (the form is cleared only once the user exists); the error sits under
+    # the field it is about, in words.
+    if st.session_state.pop("_new_user_clear", False):
+        for k in ("nu_username", "nu_display", "nu_password"):
+            st.session_state.pop(k, None)
+    with st.form("new_user"):
+        username = st.text_input("Username", key="nu_username")
+        under = {"username": st.empty()}
+        display = st.text_input("Display name", key="nu_display")
+        role = st.selectbox("Role", ROLES, index=ROLES.index("annotator"), key="nu_role")
+        password = st.text_input("Initial password (at least 8 characters)", type="password", key="nu_password")
+        under["password"] = st.empty()
         if st.form_submit_button("Create user", type="primary"):
             try:
                 with db() as s:
                     accounts.create_user(s, username.strip(), password, role=role, display_name=display)
+            except InputError as e:
+                where = under.get(e.field or "")
+                (where or st).error(e.reason[:1].upper() + e.reason[1:] + ".", icon=":material/error:")
             except ServiceError as e:
                 show_error(e)
             else:
                 st.session_state["_flash_users"] = f"User {username!r} created"
+                st.session_state["_new_user_clear"] = True
                 st.rerun()
 with right:
     st.markdown("#### Manage a user")
