@@ -14,13 +14,12 @@ version (parent: ``--model``; config: algorithm, reward model; label_snapshot: t
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from db.services.errors import InputError
+from rlhf import runs
 
-log = logging.getLogger("rlhf.online")
 ALGOS = ("rloo", "grpo")
 
 
@@ -70,102 +69,110 @@ class RewardModelFunc:
         return reward.score(self.model, self.tok, [r["prompt"] for r in rows], [r["completion"] for r in rows])
 
 
-def run(cfg: Any, algo: str) -> dict[str, Any]:
-    from datasets import Dataset
-    from transformers import set_seed
+class OnlineJob(runs.HFTrainerJob):
+    KIND = "policy"
 
-    from rlhf import data, reward, runs
-    from rlhf.evaluate import evaluate_policy
-    from rlhf.formatting import as_messages, plain_prompt, use_chat_for_training
-    from rlhf.modeling import (
-        device,
-        load_causal_lm,
-        load_reward_model,
-        load_tokenizer,
-        pad_problem,
-        resolve_model,
-        stop_token_ids,
-    )
-    from rlhf.train_ppo import RewardScorer, _vocab_key, render_prompts
+    def __init__(self, cfg: Any, algo: str) -> None:
+        self.algo, self.JOB = algo, f"train_{algo}"
+        super().__init__(cfg)
 
-    job = f"train_{algo}"
-    eval_len = cfg.eval_max_new_tokens or cfg.max_completion_length or 64
-    if cfg.project is None and cfg.dataset is None:
-        raise InputError("give --project NAME (database) or --dataset FILE.jsonl of prompts", field="project")
-    if not cfg.reward_model:
-        raise InputError("--reward_model is required", field="reward_model")
-    lookup = bool(cfg.register or cfg.project)
-    policy_ref = resolve_model(cfg.model, cfg.database_url, lookup=lookup)
-    rm_ref = resolve_model(cfg.reward_model, cfg.database_url, lookup=lookup)
-    rows = data.load_rows(data.PROMPT_KIND, url=cfg.database_url, project=cfg.project, dataset=cfg.dataset)
-    train_rows, held_rows = data.split_by_prompt(rows.rows, cfg.eval_fraction)
-    if cfg.max_rows:
-        train_rows = train_rows[:cfg.max_rows]
-    tok = load_tokenizer(policy_ref.path)
-    rm_tok = load_tokenizer(rm_ref.path)
-    for who, t in (("model", tok), ("reward_model", rm_tok)):
-        if pad_problem(t):
-            raise InputError(f"--{who}: {pad_problem(t)} (a separate pad token is needed)", field=who)
-    chat = use_chat_for_training(tok, cfg.chat_format)
-    name, run_dir = runs.setup_run(cfg, job)
+    def prepare(self) -> None:
+        from rlhf import data
+        from rlhf.formatting import use_chat_for_training
+        from rlhf.modeling import load_tokenizer, pad_problem, resolve_model
 
-    set_seed(cfg.seed)
-    rm = load_reward_model(rm_ref.path, cfg.attn_implementation).to(device()).eval().requires_grad_(False)
-    rm.config.pad_token_id = rm_tok.pad_token_id
-    recorded = reward.info(rm).get("chat_template")
-    rm_chat = bool(recorded) if recorded is not None else use_chat_for_training(rm_tok, "auto")
-    policy = load_causal_lm(policy_ref.path, cfg.attn_implementation)
-    cfg.finalize_for_model(policy)
-    ds = Dataset.from_list([{"prompt": as_messages(r["prompt"]) if chat else plain_prompt(r["prompt"])}
-                            for r in train_rows])
-    from trl import GRPOTrainer, RLOOTrainer
+        cfg = self.cfg
+        if not cfg.reward_model:
+            raise InputError("--reward_model is required", field="reward_model")
+        lookup = bool(cfg.register or cfg.project)
+        self.policy_ref = resolve_model(cfg.model, cfg.database_url, lookup=lookup)
+        self.rm_ref = resolve_model(cfg.reward_model, cfg.database_url, lookup=lookup)
+        self.rows = data.load_rows(data.PROMPT_KIND, url=cfg.database_url, project=cfg.project, dataset=cfg.dataset)
+        self.train_rows, self.held_rows = data.split_by_prompt(self.rows.rows, cfg.eval_fraction)
+        if cfg.max_rows:
+            self.train_rows = self.train_rows[:cfg.max_rows]
+        self.tok = load_tokenizer(self.policy_ref.path)
+        self.rm_tok = load_tokenizer(self.rm_ref.path)
+        for who, t in (("model", self.tok), ("reward_model", self.rm_tok)):
+            if pad_problem(t):
+                raise InputError(f"--{who}: {pad_problem(t)} (a separate pad token is needed)", field=who)
+        self.chat = use_chat_for_training(self.tok, cfg.chat_format)
+        self.eval_len = cfg.eval_max_new_tokens or cfg.max_completion_length or 64
 
-    trainer_cls = RLOOTrainer if algo == "rloo" else GRPOTrainer
-    trainer = trainer_cls(model=policy, reward_funcs=RewardModelFunc(rm, rm_tok, rm_chat, rm_ref.version_name or "rm"),
-                          args=cfg, train_dataset=ds, processing_class=tok,
-                          callbacks=[runs.metrics_callback(run_dir, cfg.stop_at_step)])
-    resume = runs.last_checkpoint(run_dir) if cfg.resume else None
-    result = trainer.train(resume_from_checkpoint=resume)
-    stopped = runs.stopped_early(cfg, trainer, name, run_dir, log)
-    if stopped is not None:
-        return stopped
-    metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
-                               "train_prompts": len(train_rows), "held_out_prompts": len(held_rows)}
-    trainer.save_model(str(run_dir))
-    version_id = None
-    if trainer.is_world_process_zero():
-        tok.save_pretrained(str(run_dir))
-        if held_rows:
-            reference = load_causal_lm(policy_ref.path, cfg.attn_implementation).to(device())
+    def build(self) -> None:
+        from datasets import Dataset
+        from transformers import set_seed
+        from trl import GRPOTrainer, RLOOTrainer
+
+        from rlhf import reward
+        from rlhf.formatting import as_messages, plain_prompt, use_chat_for_training
+        from rlhf.modeling import device, load_causal_lm, load_reward_model
+
+        cfg = self.cfg
+        set_seed(cfg.seed)
+        rm = load_reward_model(self.rm_ref.path, cfg.attn_implementation).to(device()).eval().requires_grad_(False)
+        rm.config.pad_token_id = self.rm_tok.pad_token_id
+        recorded = reward.info(rm).get("chat_template")
+        self.rm, self.rm_chat = rm, bool(recorded) if recorded is not None else use_chat_for_training(self.rm_tok,
+                                                                                                     "auto")
+        policy = load_causal_lm(self.policy_ref.path, cfg.attn_implementation)
+        cfg.finalize_for_model(policy)
+        ds = Dataset.from_list([{"prompt": as_messages(r["prompt"]) if self.chat else plain_prompt(r["prompt"])}
+                                for r in self.train_rows])
+        trainer_cls = RLOOTrainer if self.algo == "rloo" else GRPOTrainer
+        func = RewardModelFunc(rm, self.rm_tok, self.rm_chat, self.rm_ref.version_name or "rm")
+        self.trainer = trainer_cls(model=policy, reward_funcs=func, args=cfg, train_dataset=ds,
+                                   processing_class=self.tok, callbacks=self.callbacks())
+
+    def fit(self, resume: str | None) -> dict[str, Any] | None:
+        result = self.train_hf(resume)
+        if result is None:
+            return None
+        return {"train_loss": result.training_loss, "global_step": result.global_step,
+                "train_prompts": len(self.train_rows), "held_out_prompts": len(self.held_rows)}
+
+    def save(self, metrics: dict[str, Any]) -> None:
+        """The policy (every rank), then on the main process the held-out evaluation against --model."""
+        from rlhf.evaluate import evaluate_policy
+        from rlhf.modeling import device, load_causal_lm, stop_token_ids
+        from rlhf.train_ppo import RewardScorer, _vocab_key, render_prompts
+
+        self.trainer.save_model(str(self.run_dir))
+        if not self.is_main():
+            return
+        tok = self.tok
+        tok.save_pretrained(str(self.run_dir))
+        if self.held_rows:
+            reference = load_causal_lm(self.policy_ref.path, self.cfg.attn_implementation).to(device())
             n_pos = getattr(reference.config, "n_positions", None) or \
                 getattr(reference.config, "max_position_embeddings", None) or 10 ** 9
-            ids, _ = render_prompts(tok, held_rows, chat, max(1, n_pos - eval_len))
-            scorer = RewardScorer(rm, rm_tok, tok, {tuple(i): r["prompt"] for i, r in zip(ids, held_rows)}, rm_chat,
-                                  _vocab_key(rm_tok) == _vocab_key(tok))
+            ids, _ = render_prompts(tok, self.held_rows, self.chat, max(1, n_pos - self.eval_len))
+            scorer = RewardScorer(self.rm, self.rm_tok, tok, {tuple(i): r["prompt"] for i, r in zip(ids, self.held_rows)},
+                                  self.rm_chat, _vocab_key(self.rm_tok) == _vocab_key(tok))
+            side = tok.padding_side
             tok.padding_side = "left"
-            ev = evaluate_policy(trainer.model, reference, scorer, tok, ids, held_rows,
-                                 max_new_tokens=eval_len, stop_ids=stop_token_ids(reference, tok),
-                                 seed=cfg.seed)
+            ev = evaluate_policy(self.trainer.model, reference, scorer, tok, ids, self.held_rows,
+                                 max_new_tokens=self.eval_len, stop_ids=stop_token_ids(reference, tok),
+                                 seed=self.cfg.seed)
+            tok.padding_side = side
             metrics.update({f"eval/{k}": v for k, v in ev.items()})
-        runs.append_metrics(run_dir, {"final": True, **metrics})
-        runs.write_config(run_dir, cfg, {"job": job, "name": name, "model": policy_ref.path,
-                                         "reward_model": rm_ref.path, "source": rows.source})
+
+    def record(self) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+        cfg = self.cfg
+        rm_info: dict[str, Any] = {"path": self.rm_ref.path}
         if cfg.register:
             from db.session import session_scope
             from rlhf.modeling import ensure_registered
 
             with session_scope(cfg.database_url) as s:
-                rmv = ensure_registered(s, rm_ref)
+                rmv = ensure_registered(s, self.rm_ref)
                 rm_info = {"id": rmv.id, "name": rmv.name, "kind": rmv.kind}
-            config = {"job": job, "algo": algo, "chat_template": chat, "run_dir": str(run_dir.resolve()),
-                      "reward_model": rm_info, "beta": cfg.beta, "num_generations": cfg.num_generations,
-                      **runs.training_config(cfg)}
-            snapshot = {**rows.source, "ids": {"prompts": [r["prompt_id"] for r in train_rows]},
-                        "held_out_prompt_ids": [r["prompt_id"] for r in held_rows]}
-            version_id = runs.register(cfg.database_url, name, "policy", run_dir, policy_ref, config, metrics,
-                                       snapshot)
-    log.info("%s done: %s", algo.upper(), metrics)
-    return {"name": name, "run_dir": str(run_dir), "metrics": metrics, "version_id": version_id, "trainer": trainer}
+        config = {"algo": self.algo, "chat_template": self.chat, "reward_model": rm_info, "beta": cfg.beta,
+                  "num_generations": cfg.num_generations}
+        snapshot = {**self.rows.source, "ids": {"prompts": [r["prompt_id"] for r in self.train_rows]},
+                    "held_out_prompt_ids": [r["prompt_id"] for r in self.held_rows]}
+        extra = {"model": self.policy_ref.path, "reward_model": self.rm_ref.path, "source": self.rows.source}
+        return self.policy_ref, config, snapshot, extra
 
 
 def main(algo: str, argv: list[str] | None = None, doc: str = "") -> dict[str, Any]:
@@ -173,5 +180,5 @@ def main(algo: str, argv: list[str] | None = None, doc: str = "") -> dict[str, A
 
     if algo not in ALGOS:
         raise ValueError(algo)
-    return runs.cli(lambda cfg: run(cfg, algo), config_class(algo), f"python -m rlhf.train_{algo}", doc or __doc__,
+    return runs.cli(lambda cfg: OnlineJob(cfg, algo).run(), config_class(algo), f"python -m rlhf.train_{algo}", doc or __doc__,
                     argv)

@@ -138,17 +138,6 @@ def training_config(cfg: Any) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in TRAINING_KEYS if hasattr(cfg, k)}
 
 
-def stopped_early(cfg: Any, trainer: Any, name: str, run_dir: Path, log: Any) -> dict[str, Any] | None:
-    """After `--stop_at_step N` stopped training at N: the summary to return instead of finishing the job
-    (no final model, no registration: the run is not done). None when training ran to its end."""
-    step = trainer.state.global_step
-    if cfg.stop_at_step is None or step != cfg.stop_at_step or step >= trainer.state.max_steps:
-        return None
-    log.info("stopped at step %d as asked (checkpoint-%d in %s): continue with --resume", step, step, run_dir)
-    return {"name": name, "run_dir": str(run_dir), "stopped_at": step, "metrics": {"global_step": step},
-            "version_id": None, "trainer": trainer}
-
-
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
@@ -180,6 +169,114 @@ def register(url: str | None, name: str, kind: str, path: Path, parent: Any, con
             config=json.loads(json.dumps(config, default=str)),
             metrics={k: _clean(v) for k, v in metrics.items()}, label_snapshot=label_snapshot)
         return mv.id
+
+
+class TrainingJob:
+    """The skeleton every training job runs: check inputs -> set up the run -> load models -> train -> save ->
+    record (final metrics, resolved config, model version with lineage). A job fills in the steps:
+
+    - ``prepare()``: everything that can be wrong, before the run folder or a model exists;
+    - ``build()``: load the models and the trainer;
+    - ``fit(resume)``: train (from a checkpoint path) and return the metrics, or None when it stopped early
+      at ``--stop_at_step`` (nothing is saved or registered then);
+    - ``save(metrics)``: write the model (every rank: FSDP / DeepSpeed gather collectively);
+    - ``record()``: (parent ModelRef, version config, label snapshot, extra resolved config) on the main process.
+    """
+
+    JOB = ""  # run-folder group and default name prefix, e.g. "train_sft"
+    KIND = ""  # model version kind, e.g. "sft"
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.log = logging.getLogger(f"rlhf.{self.JOB}")
+        self.name = ""
+        self.run_dir = Path()
+
+    def prepare(self) -> None:
+        raise NotImplementedError
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def fit(self, resume: str | None) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def save(self, metrics: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def record(self) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+        raise NotImplementedError
+
+    def is_main(self) -> bool:
+        return True
+
+    def barrier(self) -> None:
+        """Wait for every rank (multi-process jobs)."""
+
+    def find_checkpoint(self) -> str | None:
+        return last_checkpoint(self.run_dir)
+
+    def result(self, **kw: Any) -> dict[str, Any]:
+        return {"name": self.name, "run_dir": str(self.run_dir), **kw}
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.project is None and cfg.dataset is None:
+            raise InputError("give --project NAME (database) or --dataset FILE.jsonl", field="project")
+        self.prepare()
+        self.name, self.run_dir = setup_run(cfg, self.JOB)
+        self.build()
+        resume = self.find_checkpoint() if cfg.resume else None
+        if cfg.resume and resume is None:
+            self.log.warning("--resume: no checkpoint in %s, starting from the beginning", self.run_dir)
+        metrics = self.fit(resume)
+        if metrics is None:
+            return self.stopped_summary()
+        self.save(metrics)
+        version_id = None
+        if self.is_main():
+            parent, config, snapshot, extra = self.record()
+            append_metrics(self.run_dir, {"final": True, **metrics})
+            write_config(self.run_dir, cfg, {"job": self.JOB, "name": self.name, **extra})
+            if cfg.register:
+                version_id = register(cfg.database_url, self.name, self.KIND, self.run_dir, parent,
+                                      {"job": self.JOB, "run_dir": str(self.run_dir.resolve()), **config,
+                                       **training_config(cfg)}, metrics, snapshot)
+        self.barrier()
+        self.log.info("%s done: %s", self.JOB, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+        return self.result(metrics=metrics, version_id=version_id)
+
+    def stopped_summary(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class HFTrainerJob(TrainingJob):
+    """A TrainingJob whose trainer is a transformers/TRL ``Trainer`` (SFT, reward, RLOO, GRPO)."""
+
+    trainer: Any = None
+
+    def is_main(self) -> bool:
+        return self.trainer.is_world_process_zero()
+
+    def callbacks(self) -> list[Any]:
+        return [metrics_callback(self.run_dir, self.cfg.stop_at_step)]
+
+    def train_hf(self, resume: str | None) -> Any | None:
+        """trainer.train(); None when it stopped early at --stop_at_step."""
+        result = self.trainer.train(resume_from_checkpoint=resume)
+        step, cfg = self.trainer.state.global_step, self.cfg
+        if cfg.stop_at_step is not None and step == cfg.stop_at_step and step < self.trainer.state.max_steps:
+            return None
+        return result
+
+    def stopped_summary(self) -> dict[str, Any]:
+        step = self.trainer.state.global_step
+        self.log.info("stopped at step %d as asked (checkpoint-%d in %s): continue with --resume", step, step,
+                      self.run_dir)
+        return self.result(stopped_at=step, metrics={"global_step": step}, version_id=None, trainer=self.trainer)
+
+    def result(self, **kw: Any) -> dict[str, Any]:
+        return {"name": self.name, "run_dir": str(self.run_dir), "trainer": self.trainer, **kw}
 
 
 def setup_logging() -> None:

@@ -23,13 +23,12 @@ model, the value initialisation and the prompt ids it trained on. Every ``Traini
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 from db.services.errors import InputError
+from rlhf import runs
 
-log = logging.getLogger("rlhf.train_ppo")
 JOB = "train_ppo"
 
 
@@ -131,145 +130,201 @@ def _load_models(cfg: Any, refs: dict[str, Any]) -> dict[str, Any]:
     return models
 
 
-def run(cfg: Any) -> dict[str, Any]:
-    from transformers import set_seed
+class PPOJob(runs.TrainingJob):
+    JOB, KIND = JOB, "policy"
 
-    from rlhf import data, reward, runs
-    from rlhf.evaluate import evaluate_policy
-    from rlhf.formatting import use_chat_for_training
-    from rlhf.modeling import device, load_tokenizer, pad_problem, resolve_model, stop_token_ids
-    from rlhf.ppo_trainer import PPOTrainer, PtxData, last_checkpoint, metrics_writer
+    def prepare(self) -> None:
+        """Every check before a rollout: models, tokenizers, prompts, lengths, PPO-ptx data."""
+        from transformers import AutoConfig
 
-    # ---- everything that can be wrong is checked before a rollout
-    if cfg.project is None and cfg.dataset is None:
-        raise InputError("give --project NAME (database) or --dataset FILE.jsonl of prompts", field="project")
-    if not cfg.reward_model:
-        raise InputError("--reward_model is required (a registered reward version, a directory or a hub id)",
-                         field="reward_model")
-    if cfg.ptx_coef > 0 and not cfg.ptx_data:
-        raise InputError("--ptx_coef > 0 (PPO-ptx) needs pretraining data: --ptx_data DIR|FILE", field="ptx_data")
-    lookup = bool(cfg.register or cfg.project)
-    refs = {"policy": resolve_model(cfg.model, cfg.database_url, lookup=lookup),
-            "reference": resolve_model(cfg.reference_model or cfg.model, cfg.database_url, lookup=lookup),
-            "reward": resolve_model(cfg.reward_model, cfg.database_url, lookup=lookup)}
-    refs["value"] = None if cfg.share_value_backbone else \
-        resolve_model(cfg.value_model or cfg.reward_model, cfg.database_url, lookup=lookup)
-    rows = data.load_rows(data.PROMPT_KIND, url=cfg.database_url, project=cfg.project, dataset=cfg.dataset)
-    if cfg.eval_dataset:
-        train_rows, held_rows = rows.rows, data.prompt_rows_from_file(cfg.eval_dataset).rows
-    else:
-        train_rows, held_rows = data.split_by_prompt(rows.rows, cfg.eval_fraction)
-    if cfg.max_rows:
-        train_rows = train_rows[:cfg.max_rows]
-    if not train_rows:
-        raise InputError("no training prompts left after the held-out split", field="eval_fraction")
+        from rlhf import data
+        from rlhf.formatting import use_chat_for_training
+        from rlhf.modeling import load_tokenizer, pad_problem, resolve_model
 
-    tok = load_tokenizer(refs["policy"].path, padding_side="left")
-    problem = pad_problem(tok)
-    if problem:
-        raise InputError(f"policy {refs['policy'].ref!r}: {problem}; PPO pads rollouts and masks the padding, so it "
-                         "needs a separate pad token (train the SFT model with one)", field="model")
-    ref_tok = load_tokenizer(refs["reference"].path)
-    if _vocab_key(ref_tok) != _vocab_key(tok):
-        raise InputError(f"the reference {refs['reference'].ref!r} and the policy {refs['policy'].ref!r} do not share "
-                         "a tokenizer: the per-token KL compares their log-probs of the same token ids",
-                         field="reference_model")
-    try:
-        rm_tok = load_tokenizer(refs["reward"].path)
-    except InputError:
-        rm_tok = None
-    from transformers import AutoConfig
-
-    rm_vocab = getattr(AutoConfig.from_pretrained(refs["reward"].path), "vocab_size", None)
-    if rm_tok is None:
-        if rm_vocab != len(tok):
-            raise InputError(f"reward model {refs['reward'].ref!r} has no tokenizer of its own and a different "
-                             f"vocabulary ({rm_vocab} vs the policy's {len(tok)}): save its tokenizer beside it",
+        cfg = self.cfg
+        if not cfg.reward_model:
+            raise InputError("--reward_model is required (a registered reward version, a directory or a hub id)",
                              field="reward_model")
-        rm_tok = tok
-    rm_problem = pad_problem(rm_tok)
-    if rm_problem:
-        raise InputError(f"reward model {refs['reward'].ref!r}: {rm_problem}; it reads its score at the last non-pad "
-                         "token, so it needs a separate pad token", field="reward_model")
-    same_vocab = _vocab_key(rm_tok) == _vocab_key(tok)
-    if refs["value"] is not None:  # the value model reads the policy's token ids
-        try:
-            v_tok = rm_tok if refs["value"].path == refs["reward"].path else load_tokenizer(refs["value"].path)
-        except InputError:
-            v_tok = tok
-        if _vocab_key(v_tok) != _vocab_key(tok):
-            raise InputError(f"value model {refs['value'].ref!r} (default: the reward model) has another vocabulary "
-                             "than the policy, whose tokens it reads: pass --value_model with the policy's "
-                             "tokenizer, or --share_value_backbone", field="value_model")
-    pcfg = AutoConfig.from_pretrained(refs["policy"].path)
-    n_pos = getattr(pcfg, "n_positions", None) or getattr(pcfg, "max_position_embeddings", None)
-    budget = cfg.max_prompt_length or ((n_pos - cfg.max_new_tokens) if n_pos else 10 ** 9)
-    if n_pos and budget + cfg.max_new_tokens > n_pos:
-        budget = n_pos - cfg.max_new_tokens
-    if budget < 1:
-        raise InputError(f"--max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the policy's context "
-                         f"of {n_pos} tokens: lower --max_new_tokens", field="max_new_tokens")
-    chat = use_chat_for_training(tok, cfg.chat_format)
-    train_ids, cut = render_prompts(tok, train_rows, chat, budget)
-    held_ids, held_cut = render_prompts(tok, held_rows, chat, budget)
-    if cut or held_cut:
-        log.warning("%d training and %d held-out prompts are longer than %d tokens and were left-truncated "
-                    "(their end kept)", cut, held_cut, budget)
-    ptx_tokens = load_ptx_tokens(cfg.ptx_data, tok, len(tok)) if cfg.ptx_data and cfg.ptx_coef > 0 else None
-    name, run_dir = runs.setup_run(cfg, JOB)
-    log.info("PPO %s: %d train / %d held-out prompts (%s), chat template: %s, reward model %s (%s tokenizer)",
-             name, len(train_ids), len(held_ids), rows.source.get("project") or rows.source.get("dataset"), chat,
-             refs["reward"].ref, "shared" if same_vocab else "own")
+        if cfg.ptx_coef > 0 and not cfg.ptx_data:
+            raise InputError("--ptx_coef > 0 (PPO-ptx) needs pretraining data: --ptx_data DIR|FILE", field="ptx_data")
+        lookup = bool(cfg.register or cfg.project)
+        refs = {"policy": resolve_model(cfg.model, cfg.database_url, lookup=lookup),
+                "reference": resolve_model(cfg.reference_model or cfg.model, cfg.database_url, lookup=lookup),
+                "reward": resolve_model(cfg.reward_model, cfg.database_url, lookup=lookup)}
+        refs["value"] = None if cfg.share_value_backbone else \
+            resolve_model(cfg.value_model or cfg.reward_model, cfg.database_url, lookup=lookup)
+        self.refs = refs
+        self.rows = data.load_rows(data.PROMPT_KIND, url=cfg.database_url, project=cfg.project, dataset=cfg.dataset)
+        if cfg.eval_dataset:
+            train_rows, held_rows = self.rows.rows, data.prompt_rows_from_file(cfg.eval_dataset).rows
+        else:
+            train_rows, held_rows = data.split_by_prompt(self.rows.rows, cfg.eval_fraction)
+        if cfg.max_rows:
+            train_rows = train_rows[:cfg.max_rows]
+        if not train_rows:
+            raise InputError("no training prompts left after the held-out split", field="eval_fraction")
+        self.train_rows, self.held_rows = train_rows, held_rows
 
-    set_seed(cfg.seed)
-    models = _load_models(cfg, refs)
-    for key in ("reward", "value"):
-        if models[key] is not None:
-            models[key].config.pad_token_id = rm_tok.pad_token_id if key == "reward" else tok.pad_token_id
-    models["reward"].to(device()).eval().requires_grad_(False)
-    prompt_of = {tuple(ids): r["prompt"] for ids, r in zip(train_ids + held_ids, train_rows + held_rows)}
-    rm_chat = reward.info(models["reward"]).get("chat_template")
-    scorer = RewardScorer(models["reward"], rm_tok, tok, prompt_of,
-                          bool(rm_chat) if rm_chat is not None else use_chat_for_training(rm_tok, "auto"), same_vocab)
-    ptx = PtxData(ptx_tokens, cfg.ptx_block_size, cfg.seed) if ptx_tokens is not None else None
-    metrics_path = run_dir / runs.METRICS_FILE
-    resume = last_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and resume is None:
-        log.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
-    trainer = PPOTrainer(cfg, models["policy"], models["reference"], scorer, tok, train_ids,
-                         value_model=models["value"], stop_ids=stop_token_ids(models["policy"], tok), ptx=ptx,
-                         callbacks=[metrics_writer(metrics_path)])
-    if trainer.accelerator.is_main_process:
-        _truncate_metrics(metrics_path, int(resume.name.split("-")[-1]) if resume else 0)
-    trainer.accelerator.wait_for_everyone()
-    last = trainer.train(resume_from=resume, stop_at_step=cfg.stop_at_step)
-    if cfg.stop_at_step is not None and trainer.step < trainer.num_updates:
-        log.info("stopped at update %d as asked (checkpoint-%d in %s): continue with --resume", trainer.step,
-                 trainer.step, run_dir)
-        return {"name": name, "run_dir": str(run_dir), "stopped_at": trainer.step, "version_id": None,
-                "metrics": {"global_step": trainer.step}, "trainer": trainer}
-    trainer.save_model(run_dir)
-    metrics: dict[str, Any] = {"global_step": trainer.step, "train_prompts": len(train_ids),
-                               "held_out_prompts": len(held_ids), "prompts_truncated": cut + held_cut,
-                               **{k: v for k, v in last.items() if k.startswith(("objective/", "policy/", "loss/"))}}
-    version_id = None
-    if trainer.accelerator.is_main_process:
-        if held_rows:
-            ev = evaluate_policy(trainer.unwrapped.policy, models["reference"], scorer, tok, held_ids,
-                                 held_rows, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                 stop_ids=stop_token_ids(models["policy"], tok), seed=cfg.seed)
+        tok = load_tokenizer(refs["policy"].path, padding_side="left")
+        problem = pad_problem(tok)
+        if problem:
+            raise InputError(f"policy {refs['policy'].ref!r}: {problem}; PPO pads rollouts and masks the padding, so "
+                             "it needs a separate pad token (train the SFT model with one)", field="model")
+        if _vocab_key(load_tokenizer(refs["reference"].path)) != _vocab_key(tok):
+            raise InputError(f"the reference {refs['reference'].ref!r} and the policy {refs['policy'].ref!r} do not "
+                             "share a tokenizer: the per-token KL compares their log-probs of the same token ids",
+                             field="reference_model")
+        try:
+            rm_tok = load_tokenizer(refs["reward"].path)
+        except InputError:
+            rm_tok = None
+        if rm_tok is None:
+            rm_vocab = getattr(AutoConfig.from_pretrained(refs["reward"].path), "vocab_size", None)
+            if rm_vocab != len(tok):
+                raise InputError(f"reward model {refs['reward'].ref!r} has no tokenizer of its own and a different "
+                                 f"vocabulary ({rm_vocab} vs the policy's {len(tok)}): save its tokenizer beside it",
+                                 field="reward_model")
+            rm_tok = tok
+        rm_problem = pad_problem(rm_tok)
+        if rm_problem:
+            raise InputError(f"reward model {refs['reward'].ref!r}: {rm_problem}; it reads its score at the last "
+                             "non-pad token, so it needs a separate pad token", field="reward_model")
+        self.same_vocab = _vocab_key(rm_tok) == _vocab_key(tok)
+        if refs["value"] is not None:  # the value model reads the policy's token ids
+            try:
+                v_tok = rm_tok if refs["value"].path == refs["reward"].path else load_tokenizer(refs["value"].path)
+            except InputError:
+                v_tok = tok
+            if _vocab_key(v_tok) != _vocab_key(tok):
+                raise InputError(f"value model {refs['value'].ref!r} (default: the reward model) has another "
+                                 "vocabulary than the policy, whose tokens it reads: pass --value_model with the "
+                                 "policy's tokenizer, or --share_value_backbone", field="value_model")
+        pcfg = AutoConfig.from_pretrained(refs["policy"].path)
+        n_pos = getattr(pcfg, "n_positions", None) or getattr(pcfg, "max_position_embeddings", None)
+        budget = cfg.max_prompt_length or ((n_pos - cfg.max_new_tokens) if n_pos else 10 ** 9)
+        if n_pos and budget + cfg.max_new_tokens > n_pos:
+            budget = n_pos - cfg.max_new_tokens
+        if budget < 1:
+            raise InputError(f"--max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the policy's "
+                             f"context of {n_pos} tokens: lower --max_new_tokens", field="max_new_tokens")
+        self.tok, self.rm_tok = tok, rm_tok
+        self.chat = use_chat_for_training(tok, cfg.chat_format)
+        self.train_ids, cut = render_prompts(tok, train_rows, self.chat, budget)
+        self.held_ids, held_cut = render_prompts(tok, held_rows, self.chat, budget)
+        self.truncated = cut + held_cut
+        if self.truncated:
+            self.log.warning("%d training and %d held-out prompts are longer than %d tokens and were left-truncated "
+                             "(their end kept)", cut, held_cut, budget)
+        self.ptx_tokens = load_ptx_tokens(cfg.ptx_data, tok, len(tok)) if cfg.ptx_data and cfg.ptx_coef > 0 else None
+
+    def build(self) -> None:
+        from transformers import set_seed
+
+        from rlhf import reward
+        from rlhf.formatting import use_chat_for_training
+        from rlhf.modeling import device, stop_token_ids
+        from rlhf.ppo_trainer import PPOTrainer, PtxData, metrics_writer
+
+        cfg, tok = self.cfg, self.tok
+        self.log.info("PPO %s: %d train / %d held-out prompts (%s), chat template: %s, reward model %s (%s "
+                      "tokenizer)", self.name, len(self.train_ids), len(self.held_ids),
+                      self.rows.source.get("project") or self.rows.source.get("dataset"), self.chat,
+                      self.refs["reward"].ref, "shared" if self.same_vocab else "own")
+        set_seed(cfg.seed)
+        self.models = models = _load_models(cfg, self.refs)
+        models["reward"].config.pad_token_id = self.rm_tok.pad_token_id
+        if models["value"] is not None:
+            models["value"].config.pad_token_id = tok.pad_token_id
+        models["reward"].to(device()).eval().requires_grad_(False)
+        prompt_of = {tuple(ids): r["prompt"] for ids, r in zip(self.train_ids + self.held_ids,
+                                                               self.train_rows + self.held_rows)}
+        rm_chat = reward.info(models["reward"]).get("chat_template")
+        self.scorer = RewardScorer(models["reward"], self.rm_tok, tok, prompt_of,
+                                   bool(rm_chat) if rm_chat is not None else use_chat_for_training(self.rm_tok, "auto"),
+                                   self.same_vocab)
+        ptx = PtxData(self.ptx_tokens, cfg.ptx_block_size, cfg.seed) if self.ptx_tokens is not None else None
+        self.stop_ids = stop_token_ids(models["policy"], tok)
+        self.trainer = PPOTrainer(cfg, models["policy"], models["reference"], self.scorer, tok, self.train_ids,
+                                  value_model=models["value"], stop_ids=self.stop_ids, ptx=ptx,
+                                  callbacks=[metrics_writer(self.run_dir / runs.METRICS_FILE)])
+
+    def is_main(self) -> bool:
+        return self.trainer.accelerator.is_main_process
+
+    def barrier(self) -> None:
+        self.trainer.accelerator.wait_for_everyone()
+
+    def find_checkpoint(self) -> str | None:
+        from rlhf.ppo_trainer import last_checkpoint
+
+        found = last_checkpoint(self.run_dir)
+        return str(found) if found else None
+
+    def fit(self, resume: str | None) -> dict[str, Any] | None:
+        if self.is_main():  # rows logged after the checkpoint are logged again
+            _truncate_metrics(self.run_dir / runs.METRICS_FILE, int(resume.rsplit("-", 1)[-1]) if resume else 0)
+        self.barrier()
+        tr = self.trainer
+        last = tr.train(resume_from=resume, stop_at_step=self.cfg.stop_at_step)
+        if self.cfg.stop_at_step is not None and tr.step < tr.num_updates:
+            return None
+        return {"global_step": tr.step, "train_prompts": len(self.train_ids), "held_out_prompts": len(self.held_ids),
+                "prompts_truncated": self.truncated,
+                **{k: v for k, v in last.items() if k.startswith(("objective/", "policy/", "loss/"))}}
+
+    def stopped_summary(self) -> dict[str, Any]:
+        step = self.trainer.step
+        self.log.info("stopped at update %d as asked (checkpoint-%d in %s): continue with --resume", step, step,
+                      self.run_dir)
+        return self.result(stopped_at=step, metrics={"global_step": step}, version_id=None, trainer=self.trainer)
+
+    def save(self, metrics: dict[str, Any]) -> None:
+        """The policy (HF checkpoint) and value model; then, on the main process, the held-out evaluation."""
+        from rlhf.evaluate import evaluate_policy
+
+        cfg = self.cfg
+        self.trainer.save_model(self.run_dir)
+        if self.is_main() and self.held_rows:
+            ev = evaluate_policy(self.trainer.unwrapped.policy, self.models["reference"], self.scorer, self.tok,
+                                 self.held_ids, self.held_rows, max_new_tokens=cfg.max_new_tokens,
+                                 temperature=cfg.temperature, stop_ids=self.stop_ids, seed=cfg.seed)
             metrics.update({f"eval/{k}": v for k, v in ev.items()})
             metrics["eval/kl_under_target"] = ev["kl"] <= cfg.target_kl
-        runs.append_metrics(run_dir, {"final": True, **metrics})
-        extra = {"job": JOB, "name": name, **{f"{k}_path": r.path for k, r in refs.items() if r is not None},
-                 "chat_template": chat, "source": rows.source, "reward_tokenizer": "shared" if same_vocab else "own"}
-        runs.write_config(run_dir, cfg, extra)
+
+    def record(self) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+        from db.session import session_scope
+        from rlhf.modeling import ensure_registered
+
+        cfg, refs = self.cfg, self.refs
+        lineage: dict[str, Any] = {}
         if cfg.register:
-            version_id = _register(cfg, name, run_dir, refs, rows, train_rows, held_rows, chat, metrics)
-    trainer.accelerator.wait_for_everyone()
-    log.info("PPO done: %s", json.dumps({k: v for k, v in metrics.items() if k.startswith(("eval/", "objective/"))},
-                                        default=str))
-    return {"name": name, "run_dir": str(run_dir), "metrics": metrics, "version_id": version_id, "trainer": trainer}
+            with session_scope(cfg.database_url) as s:
+                for key, r in refs.items():
+                    if r is not None:
+                        mv = ensure_registered(s, r)
+                        lineage[key] = {"id": mv.id, "name": mv.name, "kind": mv.kind}
+        else:
+            lineage = {k: {"path": r.path} for k, r in refs.items() if r is not None}
+        if cfg.share_value_backbone:
+            lineage["value"] = {"shared_backbone": True}
+        config = {"chat_template": self.chat, "reference": lineage["reference"], "reward_model": lineage["reward"],
+                  "value_init": lineage["value"],
+                  **{k: getattr(cfg, k) for k in ("kl_coef", "adaptive_kl", "target_kl", "kl_estimator", "ptx_coef",
+                                                   "num_ppo_epochs", "num_mini_batches", "max_new_tokens",
+                                                   "temperature", "cliprange", "vf_coef", "gamma", "lam",
+                                                   "missing_eos_penalty")}}
+        snapshot = {**self.rows.source, "ids": {"prompts": [r["prompt_id"] for r in self.train_rows]},
+                    "held_out_prompt_ids": [r["prompt_id"] for r in self.held_rows]}
+        extra = {**{f"{k}_path": r.path for k, r in refs.items() if r is not None}, "chat_template": self.chat,
+                 "source": self.rows.source, "reward_tokenizer": "shared" if self.same_vocab else "own"}
+        return refs["policy"], config, snapshot, extra
+
+    def result(self, **kw: Any) -> dict[str, Any]:
+        return {"name": self.name, "run_dir": str(self.run_dir), "trainer": self.trainer, **kw}
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    return PPOJob(cfg).run()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -279,31 +334,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     keep = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step and not json.loads(line).get("final")]
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-
-
-def _register(cfg: Any, name: str, run_dir: Path, refs: dict[str, Any], rows: Any, train_rows: list[dict[str, Any]],
-              held_rows: list[dict[str, Any]], chat: bool, metrics: dict[str, Any]) -> int:
-    from db.session import session_scope
-    from rlhf import runs
-    from rlhf.modeling import ensure_registered
-
-    lineage: dict[str, Any] = {}
-    with session_scope(cfg.database_url) as s:
-        for key, r in refs.items():
-            if r is not None:
-                mv = ensure_registered(s, r)
-                lineage[key] = {"id": mv.id, "name": mv.name, "kind": mv.kind}
-    if cfg.share_value_backbone:
-        lineage["value"] = {"shared_backbone": True}
-    config = {"job": JOB, "chat_template": chat, "run_dir": str(run_dir.resolve()),
-              "reference": lineage["reference"], "reward_model": lineage["reward"], "value_init": lineage["value"],
-              **{k: getattr(cfg, k) for k in ("kl_coef", "adaptive_kl", "target_kl", "kl_estimator", "ptx_coef",
-                                               "num_ppo_epochs", "num_mini_batches", "max_new_tokens", "temperature",
-                                               "cliprange", "vf_coef", "gamma", "lam", "missing_eos_penalty")},
-              **runs.training_config(cfg)}
-    snapshot = {**rows.source, "ids": {"prompts": [r["prompt_id"] for r in train_rows]},
-                "held_out_prompt_ids": [r["prompt_id"] for r in held_rows]}
-    return runs.register(cfg.database_url, name, "policy", run_dir, refs["policy"], config, metrics, snapshot)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -15,89 +15,91 @@ the demonstration ids. Every TRL ``SFTConfig`` / ``TrainingArguments`` flag work
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from db.services.errors import InputError
+from rlhf import runs
 
-log = logging.getLogger("rlhf.train_sft")
 JOB = "train_sft"
 
 
-def _limit_length(cfg: Any, tokenizer: Any, model: Any) -> None:
+def _limit_length(cfg: Any, model: Any) -> None:
+    """--max_length defaults to (and may not exceed) the model's context."""
     n_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if n_pos and (cfg.max_length is None or cfg.max_length > n_pos):
         cfg.max_length = int(n_pos)
 
 
+class SFTJob(runs.HFTrainerJob):
+    JOB, KIND = JOB, "sft"
+
+    def prepare(self) -> None:
+        from rlhf import data
+        from rlhf.formatting import use_chat_for_training
+        from rlhf.modeling import load_tokenizer, resolve_model
+
+        cfg = self.cfg
+        self.base = resolve_model(cfg.model, cfg.database_url, lookup=bool(cfg.register or cfg.project))
+        statuses = tuple(s.strip() for s in cfg.statuses.split(",") if s.strip())
+        filters = {"statuses": statuses} if cfg.project else {}
+        self.rows = data.load_rows(data.SFT_KIND, url=cfg.database_url, project=cfg.project, dataset=cfg.dataset,
+                                   **filters)
+        eval_rows = data.sft_rows_from_file(cfg.eval_dataset).rows if cfg.eval_dataset else None
+        self.tokenizer = load_tokenizer(self.base.path)
+        self.chat = use_chat_for_training(self.tokenizer, cfg.chat_format)
+        self.train_ds, self.eval_ds = data.build_datasets(self.rows.rows, data.SFT_KIND, self.chat,
+                                                          cfg.eval_fraction, cfg.max_rows, eval_rows)
+
+    def build(self) -> None:
+        from transformers import set_seed
+        from trl import SFTTrainer
+
+        from rlhf.modeling import add_pad_token, load_causal_lm, pad_problem
+
+        cfg = self.cfg
+        self.log.info("SFT %s: %d train / %d eval rows (%s), chat template: %s", self.name, len(self.train_ds),
+                      len(self.eval_ds) if self.eval_ds else 0,
+                      self.rows.source.get("project") or self.rows.source.get("dataset"), self.chat)
+        # new weights (added pad rows) come from --seed, not from whatever ran before in this process
+        set_seed(cfg.seed)
+        model = load_causal_lm(self.base.path, cfg.attn_implementation)
+        problem = pad_problem(self.tokenizer)
+        if problem:
+            self.log.warning("%s: adding a separate '<|pad|>' token (pad must differ from EOS)", problem)
+            add_pad_token(self.tokenizer, model)
+        cfg.finalize_for_model(model)
+        _limit_length(cfg, model)
+        if cfg.completion_only_loss is None:
+            cfg.completion_only_loss = True
+        self.trainer = SFTTrainer(model=model, args=cfg, train_dataset=self.train_ds, eval_dataset=self.eval_ds,
+                                  processing_class=self.tokenizer, callbacks=self.callbacks())
+
+    def fit(self, resume: str | None) -> dict[str, Any] | None:
+        result = self.train_hf(resume)
+        if result is None:
+            return None
+        metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
+                                   "train_rows": len(self.train_ds),
+                                   "eval_rows": len(self.eval_ds) if self.eval_ds else 0}
+        if self.eval_ds is not None:
+            ev = self.trainer.evaluate()
+            metrics.update({k: v for k, v in ev.items() if k in ("eval_loss", "eval_mean_token_accuracy",
+                                                                "eval_entropy")})
+        return metrics
+
+    def save(self, metrics: dict[str, Any]) -> None:
+        self.trainer.save_model(str(self.run_dir))  # every rank: FSDP / DeepSpeed gather the weights collectively
+        if self.is_main():
+            self.tokenizer.save_pretrained(str(self.run_dir))
+
+    def record(self) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+        config = {"base": self.base.path, "chat_template": self.chat}
+        extra = {"base": self.base.path, "base_version": self.base.version_name, "chat_template": self.chat,
+                 "source": self.rows.source}
+        return self.base, config, self.rows.snapshot(), extra
+
+
 def run(cfg: Any) -> dict[str, Any]:
-    from transformers import set_seed
-    from trl import SFTTrainer
-
-    from rlhf import data, runs
-    from rlhf.formatting import use_chat_for_training
-    from rlhf.modeling import add_pad_token, load_causal_lm, load_tokenizer, pad_problem, resolve_model
-
-    # ---- everything that can be wrong is checked before the model is loaded
-    if cfg.project is None and cfg.dataset is None:
-        raise InputError("give --project NAME (database) or --dataset FILE.jsonl", field="project")
-    base = resolve_model(cfg.model, cfg.database_url, lookup=bool(cfg.register or cfg.project))
-    statuses = tuple(s.strip() for s in cfg.statuses.split(",") if s.strip())
-    filters = {"statuses": statuses} if cfg.project else {}
-    rows = data.load_rows(data.SFT_KIND, url=cfg.database_url, project=cfg.project, dataset=cfg.dataset,
-                          **filters)
-    eval_rows = data.sft_rows_from_file(cfg.eval_dataset).rows if cfg.eval_dataset else None
-    name, run_dir = runs.setup_run(cfg, JOB)
-    tokenizer = load_tokenizer(base.path)
-    chat = use_chat_for_training(tokenizer, cfg.chat_format)
-    train_ds, eval_ds = data.build_datasets(rows.rows, data.SFT_KIND, chat, cfg.eval_fraction, cfg.max_rows,
-                                            eval_rows)
-    log.info("SFT %s: %d train / %d eval rows (%s), chat template: %s", name, len(train_ds),
-             len(eval_ds) if eval_ds else 0, rows.source.get("project") or rows.source.get("dataset"), chat)
-
-    # new weights (a reward head, added pad rows) come from --seed, not from whatever ran before in this process
-    set_seed(cfg.seed)
-    model = load_causal_lm(base.path, cfg.attn_implementation)
-    problem = pad_problem(tokenizer)
-    if problem:
-        log.warning("%s: adding a separate '<|pad|>' token (pad must differ from EOS)", problem)
-        add_pad_token(tokenizer, model)
-    cfg.finalize_for_model(model)
-    _limit_length(cfg, tokenizer, model)
-    if cfg.completion_only_loss is None:
-        cfg.completion_only_loss = True
-
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, callbacks=[runs.metrics_callback(run_dir, cfg.stop_at_step)])
-    resume = runs.last_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and resume is None:
-        log.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
-    stopped = runs.stopped_early(cfg, trainer, name, run_dir, log)
-    if stopped is not None:
-        return stopped
-    metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step,
-                               "train_rows": len(train_ds), "eval_rows": len(eval_ds) if eval_ds else 0}
-    if eval_ds is not None:
-        ev = trainer.evaluate()
-        metrics.update({k: v for k, v in ev.items() if k in ("eval_loss", "eval_mean_token_accuracy",
-                                                            "eval_entropy")})
-    version_id = None
-    trainer.save_model(str(run_dir))  # every rank: FSDP / DeepSpeed gather the weights collectively
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(run_dir))
-        runs.append_metrics(run_dir, {"final": True, **metrics})
-        extra = {"job": JOB, "name": name, "base": base.path, "base_version": base.version_name,
-                 "chat_template": chat, "source": rows.source}
-        runs.write_config(run_dir, cfg, extra)
-        if cfg.register:
-            config = {"job": JOB, "base": base.path, "chat_template": chat, "run_dir": str(run_dir.resolve()),
-                      **runs.training_config(cfg)}
-            version_id = runs.register(cfg.database_url, name, "sft", run_dir, base, config, metrics,
-                                       rows.snapshot())
-    log.info("SFT done: %s", metrics)
-    return {"name": name, "run_dir": str(run_dir), "metrics": metrics, "version_id": version_id,
-            "trainer": trainer}
+    return SFTJob(cfg).run()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
