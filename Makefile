@@ -10,10 +10,11 @@ PORT ?= 8501
 export DATABASE_URL ?= sqlite:///data/instructloop.sqlite3
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo demo-data app test test-fast bench lint clean help
+.PHONY: install system-deps demo demo-data app worker test test-fast bench lint clean help
 
 help:
-	@echo "make demo   install, migrate, seed a demo project and run the app on http://localhost:$(PORT)"
+	@echo "make demo   install, migrate, seed a demo project and run the app on http://localhost:$(PORT) with a job worker"
+	@echo "make worker run a job worker alone (python -m rlhf.worker: runs the jobs queued on the Jobs page)"
 	@echo "make test   install, start a throwaway PostgreSQL, run all tests on SQLite and PostgreSQL"
 	@echo "make bench  print the benchmark figures"
 
@@ -34,9 +35,18 @@ demo-data: install
 	$(PY) -m db upgrade
 	$(PY) -m rlhf.demo
 
+# The app and, beside it, a worker that runs the jobs queued on the Jobs page (each as its own process); the
+# worker stops (terminating its running jobs) when the app does. WORKER=0 runs the app alone.
+WORKER ?= 1
 app: install
+	@set -u; worker=; \
+	if [ "$(WORKER)" = 1 ]; then $(PY) -m rlhf.worker & worker=$$!; \
+	  trap '[ -n "$$worker" ] && kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT; fi; \
 	$(VENV)/bin/streamlit run labeling_ui/app.py --server.port $(PORT) --server.headless true \
 		--browser.gatherUsageStats false
+
+worker: install
+	$(PY) -m rlhf.worker
 
 demo: demo-data app
 

@@ -36,6 +36,7 @@ ADMIN_PAGES = [
     ("users.py", "Users", ":material/group:", "users"),
     ("imports.py", "Import", ":material/upload_file:", "import"),
     ("models.py", "Model versions", ":material/model_training:", "models"),
+    ("jobs.py", "Jobs", ":material/play_circle:", "jobs"),
     ("export.py", "Export", ":material/download:", "export"),
 ]
 
@@ -65,7 +66,8 @@ else:
     alias = st.Page(to_compare, title="Start", url_path="start", visibility="hidden", default=True)
     if user["role"] == "admin":
         admin = [st.Page(V / f, title=t, icon=i, url_path=u) for f, t, i, u in ADMIN_PAGES]
-        pg = st.navigation({"Label": ANNOTATOR_PAGES, "Admin": admin, "": [alias]})
+        # expanded: all twelve links, never a "View more" that hides Export at 1280x720
+        pg = st.navigation({"Label": ANNOTATOR_PAGES, "Admin": admin, "": [alias]}, expanded=True)
     else:
         # Admin URLs stay registered (hidden) so that opening one shows a refusal, not a random page.
         hidden = [st.Page(auth.refuse, title=t, url_path=u, visibility="hidden") for _, t, _, u in ADMIN_PAGES]

@@ -356,3 +356,116 @@ def test_worker_help_and_bad_flags():
     r = subprocess.run([sys.executable, "-m", "rlhf.worker", "--kinds", "train_everything", "--url",
                         "sqlite:///nowhere.sqlite3"], check=False, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "unknown job kind" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------ the Jobs page
+
+APP = str(ROOT / "labeling_ui" / "app.py")
+JOBS_PAGE = str(ROOT / "labeling_ui" / "views" / "jobs.py")
+
+
+@pytest.fixture
+def seeded(sqlite_url, monkeypatch):
+    from labeling_ui.seed import seed
+
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    info = seed(sqlite_url, n_compare=2, n_rank=0, n_demonstrate=0, create_tables=False)
+    info["url"] = sqlite_url
+    return info
+
+
+def page_as(info: dict, username: str, role: str, script: str = APP):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(script, default_timeout=60)
+    at.session_state["user"] = {"id": info[f"{username}_id"], "username": username, "display_name": username,
+                                "role": role}
+    at.run()
+    if script == APP:
+        at.switch_page("views/jobs.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def shown(at) -> str:
+    parts = [e.value for e in (*at.markdown, *at.error, *at.warning, *at.info, *at.success, *at.caption, *at.code)]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_jobs_page_refuses_annotators(seeded):
+    at = page_as(seeded, "alice", "annotator", JOBS_PAGE)
+    assert "for admins only" in shown(at)
+    assert not at.button and not at.selectbox and not at.dataframe
+    with pytest.raises(ValueError, match="Could not find a navigation page"):  # not in an annotator's app
+        page_as(seeded, "alice", "annotator")
+
+
+def test_jobs_page_queues_watches_cancels_and_generates_from_the_new_version(seeded, tmp_path):
+    url = seeded["url"]
+    at = page_as(seeded, "admin", "admin")
+    assert "No jobs yet" in shown(at)
+    at.selectbox(key="job_kind").set_value("train_sft").run()
+    at.text_input(key="job_name_train_sft").input("sft-ui")
+    at.number_input(key="job_steps_train_sft").set_value(5)
+    at.text_area(key="job_adv_train_sft").input("learning_rate: 0.001\nbf16: false")
+    next(b for b in at.button if b.label == "Queue job").click().run()
+    assert not at.exception
+    with session_scope(url) as s:
+        (j,) = jobs.list_jobs(s)
+        assert (j.kind, j.name, j.state, j.created_by) == ("train_sft", "sft-ui", "queued", seeded["admin_id"])
+        assert j.args == {"project": "demo", "model": "base-v1", "max_steps": 5, "learning_rate": 0.001,
+                          "bf16": False}
+    assert "Waiting for a worker" in shown(at)
+
+    # A bad advanced box is refused with a clear message and queues nothing.
+    at.text_area(key="job_adv_train_sft").input("- not a mapping")
+    next(b for b in at.button if b.label == "Queue job").click().run()
+    assert "one 'flag: value' per line" in shown(at)
+
+    # A worker runs it: progress from its tqdm bar, a loss plot from metrics.jsonl, the log tail.
+    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 3.0 - i / 2}) + "\n"
+                                                   for i in range(1, 4)))
+    log.write_text("$ python -m rlhf.train_sft ...\nINFO loaded 10 rows\n 60%|######    | 3/5 [00:03<00:02]\n")
+    with session_scope(url) as s:
+        jobs.claim_next(s, "h:1:1/1", "h")
+        jobs.mark_started(s, j.id, pid=123, pid_start=None, command=["python", "-m", "rlhf.train_sft"],
+                          log_path=str(log), run_dir=str(run_dir))
+    at.run()
+    assert not at.exception
+    assert at.get("progress")[0].proto.value == 60
+    assert len(at.get("vega_lite_chart")) == 1  # the loss plot (no accuracy logged yet)
+    assert "INFO loaded 10 rows" in shown(at)
+    at.button(key=f"job_cancel_{j.id}").click().run()
+    with session_scope(url) as s:
+        assert jobs.get_job(s, j.id).cancel_requested
+    assert "cancelling" in shown(at)
+
+    # It ends having registered its version: the page offers the next turn of the loop.
+    with session_scope(url) as s:
+        s.get(Job, j.id).cancel_requested = False
+        mv = registry.register_model_version(s, "sft-ui", "sft", str(run_dir), parent="sft-v1")
+        jobs.finish(s, j.id, exit_status=0, model_version_id=mv.id)
+    at.run()
+    assert "Registered model version **sft-ui**" in shown(at)
+    at.button(key=f"job_cmp_{j.id}").click().run()
+    assert not at.exception
+    with session_scope(url) as s:
+        gen = jobs.list_jobs(s)[0]
+        assert gen.kind == "generate" and gen.args["models"] == ["sft-ui", "sft-v1"]
+        assert gen.args["project"] == "demo" and gen.args["tasks"] == "compare"
+    assert at.session_state["job_pick"] == gen.id
+
+
+def test_jobs_page_renders_every_kind_form(seeded):
+    at = page_as(seeded, "admin", "admin")
+    for kind in jobs.JOB_KINDS:
+        at.selectbox(key="job_kind").set_value(kind).run()
+        assert not at.exception, kind
+        assert any(b.label == "Queue job" for b in at.button), kind
+    at.selectbox(key="job_kind").set_value("evaluate").run()
+    at.radio(key="job_eval_what").set_value("policy").run()
+    assert not at.exception
+    # No reward model registered yet: the policy evaluation says so instead of offering an empty choice.
+    assert at.selectbox(key="job_eval_judge_none").disabled

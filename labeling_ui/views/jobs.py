@@ -1,0 +1,272 @@
+"""Admin: jobs — queue generate / train / evaluate / pretrain jobs, watch them run, cancel them.
+
+The page never runs a job itself: it writes a job row (db.services.jobs.enqueue) and a worker
+(`python -m rlhf.worker`, started by `make demo`) runs it as its own process. What is shown of a running job
+(state, progress, metrics, log) is read from the row, its log file and its run folder's metrics.jsonl, and
+refreshed every few seconds while it runs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+import yaml
+
+from db.services import jobs, projects, registry
+from db.services.errors import ServiceError
+from labeling_ui import auth
+from labeling_ui.common import db, local_time, show_error
+
+KIND_TITLES = {"train_sft": "SFT (demonstrations)", "train_reward": "Reward model (preferences)",
+               "train_ppo": "PPO (policy against a reward model)", "generate": "Generate responses and tasks",
+               "evaluate": "Evaluate", "pretrain": "Pretrain a base model"}
+STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "succeeded": ":material/check_circle:",
+               "failed": ":material/error:", "cancelled": ":material/cancel:"}
+# Metric groups plotted per job kind (keys of metrics.jsonl; groups with no data are left out).
+PLOTS: dict[str, list[tuple[str, list[str]]]] = {
+    "train_sft": [("Loss", ["loss", "eval_loss"]),
+                  ("Token accuracy", ["mean_token_accuracy", "eval_mean_token_accuracy"])],
+    "train_reward": [("Loss", ["loss", "eval_loss"]), ("Pairwise accuracy", ["accuracy", "eval_accuracy"])],
+    "train_ppo": [("Reward-model score", ["objective/scores", "objective/rlhf_reward"]),
+                  ("KL to the reference", ["objective/kl"]), ("Losses", ["loss/policy", "loss/value"])],
+    "pretrain": [("Loss", ["loss", "eval_train_loss", "val_loss"])],
+}
+REFRESH_S = 2.0
+
+user = auth.require_user("admin")
+st.subheader("Jobs")
+flash = st.session_state.pop("_flash_jobs", None)
+if flash:
+    st.toast(flash, icon=":material/check:")
+
+with db() as s:
+    project_names = [p.name for p in projects.list_projects(s)]
+    versions = [(mv.name, mv.kind) for mv in registry.list_versions(s)]
+    recent = [{"id": j.id, "kind": j.kind, "name": j.name or "", "state": j.state,
+               "progress": j.progress, "created": j.created_at, "started": j.started_at, "ended": j.ended_at,
+               "version": j.model_version.name if j.model_version else ""} for j in jobs.list_jobs(s, limit=50)]
+
+lms = [n for n, k in versions if k != "reward"]
+reward_models = [n for n, k in versions if k == "reward"]
+
+
+# ------------------------------------------------------------------------------------------ new job
+def job_args(fields: dict[str, Any], advanced: str) -> dict[str, Any]:
+    """The form's essential arguments plus the advanced YAML (flag: value lines) as one flag mapping."""
+    args = {k: v for k, v in fields.items() if v not in (None, "", [])}
+    extra = yaml.safe_load(advanced) if advanced.strip() else {}
+    if not isinstance(extra, dict):
+        raise ServiceError("advanced: write one 'flag: value' per line (YAML mapping), e.g. learning_rate: 1e-4")
+    both = sorted(set(extra) & set(args))
+    if both:
+        raise ServiceError(f"advanced: {', '.join(both)} is already set in the form above")
+    return {**args, **{str(k).removeprefix("--"): v for k, v in extra.items()}}
+
+
+def pick(label: str, options: list[str], key: str, help_: str | None = None) -> str | None:
+    if not options:
+        st.selectbox(label, ["(none registered yet)"], disabled=True, key=key + "_none", help=help_)
+        return None
+    return st.selectbox(label, options, key=key, help=help_)
+
+
+def new_job_form(kind: str) -> None:
+    needs_project = kind in ("generate", "train_sft", "train_reward", "train_ppo")
+    if needs_project and not project_names:
+        st.info("No projects yet: create one on the Projects page first.")
+        return
+    what = st.radio("Evaluate", ["reward", "policy"], horizontal=True, key="job_eval_what",
+                    format_func={"reward": "a reward model on a preference file",
+                                 "policy": "a policy against its reference, judged by a reward model"}.get) \
+        if kind == "evaluate" else None
+    with st.form(f"new_job_{kind}"):
+        f: dict[str, Any] = {}
+        name = None
+        if kind in jobs.TRAINING_JOB_KINDS:
+            name = st.text_input("Name of the new model version", key=f"job_name_{kind}",
+                                 placeholder=f"default: {kind.removeprefix('train_')}-job<id>")
+        if needs_project or what == "policy":
+            f["project"] = st.selectbox("Project", project_names, key=f"job_project_{kind}")
+        if kind == "generate":
+            f["models"] = st.multiselect("Models", lms, default=lms[-1:], key="job_gen_models",
+                                         help="each samples responses for every prompt of the project")
+            c1, c2 = st.columns(2)
+            f["num_samples"] = c1.number_input("Responses per prompt and model", 1, 16, 2, key="job_gen_k")
+            f["max_new_tokens"] = c2.number_input("Max new tokens", 1, 4096, 64, key="job_gen_tokens")
+            f["tasks"] = ",".join(st.multiselect("Tasks to create", ["compare", "rank", "demonstrate"],
+                                                 default=["compare"], key="job_gen_tasks"))
+        elif kind in ("train_sft", "train_reward"):
+            f["model"] = pick("Start from", lms, f"job_model_{kind}",
+                              "the model version to fine-tune (SFT: a base model; reward: usually the SFT model)")
+            c1, c2 = st.columns(2)
+            f["max_steps"] = c1.number_input("Steps (0 = by epochs)", 0, 10 ** 7, 0, key=f"job_steps_{kind}")
+            f["num_train_epochs"] = c2.number_input("Epochs", 0.0, 1000.0, 3.0 if kind == "train_sft" else 1.0,
+                                                    key=f"job_epochs_{kind}")
+        elif kind == "train_ppo":
+            f["model"] = pick("Policy to start from (the SFT model)", lms, "job_model_ppo")
+            f["reward_model"] = pick("Reward model", reward_models, "job_rm_ppo")
+            f["max_steps"] = st.number_input("PPO updates (steps)", 1, 10 ** 7, 100, key="job_steps_ppo")
+        elif kind == "evaluate" and what == "reward":
+            f["model"] = pick("Reward model", reward_models, "job_eval_rm")
+            f["dataset"] = st.text_input("Preference file (JSONL, on the worker's machine)", key="job_eval_data",
+                                         help="e.g. one written by `python -m db export preferences`")
+        elif kind == "evaluate":
+            f["model"] = pick("Policy", lms, "job_eval_policy")
+            f["reference"] = pick("Reference (usually its SFT parent)", lms, "job_eval_ref")
+            f["reward"] = pick("Reward model (the judge)", reward_models, "job_eval_judge")
+        elif kind == "pretrain":
+            c1, c2 = st.columns(2)
+            f["steps"] = c1.number_input("Steps", 1, 10 ** 7, 300, key="job_pt_steps")
+            f["attention"] = c2.selectbox("Attention", ["dense", "sparse"], key="job_pt_attn")
+            f["vocab_size"] = c1.number_input("Vocabulary size", 256, 65536, 4096, key="job_pt_vocab")
+            f["preset"] = c2.text_input("Preset", "tiny", key="job_pt_preset")
+            st.caption("Trains on the documentation shipped inside CPython (offline) and registers the export as "
+                       "a base version.")
+        advanced = st.text_area("Advanced: any other flag, as YAML", key=f"job_adv_{kind}", height=90,
+                                placeholder="learning_rate: 1.0e-4\nper_device_train_batch_size: 8",
+                                help=f"every flag of `python -m {'pretrain.pipeline' if kind == 'pretrain' else 'rlhf.' + kind}"
+                                     " --help`, without the leading --")
+        if st.form_submit_button("Queue job", type="primary", icon=":material/play_arrow:"):
+            if kind in ("train_sft", "train_reward"):
+                if not f.get("max_steps"):
+                    f.pop("max_steps", None)  # by epochs
+                else:
+                    f.pop("num_train_epochs", None)
+            if what:
+                f["what"] = what
+            try:
+                args = job_args({k: (int(v) if isinstance(v, float) and v.is_integer() and k != "num_train_epochs"
+                                     else v) for k, v in f.items()}, advanced)
+                with db() as s:
+                    job = jobs.enqueue(s, kind, args, name=name, created_by=user["id"])
+                    jid, jname = job.id, job.name
+            except (ServiceError, yaml.YAMLError) as e:
+                show_error(e)
+            else:
+                st.session_state["_flash_jobs"] = f"Job {jid} queued" + (f": it will register {jname}" if jname else "")
+                st.session_state["_job_pick_next"] = jid
+                st.rerun()
+
+
+with st.expander("New job", icon=":material/add:", expanded=not recent):
+    kind = st.selectbox("Kind", list(KIND_TITLES), format_func=KIND_TITLES.get, key="job_kind")
+    new_job_form(kind)
+    st.caption("A worker runs queued jobs (`python -m rlhf.worker`; `make demo` starts one). Nothing runs while "
+               "no worker is up: the job waits, queued.")
+
+if not recent:
+    st.info("No jobs yet.")
+    st.stop()
+
+table = pd.DataFrame([{**r, **{c: local_time(r[c]) for c in ("created", "started", "ended")}} for r in recent])
+st.dataframe(table, hide_index=True, width="stretch",
+             column_config={"progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0)})
+
+
+# ------------------------------------------------------------------------------------------ one job
+def metric_charts(kind: str, rows: list[dict[str, Any]]) -> int:
+    """Line charts of the job's metrics.jsonl; returns how many were drawn."""
+    rows = [r for r in rows if isinstance(r.get("step"), int | float) and not r.get("final")]
+    drawn = 0
+    groups = PLOTS.get(kind, [])
+    cols = st.columns(max(1, len(groups)))
+    for col, (title, keys) in zip(cols, groups):
+        long = [{"step": r["step"], "metric": k, "value": float(r[k])} for r in rows for k in keys
+                if isinstance(r.get(k), int | float) and not isinstance(r.get(k), bool)]
+        if not long:
+            continue
+        drawn += 1
+        with col:
+            st.markdown(f"##### {title}")
+            st.altair_chart(alt.Chart(pd.DataFrame(long)).mark_line(point=True).encode(
+                x=alt.X("step:Q"), y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+                color=alt.Color("metric:N", legend=alt.Legend(orient="bottom")),
+                tooltip=["step", "metric", "value"]).properties(height=220), width="stretch")
+    return drawn
+
+
+def job_panel(job_id: int) -> None:
+    try:
+        with db() as s:
+            d = jobs.job_detail(s, job_id)
+    except ServiceError as e:
+        show_error(e)
+        return
+    if d["state"] != by_id[job_id]["state"]:
+        st.rerun()  # it moved on (started, ended): refresh the table too, and stop refreshing once it ended
+    title = f"Job {d['id']} · {KIND_TITLES.get(d['kind'], d['kind'])}" + (f" · {d['name']}" if d["name"] else "")
+    st.markdown(f"#### {title}")
+    st.markdown(f"{STATE_ICONS.get(d['state'], '')} **{d['state']}**"
+                + (" (cancelling…)" if d["cancel_requested"] and d["state"] == "running" else "")
+                + (f" · exit status {d['exit_status']}" if d["exit_status"] is not None else "")
+                + (f" · started {local_time(d['started_at'])}" if d["started_at"] else "")
+                + (f" · ended {local_time(d['ended_at'])}" if d["ended_at"] else "")
+                + (f" · {d['host']} pid {d['pid']}" if d["pid"] else ""))
+    if d["state"] == "running":
+        st.progress(d["progress"] or 0.0, text=d["progress_text"] or "running")
+    elif d["state"] == "queued":
+        st.caption("Waiting for a worker (`python -m rlhf.worker`).")
+    cancellable = d["state"] in ("queued", "running") and not d["cancel_requested"]
+    if cancellable and st.button("Cancel job", icon=":material/stop_circle:", key=f"job_cancel_{job_id}"):
+        try:
+            with db() as s:
+                jobs.cancel(s, job_id)
+        except ServiceError as e:
+            show_error(e)
+        else:
+            st.session_state["_flash_jobs"] = f"Job {job_id}: cancel requested"
+            st.rerun()
+    mv = d["model_version"]
+    if d["state"] == "succeeded" and mv:
+        st.success(f"Registered model version **{mv['name']}** ({mv['kind']}).", icon=":material/new_releases:")
+        st.page_link("views/models.py", label="Model versions", icon=":material/model_training:")
+        if mv["kind"] != "reward" and project_names:
+            c1, c2 = st.columns([2, 1])
+            default = d["args"].get("project")
+            proj = c1.selectbox("Project for the new comparisons", project_names, key=f"job_cmp_project_{job_id}",
+                                index=project_names.index(default) if default in project_names else 0)
+            c2.write("")
+            if c2.button("Generate comparisons from it", icon=":material/compare_arrows:", type="primary",
+                         key=f"job_cmp_{job_id}",
+                         help="queues a generate job: responses of this version and its parent, paired as compare "
+                              "tasks for the annotators"):
+                try:
+                    with db() as s:
+                        g = jobs.enqueue_comparisons(s, mv["id"], proj, created_by=user["id"])
+                        gid = g.id
+                except ServiceError as e:
+                    show_error(e)
+                else:
+                    st.session_state["_flash_jobs"] = f"Job {gid} queued: compare tasks from {mv['name']}"
+                    st.session_state["_job_pick_next"] = gid
+                    st.rerun()
+    elif d["state"] == "succeeded" and d["result"]:
+        st.json(d["result"], expanded=False)
+    if d["error"]:
+        st.error(d["error"].split("\n--- last log lines ---")[0], icon=":material/error:")
+    if not metric_charts(d["kind"], d["metrics"]) and d["kind"] in PLOTS and d["state"] == "running":
+        st.caption("Metrics appear here once the job logs its first step.")
+    with st.expander("Arguments and command", icon=":material/terminal:"):
+        st.code(yaml.safe_dump(d["args"], sort_keys=True) or "{}", language="yaml")
+        if d["command"]:
+            st.code(" ".join(d["command"]), language="bash")
+    st.markdown("##### Log")
+    st.code(d["log_tail"] or "(no log yet)", language=None)
+    if d["log_path"]:
+        st.caption(f"Log file: `{d['log_path']}`" + (f" · run folder: `{d['run_dir']}`" if d["run_dir"] else ""))
+
+
+ids = [r["id"] for r in recent]
+by_id = {r["id"]: r for r in recent}
+if "_job_pick_next" in st.session_state:  # a job just queued here: show it (set before the widget exists)
+    st.session_state["job_pick"] = st.session_state.pop("_job_pick_next")
+if st.session_state.get("job_pick") not in by_id:
+    st.session_state["job_pick"] = ids[0]
+job_id = st.selectbox("Job", ids, key="job_pick",
+                      format_func=lambda i: f"{i} · {by_id[i]['kind']}{' · ' + by_id[i]['name'] if by_id[i]['name'] else ''}"
+                                            f" · {by_id[i]['state']}")
+# Refresh only the panel (not the page) while the job can still change.
+active = by_id[job_id]["state"] in ("queued", "running")
+st.fragment(job_panel, run_every=REFRESH_S if active else None)(job_id)
