@@ -210,12 +210,14 @@ def _trainer(tiny, tmp_path, **kw):
     value = AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=1)
     value.config.pad_token_id = tok.pad_token_id
     prompts = [tok(t)["input_ids"] for t in H.corpus(40, seed=1)[:40]]
-    ptx = kw.pop("ptx", None)
+    ptx, stop_ids = kw.pop("ptx", None), kw.pop("stop_ids", None)
+    if kw.get("share_value_backbone"):
+        value = None
     defaults = {"output_dir": str(tmp_path / "ppo"), "per_device_train_batch_size": 16, "num_mini_batches": 2,
                 "num_ppo_epochs": 4, "max_new_tokens": 8, "learning_rate": 1e-3, "max_steps": 25, "kl_coef": 0.05,
                 "use_cpu": True, "report_to": "none", "save_steps": 0, "seed": 1, "target_kl": 6.0}
     args = PPOConfig(**{**defaults, **kw})
-    return PPOTrainer(args, policy, ref, _good_fraction, tok, prompts, value_model=value, ptx=ptx)
+    return PPOTrainer(args, policy, ref, _good_fraction, tok, prompts, value_model=value, ptx=ptx, stop_ids=stop_ids)
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +264,19 @@ def test_ptx_loss_is_computed_and_logged(tiny, tmp_path):
     no_ptx = _trainer(tiny, tmp_path, max_steps=1, num_ppo_epochs=1)
     no_ptx.train()
     assert "loss/ptx" not in no_ptx.history[0]
+
+
+def test_shared_value_backbone_missing_eos_penalty_and_tensorboard(tiny, tmp_path):
+    never = [10 ** 6]  # a stop id that is never sampled: every response is cut at max_new_tokens
+    tr = _trainer(tiny, tmp_path, share_value_backbone=True, missing_eos_penalty=1.5, stop_ids=never, max_steps=2,
+                  num_ppo_epochs=1, report_to="tensorboard")
+    before = tr.unwrapped.value_head.weight.detach().clone()
+    tr.train()
+    assert tr.unwrapped.value_model is None and not torch.equal(before, tr.unwrapped.value_head.weight)
+    for h in tr.history:
+        assert h["val/ended_with_eos"] == 0 and h["val/response_length"] == 8
+        assert h["objective/scores"] == pytest.approx(h["objective/raw_scores"] - 1.5)
+    assert list((tmp_path / "ppo").rglob("events.out.tfevents.*")), "no TensorBoard event file"
 
 
 def test_adaptive_kl_lowers_beta_when_kl_is_under_target(tiny, tmp_path):
