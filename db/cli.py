@@ -190,6 +190,87 @@ def cmd_models_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from db.services import leaderboard
+    with _session(args) as s:
+        lb = leaderboard.leaderboard(s, args.project, rounds=args.rounds, seed=args.seed, prior=args.prior,
+                                     include_rankings=not args.no_rankings)
+    if args.json:
+        print(json.dumps({"battles": lb.battles, "rounds": lb.rounds, "seed": lb.seed,
+                          # to_json: missing values (no parent, no RM score) become null
+                          "versions": json.loads(lb.table.to_json(orient="records", force_ascii=False)),
+                          "head_to_head": json.loads(lb.head_to_head.to_json(orient="records"))}, indent=2,
+                         ensure_ascii=False))
+        return 0
+    if not len(lb.table):
+        print("no votes between two model versions yet (compare or rank tasks of responses from different "
+              "versions: python -m rlhf.generate --models A B --tasks compare)")
+        return 0
+    t = lb.table.copy()
+    for col in ("score", "lower", "upper"):
+        t[col] = t[col].round(0)
+    for col in ("wins", "win_rate", "win_rate_vs_parent", *leaderboard.RM_METRICS):
+        t[col] = t[col].astype(float).round(3)
+    pd.set_option("display.width", 200)
+    print(f"{lb.battles} votes between versions; Bradley-Terry on the Elo scale, 95% bootstrap interval over "
+          f"{lb.rounds} resamples (seed {lb.seed})")
+    print(t.to_string(index=False))
+    return 0
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    from db.services import jobs
+    with _session(args) as s:
+        rows = [{"id": j.id, "kind": j.kind, "name": j.name or "", "state": j.state,
+                 "progress": "" if j.progress is None else f"{j.progress:.0%}", "created_at": j.created_at,
+                 "ended_at": j.ended_at, "version": j.model_version.name if j.model_version else ""}
+                for j in jobs.list_jobs(s, states=args.state or None, limit=args.limit)]
+    print(pd.DataFrame(rows).to_string(index=False) if rows else "no jobs")
+    return 0
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    from db.services import jobs
+    with _session(args) as s:
+        d = jobs.job_detail(s, args.id, log_lines=args.lines)
+    log = d.pop("log_tail")
+    d.pop("metrics")
+    print(json.dumps(d, default=str, indent=2))
+    print("--- log ---\n" + (log or "(no log yet)"))
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    from db.services import jobs
+    with _session(args) as s:
+        j = jobs.cancel(s, args.id)
+        state = j.state
+    print(f"job {args.id}: " + ("cancelled" if state == "cancelled" else "cancel requested (its worker stops it)"))
+    return 0
+
+
+def cmd_jobs_submit(args: argparse.Namespace) -> int:
+    import yaml
+
+    from db.services import jobs
+    flags: dict = {}
+    if args.args_file:
+        loaded = yaml.safe_load(Path(args.args_file).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ServiceError(f"{args.args_file}: expected a YAML mapping of flag: value")
+        flags.update(loaded)
+    for item in args.arg or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ServiceError(f"--arg {item!r}: write FLAG=VALUE (the value is read as YAML: 2, true, [a, b])")
+        flags[key.removeprefix("--")] = yaml.safe_load(value) if value else ""
+    with _session(args) as s:
+        j = jobs.enqueue(s, args.kind, flags, name=args.name)
+        print(f"queued job {j.id} ({j.kind}{', registers ' + repr(j.name) if j.name else ''}); a worker runs it "
+              "(python -m rlhf.worker)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +378,43 @@ def build_parser() -> argparse.ArgumentParser:
     st = add(sub, "stats", cmd_stats, "progress per project and annotator, model versions with their metrics")
     st.add_argument("--project", help="annotator table for this project only")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    lb = add(sub, "leaderboard", cmd_leaderboard,
+             "human leaderboard of model versions: Bradley-Terry scores (Elo scale) from preference labels "
+             "between responses of different versions (ties as half wins, rankings as their pairs), with "
+             "bootstrap intervals (95 percent), votes, win rate against the parent, lineage and reward-model "
+             "scores")
+    lb.add_argument("--project", help="only labels of this project (default: all projects)")
+    lb.add_argument("--rounds", type=int, default=200, help="bootstrap resamples for the intervals (default 200; "
+                                                            "0: no intervals)")
+    lb.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0: reruns agree)")
+    lb.add_argument("--prior", type=float, default=0.1,
+                    help="weight of the Gaussian prior on strengths (natural log-odds; keeps an unbeaten version "
+                         "finite; 0: plain maximum likelihood; default 0.1)")
+    lb.add_argument("--no-rankings", action="store_true", help="count compare labels only, not rankings")
+    lb.add_argument("--json", action="store_true", help="machine-readable output (with head-to-head counts)")
+
+    jb = sub.add_parser("jobs", help="jobs run by workers (python -m rlhf.worker)",
+                        description="jobs run by workers (python -m rlhf.worker): list, show, cancel, submit")
+    js = jb.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    jl = add(js, "list", cmd_jobs_list, "list jobs, newest first")
+    jl.add_argument("--state", action="append", choices=["queued", "running", "succeeded", "failed", "cancelled"],
+                    help="only jobs in this state (repeatable)")
+    jl.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    jsh = add(js, "show", cmd_jobs_show, "one job: state, arguments, command, outcome and its log tail")
+    jsh.add_argument("id", type=int)
+    jsh.add_argument("--lines", type=int, default=40, help="log lines to show (default 40)")
+    jc = add(js, "cancel", cmd_jobs_cancel, "cancel a job (a running one is stopped by its worker)")
+    jc.add_argument("id", type=int)
+    jsu = add(js, "submit", cmd_jobs_submit, "queue a job: python -m rlhf.<kind> (pretrain: pretrain.pipeline) "
+                                              "with the given flags")
+    jsu.add_argument("kind", choices=["generate", "train_sft", "train_reward", "train_ppo", "evaluate", "pretrain"])
+    jsu.add_argument("--name", help="model version the job registers (training and pretrain; default "
+                                    "<kind>-job<id>)")
+    jsu.add_argument("--arg", action="append", metavar="FLAG=VALUE",
+                     help="a flag of the job (repeatable), e.g. --arg project=demo --arg max_steps=100 "
+                          "--arg 'models=[base-v1, sft-v1]'; evaluate needs --arg what=reward|policy")
+    jsu.add_argument("--args-file", metavar="FILE.yaml", help="flags as a YAML mapping (--arg wins)")
 
     models = sub.add_parser("models", help="model-version registry", description="model-version registry")
     ms = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")

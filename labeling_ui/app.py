@@ -37,6 +37,7 @@ ADMIN_PAGES = [
     ("imports.py", "Import", ":material/upload_file:", "import"),
     ("models.py", "Model versions", ":material/model_training:", "models"),
     ("jobs.py", "Jobs", ":material/play_circle:", "jobs"),
+    ("leaderboard.py", "Leaderboard", ":material/leaderboard:", "leaderboard"),
     ("export.py", "Export", ":material/download:", "export"),
 ]
 
@@ -66,7 +67,7 @@ else:
     alias = st.Page(to_compare, title="Start", url_path="start", visibility="hidden", default=True)
     if user["role"] == "admin":
         admin = [st.Page(V / f, title=t, icon=i, url_path=u) for f, t, i, u in ADMIN_PAGES]
-        # expanded: all twelve links, never a "View more" that hides Export at 1280x720
+        # expanded: every link, never a "View more" that hides Export on a 720 px screen
         pg = st.navigation({"Label": ANNOTATOR_PAGES, "Admin": admin, "": [alias]}, expanded=True)
     else:
         # Admin URLs stay registered (hidden) so that opening one shows a refusal, not a random page.

@@ -469,3 +469,25 @@ def test_jobs_page_renders_every_kind_form(seeded):
     assert not at.exception
     # No reward model registered yet: the policy evaluation says so instead of offering an empty choice.
     assert at.selectbox(key="job_eval_judge_none").disabled
+
+
+def test_db_jobs_cli(sqlite_url, tmp_path, capsys):
+    from db import cli
+
+    f = tmp_path / "args.yaml"
+    f.write_text("project: demo\nmax_steps: 3\n")
+    assert cli.main(["--url", sqlite_url, "jobs", "submit", "train_sft", "--name", "sft-cli", "--args-file", str(f),
+                     "--arg", "learning_rate=1e-3", "--arg", "models=[a, b]", "--arg", "bf16=false"]) == 0
+    assert "queued job 1 (train_sft, registers 'sft-cli')" in capsys.readouterr().out
+    assert job(sqlite_url, 1).args == {"project": "demo", "max_steps": 3, "learning_rate": "1e-3",
+                                       "models": ["a", "b"], "bf16": False}
+    assert cli.main(["--url", sqlite_url, "jobs", "list"]) == 0
+    assert "sft-cli" in capsys.readouterr().out
+    assert cli.main(["--url", sqlite_url, "jobs", "show", "1"]) == 0
+    assert '"state": "queued"' in capsys.readouterr().out
+    assert cli.main(["--url", sqlite_url, "jobs", "cancel", "1"]) == 0
+    assert "job 1: cancelled" in capsys.readouterr().out
+    assert cli.main(["--url", sqlite_url, "jobs", "submit", "evaluate", "--arg", "model=rm"]) == 2
+    assert "what: reward or policy" in capsys.readouterr().err
+    assert cli.main(["--url", sqlite_url, "jobs", "submit", "generate", "--arg", "novalue"]) == 2
+    assert "FLAG=VALUE" in capsys.readouterr().err

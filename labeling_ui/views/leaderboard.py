@@ -1,0 +1,57 @@
+"""Admin: the human leaderboard of model versions (Bradley-Terry from preference labels, bootstrap intervals)."""
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from db.services import leaderboard, projects
+from labeling_ui import auth
+from labeling_ui.common import db
+
+ALL = "(all projects)"
+
+user = auth.require_user("admin")
+st.subheader("Leaderboard")
+st.caption("Human votes between responses of different model versions (compare labels; rankings as their pairs; "
+           "ties and 'both bad' as half a win each), fitted with Bradley-Terry on the Elo scale (mean 1000), "
+           "with 95% bootstrap intervals — as Chatbot Arena ranks models. The reward-model columns are what PPO's "
+           "held-out evaluation measured (`eval/score`, `eval/win_rate` against its reference), for comparison.")
+with db() as s:
+    names = [p.name for p in projects.list_projects(s)]
+c1, c2, c3 = st.columns([2, 1, 1])
+project = c1.selectbox("Project", [ALL, *names], key="lb_project")
+rounds = c2.number_input("Bootstrap rounds", 0, 5000, leaderboard.DEFAULT_ROUNDS, step=100, key="lb_rounds")
+rankings = c3.toggle("Count rankings", value=True, key="lb_rankings")
+with db() as s:
+    lb = leaderboard.leaderboard(s, None if project == ALL else project, rounds=int(rounds),
+                                 include_rankings=rankings)
+if lb.table.empty:
+    st.info("No votes between two model versions yet. Queue a generate job with two versions (Jobs page, or "
+            "“Generate comparisons from it” after a training job) and let annotators compare their responses.",
+            icon=":material/leaderboard:")
+    st.stop()
+
+t = lb.table
+st.markdown(f"**{lb.battles}** votes between versions · **{len(t)}** versions")
+plot = t.assign(interval=t.apply(lambda r: "" if pd.isna(r["lower"]) else f"{r['lower']:.0f} – {r['upper']:.0f}",
+                                 axis=1))
+y = alt.Y("version:N", sort=list(t["version"]), title=None)
+base = alt.Chart(plot)
+chart = base.mark_point(filled=True, size=90).encode(
+    x=alt.X("score:Q", title="Bradley-Terry score (Elo scale)", scale=alt.Scale(zero=False)), y=y,
+    color=alt.Color("kind:N"),
+    tooltip=["version", "kind", alt.Tooltip("score:Q", format=".0f"), "interval", "votes", "lineage"])
+if not t["lower"].isna().all():
+    chart = base.mark_rule(strokeWidth=2).encode(x="lower:Q", x2="upper:Q", y=y, color="kind:N") + chart
+st.altair_chart(chart.properties(height=max(120, 40 * len(t))), width="stretch")
+
+pct = st.column_config.NumberColumn(format="percent")
+st.dataframe(t, hide_index=True, width="stretch", column_config={
+    "score": st.column_config.NumberColumn(format="%.0f"), "lower": st.column_config.NumberColumn(format="%.0f"),
+    "upper": st.column_config.NumberColumn(format="%.0f"), "wins": st.column_config.NumberColumn(format="%.1f"),
+    "win_rate": pct, "win_rate_vs_parent": pct, "rm_win_rate": pct,
+    "rm_score": st.column_config.NumberColumn("RM score", format="%.3f"),
+    "rm_reference_score": st.column_config.NumberColumn("RM score of reference", format="%.3f")})
+with st.expander("Head to head", icon=":material/swap_horiz:"):
+    st.dataframe(lb.head_to_head, hide_index=True, width="stretch", column_config={"a_win_rate": pct})
