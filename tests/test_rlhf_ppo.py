@@ -279,6 +279,15 @@ def test_shared_value_backbone_missing_eos_penalty_and_tensorboard(tiny, tmp_pat
     assert list((tmp_path / "ppo").rglob("events.out.tfevents.*")), "no TensorBoard event file"
 
 
+def test_bf16_autocast_path_runs_on_cpu(tiny, tmp_path):
+    """The CUDA default (bf16 mixed precision) exercised through CPU autocast: finite losses, float32 weights."""
+    tr = _trainer(tiny, tmp_path, bf16=True, max_steps=2, num_ppo_epochs=1)
+    tr.train()
+    assert tr.accelerator.mixed_precision == "bf16"
+    assert all(math.isfinite(h["loss/policy"]) and math.isfinite(h["loss/value"]) for h in tr.history)
+    assert next(tr.unwrapped.policy.parameters()).dtype == torch.float32
+
+
 def test_adaptive_kl_lowers_beta_when_kl_is_under_target(tiny, tmp_path):
     tr = _trainer(tiny, tmp_path, adaptive_kl=True, target_kl=50.0, kl_horizon=100, max_steps=3, num_ppo_epochs=1)
     tr.train()
