@@ -381,7 +381,7 @@ ANNOTATOR_URLS = {"compare": "Compare · demo", "rank": "Rank · demo", "demonst
                   "history": "My history · demo"}
 ADMIN_URLS = {"dashboard": "Dashboard", "agreement": "Agreement", "review": "Review demonstrations",
               "projects": "Projects", "users": "Users", "import": "Import", "models": "Model versions",
-              "export": "Export"}
+              "jobs": "Jobs", "export": "Export"}
 
 
 def test_every_page_url_opened_directly_lands_on_its_page(app_server, browser):
