@@ -408,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     jc.add_argument("id", type=int)
     jsu = add(js, "submit", cmd_jobs_submit, "queue a job: python -m rlhf.<kind> (pretrain: pretrain.pipeline) "
                                               "with the given flags")
-    jsu.add_argument("kind", choices=["generate", "train_sft", "train_reward", "train_ppo", "evaluate", "pretrain"])
+    from db.models import JOB_KINDS
+
+    jsu.add_argument("kind", choices=JOB_KINDS)
     jsu.add_argument("--name", help="model version the job registers (training and pretrain; default "
                                     "<kind>-job<id>)")
     jsu.add_argument("--arg", action="append", metavar="FLAG=VALUE",

@@ -259,9 +259,9 @@ class Demonstration(Base):
     user: Mapped[User] = relationship(foreign_keys=[user_id])
 
 
-JOB_KINDS = ("generate", "train_sft", "train_reward", "train_ppo", "evaluate", "pretrain")
+JOB_KINDS = ("generate", "train_sft", "train_reward", "train_ppo", "train_rloo", "train_grpo", "evaluate", "pretrain")
 # Jobs that train a model: a worker runs one of these at a time by default (they take the whole device).
-TRAINING_JOB_KINDS = ("train_sft", "train_reward", "train_ppo", "pretrain")
+TRAINING_JOB_KINDS = ("train_sft", "train_reward", "train_ppo", "train_rloo", "train_grpo", "pretrain")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 

@@ -8,8 +8,8 @@ The worker claims queued jobs from the ``jobs`` table (atomically: several worke
 runs each as its own process (``python -m rlhf.<job> ...``, ``python -m pretrain.pipeline ...``) with its log
 in ``$INSTRUCTLOOP_HOME/jobs/<id>/log.txt``, sends a heartbeat with the job's progress (its own tqdm bar) every
 few seconds, stops the process when the job is cancelled, and records the exit status and the model version
-the job registered. At most one training job (SFT, reward, PPO, pretraining) runs at a time by default: they
-take the whole device; generate and evaluate jobs may run beside one (``--max-jobs``).
+the job registered. At most one training job (SFT, reward, PPO, RLOO, GRPO, pretraining) runs at a time by
+default: they take the whole device; generate and evaluate jobs may run beside one (``--max-jobs``).
 
 At start (and every minute) it marks jobs whose process died as failed with their last log lines: on this
 machine, a running job whose worker is gone (its still-running process is stopped first) or whose process is
@@ -42,7 +42,8 @@ from db.settings import database_url, home
 log = logging.getLogger("rlhf.worker")
 
 MODULES = {"generate": "rlhf.generate", "train_sft": "rlhf.train_sft", "train_reward": "rlhf.train_reward",
-           "train_ppo": "rlhf.train_ppo", "evaluate": "rlhf.evaluate", "pretrain": "pretrain.pipeline"}
+           "train_ppo": "rlhf.train_ppo", "train_rloo": "rlhf.train_rloo", "train_grpo": "rlhf.train_grpo",
+           "evaluate": "rlhf.evaluate", "pretrain": "pretrain.pipeline"}
 # How long a cancelled job may take to exit after SIGTERM (pretrain saves a checkpoint) before SIGKILL.
 TERMINATE_GRACE_S = 15.0
 RECOVER_EVERY_S = 60.0
@@ -146,7 +147,7 @@ def build_command(job: Job, root: Path, python: str = sys.executable) -> Launch:
     launch = Launch(cmd, job_dir, job_dir / "log.txt")
     if job.kind == "generate":
         cmd += _flag_argv(args, "hf")
-    elif job.kind in ("train_sft", "train_reward", "train_ppo"):
+    elif job.kind.startswith("train_"):  # rlhf.train_{sft,reward,ppo,rloo,grpo}: TrlParser flags
         cmd += _flag_argv(args, "hf") + ["--name", str(job.name)]
         launch.run_dir = root / job.kind / slug(str(job.name))  # rlhf.config.default_run_dir
     elif job.kind == "evaluate":
@@ -437,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-jobs", type=int, default=2,
                     help="jobs running at once on this worker, all kinds together (default 2)")
     ap.add_argument("--max-training", type=int, default=1,
-                    help="training jobs (train_sft, train_reward, train_ppo, pretrain) running at once (default 1)")
+                    help=f"training jobs ({', '.join(TRAINING_JOB_KINDS)}) running at once (default 1)")
     ap.add_argument("--kinds", default=",".join(JOB_KINDS),
                     help=f"comma-separated job kinds this worker takes (default: all: {','.join(JOB_KINDS)})")
     ap.add_argument("--poll", type=float, default=2.0,

@@ -104,6 +104,12 @@ def test_command_lines(tmp_path):
     assert p.command == ["py", "-m", "pretrain.pipeline", "--steps", "5", "--vocab-size", "512", "--no-progress",
                          "--out", str(tmp_path / "pretrain/base-2")]
     assert p.run_dir == tmp_path / "pretrain/base-2/run"
+    for kind in ("train_rloo", "train_grpo"):
+        g = W.build_command(Job(id=10, kind=kind, name="pol-1", args={"model": "sft", "reward_model": "rm",
+                                                                      "num_generations": 4}), tmp_path, "py")
+        assert g.command == ["py", "-m", f"rlhf.{kind}", "--model", "sft", "--reward_model", "rm",
+                             "--num_generations", "4", "--name", "pol-1"]
+        assert g.run_dir == tmp_path / kind / "pol-1"  # where rlhf.online writes metrics.jsonl
 
 
 def test_progress_and_log_tail(tmp_path):

@@ -1,4 +1,4 @@
-"""Admin: jobs — queue generate / train / evaluate / pretrain jobs, watch them run, cancel them.
+"""Admin: jobs — queue generate / train (SFT, reward, PPO, RLOO, GRPO) / evaluate / pretrain jobs, watch them run, cancel them.
 
 The page never runs a job itself: it writes a job row (db.services.jobs.enqueue) and a worker
 (`python -m rlhf.worker`, started by `make demo`) runs it as its own process. What is shown of a running job
@@ -20,7 +20,9 @@ from labeling_ui import auth
 from labeling_ui.common import db, local_time, show_error
 
 KIND_TITLES = {"train_sft": "SFT (demonstrations)", "train_reward": "Reward model (preferences)",
-               "train_ppo": "PPO (policy against a reward model)", "generate": "Generate responses and tasks",
+               "train_ppo": "PPO (policy against a reward model)",
+               "train_rloo": "RLOO (TRL, policy against a reward model)",
+               "train_grpo": "GRPO (TRL, policy against a reward model)", "generate": "Generate responses and tasks",
                "evaluate": "Evaluate", "pretrain": "Pretrain a base model"}
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "succeeded": ":material/check_circle:",
                "failed": ":material/error:", "cancelled": ":material/cancel:"}
@@ -31,6 +33,10 @@ PLOTS: dict[str, list[tuple[str, list[str]]]] = {
     "train_reward": [("Loss", ["loss", "eval_loss"]), ("Pairwise accuracy", ["accuracy", "eval_accuracy"])],
     "train_ppo": [("Reward-model score", ["objective/scores", "objective/rlhf_reward"]),
                   ("KL to the reference", ["objective/kl"]), ("Losses", ["loss/policy", "loss/value"])],
+    # TRL's RLOO/GRPO logs: the reward function is named after the reward model (rewards/<rm>/mean), so
+    # the plot takes TRL's total `reward`; `kl` is logged when beta > 0.
+    "train_rloo": [("Reward-model score", ["reward"]), ("KL to the reference", ["kl"]), ("Loss", ["loss"])],
+    "train_grpo": [("Reward-model score", ["reward"]), ("KL to the reference", ["kl"]), ("Loss", ["loss"])],
     "pretrain": [("Loss", ["loss", "eval_train_loss", "val_loss"])],
 }
 REFRESH_S = 2.0
@@ -73,7 +79,7 @@ def pick(label: str, options: list[str], key: str, help_: str | None = None) -> 
 
 
 def new_job_form(kind: str) -> None:
-    needs_project = kind in ("generate", "train_sft", "train_reward", "train_ppo")
+    needs_project = kind == "generate" or kind.startswith("train_")
     if needs_project and not project_names:
         st.info("No projects yet: create one on the Projects page first.")
         return
@@ -108,6 +114,15 @@ def new_job_form(kind: str) -> None:
             f["model"] = pick("Policy to start from (the SFT model)", lms, "job_model_ppo")
             f["reward_model"] = pick("Reward model", reward_models, "job_rm_ppo")
             f["max_steps"] = st.number_input("PPO updates (steps)", 1, 10 ** 7, 100, key="job_steps_ppo")
+        elif kind in ("train_rloo", "train_grpo"):
+            algo = kind.removeprefix("train_")
+            f["model"] = pick("Policy to start from (the SFT model)", lms, f"job_model_{algo}")
+            f["reward_model"] = pick("Reward model", reward_models, f"job_rm_{algo}")
+            c1, c2 = st.columns(2)
+            f["max_steps"] = c1.number_input("Steps", 1, 10 ** 7, 100, key=f"job_steps_{algo}")
+            f["num_generations"] = c2.number_input(
+                "Completions per prompt", 2, 64, 4, key=f"job_k_{algo}",
+                help="the group whose mean is the baseline (RLOO: leave-one-out; GRPO: mean and std)")
         elif kind == "evaluate" and what == "reward":
             f["model"] = pick("Reward model", reward_models, "job_eval_rm")
             f["dataset"] = st.text_input("Preference file (JSONL, on the worker's machine)", key="job_eval_data",
