@@ -135,8 +135,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from db.services import export
-    filters: dict = {"project": args.project, "since": args.since, "until": args.until,
-                     "annotator": args.annotator}
+    filters: dict = {"project": args.project} if args.what == "prompts" else \
+        {"project": args.project, "since": args.since, "until": args.until, "annotator": args.annotator}
     if args.what == "preferences":
         filters.update(fmt=args.format or "trl", aggregate=args.aggregate, include_ties=args.include_ties,
                        model_version=args.model_version, min_agreement=args.min_agreement,
@@ -144,9 +144,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     elif args.what == "sft":
         filters.update(fmt=args.format or "prompt_completion", conversational=args.conversational,
                        statuses=tuple(args.status.split(",")))
-    elif args.what == "prompts":
-        filters = {"project": args.project}
-    else:
+    elif args.what != "prompts":
         filters.update(model_version=args.model_version, with_usernames=args.with_usernames, salt=args.salt)
     out = args.output or f"exports/{args.what}{'-' + args.project if args.project else ''}.jsonl"
     with _session(args) as s:

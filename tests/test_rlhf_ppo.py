@@ -227,6 +227,65 @@ def learned(tiny, tmp_path_factory):
     return tr.history
 
 
+def test_dropout_is_off_in_every_model_ppo_trains_or_scores(tiny, tmp_path):
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tiny).resid_pdrop == 0.0  # the fixture has none: give it some
+    tr = _trainer(tiny, tmp_path, max_steps=1)
+    for m in (tr.unwrapped.policy, tr.unwrapped.value_model, tr.ref_model):
+        m.config.resid_pdrop = 0.1
+    from rlhf.ppo_trainer import disable_dropout
+
+    for m in (tr.unwrapped.policy, tr.unwrapped.value_model, tr.ref_model):
+        for d in m.modules():
+            if isinstance(d, torch.nn.Dropout):
+                d.p = 0.1
+        disable_dropout(m)
+        assert all(d.p == 0 for d in m.modules() if isinstance(d, torch.nn.Dropout)) and m.config.resid_pdrop == 0
+    # and the trainer does it itself: a policy loaded with dropout 0.1 is at 0 once PPO holds it
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.ppo_trainer import PPOTrainer
+
+    noisy = AutoModelForCausalLM.from_pretrained(tiny, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    t2 = PPOTrainer(tr.args, noisy, AutoModelForCausalLM.from_pretrained(tiny, resid_pdrop=0.1), _good_fraction,
+                    tr.tokenizer, tr.prompts, value_model=None if tr.args.share_value_backbone else
+                    tr.unwrapped.value_model)
+    assert all(d.p == 0 for d in t2.unwrapped.policy.modules() if isinstance(d, torch.nn.Dropout))
+    assert all(d.p == 0 for d in t2.ref_model.modules() if isinstance(d, torch.nn.Dropout))
+
+
+def test_reward_model_with_its_own_tokenizer_scores_decoded_text(tiny, tmp_path):
+    """A reward model of another vocabulary scores (prompt, decoded response) re-encoded with its own
+    tokenizer, exactly as reward.score would."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf import reward
+    from rlhf.formatting import format_sft_row
+    from rlhf.sampling import left_pad
+    from rlhf.train_ppo import RewardScorer, _vocab_key
+
+    other = H.build_tiny_lm(tmp_path / "other", vocab_size=300, texts=H.corpus(100, seed=5))
+    tok, rm_tok = AutoTokenizer.from_pretrained(tiny), AutoTokenizer.from_pretrained(other)
+    assert _vocab_key(tok) != _vocab_key(rm_tok)
+    rm = AutoModelForSequenceClassification.from_pretrained(other, num_labels=1).eval()
+    rm.config.pad_token_id = rm_tok.pad_token_id
+    prompts = ["say cat", "name a river"]
+    q = [tok(p + "\n")["input_ids"] for p in prompts]
+    r = [tok("the cat sat")["input_ids"] + [tok.eos_token_id], tok("blue water")["input_ids"]]
+    qi, qm = left_pad(q, tok.pad_token_id)
+    ri = torch.full((2, 4), tok.pad_token_id)
+    rmask = torch.zeros(2, 4, dtype=torch.long)
+    for i, x in enumerate(r):
+        ri[i, :len(x)], rmask[i, :len(x)] = torch.tensor(x[:4]), 1
+    scorer = RewardScorer(rm, rm_tok, tok, {tuple(x): p for x, p in zip(q, prompts)}, chat=False, same_vocab=False)
+    got = scorer(qi, qm, ri, rmask).tolist()
+    texts = [tok.decode(ri[i][rmask[i].bool()], skip_special_tokens=True) for i in range(2)]
+    rows = [format_sft_row({"prompt": p, "completion": t}, False) for p, t in zip(prompts, texts)]
+    want = reward.score(rm, rm_tok, [x["prompt"] for x in rows], [x["completion"] for x in rows])
+    assert got == pytest.approx(want, abs=1e-5)
+
+
 def test_ppo_raises_a_verifiable_reward_with_kl_under_target(learned):
     scores = [h["objective/scores"] for h in learned]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
@@ -281,9 +340,10 @@ def test_shared_value_backbone_missing_eos_penalty_and_tensorboard(tiny, tmp_pat
 
 def test_bf16_autocast_path_runs_on_cpu(tiny, tmp_path):
     """The CUDA default (bf16 mixed precision) exercised through CPU autocast: finite losses, float32 weights."""
-    tr = _trainer(tiny, tmp_path, bf16=True, max_steps=2, num_ppo_epochs=1)
+    tr = _trainer(tiny, tmp_path, bf16=True, max_steps=2, num_ppo_epochs=1, per_device_train_batch_size=8,
+                  gradient_accumulation_steps=2)  # same 32-prompt rollout, two micro-batches per optimizer step
     tr.train()
-    assert tr.accelerator.mixed_precision == "bf16"
+    assert tr.accelerator.mixed_precision == "bf16" and tr.history[-1]["episode"] == 64
     assert all(math.isfinite(h["loss/policy"]) and math.isfinite(h["loss/value"]) for h in tr.history)
     assert next(tr.unwrapped.policy.parameters()).dtype == torch.float32
 
@@ -374,6 +434,18 @@ def test_ppo_job_registers_a_policy_that_beats_sft_and_feeds_generate(loop, monk
     res = evaluate.main(["policy", "--model", "ppo-1", "--reference", "sft-1", "--reward", "rm-1", "--project", "pp",
                          "--database_url", url, "--max_new_tokens", "12"])
     assert res["prompts"] == len(held) and set(res) >= {"score", "reference_score", "win_rate", "kl", "length"}
+
+    # the prompts as a file (python -m db export prompts), made verifiable: does the response open with "please"?
+    f = loop["dir"] / "prompts.jsonl"
+    db_main(["--url", url, "export", "prompts", "--project", "pp", "-o", str(f)])
+    exported = [json.loads(x) for x in f.read_text().splitlines()]
+    assert len(exported) == m["train_prompts"] + m["held_out_prompts"] and {"prompt", "prompt_id"} <= set(exported[0])
+    H.write_jsonl(f, [{**r, "answer": "please"} for r in exported])
+    res = evaluate.main(["policy", "--model", "ppo-1", "--reference", "sft-1", "--reward", "rm-1", "--dataset",
+                         str(f), "--split", "all", "--database_url", url, "--max_new_tokens", "12"])
+    assert res["prompts"] == len(exported) and 0 <= res["accuracy"] <= 1
+    # SFT's demonstrations all open with "please", and about half of its samples do; a random model's never would
+    assert res["reference_accuracy"] > 0.3, res
 
     summary = generate.main(["--project", "pp", "--models", "ppo-1", "sft-1", "--num_samples", "1",
                              "--limit_prompts", "5", "--max_new_tokens", "8", "--database_url", url, "--no_progress"])
