@@ -83,7 +83,8 @@ def summary(hist: list[dict[str, float]]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--updates", type=int, default=10, help="timed PPO updates (after 2 warm-up updates)")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1 is fastest for models this small: threading costs more than it saves)")
     a = ap.parse_args()
     import os
 
