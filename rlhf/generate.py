@@ -189,7 +189,7 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
     from tqdm.auto import tqdm
 
     from db.services import content
-    from db.session import session_scope
+    from db.session import session_scope, write_transaction
     from rlhf.formatting import FEW_SHOT_SEPARATOR, use_chat_for_generation
     from rlhf.modeling import (
         device,
@@ -204,7 +204,7 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
     from rlhf.sampling import SamplingParams, left_pad, sample
 
     m = resolve_model(ref, args.database_url)
-    with session_scope(args.database_url) as s:
+    with session_scope(args.database_url) as s, write_transaction(s):
         mv = ensure_registered(s, m)
         version = {"id": mv.id, "name": mv.name, "kind": mv.kind}
     K = args.num_samples
@@ -249,7 +249,7 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
             out = sample(model, q_ids, q_mask, sp, stops, tok.pad_token_id, return_logprobs=False)
             new, ended = out.response_ids, out.ended_with_eos.tolist()
             decoded = tok.batch_decode(new, skip_special_tokens=True)
-            with session_scope(args.database_url) as s:
+            with session_scope(args.database_url) as s, write_transaction(s):
                 for j, p in enumerate(batch):
                     chat, n_shots, cut = shots_used[j]
                     extra = {"prompt_truncated_tokens": cut} if cut else {}
@@ -285,11 +285,11 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
 def _create_tasks(args: GenerateArgs, project_id: int, prompts: list[_Prompt], kinds: list[str],
                   per_model: list[tuple[dict[str, Any], dict[int, list[int]]]]) -> dict[str, dict[str, int]]:
     from db.services import tasks
-    from db.session import session_scope
+    from db.session import session_scope, write_transaction
 
     stats = {k: {"created": 0, "existing": 0} for k in kinds}
     source = "rlhf.generate:" + ",".join(v["name"] for v, _ in per_model)
-    with session_scope(args.database_url) as s:
+    with session_scope(args.database_url) as s, write_transaction(s):
         for p in prompts:
             pool = [(v["id"], rid) for v, res in per_model for rid in res.get(p.id, [])]
             pool = list(dict.fromkeys(pool))

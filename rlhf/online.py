@@ -161,10 +161,10 @@ class OnlineJob(runs.HFTrainerJob):
         cfg = self.cfg
         rm_info: dict[str, Any] = {"path": self.rm_ref.path}
         if cfg.register:
-            from db.session import session_scope
+            from db.session import session_scope, write_transaction
             from rlhf.modeling import ensure_registered
 
-            with session_scope(cfg.database_url) as s:
+            with session_scope(cfg.database_url) as s, write_transaction(s):
                 rmv = ensure_registered(s, self.rm_ref)
                 rm_info = {"id": rmv.id, "name": rmv.name, "kind": rmv.kind}
         config = {"algo": self.algo, "chat_template": self.chat, "reward_model": rm_info, "beta": cfg.beta,

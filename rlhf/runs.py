@@ -159,10 +159,10 @@ def register(url: str | None, name: str, kind: str, path: Path, parent: Any, con
              metrics: dict[str, Any], label_snapshot: dict[str, Any]) -> int:
     """Register the trained model (parent = the model it started from, registered as external if needed)."""
     from db.services import registry
-    from db.session import session_scope
+    from db.session import session_scope, write_transaction
     from rlhf.modeling import ensure_registered
 
-    with session_scope(url) as s:
+    with session_scope(url) as s, write_transaction(s):
         parent_row = ensure_registered(s, parent) if parent is not None else None
         mv = registry.register_model_version(
             s, name, kind, str(Path(path).resolve()), parent=parent_row.id if parent_row else None,

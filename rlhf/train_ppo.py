@@ -292,13 +292,13 @@ class PPOJob(runs.TrainingJob):
             metrics["eval/kl_under_target"] = ev["kl"] <= cfg.target_kl
 
     def record(self) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
-        from db.session import session_scope
+        from db.session import session_scope, write_transaction
         from rlhf.modeling import ensure_registered
 
         cfg, refs = self.cfg, self.refs
         lineage: dict[str, Any] = {}
         if cfg.register:
-            with session_scope(cfg.database_url) as s:
+            with session_scope(cfg.database_url) as s, write_transaction(s):
                 for key, r in refs.items():
                     if r is not None:
                         mv = ensure_registered(s, r)
