@@ -13,7 +13,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -21,7 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def build(out: Path):
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config, GPT2LMHeadModel
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+    )
 
     from tests import rlhf_helpers as H
 
