@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: install system-deps demo demo-data app worker test test-fast bench lint clean help
 
 help:
-	@echo "make demo   install, migrate, seed a demo project and run the app on http://localhost:$(PORT) with a job worker"
+	@echo "make demo   install, migrate, pretrain the tiny demo model (cached), seed the demo project, run the app on http://localhost:$(PORT) with a job worker"
 	@echo "make worker run a job worker alone (python -m rlhf.worker: runs the jobs queued on the Jobs page)"
 	@echo "make test   install, start a throwaway PostgreSQL, run all tests on SQLite and PostgreSQL"
 	@echo "make bench  print the benchmark figures"
@@ -36,19 +36,25 @@ demo-data: install
 	$(PY) -m rlhf.demo
 
 # The app and, beside it, a worker that runs the jobs queued on the Jobs page (each as its own process); the
-# worker stops (terminating its running jobs) when the app does. WORKER=0 runs the app alone.
+# worker stops (terminating its running jobs) when the app does. WORKER=0 runs the app alone. SIGN_IN=1 (make
+# demo) prints how to sign in, last, once the app answers.
 WORKER ?= 1
+SIGN_IN ?= 0
 app: install
-	@set -u; worker=; \
-	if [ "$(WORKER)" = 1 ]; then $(PY) -m rlhf.worker & worker=$$!; \
-	  trap '[ -n "$$worker" ] && kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT; fi; \
+	@set -u; worker=; app=; \
+	trap '[ -n "$$app" ] && kill $$app 2>/dev/null; [ -n "$$worker" ] && kill $$worker 2>/dev/null; wait 2>/dev/null' EXIT; \
+	if [ "$(WORKER)" = 1 ]; then $(PY) -m rlhf.worker & worker=$$!; fi; \
 	$(VENV)/bin/streamlit run labeling_ui/app.py --server.port $(PORT) --server.headless true \
-		--browser.gatherUsageStats false
+		--browser.gatherUsageStats false & app=$$!; \
+	if [ "$(SIGN_IN)" = 1 ]; then $(PY) scripts/wait_for_app.py http://localhost:$(PORT) && \
+	  printf '\n  InstructLoop is up: open http://localhost:$(PORT) and sign in as\n    admin / admin-pass          (labeling, jobs, leaderboard, everything)\n    annotator / annotator-pass  (labeling only)\n  Ctrl-C stops the app and the worker.\n\n'; fi; \
+	wait $$app
 
 worker: install
 	$(PY) -m rlhf.worker
 
-demo: demo-data app
+demo: demo-data
+	@$(MAKE) --no-print-directory app SIGN_IN=1
 
 # A throwaway PostgreSQL on a free loopback port (unless TEST_DATABASE_URL is given), pytest on
 # SQLite and PostgreSQL, the server stopped afterwards; exits with pytest's status.

@@ -2,7 +2,8 @@
 
 Default: the documentation that ships inside CPython, so everything works offline:
 ``pydoc_data.topics.topics`` (~465k characters) plus docstrings of the standard library, read with ``ast``
-from the source files (nothing is imported, so no module with side effects runs).
+from the source files (nothing is imported, so no module with side effects runs). The demo's corpus
+(:func:`demo_corpus`) mixes short verifiable tasks (``pretrain.tasks``) into it.
 Otherwise ``.txt`` files (split into paragraph chunks so a train/validation split is possible), ``.jsonl``
 files (one document per line, ``text`` field) or a Hugging Face ``datasets`` name.
 """
@@ -63,6 +64,24 @@ def python_docs() -> Iterator[str]:
     """The default corpus: pydoc topics then stdlib docstrings (~1.5M characters)."""
     yield from pydoc_topics()
     yield from stdlib_docstrings()
+
+
+def demo_corpus(task_docs: int = 60000, noise: float = 0.25, docs: str = "all", seed: int = 0,
+                families: tuple[str, ...] | None = None, exclude: frozenset[str] = frozenset()) -> Iterator[str]:
+    """The demo's corpus: `task_docs` task examples (``pretrain.tasks``, a `noise` share answered wrongly, prompts
+    in `exclude` left out: the demo project's prompts stay unseen) interleaved with the CPython docs (`docs`:
+    "all", "topics" for the pydoc topic pages only, or "none")."""
+    import random
+
+    from pretrain import tasks
+
+    if docs not in ("all", "topics", "none"):
+        raise ValueError(f"docs must be all, topics or none, not {docs!r}")
+    text = [] if docs == "none" else list(python_docs() if docs == "all" else pydoc_topics())
+    items = text + list(tasks.documents(task_docs, seed=seed, noise=noise, families=families or tasks.FAMILIES,
+                                        exclude=exclude))
+    random.Random(seed).shuffle(items)  # tasks spread over train and val and over every part of the stream
+    yield from items
 
 
 class Continued(str):

@@ -1,7 +1,8 @@
 """Python API over the whole pretraining pipeline (used by ``make demo`` and by other packages' tests).
 
-- :func:`build_demo_model`: tokenizer -> shards -> train ``tiny`` -> HF export on the CPython docs corpus
-  (offline; about 1-3 minutes on 2 CPU cores). Returns the exported HF directory.
+- :func:`build_demo_model`: tokenizer -> shards -> train ``tiny`` -> HF export on the demo corpus: the CPython
+  docs with short verifiable tasks mixed in (offline; a few minutes on 2 CPU cores, cached). Returns the
+  exported HF directory.
 - :func:`build_tiny_model`: a tiny tokenizer + GPT exported as an HF directory in seconds (random weights or a
   few training steps), for tests of code that needs *a* causal LM with a chat template.
 """
@@ -9,31 +10,71 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from pretrain.tasks import FAMILIES
 
-def build_demo_model(out_dir: str | Path | None = None, steps: int = 300, attention: str = "dense",
+# The demo's corpus: CPython's docs with short verifiable tasks mixed in (pretrain.corpus.demo_corpus).
+DEMO_CORPUS = {"task_docs": 60000, "task_noise": 0.25, "docs": "topics", "families": list(FAMILIES), "seed": 0}
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def build_demo_model(out_dir: str | Path | None = None, steps: int = 600, attention: str = "dense",
                      vocab_size: int = 4096, preset: str = "tiny", threads: int | None = None,
-                     progress: bool = True, extra_train_args: list[str] | None = None) -> Path:
-    """Pretrain a small GPT on the CPython documentation; returns the HF export directory ``out_dir/hf``.
+                     progress: bool = True, extra_train_args: list[str] | None = None,
+                     corpus: dict[str, Any] | None = None) -> Path:
+    """Pretrain a small GPT on the demo corpus; returns the HF export directory ``out_dir/hf``.
 
-    ``out_dir`` defaults to ``$INSTRUCTLOOP_HOME/pretrain/demo-<attention>``. Re-running resumes or reuses
-    finished stages (the shards are reused, a finished training run is exported again).
+    ``corpus`` overrides :data:`DEMO_CORPUS` (``task_docs``: task examples, ``task_noise``: share answered
+    wrongly, ``docs``: all | topics | none, ``families``, ``seed``); the project prompts of those families
+    (``pretrain.tasks.reserved``) are never in it. ``out_dir`` defaults to
+    ``$INSTRUCTLOOP_HOME/pretrain/demo-<attention>``. Re-running reuses finished stages (shards, a finished
+    training run; a shorter one is continued); a changed corpus or model setting starts that folder afresh.
     """
-    from pretrain.corpus import python_docs
+    from pretrain.corpus import demo_corpus
     from pretrain.data import META
     from pretrain.export import export
     from pretrain.prepare import prepare
+    from pretrain.tasks import reserved
     from pretrain.train import train
 
+    spec = {**DEMO_CORPUS, **(corpus or {})}
+    unknown = sorted(set(spec) - set(DEMO_CORPUS))
+    if unknown:
+        raise ValueError(f"unknown corpus setting(s) {', '.join(unknown)} (known: {', '.join(DEMO_CORPUS)})")
+    spec["families"] = list(spec["families"])
     root = Path(out_dir) if out_dir else Path(os.environ.get("INSTRUCTLOOP_HOME", "runs")) / "pretrain" / \
         f"demo-{attention}"
+    # What the cached stages were built from: anything else and they are rebuilt.
+    key = {"corpus": spec, "vocab_size": vocab_size, "preset": preset, "attention": attention,
+           "train_args": list(extra_train_args or [])}
+    key_file = root / "build.json"
+    if key_file.is_file() and json.loads(key_file.read_text()) != key:
+        _say(progress, f"{root}: built with other settings; rebuilding it")
+        for part in ("data", "run", "hf"):
+            shutil.rmtree(root / part, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps(key, indent=2))
     data = root / "data"
     if not (data / META).is_file():
-        prepare(data, python_docs(), vocab_size=vocab_size)
+        _say(progress, f"[1/3] corpus: CPython docs ({spec['docs']}) + {spec['task_docs']} task examples "
+                       f"({', '.join(spec['families'])}; {spec['task_noise']:.0%} answered wrongly) -> tokenizer "
+                       f"({vocab_size}) and token shards in {data}")
+        texts = demo_corpus(spec["task_docs"], spec["task_noise"], spec["docs"], spec["seed"],
+                            tuple(spec["families"]), reserved(spec["families"]))
+        meta = prepare(data, texts, vocab_size=vocab_size)
+        _say(progress, f"      {meta['train_tokens']:,} training tokens, {meta['val_tokens']:,} validation tokens")
     run = root / "run"
     argv = ["--data", str(data), "--out", str(run), "--preset", preset, "--attention", attention,
             "--max-steps", str(steps), "--eval-interval", str(max(1, steps // 3))]
@@ -43,13 +84,15 @@ def build_demo_model(out_dir: str | Path | None = None, steps: int = 300, attent
         argv += ["--no-progress"]
     argv += extra_train_args or []
     ck = run / "ckpt.pt"
-    if ck.is_file():
-        done = torch.load(ck, map_location="cpu", weights_only=False)["step"]
-        if done < steps:
+    done = torch.load(ck, map_location="cpu", weights_only=False)["step"] if ck.is_file() else None
+    if done is None or done < steps:
+        _say(progress, f"[2/3] pretraining ({preset}, {steps} steps) in {run}")
+        if done is None:
+            train(argv)
+        else:
             train(["--out", str(run), "--resume", "--max-steps", str(steps)]
                   + (["--no-progress"] if not progress else []))
-    else:
-        train(argv)
+    _say(progress, f"[3/3] export to {root / 'hf'}")
     return export(run, root / "hf")
 
 
@@ -105,19 +148,42 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m pretrain.pipeline",
-                                 description="Offline demo: tokenizer -> shards -> train -> HF export on the "
-                                             "CPython documentation; prints the exported directory.")
+                                 description="Offline demo model: tokenizer -> shards -> train -> HF export on the "
+                                             "CPython documentation with short verifiable tasks mixed in "
+                                             "(pretrain.tasks); prints the exported directory.")
     ap.add_argument("--out", default=None,
                     help="work directory (default $INSTRUCTLOOP_HOME/pretrain/demo-<attention>)")
-    ap.add_argument("--steps", type=int, default=300, help="training steps (default 300, ~1-3 min on 2 cores)")
+    ap.add_argument("--steps", type=int, default=600, help="training steps (default 600, a few minutes on 2 cores)")
     ap.add_argument("--attention", choices=["dense", "sparse"], default="dense", help="model attention type")
     ap.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary size (default 4096)")
     ap.add_argument("--preset", default="tiny", help="pretrain.train preset (default tiny)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c = ap.add_argument_group("corpus")
+    c.add_argument("--task-docs", type=int, default=DEMO_CORPUS["task_docs"],
+                   help=f"task examples mixed into the corpus (default {DEMO_CORPUS['task_docs']})")
+    c.add_argument("--task-noise", type=float, default=DEMO_CORPUS["task_noise"],
+                   help=f"share of them answered wrongly, in the right form (default {DEMO_CORPUS['task_noise']})")
+    c.add_argument("--docs", choices=["all", "topics", "none"], default=DEMO_CORPUS["docs"],
+                   help="CPython docs in the corpus: all (topics + stdlib docstrings), topics (the pydoc topic "
+                        "pages only) or none (default topics)")
+    c.add_argument("--families", default=",".join(FAMILIES),
+                   help=f"comma-separated task families (default {','.join(FAMILIES)})")
+    c.add_argument("--corpus-seed", type=int, default=0, help="seed of the task examples and their order (default 0)")
+    t = ap.add_argument_group("training (override the preset)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    t.add_argument("--batch-size", type=int, default=None, help="sequences per step")
+    t.add_argument("--seed", type=int, default=None, help="seed of model init and batches")
     args = ap.parse_args(argv)
-    out = build_demo_model(args.out, args.steps, args.attention, args.vocab_size, args.preset, args.threads,
-                           not args.no_progress)
+    extra = [x for flag, v in (("--lr", args.lr), ("--batch-size", args.batch_size), ("--seed", args.seed))
+             if v is not None for x in (flag, str(v))]
+    corpus = {"task_docs": args.task_docs, "task_noise": args.task_noise, "docs": args.docs,
+              "families": [f.strip() for f in args.families.split(",") if f.strip()], "seed": args.corpus_seed}
+    try:
+        out = build_demo_model(args.out, args.steps, args.attention, args.vocab_size, args.preset, args.threads,
+                               not args.no_progress, extra, corpus)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     print(out)
 
 

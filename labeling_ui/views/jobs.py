@@ -133,12 +133,13 @@ def new_job_form(kind: str) -> None:
             f["reward"] = pick("Reward model (the judge)", reward_models, "job_eval_judge")
         elif kind == "pretrain":
             c1, c2 = st.columns(2)
-            f["steps"] = c1.number_input("Steps", 1, 10 ** 7, 300, key="job_pt_steps")
+            f["steps"] = c1.number_input("Steps", 1, 10 ** 7, 600, key="job_pt_steps")
             f["attention"] = c2.selectbox("Attention", ["dense", "sparse"], key="job_pt_attn")
             f["vocab_size"] = c1.number_input("Vocabulary size", 256, 65536, 4096, key="job_pt_vocab")
             f["preset"] = c2.text_input("Preset", "tiny", key="job_pt_preset")
-            st.caption("Trains on the documentation shipped inside CPython (offline) and registers the export as "
-                       "a base version.")
+            st.caption("Trains on the documentation shipped inside CPython with short verifiable tasks mixed in "
+                       "(offline; `task_docs`, `task_noise`, `docs`, `families` in Advanced) and registers the "
+                       "export as a base version.")
         advanced = st.text_area("Advanced: any other flag, as YAML", key=f"job_adv_{kind}", height=90,
                                 placeholder="learning_rate: 1.0e-4\nper_device_train_batch_size: 8",
                                 help=f"every flag of `python -m {'pretrain.pipeline' if kind == 'pretrain' else 'rlhf.' + kind}"
