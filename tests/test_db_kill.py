@@ -86,7 +86,7 @@ def test_kill_mid_import_leaves_all_or_nothing_and_the_rerun_imports_it_once(db_
     with session_factory(db_url)() as s:
         projects.create_project(s, "big")
         s.commit()
-    n = 1000
+    n = 2000
     big = tmp_path / "big.jsonl"
     big.write_text("".join(json.dumps({"prompt": f"prompt number {i}: explain it"}) + "\n" for i in range(n)))
     url, tag = _tagged(db_url)
