@@ -103,7 +103,14 @@ class RewardScorer:
         from rlhf.formatting import format_sft_row
 
         if self.same_vocab:
-            return reward.score_ids(self.model, torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1))
+            ids, mask = torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1)
+            limit = reward.max_positions(self.model)
+            if limit and int(mask.sum(1).max()) > limit:  # a shorter context than the policy's: keep the end
+                from rlhf.sampling import left_pad
+
+                rows = [row[m.bool()].tolist()[-limit:] for row, m in zip(ids, mask)]
+                ids, mask = left_pad(rows, self.tok.pad_token_id)
+            return reward.score_ids(self.model, ids, mask)
         prompts, completions = [], []
         for q, qm, r, rm in zip(q_ids.tolist(), q_mask.tolist(), r_ids.tolist(), r_mask.tolist()):
             key = tuple(t for t, m in zip(q, qm) if m)

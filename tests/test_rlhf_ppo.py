@@ -286,6 +286,31 @@ def test_reward_model_with_its_own_tokenizer_scores_decoded_text(tiny, tmp_path)
     assert got == pytest.approx(want, abs=1e-5)
 
 
+def test_reward_model_with_a_shorter_context_scores_the_end_of_the_sequence(tiny, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf import reward
+    from rlhf.sampling import left_pad
+    from rlhf.train_ppo import RewardScorer
+
+    short = H.build_tiny_lm(tmp_path / "short", n_positions=16)  # same tokenizer, 16 positions
+    tok = AutoTokenizer.from_pretrained(tiny)
+    rm = AutoModelForSequenceClassification.from_pretrained(short, num_labels=1).eval()
+    rm.config.pad_token_id = tok.pad_token_id
+    q = [tok("the cat sat on the mat and the dog sat on the log by the river")["input_ids"], tok("sun")["input_ids"]]
+    r = [tok(" happy bird")["input_ids"] + [tok.eos_token_id], tok(" moon")["input_ids"] + [tok.eos_token_id]]
+    qi, qm = left_pad(q, tok.pad_token_id)
+    width = max(len(x) for x in r)
+    ri, rmask = torch.full((2, width), tok.pad_token_id), torch.zeros(2, width, dtype=torch.long)
+    for i, x in enumerate(r):
+        ri[i, :len(x)], rmask[i, :len(x)] = torch.tensor(x), 1
+    assert len(q[0]) + len(r[0]) > 16
+    got = RewardScorer(rm, tok, tok, {}, chat=False, same_vocab=True)(qi, qm, ri, rmask)
+    ends = [(a + b)[-16:] for a, b in zip(q, r)]
+    ids, mask = left_pad(ends, tok.pad_token_id)
+    assert got.tolist() == pytest.approx(reward.score_ids(rm, ids, mask).tolist(), abs=1e-5)
+
+
 def test_ppo_raises_a_verifiable_reward_with_kl_under_target(learned):
     scores = [h["objective/scores"] for h in learned]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
