@@ -4,7 +4,8 @@
     python bench/pretrain_throughput.py --seconds 10 --threads 2
 
 Shapes: nanoGPT's CPU Shakespeare-char shape (4 layers, 4 heads, 128 wide, block 64, batch 12, vocab 65) and
-the ``tiny`` preset (block 128, batch 16, vocab 4096), each dense and sparse. The baseline is a minimal
+the ``tiny`` preset (block 128, batch 16, vocab 4096), each dense, sparse (banded, window 32) and fixed (blocks
+of 32 with 4 summary positions; GPT-2 124M shape: 128 and 8, as the train presets). The baseline is a minimal
 PyTorch GPT as commonly written (nanoGPT's "slow attention" path: explicit q@k^T, masked_fill, softmax,
 dropout modules kept at p=0, exact-erf GELU, default AdamW). Every figure is a full training step: forward,
 backward, grad clip and AdamW. Prints figures, never pass/fail.
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pretrain.model import GPT, GPTConfig
+from pretrain.model import ATTENTIONS, GPT, GPTConfig, fixed_causal_mask
 from pretrain.train import PEAK_TFLOPS
 
 
@@ -47,14 +48,16 @@ class NaiveAttention(nn.Module):
         t = c.block_size
         causal = torch.tril(torch.ones(t, t, dtype=torch.bool))
         self.register_buffer("causal", causal.view(1, 1, t, t))
-        self.register_buffer("band", (causal & ~torch.tril(causal, -c.window)).view(1, 1, t, t))
+        sparse = (fixed_causal_mask(t, c.fixed_block, c.fixed_summary) if c.attention == "fixed"
+                  else causal & ~torch.tril(causal, -c.window))
+        self.register_buffer("sparse", sparse.view(1, 1, t, t))
 
     def forward(self, x, local: bool):
         b, t, c = x.shape
         q, k, v = self.c_attn(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-        m = (self.band if local else self.causal)[:, :, :t, :t]
+        m = (self.sparse if local else self.causal)[:, :, :t, :t]
         att = att.masked_fill(~m, float("-inf"))
         att = self.attn_dropout(F.softmax(att, dim=-1))
         y = (att @ v).transpose(1, 2).contiguous().view(b, t, c)
@@ -155,16 +158,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ap.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
     ap.add_argument("--shapes", nargs="*", default=["nanogpt-cpu", "tiny"], help="nanogpt-cpu, tiny, gpt2-124m")
+    ap.add_argument("--attention", nargs="*", default=list(ATTENTIONS), choices=ATTENTIONS,
+                    help="patterns to measure (default: all)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    base = {"n_layer": 4, "n_head": 4, "n_embd": 128, "window": 32}
+    base = {"n_layer": 4, "n_head": 4, "n_embd": 128, "window": 32, "fixed_block": 32, "fixed_summary": 4}
     shapes = {  # name -> (model shape, batch size)
         "nanogpt-cpu": ({**base, "block_size": 64, "vocab_size": 65}, 12),
         "tiny": ({**base, "block_size": 128, "vocab_size": 4096}, 16),
         "gpt2-124m": ({"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50304,
-                       "window": 256}, 12),
+                       "window": 256, "fixed_block": 128, "fixed_summary": 8}, 12),
     }
     peak = None
     if device.type == "cuda":
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
           + ("  MFU" if peak else ""))
     for shape in args.shapes:
         kw, batch = shapes[shape]
-        for attention in ("dense", "sparse"):
+        for attention in args.attention:
             cfg = GPTConfig(**kw, attention=attention)
             torch.manual_seed(0)
             runners = {"ours": Runner(GPT(cfg), cfg, batch, device, optimized=True)}

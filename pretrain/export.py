@@ -9,6 +9,8 @@ scale attention scores by 1/sqrt(head_dim), so the query weights are multiplied 
 local mask is ``i - window_size < j <= i``, identical to ``pretrain.model``. Load it with
 ``attn_implementation="eager"`` (the default for GPT-Neo; its flash-attention-2 path ignores the window).
 ``AutoModelForCausalLM.from_pretrained(out)`` and ``AutoTokenizer.from_pretrained(out)`` both work.
+fixed  -> refused: no stock HF architecture has block + summary attention, and a dense or banded stand-in would
+load fine and silently compute something else. Sample and evaluate its run folder natively instead.
 """
 
 from __future__ import annotations
@@ -51,9 +53,18 @@ def _bias(lin: torch.nn.Linear) -> torch.Tensor:
     return lin.bias.detach().clone() if lin.bias is not None else torch.zeros(lin.out_features)
 
 
+def check_exportable(cfg: GPTConfig) -> None:
+    """Raise ValueError for a pattern with no stock HF architecture (before anything is written)."""
+    if cfg.attention not in ("dense", "sparse"):
+        raise ValueError(f"attention={cfg.attention!r} has no Hugging Face architecture; only dense (-> GPT2LMHeadModel) "
+                         "and sparse (-> GPTNeoForCausalLM) checkpoints export. Use the run folder natively: "
+                         "python -m pretrain.sample / pretrain.evaluate --model RUN_DIR")
+
+
 def to_hf(model: GPT, special: dict | None = None):
     """Build the equivalent transformers model (float32) from a native one."""
     cfg = model.config
+    check_exportable(cfg)
     special = special or {}
     ids = {k: special.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     act = {"none": "gelu", "tanh": "gelu_new"}[cfg.gelu_approximate]
@@ -118,6 +129,7 @@ def export(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | No
     from pretrain.tokenizer import load_tokenizer
 
     model, ck = load_native(ckpt)
+    check_exportable(model.config)
     cp = resolve_ckpt(ckpt)
     tok_dir = Path(tokenizer_dir) if tokenizer_dir else cp.parent / "tokenizer"
     if not tok_dir.is_dir():

@@ -1,10 +1,15 @@
-"""One small GPT (GPT-2 layout) with optional GPT-3 style alternating dense / locally banded attention.
+"""One small GPT (GPT-2 layout) with optional sparse layers alternating with dense ones, as in GPT-3.
 
 Pre-LN blocks, learned positions, tied input/output embeddings, GELU. The exported GPT2LMHeadModel /
 GPTNeoForCausalLM reproduce the logits exactly (``activation_function`` "gelu" or "gelu_new" to match).
 
-Local layers use GPT-Neo's window semantics: query i sees keys j with ``i - window < j <= i``
-(``window`` keys including itself), see ``GPTNeoSelfAttention.__init__`` in transformers.
+Two sparse patterns (every layer causal as well):
+- ``sparse``: locally banded with GPT-Neo's window semantics: query i sees keys j with ``i - window < j <= i``
+  (``window`` keys including itself), see ``GPTNeoSelfAttention.__init__`` in transformers.
+- ``fixed``: the Sparse Transformer's fixed pattern (Child et al. 2019, 4.3), both of its sets merged in one
+  layer: query i sees its own block of ``fixed_block`` positions and the last ``fixed_summary`` positions
+  ("summary" cells) of every earlier block. A summary position gathers its block; later tokens read it
+  instead of the words before it, so two stacked layers connect any two positions. No HF export.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+ATTENTIONS = ("dense", "sparse", "fixed")
+
 
 @dataclass
 class GPTConfig:
@@ -26,11 +33,13 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True  # bias in LayerNorm, MLP and attention output projection (GPT-2 has them)
-    # q/k/v bias; None means "True for dense, False for sparse" because GPT-Neo has none (exact export).
+    # q/k/v bias; None means "False for sparse, else True" because GPT-Neo has none (exact export).
     qkv_bias: bool | None = None
-    attention: str = "dense"  # "dense" | "sparse"
-    window: int = 64  # keys seen by a local layer, including the query itself
-    # Which layers are local in sparse mode; None = odd layers (GPT-Neo's [["global", "local"], n/2]).
+    attention: str = "dense"  # "dense" | "sparse" (banded) | "fixed" (blocks + summary positions)
+    window: int = 64  # keys seen by a banded layer, including the query itself
+    fixed_block: int = 32  # positions per block of a fixed layer (the paper's stride l)
+    fixed_summary: int = 4  # last positions of each block that later blocks may read (the paper's c)
+    # Which layers use the sparse pattern; None = odd layers (GPT-Neo's [["global", "local"], n/2]).
     local_layers: list[int] | None = None
     layer_norm_epsilon: float = 1e-5
     # "none": exact erf GELU (HF "gelu"), ~3x cheaper than the tanh form on CPU;
@@ -39,18 +48,21 @@ class GPTConfig:
     extra: dict = field(default_factory=dict)  # free-form notes (e.g. tokenizer path); ignored by the model
 
     def __post_init__(self) -> None:
-        if self.attention not in ("dense", "sparse"):
-            raise ValueError(f"attention must be 'dense' or 'sparse', got {self.attention!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.qkv_bias is None:
-            self.qkv_bias = self.attention == "dense"
+            self.qkv_bias = self.attention != "sparse"
         if self.gelu_approximate not in ("none", "tanh"):
             raise ValueError("gelu_approximate must be 'none' or 'tanh'")
         if self.window < 1:
             raise ValueError("window must be >= 1")
+        if not 1 <= self.fixed_summary <= self.fixed_block:
+            raise ValueError(f"need 1 <= fixed_summary <= fixed_block, got {self.fixed_summary}, {self.fixed_block}")
 
     def is_local(self, layer: int) -> bool:
+        """Whether ``layer`` uses the sparse pattern (banded or fixed) rather than dense causal attention."""
         if self.attention == "dense":
             return False
         if self.local_layers is not None:
@@ -73,6 +85,14 @@ def banded_causal_mask(t: int, window: int, device: torch.device | None = None) 
     return (j <= i) & (j > i - window)
 
 
+def fixed_causal_mask(t: int, block: int, summary: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean (t, t) mask, True = may attend: ``j <= i`` and (same block, or j among the last ``summary``
+    positions of its block)."""
+    i = torch.arange(t, device=device).unsqueeze(1)
+    j = torch.arange(t, device=device).unsqueeze(0)
+    return (j <= i) & ((j // block == i // block) | (j % block >= block - summary))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, local: bool):
         super().__init__()
@@ -81,7 +101,10 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.qkv_bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.local = local
-        self.window = cfg.window
+        self.attention, self.window = cfg.attention, cfg.window
+        self.fixed_block, self.fixed_summary = cfg.fixed_block, cfg.fixed_summary
+        # up to this length the sparse pattern equals the causal mask (band or first block covers it all)
+        self.span = cfg.fixed_block if cfg.attention == "fixed" else cfg.window
         self.dropout = cfg.dropout
         # Only instantiate dropout when used: identity modules still cost a dispatch per call.
         self.resid_drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
@@ -91,7 +114,9 @@ class CausalSelfAttention(nn.Module):
         key = (t, str(device))
         m = self._mask_cache.get(key)
         if m is None:
-            m = self._mask_cache[key] = banded_causal_mask(t, self.window, device)
+            m = self._mask_cache[key] = (
+                fixed_causal_mask(t, self.fixed_block, self.fixed_summary, device) if self.attention == "fixed"
+                else banded_causal_mask(t, self.window, device))
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,9 +124,9 @@ class CausalSelfAttention(nn.Module):
         h = self.n_head
         q, k, v = self.c_attn(x).view(b, t, 3, h, c // h).permute(2, 0, 3, 1, 4)
         p = self.dropout if self.training else 0.0
-        if self.local and t > self.window:
+        if self.local and t > self.span:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(t, x.device), dropout_p=p)
-        else:  # a band wider than the sequence is just the causal mask: take the fast path
+        else:  # a pattern that covers the whole sequence is just the causal mask: take the fast path
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         y = y.transpose(1, 2).reshape(b, t, c)
         return self.resid_drop(self.c_proj(y))
@@ -180,14 +205,21 @@ class GPT(nn.Module):
         return logits, loss
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (6N + attention, PaLM appendix B); local layers attend to <= window keys."""
+        """Training FLOPs per token (6N + attention, PaLM appendix B), counting the most keys a query may see:
+        t on dense layers (nanoGPT / PaLM convention, masked keys included), the band on banded ones, its block
+        plus the earlier blocks' summaries on fixed ones."""
         cfg = self.config
         t = seq_len or cfg.block_size
         n = self.num_params()
         attn = 0.0
         for i in range(cfg.n_layer):
-            keys = min(t, cfg.window) if cfg.is_local(i) else t
-            attn += 12 * cfg.n_embd * keys  # nanoGPT / PaLM convention (counts masked keys on dense layers)
+            if not cfg.is_local(i):
+                keys = t
+            elif cfg.attention == "sparse":
+                keys = min(t, cfg.window)
+            else:  # the last query of the last block: its block + every earlier block's summaries
+                keys = min(t, cfg.fixed_block + cfg.fixed_summary * (math.ceil(t / cfg.fixed_block) - 1))
+            attn += 12 * cfg.n_embd * keys
         return 6 * n + attn
 
     def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float],

@@ -29,31 +29,35 @@ import numpy as np
 import torch
 
 from pretrain.data import batch_rng, get_batch, load_split, read_meta
-from pretrain.model import GPT, GPTConfig
+from pretrain.model import ATTENTIONS, GPT, GPTConfig
 
 # Model + optimisation presets. Anything not listed falls back to DEFAULTS.
 PRESETS: dict[str, dict] = {
     # 2 CPU cores: ~0.8M non-embedding params, a few minutes for a visible drop in loss.
     "tiny": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "window": 32,
+             "fixed_block": 32, "fixed_summary": 4,
              "batch_size": 16, "grad_accum": 1, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 30,
              "max_steps": 600, "weight_decay": 0.1, "eval_interval": 100, "eval_iters": 10},
     # for tests and smoke runs: seconds on CPU
     "micro": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "window": 16,
+              "fixed_block": 16, "fixed_summary": 2,
               "batch_size": 8, "grad_accum": 1, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 10,
               "max_steps": 100, "weight_decay": 0.1, "eval_interval": 50, "eval_iters": 4},
     # a laptop GPU / long CPU run
     "small": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "window": 128,
+              "fixed_block": 64, "fixed_summary": 8,
               "batch_size": 32, "grad_accum": 1, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 200,
               "max_steps": 5000, "weight_decay": 0.1, "eval_interval": 250, "eval_iters": 50},
     # GPT-2 small; batch 12 x 40 accumulation x 1024 tokens ~ 0.5M tokens per step as in the paper.
     "gpt2-124m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "window": 256,
+                  "fixed_block": 128, "fixed_summary": 8,
                   "batch_size": 12, "grad_accum": 40, "lr": 6e-4, "min_lr": 6e-5, "warmup_steps": 2000,
                   "max_steps": 600000, "weight_decay": 0.1, "eval_interval": 1000, "eval_iters": 100},
 }
 DEFAULTS = {"attention": "dense", "local_layers": None, "dropout": 0.0, "bias": True, "beta1": 0.9,
             "beta2": 0.95, "grad_clip": 1.0, "log_interval": 10, "ckpt_interval": None, "seed": 1337}
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "attention", "window", "local_layers", "dropout",
-              "bias")
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "attention", "window", "fixed_block", "fixed_summary",
+              "local_layers", "dropout", "bias")
 # Settings that may differ between a run and its --resume. Most do not touch the math; two do, on purpose:
 # - max_steps is where the cosine schedule ends (lr_at), so resuming with another value changes the learning
 #   rate of every remaining step: the result is NOT what a straight run of either length would give (only an
@@ -87,11 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--n-head", type=int, help="attention heads per block")
     m.add_argument("--n-embd", type=int, help="residual width")
     m.add_argument("--block-size", type=int, help="context length in tokens")
-    m.add_argument("--attention", choices=["dense", "sparse"],
-                   help="dense: every layer causal; sparse: GPT-3 style, odd layers banded-local (default dense)")
-    m.add_argument("--window", type=int, help="keys seen by a local layer, including the query itself")
+    m.add_argument("--attention", choices=list(ATTENTIONS),
+                   help="dense: every layer causal; sparse: GPT-3 style, odd layers banded-local; fixed: odd layers "
+                        "use the Sparse Transformer's fixed pattern (own block + earlier blocks' summary positions; "
+                        "trains, samples and evaluates natively, no HF export) (default dense)")
+    m.add_argument("--window", type=int, help="keys seen by a banded (sparse) layer, including the query itself")
+    m.add_argument("--fixed-block", type=int, help="positions per block of a fixed layer (the paper's stride)")
+    m.add_argument("--fixed-summary", type=int,
+                   help="summary positions at the end of each block that later blocks read (the paper's c)")
     m.add_argument("--local-layers", type=lambda s: [int(x) for x in s.split(",") if x != ""],
-                   help="comma-separated indices of the local layers in sparse mode (default: odd layers)")
+                   help="comma-separated indices of the sparse layers in sparse/fixed mode (default: odd layers)")
     m.add_argument("--dropout", type=float, help="dropout probability (default 0: none, faster)")
     m.add_argument("--bias", type=lambda s: s.lower() in ("1", "true", "yes"),
                    help="biases in LayerNorm/MLP/out-proj: true|false (default true, as GPT-2)")
@@ -274,7 +283,8 @@ def train(argv: list[str] | None = None) -> dict:
     # ---- model / optimizer ----
     # Vocabulary rounded up to a multiple of 64: faster matmuls, and HF accepts rows beyond the tokenizer.
     vocab = ckpt["model_config"]["vocab_size"] if ckpt else (meta["vocab_size"] + 63) // 64 * 64
-    mcfg = GPTConfig(vocab_size=vocab, **{k: c[k] for k in MODEL_KEYS})
+    # checkpoints from before a model key existed lack it: the GPTConfig default is what they ran with
+    mcfg = GPTConfig(vocab_size=vocab, **{k: c[k] for k in MODEL_KEYS if k in c})
     torch.manual_seed(c["seed"])  # the same initial weights on every rank
     model = GPT(mcfg).to(device)
     torch.manual_seed(c["seed"] + rank)  # but each rank its own dropout masks (resume restores per-rank states)
