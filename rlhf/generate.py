@@ -258,7 +258,8 @@ def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Pr
                         text = decoded[j * K + k]
                         if n_shots:  # the model tends to continue with another example
                             text = text.split(FEW_SHOT_SEPARATOR)[0]
-                        text = text.strip()
+                        # A byte-level model can emit NUL, which PostgreSQL text cannot store: shown as U+FFFD.
+                        text = text.strip().replace("\0", "\ufffd")
                         if not args.regenerate and k in have[p.id]:
                             ids.append(have[p.id][k])
                             counts["reused"] += 1
