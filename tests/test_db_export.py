@@ -123,3 +123,53 @@ def test_raw_export_cli_salt_reruns_to_the_same_file_and_never_writes_the_salt(d
     assert "secret-salt" not in manifest and json.loads(manifest)["filters"]["annotators"] == "pseudonyms, given salt"
     assert main(["--url", db_url, "export", "raw", "--project", "p", "--with-usernames", "-o", str(out)]) == 0
     assert [json.loads(x)["annotator"] for x in out.read_text().splitlines()] == ["ann0", "ann0", "ann1"]
+
+
+def test_export_file_is_json_dumps_of_the_rows_in_task_order(session, tmp_path, monkeypatch):
+    """The file's template-written lines are byte for byte json.dumps(row, ensure_ascii=False) of the rows
+    iter_preference_rows gives (what rlhf trains on), for every format; compare and rank tasks interleave in
+    task id order, and small fetches make the rank queries run while the compare stream is open."""
+    import json
+
+    monkeypatch.setattr(export, "STREAM_ROWS", 2)
+    monkeypatch.setattr(export, "CHUNK", 2)
+    users = make_users(session, 2)
+    p = projects.create_project(session, "mix", labels_per_task=2)
+    odd = "caf\u00e9 \u2028\u2029 \x01\x1f \"q\" \\ \t\n \U0001f600 \x7f"
+    for i in range(6):
+        if i % 2:
+            pr, _ = content.add_prompt(session, p.id, messages=[{"role": "system", "content": f"sys {odd}"},
+                                                                 {"role": "user", "content": f"chat {i}"}])
+        else:
+            pr, _ = content.add_prompt(session, p.id, text=f"text {i} {odd}")
+        r = [content.add_response(session, pr.id, f"reply {k} of {i} {odd}")[0].id for k in range(3)]
+        if i % 3 == 2:
+            tasks.create_task(session, p.id, "rank", pr.id, r)
+        else:
+            tasks.create_task(session, p.id, "compare", pr.id, r[:2])
+    session.commit()
+    choices = iter(["a", "tie", "b", "b", "both_bad", "a", "a", "b"])
+    for u in users:
+        while (v := assignment.next_task(session, u, p.id)) is not None:
+            if v.kind == "rank":
+                ids = sorted(x["id"] for x in v.responses)
+                labels.submit_ranking(session, u, v.task_id, [[ids[1]], [ids[0], ids[2]]])
+            else:
+                labels.submit_preference(session, u, v.task_id, next(choices), strength="strong")
+    session.commit()
+    for options in ({}, {"fmt": "hh"}, {"conversational": "always"}, {"conversational": "never"},
+                    {"aggregate": "all", "include_ties": True}, {"aggregate": "unanimous", "include_ties": True}):
+        rows = list(export.iter_preference_rows(session, project="mix", **options))
+        out = tmp_path / "mix.jsonl"
+        m = export.export_file(session, "preferences", out, project="mix", **options)
+        assert out.read_text(encoding="utf-8") == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        assert m["rows"] == len(rows) > 0
+    everything = list(export.iter_preference_rows(session, project="mix", aggregate="all", include_ties=True,
+                                                  conversational="never"))
+    prompt_no = [int(r["chosen"].split(" of ")[1].split()[0]) for r in everything]
+    assert prompt_no == sorted(prompt_no) and set(prompt_no) == set(range(6))  # by task id, both kinds
+    assert sum("group" in r for r in everything) == 2 * 2 * 3  # two rank tasks, two rankings, C(3,2) pairs
+    # Each label counted once, though a ranking gives three rows.
+    m = export.export_file(session, "preferences", tmp_path / "all.jsonl", project="mix", aggregate="all",
+                           include_ties=True)
+    assert m["labels"] == {"preference_labels": {"count": 8, "max_id": 8}, "rankings": {"count": 4, "max_id": 4}}

@@ -15,11 +15,12 @@ import os
 import secrets
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ARRAY, Integer, any_, bindparam, exists, inspect, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import ARRAY, Integer, Select, any_, bindparam, exists, inspect, select, text
+from sqlalchemy.orm import Session, aliased
 
 from db.models import (
     Demonstration,
@@ -42,6 +43,7 @@ AGGREGATES = ("majority", "all", "unanimous")
 PREF_FORMATS = ("trl", "hh")
 SFT_FORMATS = ("prompt_completion", "messages")
 CHUNK = 1000
+STREAM_ROWS = 2000  # rows per fetch of a streamed query
 
 
 # --------------------------------------------------------------------------------------- filters
@@ -141,28 +143,17 @@ def _labels(session: Session, table: Any, batch: list[Any], uid: int | None, sin
 
 # ----------------------------------------------------------------------------------- preferences
 
-def _pair_votes(task: Any, prefs: list[Any], ranks: list[Any]
-                ) -> dict[tuple[int, int], list[tuple[str, float | None, int, str]]]:
-    """Votes per unordered response pair: (winner id as 'x'/'y'/'tie'/'both_bad', margin, label id, table)."""
+def _rank_votes(task: Any, ranks: list[Any]) -> dict[tuple[int, int], list[tuple[str, float | None, int, str]]]:
+    """Votes per unordered response pair of a rank task: ('x'/'y' = the lower/higher id wins, or 'tie',
+    margin, label id, table)."""
     votes: dict[tuple[int, int], list] = defaultdict(list)
-    if task.kind == "compare":
-        a, b = task.response_ids
-        key = (min(a, b), max(a, b))
-        for lab in prefs:
-            if lab.choice in ("a", "b"):
-                winner = a if lab.choice == "a" else b
-                verdict = "x" if winner == key[0] else "y"
-            else:
-                verdict = lab.choice
-            votes[key].append((verdict, MARGIN_FOR_STRENGTH.get(lab.strength or ""), lab.id, "preference_labels"))
-    else:
-        for r in ranks:
-            rank_of = {rid: i for i, group in enumerate(r.ordering) for rid in group}
-            for x, y in itertools.combinations(sorted(task.response_ids), 2):
-                if x not in rank_of or y not in rank_of:
-                    continue
-                verdict = "tie" if rank_of[x] == rank_of[y] else ("x" if rank_of[x] < rank_of[y] else "y")
-                votes[(x, y)].append((verdict, None, r.id, "rankings"))
+    for r in ranks:
+        rank_of = {rid: i for i, group in enumerate(r.ordering) for rid in group}
+        for x, y in itertools.combinations(sorted(task.response_ids), 2):
+            if x not in rank_of or y not in rank_of:
+                continue
+            verdict = "tie" if rank_of[x] == rank_of[y] else ("x" if rank_of[x] < rank_of[y] else "y")
+            votes[(x, y)].append((verdict, None, r.id, "rankings"))
     return votes
 
 
@@ -202,12 +193,209 @@ def _conversational(session: Session, pid: int | None, mode: str) -> bool:
     return session.scalar(q.limit(1)) is not None
 
 
+PrefRecord = tuple[int, str | None, list[Any] | None, str, str, float, str | None, str | None]
+"""(task id, prompt text, prompt chat turns, chosen text, rejected text, margin, group, tie) of one pair."""
+
+
+def _note(collect: dict[str, Any] | None, used: Iterable[tuple[int, str]]) -> None:
+    if collect is not None:
+        for lid, table in used:
+            collect.setdefault(table, []).append(lid)
+
+
+def _vote_records(tid: int, is_rank: bool, text: str | None, messages: list[Any] | None,
+                  votes: dict[tuple[int, int], list[tuple[str, float | None, int, str]]],
+                  texts: dict[int, str], aggregate: str, include_ties: bool,
+                  min_agreement: float | None, collect: dict[str, Any] | None) -> Iterator[PrefRecord]:
+    """The general case (rankings, several labels on a task): aggregate each pair's votes."""
+    used_here: dict[tuple[int, str], None] = {}  # each label once per task: the manifest counts unique ids
+    for (x, y), pair_votes in sorted(votes.items()):
+        for verdict, margin, agreement, used in _aggregate(pair_votes, aggregate):
+            if min_agreement is not None and agreement < min_agreement:
+                continue
+            tie = verdict in ("tie", "both_bad")
+            if tie and not include_ties:
+                continue
+            win, lose = (x, y) if verdict in ("x", "tie", "both_bad") else (y, x)
+            # One group per ranked task (per ranking under 'all'): a group is one batch element in reward
+            # training, so two rank tasks of a prompt or several annotators' rankings of a task must not merge
+            # into one group holding the same pair twice.
+            group = ((f"task-{tid}-ranking-{used[0][0]}" if aggregate == "all" else f"task-{tid}")
+                     if is_rank else None)
+            used_here.update(dict.fromkeys(used))
+            yield (tid, text, messages, texts[win], texts[lose], float(margin) if margin is not None else 0.0,
+                   group, verdict if tie else None)
+    _note(collect, used_here)
+
+
+def compare_label_query(pid: int | None = None, mvid: int | None = None, uid: int | None = None,
+                        since: dt.datetime | None = None, until: dt.datetime | None = None) -> Select:
+    """The one query behind a preference export's compare tasks: each preference label with its task, prompt
+    and both responses, ordered by (task, label). `bench/db_throughput.py` times the database's own dump of it
+    (COPY on PostgreSQL) as the export's ceiling."""
+    ra, rb = aliased(Response), aliased(Response)
+    lab = PreferenceLabel
+    q = (select(Task.id, Prompt.text, Prompt.messages, lab.id, lab.choice, lab.strength,
+                ra.id, ra.text, rb.id, rb.text)
+         .join(lab, lab.task_id == Task.id).join(Prompt, Prompt.id == Task.prompt_id)
+         .join(ra, ra.id == Task.response_ids[0].as_integer())
+         .join(rb, rb.id == Task.response_ids[1].as_integer())
+         .where(Task.kind == "compare"))
+    if pid is not None:
+        q = q.where(Task.project_id == pid)
+    if mvid is not None:
+        q = q.where((ra.model_version_id == mvid) | (rb.model_version_id == mvid))
+    if uid is not None:
+        q = q.where(lab.user_id == uid)
+    if since is not None:
+        q = q.where(lab.created_at >= since)
+    if until is not None:
+        q = q.where(lab.created_at < until)
+    return q.order_by(Task.id, lab.id)
+
+
+def _compare_records(session: Session, pid: int | None, mvid: int | None, uid: int | None,
+                     since: dt.datetime | None, until: dt.datetime | None, aggregate: str, include_ties: bool,
+                     min_agreement: float | None, collect: dict[str, Any] | None) -> Iterator[PrefRecord]:
+    """Compare tasks as pairs, streamed from `compare_label_query` (server-side cursor on PostgreSQL: flat
+    memory). Chunked lookups (five queries per 1000 tasks, every column parsed) ran at a tenth of this; a task
+    with one label, the common case, needs no vote counting."""
+    session.flush()  # the connection below does not autoflush as session.execute would
+    rows = iter(session.connection().execute(compare_label_query(pid, mvid, uid, since, until),
+                                             execution_options={"stream_results": True, "yield_per": STREAM_ROWS}))
+    one_ok = min_agreement is None or min_agreement <= 1.0
+    row = next(rows, None)
+    while row is not None:
+        tid, text, messages, lid, choice, strength, a, a_text, b, b_text = row
+        row = next(rows, None)
+        if row is None or row[0] != tid:  # one label: agreement 1, every aggregate keeps its verdict
+            if not one_ok:
+                continue
+            if choice == "a" or choice == "b":
+                cw, cl = (a_text, b_text) if choice == "a" else (b_text, a_text)
+                tie = None
+            elif include_ties:
+                cw, cl = (a_text, b_text) if a < b else (b_text, a_text)
+                tie = choice
+            else:
+                continue
+            margin = MARGIN_FOR_STRENGTH.get(strength or "")
+            if collect is not None:
+                collect.setdefault("preference_labels", []).append(lid)
+            yield tid, text, messages, cw, cl, margin if margin is not None else 0.0, None, tie
+            continue
+        labs = [(lid, choice, strength)]
+        while row is not None and row[0] == tid:
+            labs.append((row[3], row[4], row[5]))
+            row = next(rows, None)
+        x, y = min(a, b), max(a, b)
+        winner_is_x = {"a": a == x, "b": b == x}
+        votes = {(x, y): [(("x" if winner_is_x[ch] else "y") if ch in winner_is_x else ch,
+                           MARGIN_FOR_STRENGTH.get(st or ""), i, "preference_labels") for i, ch, st in labs]}
+        yield from _vote_records(tid, False, text, messages, votes, {a: a_text, b: b_text},
+                                 aggregate, include_ties, min_agreement, collect)
+
+
+def _rank_records(session: Session, pid: int | None, mvid: int | None, uid: int | None,
+                  since: dt.datetime | None, until: dt.datetime | None, aggregate: str, include_ties: bool,
+                  min_agreement: float | None, collect: dict[str, Any] | None) -> Iterator[PrefRecord]:
+    """Rank tasks, a chunk at a time: K responses and C(K,2) pairs each, fewer rows than compare tasks."""
+    for batch in _task_batches(session, ("rank",), pid, mvid, (Ranking,)):
+        prompts, responses = _load(session, batch)
+        ranks = _labels(session, Ranking, batch, uid, since, until)
+        for task in batch:
+            votes = _rank_votes(task, ranks.get(task.id, []))
+            if votes:
+                p = prompts[task.prompt_id]
+                texts = {rid: responses[rid].text for rid in task.response_ids}
+                yield from _vote_records(task.id, True, p.text, p.messages, votes, texts, aggregate,
+                                         include_ties, min_agreement, collect)
+
+
+def _preference_records(session: Session, *, project: str | None = None, fmt: str = "trl",
+                        aggregate: str = "majority", include_ties: bool = False,
+                        since: str | dt.datetime | None = None, until: str | dt.datetime | None = None,
+                        model_version: str | None = None, annotator: str | None = None,
+                        min_agreement: float | None = None, conversational: str = "auto",
+                        collect: dict[str, Any] | None = None) -> tuple[Iterator[PrefRecord], bool]:
+    """The pairs of a preference export, by task id, and whether rows are conversational."""
+    if fmt not in PREF_FORMATS:
+        raise InputError(f"format must be one of {', '.join(PREF_FORMATS)}, not {fmt!r}", field="format")
+    if aggregate not in AGGREGATES:
+        raise InputError(f"aggregate must be one of {', '.join(AGGREGATES)}, not {aggregate!r}",
+                         field="aggregate")
+    pid, mvid, uid = _resolve_filters(session, project, model_version, annotator)
+    since_t, until_t = _parse_date(since, "since"), _parse_date(until, "until")
+    chat = _conversational(session, pid, conversational) if fmt == "trl" else False
+    args = (session, pid, mvid, uid, since_t, until_t, aggregate, include_ties, min_agreement, collect)
+
+    def merged() -> Iterator[PrefRecord]:
+        # Two streams, each by task id: merge them so the export stays ordered by task id.
+        ranked = _rank_records(*args)
+        nxt = next(ranked, None)
+        for rec in _compare_records(*args):
+            while nxt is not None and nxt[0] < rec[0]:
+                yield nxt
+                nxt = next(ranked, None)
+            yield rec
+        while nxt is not None:
+            yield nxt
+            nxt = next(ranked, None)
+    return merged(), chat
+
+
+def _pref_row(rec: PrefRecord, fmt: str, chat: bool) -> dict[str, Any]:
+    _, text, messages, cw, cl, margin, group, tie = rec
+    msgs = list(messages) if messages else [{"role": "user", "content": text or ""}]
+    if fmt == "hh":
+        row: dict[str, Any] = {"chosen": _hh(msgs, cw), "rejected": _hh(msgs, cl)}
+    elif chat:
+        row = {"prompt": msgs, "chosen": [{"role": "assistant", "content": cw}],
+               "rejected": [{"role": "assistant", "content": cl}]}
+    else:
+        row = {"prompt": text if not messages else prompt_as_plain(msgs), "chosen": cw, "rejected": cl}
+    row["margin"] = margin
+    if group is not None:
+        row["group"] = group
+    if tie is not None:
+        row["tie"] = tie
+    return row
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(x, ensure_ascii=False), built once
+_str = encode_basestring  # the C function json uses for a str under ensure_ascii=False
+
+
+def _pref_line(rec: PrefRecord, fmt: str, chat: bool) -> str:
+    """`_pref_row` as its JSON line, written from a template: the same bytes as json.dumps(row,
+    ensure_ascii=False) (tests compare them) at a fifth of the cost, which at 1M rows was half the export."""
+    _, text, messages, cw, cl, margin, group, tie = rec
+    if fmt == "hh":
+        msgs = list(messages) if messages else [{"role": "user", "content": text or ""}]
+        line = f'{{"chosen": {_str(_hh(msgs, cw))}, "rejected": {_str(_hh(msgs, cl))}'
+    elif chat:
+        prompt = (_dumps(list(messages)) if messages
+                  else f'[{{"role": "user", "content": {_str(text or "")}}}]')
+        line = (f'{{"prompt": {prompt}, "chosen": [{{"role": "assistant", "content": {_str(cw)}}}], '
+                f'"rejected": [{{"role": "assistant", "content": {_str(cl)}}}]')
+    else:
+        prompt = text if not messages else prompt_as_plain(list(messages))
+        line = (f'{{"prompt": {_str(prompt) if isinstance(prompt, str) else _dumps(prompt)}, '
+                f'"chosen": {_str(cw)}, "rejected": {_str(cl)}')
+    line += f', "margin": {margin!r}'
+    if group is not None:
+        line += f', "group": {_str(group)}'
+    if tie is not None:
+        line += f', "tie": {_str(tie)}'
+    return line + "}\n"
+
+
 def iter_preference_rows(session: Session, *, project: str | None = None, fmt: str = "trl",
                          aggregate: str = "majority", include_ties: bool = False,
                          since: str | dt.datetime | None = None, until: str | dt.datetime | None = None,
                          model_version: str | None = None, annotator: str | None = None,
                          min_agreement: float | None = None, conversational: str = "auto",
-                         collect: dict[str, list[int]] | None = None) -> Iterator[dict[str, Any]]:
+                         collect: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Preference pairs in TRL explicit-prompt format ({prompt, chosen, rejected, margin}) or HH.
 
     Rankings expand into all C(K,2) pairs with a `group` per rank task (`task-<id>`; per ranking under
@@ -216,54 +404,12 @@ def iter_preference_rows(session: Session, *, project: str | None = None, fmt: s
     `include_ties` (then rows carry `"tie": "tie"` or `"tie": "both_bad"`, chosen/rejected in response-id
     order). `collect` receives the label ids used.
     """
-    if fmt not in PREF_FORMATS:
-        raise InputError(f"format must be one of {', '.join(PREF_FORMATS)}, not {fmt!r}", field="format")
-    if aggregate not in AGGREGATES:
-        raise InputError(f"aggregate must be one of {', '.join(AGGREGATES)}, not {aggregate!r}",
-                         field="aggregate")
-    pid, mvid, uid = _resolve_filters(session, project, model_version, annotator)
-    since, until = _parse_date(since, "since"), _parse_date(until, "until")
-    chat = _conversational(session, pid, conversational) if fmt == "trl" else False
-    for batch in _task_batches(session, ("compare", "rank"), pid, mvid, (PreferenceLabel, Ranking)):
-        prompts, responses = _load(session, batch)
-        prefs = _labels(session, PreferenceLabel, batch, uid, since, until)
-        ranks = _labels(session, Ranking, batch, uid, since, until)
-        for task in batch:
-            votes = _pair_votes(task, prefs.get(task.id, []), ranks.get(task.id, []))
-            if not votes:
-                continue
-            prompt = prompts[task.prompt_id]
-            msgs = prompt_messages(prompt)
-            for (x, y), pair_votes in sorted(votes.items()):
-                for verdict, margin, agreement, used in _aggregate(pair_votes, aggregate):
-                    if min_agreement is not None and agreement < min_agreement:
-                        continue
-                    tie = verdict in ("tie", "both_bad")
-                    if tie and not include_ties:
-                        continue
-                    win, lose = (x, y) if verdict in ("x", "tie", "both_bad") else (y, x)
-                    cw, cl = responses[win].text, responses[lose].text
-                    if fmt == "hh":
-                        row: dict[str, Any] = {"chosen": _hh(msgs, cw), "rejected": _hh(msgs, cl)}
-                    elif chat:
-                        row = {"prompt": msgs, "chosen": [{"role": "assistant", "content": cw}],
-                               "rejected": [{"role": "assistant", "content": cl}]}
-                    else:
-                        row = {"prompt": prompt.text if not prompt.messages else prompt_as_plain(msgs),
-                               "chosen": cw, "rejected": cl}
-                    row["margin"] = float(margin) if margin is not None else 0.0
-                    if task.kind == "rank":
-                        # One group per ranked task (per ranking under 'all'): a group is one batch element in
-                        # reward training, so two rank tasks of a prompt or several annotators' rankings of a
-                        # task must not merge into one group holding the same pair twice.
-                        row["group"] = (f"task-{task.id}-ranking-{used[0][0]}" if aggregate == "all"
-                                        else f"task-{task.id}")
-                    if tie:
-                        row["tie"] = verdict
-                    if collect is not None:
-                        for lid, table in used:
-                            collect.setdefault(table, []).append(lid)
-                    yield row
+    records, chat = _preference_records(
+        session, project=project, fmt=fmt, aggregate=aggregate, include_ties=include_ties, since=since,
+        until=until, model_version=model_version, annotator=annotator, min_agreement=min_agreement,
+        conversational=conversational, collect=collect)
+    for rec in records:
+        yield _pref_row(rec, fmt, chat)
 
 
 def prompt_as_plain(msgs: list[dict[str, str]]) -> str:
@@ -438,29 +584,79 @@ def schema_revision(session: Session) -> str | None:
     return session.scalar(text("SELECT version_num FROM alembic_version"))
 
 
+class _IdTally:
+    """Count and largest id of one label table, all a manifest shows: holding a 1M-row export's ids took
+    more memory than the rest of the export. An export lists each label once (a label belongs to one task,
+    its ids are noted once per task), so the count is the number of distinct ids."""
+
+    __slots__ = ("count", "max_id")
+
+    def __init__(self) -> None:
+        self.count, self.max_id = 0, None
+
+    def append(self, label_id: int) -> None:
+        self.count += 1
+        if self.max_id is None or label_id > self.max_id:
+            self.max_id = label_id
+
+
+class _Tallies(dict):
+    """A `collect` mapping for files: `collect.setdefault(table, []).append(id)` lands in an `_IdTally`."""
+
+    def setdefault(self, key: str, default: Any = None) -> _IdTally:
+        tally = self.get(key)
+        if tally is None:
+            tally = self[key] = _IdTally()
+        return tally
+
+
 def _manifest(session: Session, kind: str, filters: dict[str, Any], n: int,
-              collect: dict[str, list[int]]) -> dict[str, Any]:
+              collect: dict[str, Any]) -> dict[str, Any]:
     shown = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in filters.items() if k != "salt"}
     if kind == "raw":  # say how annotators appear, never the salt (it would let anyone undo the pseudonyms)
         shown["annotators"] = ("usernames" if filters.get("with_usernames") else
                                "pseudonyms, given salt" if filters.get("salt") is not None else
                                "pseudonyms, random salt of this export")
+    labels = {}
+    for table, ids in sorted(collect.items()):
+        if isinstance(ids, _IdTally):
+            labels[table] = {"count": ids.count, "max_id": ids.max_id}
+        else:
+            labels[table] = {"count": len(set(ids)), "max_id": max(ids) if ids else None}
     return {
         "kind": kind, "rows": n,
         "filters": shown,
-        "labels": {table: {"count": len(set(ids)), "max_id": max(ids) if ids else None}
-                   for table, ids in sorted(collect.items())},
+        "labels": labels,
         "schema_revision": schema_revision(session),
         "created_at": utcnow().isoformat(),
     }
 
 
-def write_jsonl(rows: Iterable[dict[str, Any]], fh: io.TextIOBase) -> int:
+def _lines(session: Session, kind: str, collect: dict[str, Any], **filters: Any) -> Iterator[str]:
+    """The export's JSON lines: preferences from their template, other kinds through the json encoder."""
+    if kind == "preferences":
+        records, chat = _preference_records(session, collect=collect, **filters)
+        fmt = filters.get("fmt", "trl")
+        return (_pref_line(rec, fmt, chat) for rec in records)
+    return (_dumps(row) + "\n" for row in iter_rows(session, kind, collect=collect, **filters))
+
+
+def _write_lines(lines: Iterable[str], fh: io.TextIOBase, chunk: int = 2000) -> int:
+    """Write lines a chunk at a time (one write per line cost more than encoding them); returns the count."""
     n = 0
-    for row in rows:
-        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        n += 1
-    return n
+    buf: list[str] = []
+    for line in lines:
+        buf.append(line)
+        if len(buf) == chunk:
+            fh.write("".join(buf))
+            n += chunk
+            buf.clear()
+    fh.write("".join(buf))
+    return n + len(buf)
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], fh: io.TextIOBase) -> int:
+    return _write_lines((_dumps(row) + "\n" for row in rows), fh)
 
 
 def export_file(session: Session, kind: str, out: str | Path, **filters: Any) -> dict[str, Any]:
@@ -469,10 +665,10 @@ def export_file(session: Session, kind: str, out: str | Path, **filters: Any) ->
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    collect: dict[str, list[int]] = {}
+    collect = _Tallies()
     try:
         with tmp.open("w", encoding="utf-8") as fh:
-            n = write_jsonl(iter_rows(session, kind, collect=collect, **filters), fh)
+            n = _write_lines(_lines(session, kind, collect, **filters), fh)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -484,8 +680,8 @@ def export_file(session: Session, kind: str, out: str | Path, **filters: Any) ->
 def export_bytes(session: Session, kind: str, **filters: Any) -> tuple[bytes, dict[str, Any]]:
     """The export as JSONL bytes (UI downloads) plus its manifest."""
     buf = io.StringIO()
-    collect: dict[str, list[int]] = {}
-    n = write_jsonl(iter_rows(session, kind, collect=collect, **filters), buf)
+    collect = _Tallies()
+    n = _write_lines(_lines(session, kind, collect, **filters), buf)
     return buf.getvalue().encode("utf-8"), _manifest(session, kind, filters, n, collect)
 
 
