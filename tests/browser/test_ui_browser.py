@@ -27,6 +27,7 @@ from labeling_ui.devserver import (
     settle,
     sign_in,
     streamlit_server,
+    submit_sign_in,
     wait_task_change,
 )
 from labeling_ui.seed import seed
@@ -220,7 +221,9 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     sign_in(page, base, "newbie", "newbie-pass-1")
     page.get_by_text("PROMPT · task #").wait_for()
 
-    # 1. The first task shows HTML from the model as text, and runs none of it.
+    # 1. The first task shows HTML from the model as text, and runs none of it. (The prompt header can paint
+    # before the responses under load: wait for the text itself before counting.)
+    page.get_by_text('<img src=x onerror="window.__xss=1">', exact=False).first.wait_for()
     assert page.get_by_text('<img src=x onerror="window.__xss=1">', exact=False).count() == 1
     assert page.get_by_text('<script>window.__xss = "script"</script>', exact=False).count() == 1
     page.wait_for_timeout(500)
@@ -391,11 +394,8 @@ def test_every_page_url_opened_directly_lands_on_its_page(app_server, browser):
     ctx, page = _page(browser)
     for path, title in {**ANNOTATOR_URLS, **ADMIN_URLS}.items():
         page.goto(f"{base}/{path}")
-        page.get_by_role("textbox", name="Username").fill("admin")
-        pw = page.get_by_role("textbox", name="Password")
-        pw.fill("password123")
-        pw.press("Enter")
         try:
+            submit_sign_in(page, "admin", "password123")
             page.get_by_role("heading", name=title, exact=True).wait_for()
         except Exception:
             page.screenshot(path=str(SHOTS / f"FAILED_url_{path}.png"), full_page=True)
