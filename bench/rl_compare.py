@@ -57,6 +57,7 @@ def main() -> None:
             "PPO (ours)": (train_ppo.main, ["--name", "ppo", "--max_steps", str(ppo_updates),
                                            "--per_device_train_batch_size", "8", "--num_mini_batches", "2",
                                            "--max_new_tokens", str(a.max_new_tokens), "--kl_coef", "0.05",
+                                           "--learning_rate", "3e-4", "--missing_eos_penalty", "1.0",
                                            "--save_steps", "0"]),
             "RLOO (TRL)": (train_rloo.main, ["--name", "rloo", "--max_steps", str(trl_steps),
                                             "--per_device_train_batch_size", "16", "--num_generations", "4",

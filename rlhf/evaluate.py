@@ -70,11 +70,12 @@ def evaluate_policy(policy: Any, reference: Any, score_fn: Any, tok: Any, prompt
     modes = (policy.training, reference.training)
     policy.eval(), reference.eval()
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
         for i in range(0, len(prompt_ids), batch_size):
             q, m = left_pad(prompt_ids[i:i + batch_size], pad)
-            outs = {who: sample(model, q, m, params, stop_ids, pad, return_logprobs=False)
-                    for who, model in (("policy", policy), ("reference", reference))}
+            outs = {}
+            for who, model in (("policy", policy), ("reference", reference)):
+                torch.manual_seed(seed * 1000 + i)  # each model its own stream: the reference's samples (and
+                outs[who] = sample(model, q, m, params, stop_ids, pad, return_logprobs=False)  # score) repeat
             a, b = outs["policy"], outs["reference"]
             sp += score_fn(a.query_ids, a.query_mask, a.response_ids, a.response_mask).float().tolist()
             sr += score_fn(b.query_ids, b.query_mask, b.response_ids, b.response_mask).float().tolist()
@@ -143,7 +144,7 @@ def evaluate_policy_cli(args: argparse.Namespace) -> dict[str, Any]:
     recorded = reward.info(rm).get("chat_template")
     scorer = RewardScorer(rm, rm_tok, tok, {tuple(i): r["prompt"] for i, r in zip(ids, held)},
                           bool(recorded) if recorded is not None else use_chat_for_training(rm_tok, "auto"),
-                          _vocab_key(rm_tok) == _vocab_key(tok))
+                          _vocab_key(rm_tok) == _vocab_key(tok), policy_chat=chat)
     res = evaluate_policy(policy, reference, scorer, tok, ids, held, max_new_tokens=args.max_new_tokens,
                           stop_ids=stop_token_ids(policy, tok), temperature=args.temperature, seed=args.seed,
                           batch_size=args.batch_size)

@@ -148,7 +148,7 @@ class OnlineJob(runs.HFTrainerJob):
                 getattr(reference.config, "max_position_embeddings", None) or 10 ** 9
             ids, _ = render_prompts(tok, self.held_rows, self.chat, max(1, n_pos - self.eval_len))
             scorer = RewardScorer(self.rm, self.rm_tok, tok, {tuple(i): r["prompt"] for i, r in zip(ids, self.held_rows)},
-                                  self.rm_chat, _vocab_key(self.rm_tok) == _vocab_key(tok))
+                                  self.rm_chat, _vocab_key(self.rm_tok) == _vocab_key(tok), policy_chat=self.chat)
             side = tok.padding_side
             tok.padding_side = "left"
             ev = evaluate_policy(self.trainer.model, reference, scorer, tok, ids, self.held_rows,

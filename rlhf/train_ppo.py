@@ -84,33 +84,52 @@ def load_ptx_tokens(path: str, tok: Any, vocab_size: int) -> Any:
     return np.asarray(ids, dtype=np.int64)
 
 
+def post_eos_suffix(tok: Any, chat: bool) -> list[int]:
+    """Token ids the reward model saw after a completion's EOS in training: the chat template may close the
+    turn after it (ours writes EOS, then a newline); plain rows end at EOS (TRL's tokenization)."""
+    if not chat or not getattr(tok, "chat_template", None) or tok.eos_token is None:
+        return []
+    mark = "\u2063sentinel\u2063"
+    text = tok.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": mark}],
+                                   tokenize=False)
+    rest = text[text.index(mark) + len(mark):]
+    at = rest.find(tok.eos_token)
+    return list(tok(rest[at + len(tok.eos_token):], add_special_tokens=False)["input_ids"]) if at >= 0 else []
+
+
 class RewardScorer:
     """score_fn for the trainer: the reward model's score of (prompt, response).
 
-    Same vocabulary as the policy: the sampled ids are scored as they are (``reward.score_ids``). Otherwise the
-    response is decoded and re-encoded with the reward model's tokenizer, the prompt rendered for it as it was
-    in reward training (``reward.score``)."""
+    Same vocabulary and prompt rendering as the policy: the sampled ids are scored as they are, with whatever
+    the chat template writes after EOS appended to a finished response, so the score is read at the token it was
+    trained at (``reward.score_ids``). Otherwise the response is decoded and re-encoded with the reward model's
+    tokenizer, the prompt rendered as in reward training (``reward.score``)."""
 
     def __init__(self, model: Any, tok: Any, policy_tok: Any, prompts: dict[tuple[int, ...], Any], chat: bool,
-                 same_vocab: bool) -> None:
+                 same_vocab: bool, policy_chat: bool | None = None) -> None:
         self.model, self.tok, self.policy_tok = model, tok, policy_tok
-        self.prompts, self.chat, self.same_vocab = prompts, chat, same_vocab
+        self.prompts, self.chat = prompts, chat
+        # token ids are only comparable when the prompt is rendered the same way for both
+        self.same_vocab = same_vocab and (policy_chat is None or policy_chat == chat)
+        self.suffix = post_eos_suffix(tok, chat) if self.same_vocab else []
+        self.eos = policy_tok.eos_token_id
 
     def __call__(self, q_ids: Any, q_mask: Any, r_ids: Any, r_mask: Any) -> Any:
         import torch
 
         from rlhf import reward
         from rlhf.formatting import format_sft_row
+        from rlhf.sampling import left_pad
 
         if self.same_vocab:
-            ids, mask = torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1)
             limit = reward.max_positions(self.model)
-            if limit and int(mask.sum(1).max()) > limit:  # a shorter context than the policy's: keep the end
-                from rlhf.sampling import left_pad
-
-                rows = [row[m.bool()].tolist()[-limit:] for row, m in zip(ids, mask)]
-                ids, mask = left_pad(rows, self.tok.pad_token_id)
-            return reward.score_ids(self.model, ids, mask)
+            rows = []
+            for q, qm, r, rm in zip(q_ids, q_mask, r_ids, r_mask):
+                resp = r[rm.bool()].tolist()
+                seq = q[qm.bool()].tolist() + resp + (self.suffix if resp and resp[-1] == self.eos else [])
+                rows.append(seq[-limit:] if limit else seq)  # a shorter context than the policy's: keep the end
+            ids, mask = left_pad(rows, self.tok.pad_token_id)
+            return reward.score_ids(self.model, ids, mask).to(q_ids.device)
         prompts, completions = [], []
         for q, qm, r, rm in zip(q_ids.tolist(), q_mask.tolist(), r_ids.tolist(), r_mask.tolist()):
             key = tuple(t for t, m in zip(q, qm) if m)
@@ -248,7 +267,7 @@ class PPOJob(runs.TrainingJob):
         rm_chat = reward.info(models["reward"]).get("chat_template")
         self.scorer = RewardScorer(models["reward"], self.rm_tok, tok, prompt_of,
                                    bool(rm_chat) if rm_chat is not None else use_chat_for_training(self.rm_tok, "auto"),
-                                   self.same_vocab)
+                                   self.same_vocab, policy_chat=self.chat)
         ptx = PtxData(self.ptx_tokens, cfg.ptx_block_size, cfg.seed) if self.ptx_tokens is not None else None
         self.stop_ids = stop_token_ids(models["policy"], tok)
         self.trainer = PPOTrainer(cfg, models["policy"], models["reference"], self.scorer, tok, self.train_ids,

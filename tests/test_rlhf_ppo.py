@@ -286,6 +286,34 @@ def test_reward_model_with_its_own_tokenizer_scores_decoded_text(tiny, tmp_path)
     assert got == pytest.approx(want, abs=1e-5)
 
 
+def test_ppo_scores_sampled_ids_where_reward_training_read_them(tiny):
+    """Our chat template writes EOS and then a newline after an answer; reward training reads the score at that
+    newline, so a finished response's ids must be scored with it: equal to reward.score on the same text."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf import reward
+    from rlhf.formatting import generation_input
+    from rlhf.sampling import left_pad
+    from rlhf.train_ppo import RewardScorer, post_eos_suffix
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    assert tok.chat_template and post_eos_suffix(tok, chat=True)  # the template closes the turn after EOS
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=1).eval()
+    rm.config.pad_token_id = tok.pad_token_id
+    prompts, answers = ["say cat", "name a river"], ["the cat sat", "blue water please"]
+    q = [tok(generation_input(tok, p, True), add_special_tokens=False)["input_ids"] for p in prompts]
+    r = [tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for a in answers]
+    qi, qm = left_pad(q, tok.pad_token_id)
+    width = max(len(x) for x in r)
+    ri, rmask = torch.full((2, width), tok.pad_token_id), torch.zeros(2, width, dtype=torch.long)
+    for i, x in enumerate(r):
+        ri[i, :len(x)], rmask[i, :len(x)] = torch.tensor(x), 1
+    got = RewardScorer(rm, tok, tok, {}, chat=True, same_vocab=True, policy_chat=True)(qi, qm, ri, rmask)
+    want = reward.score(rm, tok, [[{"role": "user", "content": p}] for p in prompts],
+                        [[{"role": "assistant", "content": a}] for a in answers])
+    assert got.tolist() == pytest.approx(want, abs=1e-5)
+
+
 def test_reward_model_with_a_shorter_context_scores_the_end_of_the_sequence(tiny, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -418,7 +446,7 @@ def loop(tiny, tmp_path_factory):
 
 
 PPO_ARGS = ["--per_device_train_batch_size", "8", "--num_mini_batches", "2", "--max_new_tokens", "12",
-            "--learning_rate", "1e-3", "--kl_coef", "0.05", "--seed", "0"]
+            "--learning_rate", "3e-4", "--kl_coef", "0.05", "--missing_eos_penalty", "1.0", "--seed", "0"]
 
 
 def test_ppo_job_registers_a_policy_that_beats_sft_and_feeds_generate(loop, monkeypatch, capsys):
