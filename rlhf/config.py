@@ -197,8 +197,13 @@ def parse(config_cls: type, argv: list[str] | None, prog: str, description: str)
     """Parse argv (+ ``--config file.yaml``) into the job's config."""
     from trl import TrlParser
 
+    from db.services.errors import InputError
+
     parser = TrlParser((config_cls,), prog=prog, description=description, formatter_class=HelpFormatter)
-    (cfg,) = parser.parse_args_and_config(args=argv)
+    try:
+        (cfg,) = parser.parse_args_and_config(args=argv)
+    except ValueError as e:  # unknown flags ("Some specified arguments are not used") or a refused setting
+        raise InputError(f"{e} (see {prog} --help)") from e
     return cfg
 
 

@@ -21,14 +21,14 @@ class ModelRef:
     kind: str | None = None  # base | sft | reward | policy | external
 
 
-def resolve_model(ref: str, url: str | None = None, lookup: bool = True) -> ModelRef:
+def resolve_model(ref: str, url: str | None = None, lookup: bool = True, field: str = "model") -> ModelRef:
     """A registered version (name, id or path) → its path; else a local directory or a hub id (unregistered).
 
     ``lookup=False`` leaves the database alone when `ref` is an existing directory (``--no_register`` runs
     on a file need no database at all)."""
     if not ref:
-        raise InputError("--model is required (a model version name, a local directory or a hub id)",
-                         field="model")
+        raise InputError(f"--{field} is required (a model version name, a local directory or a hub id)",
+                         field=field)
     local = Path(ref).expanduser()
     # An existing directory is looked up by its absolute path only: the same relative name typed in another
     # folder (or a version that happens to share the name) must not stand in for these weights.
@@ -53,8 +53,24 @@ def resolve_model(ref: str, url: str | None = None, lookup: bool = True) -> Mode
     if local.exists():
         return ModelRef(ref, str(local.resolve()))
     if ref.startswith((".", "/", "~")) or os.sep in ref and ref.count("/") > 1:
-        raise InputError(f"no model version and no directory named {ref!r}", field="model")
+        raise InputError(f"no model version and no directory named {ref!r}", field=field)
     return ModelRef(ref, ref)  # a hub id: loading it is the user's call (needs network or a local cache)
+
+
+def require_reward_model(m: ModelRef, field: str = "reward_model") -> None:
+    """Refuse a model that is not a trained scorer (a causal LM would get a fresh, random reward head)."""
+    if m.kind in ("base", "sft", "policy"):
+        raise InputError(f"--{field} {m.ref!r} is a {m.kind} model version, not a reward model: train one with "
+                         "python -m rlhf.train_reward (its head would otherwise be random)", field=field)
+    try:
+        from transformers import AutoConfig
+
+        archs = getattr(AutoConfig.from_pretrained(m.path), "architectures", None) or []
+    except Exception:  # noqa: BLE001 — a hub id or an unreadable config: the load reports it
+        return
+    if archs and not any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs):
+        raise InputError(f"--{field} {m.ref!r} is a {', '.join(archs)} checkpoint, not a reward model "
+                         "(a sequence-classification head): train one with python -m rlhf.train_reward", field=field)
 
 
 def ensure_registered(session: Any, m: ModelRef) -> Any:

@@ -79,14 +79,15 @@ class OnlineJob(runs.HFTrainerJob):
     def prepare(self) -> None:
         from rlhf import data
         from rlhf.formatting import use_chat_for_training
-        from rlhf.modeling import load_tokenizer, pad_problem, resolve_model
+        from rlhf.modeling import load_tokenizer, pad_problem, require_reward_model, resolve_model
 
         cfg = self.cfg
         if not cfg.reward_model:
             raise InputError("--reward_model is required", field="reward_model")
         lookup = bool(cfg.register or cfg.project)
         self.policy_ref = resolve_model(cfg.model, cfg.database_url, lookup=lookup)
-        self.rm_ref = resolve_model(cfg.reward_model, cfg.database_url, lookup=lookup)
+        self.rm_ref = resolve_model(cfg.reward_model, cfg.database_url, lookup=lookup, field="reward_model")
+        require_reward_model(self.rm_ref)
         self.rows = data.load_rows(data.PROMPT_KIND, url=cfg.database_url, project=cfg.project, dataset=cfg.dataset)
         self.train_rows, self.held_rows = data.split_by_prompt(self.rows.rows, cfg.eval_fraction)
         if cfg.max_rows:

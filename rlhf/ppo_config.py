@@ -24,6 +24,12 @@ class PPOConfig(TrainingArguments):
     ``max_grad_norm``, schedulers, ``save_steps``, ``report_to`` and the rest keep their usual meaning)."""
 
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of policy and value."})
+    per_device_train_batch_size: int = field(default=8, metadata={
+        "help": "Prompts per micro-batch (one forward/backward). Rollout per update and process = this x "
+                "--gradient_accumulation_steps x --num_mini_batches."})
+    max_steps: int = field(default=-1, metadata={
+        "help": "PPO updates (each: one rollout batch, then --num_ppo_epochs passes); -1: --num_train_epochs "
+                "passes over the prompts."})
     logging_steps: float = field(default=1, metadata={"help": "Log every this many PPO updates."})
     save_steps: float = field(default=20, metadata={"help": "Checkpoint every this many PPO updates."})
     # ---- models
@@ -41,7 +47,8 @@ class PPOConfig(TrainingArguments):
         "help": "Weights dtype of the frozen reference and reward models: auto (bfloat16 on a CUDA GPU that "
                 "supports it, else float32), float32, bfloat16.", "choices": ["auto", "float32", "bfloat16"]})
     # ---- rollouts
-    num_mini_batches: int = field(default=1, metadata={"help": "Mini-batches per rollout batch."})
+    num_mini_batches: int = field(default=1, metadata={
+        "help": "Mini-batches (optimizer steps) per rollout batch and PPO epoch; see --per_device_train_batch_size."})
     num_ppo_epochs: int = field(default=4, metadata={"help": "PPO passes over each rollout batch."})
     local_rollout_forward_batch_size: int = field(default=64, metadata={
         "help": "Sequences per no-grad forward pass (reference, reward, value) while scoring a rollout."})
@@ -81,7 +88,8 @@ class PPOConfig(TrainingArguments):
     whiten_advantages: bool = field(default=True, metadata={"help": "Whiten advantages per rollout batch."})
     # ---- PPO-ptx
     ptx_coef: float = field(default=0.0, metadata={
-        "help": "gamma of PPO-ptx: weight of a language-model loss on pretraining text (0 = plain PPO)."})
+        "help": "PPO-ptx: weight of a language-model loss on pretraining text (InstructGPT's gamma; not --gamma, "
+                "which is GAE's discount). 0 = plain PPO."})
     ptx_data: str | None = field(default=None, metadata={
         "help": "Pretraining data for PPO-ptx: a pretrain/ token-shard folder (meta.json + train.bin) or a text "
                 "file (.txt / .jsonl with a 'text' field) tokenized with the policy's tokenizer."})

@@ -165,7 +165,7 @@ class PPOJob(runs.TrainingJob):
 
         from rlhf import data
         from rlhf.formatting import use_chat_for_training
-        from rlhf.modeling import load_tokenizer, pad_problem, resolve_model
+        from rlhf.modeling import load_tokenizer, pad_problem, require_reward_model, resolve_model
 
         cfg = self.cfg
         if not cfg.reward_model:
@@ -175,10 +175,12 @@ class PPOJob(runs.TrainingJob):
             raise InputError("--ptx_coef > 0 (PPO-ptx) needs pretraining data: --ptx_data DIR|FILE", field="ptx_data")
         lookup = bool(cfg.register or cfg.project)
         refs = {"policy": resolve_model(cfg.model, cfg.database_url, lookup=lookup),
-                "reference": resolve_model(cfg.reference_model or cfg.model, cfg.database_url, lookup=lookup),
-                "reward": resolve_model(cfg.reward_model, cfg.database_url, lookup=lookup)}
+                "reference": resolve_model(cfg.reference_model or cfg.model, cfg.database_url, lookup=lookup,
+                                           field="reference_model"),
+                "reward": resolve_model(cfg.reward_model, cfg.database_url, lookup=lookup, field="reward_model")}
+        require_reward_model(refs["reward"])
         refs["value"] = None if cfg.share_value_backbone else \
-            resolve_model(cfg.value_model or cfg.reward_model, cfg.database_url, lookup=lookup)
+            resolve_model(cfg.value_model or cfg.reward_model, cfg.database_url, lookup=lookup, field="value_model")
         self.refs = refs
         self.rows = data.load_rows(data.PROMPT_KIND, url=cfg.database_url, project=cfg.project, dataset=cfg.dataset)
         if cfg.eval_dataset:

@@ -550,10 +550,20 @@ def test_ppo_resume_after_sigkill_is_exact(loop, tmp_path):
     assert curve("straight") == curve("killed") and len(curve("killed")) == 6
 
 
+def _as_reward_model(src: Path, dst: Path) -> Path:
+    """A sequence-classification copy of a tiny LM, with its tokenizer (a random reward model)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    AutoModelForSequenceClassification.from_pretrained(src, num_labels=1).save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
 def _bad_models(tiny, d: Path) -> dict[str, Path]:
     from transformers import AutoModelForSequenceClassification
 
-    out = {"no_pad": H.build_tiny_lm(d / "nopad", pad=False),
+    out = {"rm": _as_reward_model(tiny, d / "rm"),
+           "no_pad": _as_reward_model(H.build_tiny_lm(d / "nopad", pad=False), d / "rm_nopad"),
            "other_vocab": H.build_tiny_lm(d / "other", vocab_size=300, texts=H.corpus(100, seed=5))}
     rm = AutoModelForSequenceClassification.from_pretrained(out["other_vocab"], num_labels=1)
     rm.save_pretrained(d / "rm_no_tok")  # weights only: no tokenizer beside them
@@ -562,7 +572,8 @@ def _bad_models(tiny, d: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("case", ["rm_no_pad", "rm_other_vocab_no_tokenizer", "reference_other_tokenizer",
-                                  "empty_prompts", "no_room_for_response", "ptx_without_data"])
+                                  "empty_prompts", "no_room_for_response", "ptx_without_data", "rm_is_a_causal_lm",
+                                  "rm_missing", "unknown_flag"])
 def test_bad_input_is_refused_before_any_rollout(case, tiny, tmp_path, sqlite_url, home, capsys):
     from db.services import registry
     from db.session import session_scope
@@ -570,13 +581,16 @@ def test_bad_input_is_refused_before_any_rollout(case, tiny, tmp_path, sqlite_ur
 
     bad = _bad_models(tiny, tmp_path)
     prompts = H.write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"say {w}"} for w in H.WORDS[:10]])
-    args = {"--model": str(tiny), "--reward_model": str(tiny), "--dataset": str(prompts), "--max_steps": "1"}
+    args = {"--model": str(tiny), "--reward_model": str(bad["rm"]), "--dataset": str(prompts), "--max_steps": "1"}
     expect = {"rm_no_pad": ("reward_model", str(bad["no_pad"]), "pad token"),
               "rm_other_vocab_no_tokenizer": ("reward_model", str(bad["rm_no_tok"]), "no tokenizer of its own"),
               "reference_other_tokenizer": ("reference_model", str(bad["other_vocab"]), "do not share a tokenizer"),
               "empty_prompts": ("dataset", str(H.write_jsonl(tmp_path / "e.jsonl", [])), "no rows"),
               "no_room_for_response": ("max_new_tokens", "256", "leaves no room"),
-              "ptx_without_data": ("ptx_coef", "0.5", "needs pretraining data")}[case]
+              "ptx_without_data": ("ptx_coef", "0.5", "needs pretraining data"),
+              "rm_is_a_causal_lm": ("reward_model", str(tiny), "not a reward model"),
+              "rm_missing": ("reward_model", str(tmp_path / "nope"), "field 'reward_model'"),
+              "unknown_flag": ("max_new_tokenz", "3", "max_new_tokenz")}[case]
     args[f"--{expect[0]}"] = expect[1]
     argv = [x for kv in args.items() for x in kv] + ["--database_url", sqlite_url, "--name", "bad"]
     with pytest.raises(SystemExit) as e:
