@@ -116,7 +116,7 @@ def evaluate_policy_cli(args: argparse.Namespace) -> dict[str, Any]:
         resolve_model,
         stop_token_ids,
     )
-    from rlhf.train_ppo import RewardScorer, _vocab_key, render_prompts
+    from rlhf.train_ppo import RewardScorer, render_prompts
 
     if bool(args.project) == bool(args.dataset):
         raise InputError("give exactly one of --project or --dataset (prompts)", field="project")
@@ -135,16 +135,13 @@ def evaluate_policy_cli(args: argparse.Namespace) -> dict[str, Any]:
     reference = load_causal_lm(refs["reference"].path).to(device())
     rm = load_reward_model(refs["reward"].path).to(device()).eval()
     rm.config.pad_token_id = rm_tok.pad_token_id
-    n_pos = getattr(policy.config, "n_positions", None) or getattr(policy.config, "max_position_embeddings", None)
+    n_pos = reward.max_positions(policy)
     budget = (n_pos - args.max_new_tokens) if n_pos else 10 ** 9
     if budget < 1:
         raise InputError(f"--max_new_tokens {args.max_new_tokens} leaves no room for a prompt", field="max_new_tokens")
     chat = use_chat_for_training(tok, args.chat_format)
     ids, cut = render_prompts(tok, held, chat, budget)
-    recorded = reward.info(rm).get("chat_template")
-    scorer = RewardScorer(rm, rm_tok, tok, {tuple(i): r["prompt"] for i, r in zip(ids, held)},
-                          bool(recorded) if recorded is not None else use_chat_for_training(rm_tok, "auto"),
-                          _vocab_key(rm_tok) == _vocab_key(tok), policy_chat=chat)
+    scorer = RewardScorer.build(rm, rm_tok, tok, ids, [r["prompt"] for r in held], chat)
     res = evaluate_policy(policy, reference, scorer, tok, ids, held, max_new_tokens=args.max_new_tokens,
                           stop_ids=stop_token_ids(policy, tok), temperature=args.temperature, seed=args.seed,
                           batch_size=args.batch_size)

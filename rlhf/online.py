@@ -106,16 +106,14 @@ class OnlineJob(runs.HFTrainerJob):
         from trl import GRPOTrainer, RLOOTrainer
 
         from rlhf import reward
-        from rlhf.formatting import as_messages, plain_prompt, use_chat_for_training
+        from rlhf.formatting import as_messages, plain_prompt
         from rlhf.modeling import device, load_causal_lm, load_reward_model
 
         cfg = self.cfg
         set_seed(cfg.seed)
         rm = load_reward_model(self.rm_ref.path, cfg.attn_implementation).to(device()).eval().requires_grad_(False)
         rm.config.pad_token_id = self.rm_tok.pad_token_id
-        recorded = reward.info(rm).get("chat_template")
-        self.rm, self.rm_chat = rm, bool(recorded) if recorded is not None else use_chat_for_training(self.rm_tok,
-                                                                                                     "auto")
+        self.rm, self.rm_chat = rm, reward.trained_with_chat(rm, self.rm_tok)
         policy = load_causal_lm(self.policy_ref.path, cfg.attn_implementation)
         cfg.finalize_for_model(policy)
         ds = Dataset.from_list([{"prompt": as_messages(r["prompt"]) if self.chat else plain_prompt(r["prompt"])}
@@ -134,9 +132,10 @@ class OnlineJob(runs.HFTrainerJob):
 
     def save(self, metrics: dict[str, Any]) -> None:
         """The policy (every rank), then on the main process the held-out evaluation against --model."""
+        from rlhf import reward
         from rlhf.evaluate import evaluate_policy
         from rlhf.modeling import device, load_causal_lm, stop_token_ids
-        from rlhf.train_ppo import RewardScorer, _vocab_key, render_prompts
+        from rlhf.train_ppo import RewardScorer, render_prompts
 
         self.trainer.save_model(str(self.run_dir))
         if not self.is_main():
@@ -145,11 +144,10 @@ class OnlineJob(runs.HFTrainerJob):
         tok.save_pretrained(str(self.run_dir))
         if self.held_rows:
             reference = load_causal_lm(self.policy_ref.path, self.cfg.attn_implementation).to(device())
-            n_pos = getattr(reference.config, "n_positions", None) or \
-                getattr(reference.config, "max_position_embeddings", None) or 10 ** 9
+            n_pos = reward.max_positions(reference) or 10 ** 9
             ids, _ = render_prompts(tok, self.held_rows, self.chat, max(1, n_pos - self.eval_len))
-            scorer = RewardScorer(self.rm, self.rm_tok, tok, {tuple(i): r["prompt"] for i, r in zip(ids, self.held_rows)},
-                                  self.rm_chat, _vocab_key(self.rm_tok) == _vocab_key(tok), policy_chat=self.chat)
+            scorer = RewardScorer.build(self.rm, self.rm_tok, tok, ids, [r["prompt"] for r in self.held_rows],
+                                        self.chat)
             side = tok.padding_side
             tok.padding_side = "left"
             ev = evaluate_policy(self.trainer.model, reference, scorer, tok, ids, self.held_rows,

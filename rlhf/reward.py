@@ -35,6 +35,15 @@ def set_info(model: Any, **kw: Any) -> None:
     setattr(model.config, CONFIG_KEY, {**info(model), **kw})
 
 
+def trained_with_chat(model: Any, tokenizer: Any) -> bool:
+    """Whether the reward model was trained on chat-template renderings: as rlhf.train_reward recorded it,
+    else (a foreign model) when its tokenizer has a template."""
+    from rlhf.formatting import use_chat_for_training
+
+    recorded = info(model).get("chat_template")
+    return bool(recorded) if recorded is not None else use_chat_for_training(tokenizer, "auto")
+
+
 def max_positions(model: Any) -> int | None:
     """The longest sequence the model can read (None when its config sets no limit)."""
     cfg = getattr(model, "config", None)

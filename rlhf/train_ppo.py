@@ -114,6 +114,16 @@ class RewardScorer:
         self.suffix = post_eos_suffix(tok, chat) if self.same_vocab else []
         self.eos = policy_tok.eos_token_id
 
+    @classmethod
+    def build(cls, model: Any, tok: Any, policy_tok: Any, prompt_ids: list[list[int]], prompts: list[Any],
+              policy_chat: bool) -> RewardScorer:
+        """A scorer for these tokenized prompts, rendering for the reward model as it was trained."""
+        from rlhf import reward
+
+        return cls(model, tok, policy_tok, {tuple(i): p for i, p in zip(prompt_ids, prompts)},
+                   reward.trained_with_chat(model, tok), _vocab_key(tok) == _vocab_key(policy_tok),
+                   policy_chat=policy_chat)
+
     def __call__(self, q_ids: Any, q_mask: Any, r_ids: Any, r_mask: Any) -> Any:
         import torch
 
@@ -248,8 +258,6 @@ class PPOJob(runs.TrainingJob):
     def build(self) -> None:
         from transformers import set_seed
 
-        from rlhf import reward
-        from rlhf.formatting import use_chat_for_training
         from rlhf.modeling import device, stop_token_ids
         from rlhf.ppo_trainer import PPOTrainer, PtxData, metrics_writer
 
@@ -264,12 +272,8 @@ class PPOJob(runs.TrainingJob):
         if models["value"] is not None:
             models["value"].config.pad_token_id = tok.pad_token_id
         models["reward"].to(device()).eval().requires_grad_(False)
-        prompt_of = {tuple(ids): r["prompt"] for ids, r in zip(self.train_ids + self.held_ids,
-                                                               self.train_rows + self.held_rows)}
-        rm_chat = reward.info(models["reward"]).get("chat_template")
-        self.scorer = RewardScorer(models["reward"], self.rm_tok, tok, prompt_of,
-                                   bool(rm_chat) if rm_chat is not None else use_chat_for_training(self.rm_tok, "auto"),
-                                   self.same_vocab, policy_chat=self.chat)
+        self.scorer = RewardScorer.build(models["reward"], self.rm_tok, tok, self.train_ids + self.held_ids,
+                                         [r["prompt"] for r in self.train_rows + self.held_rows], self.chat)
         ptx = PtxData(self.ptx_tokens, cfg.ptx_block_size, cfg.seed) if self.ptx_tokens is not None else None
         self.stop_ids = stop_token_ids(models["policy"], tok)
         self.trainer = PPOTrainer(cfg, models["policy"], models["reference"], self.scorer, tok, self.train_ids,
