@@ -11,6 +11,7 @@ import torch
 from pretrain.export import export, to_hf
 from pretrain.export import main as export_main
 from pretrain.model import GPT, CausalSelfAttention, GPTConfig, fixed_causal_mask
+from tests.pretrain_helpers import randomized
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -22,15 +23,6 @@ def _cfg(**kw) -> GPTConfig:
     base = {"vocab_size": 320, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 64,
             "attention": "fixed", "fixed_block": L, "fixed_summary": C}
     return GPTConfig(**{**base, **kw})
-
-
-def _randomized(cfg: GPTConfig, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    m = GPT(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m
 
 
 def test_mask_picture():
@@ -86,11 +78,11 @@ def _reach(model: GPT, t: int = 60) -> torch.Tensor:
 
 
 def test_stacked_fixed_layers_carry_the_first_token_to_the_last():
-    one = _reach(_randomized(_cfg(n_layer=1, local_layers=[0])))
+    one = _reach(randomized(_cfg(n_layer=1, local_layers=[0])))
     assert (one[:L] > 0).all() and one[L:].max() == 0  # one layer: token 0 stays in its block
-    two = _reach(_randomized(_cfg(n_layer=2, local_layers=[0, 1])))
+    two = _reach(randomized(_cfg(n_layer=2, local_layers=[0, 1])))
     assert (two > 0).all()  # block 0's summaries gather it, then every later token reads them
-    assert (_reach(_randomized(_cfg(n_layer=2))) > 0).all()  # default: dense layer 0, fixed layer 1
+    assert (_reach(randomized(_cfg(n_layer=2))) > 0).all()  # default: dense layer 0, fixed layer 1
 
 
 def test_config_and_flops():

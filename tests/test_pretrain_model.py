@@ -6,6 +6,7 @@ import torch
 
 from pretrain.export import to_hf
 from pretrain.model import GPT, CausalSelfAttention, GPTConfig, banded_causal_mask
+from tests.pretrain_helpers import randomized
 
 W = 6
 
@@ -13,16 +14,6 @@ W = 6
 def _cfg(**kw) -> GPTConfig:
     base = {"vocab_size": 320, "block_size": 96, "n_layer": 4, "n_head": 2, "n_embd": 64, "window": W}
     return GPTConfig(**{**base, **kw})
-
-
-def _randomized(cfg: GPTConfig, seed: int = 0) -> GPT:
-    """Non-trivial weights everywhere (biases, LayerNorms) so any mapping mistake changes the logits."""
-    torch.manual_seed(seed)
-    m = GPT(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m
 
 
 def test_mask_matches_gpt_neo_definition():
@@ -58,8 +49,8 @@ def test_receptive_field_of_whole_model():
     x = torch.randint(0, 320, (1, 60))
     x2 = x.clone()
     x2[0, 0] = (x[0, 0] + 1) % 320
-    all_local = _randomized(_cfg(attention="sparse", local_layers=[0, 1, 2, 3]))
-    gpt3 = _randomized(_cfg(attention="sparse"))  # alternating dense / local
+    all_local = randomized(_cfg(attention="sparse", local_layers=[0, 1, 2, 3]))
+    gpt3 = randomized(_cfg(attention="sparse"))  # alternating dense / local
     with torch.no_grad():
         d_local = (all_local(x)[0] - all_local(x2)[0]).abs().amax(-1)[0]
         d_gpt3 = (gpt3(x)[0] - gpt3(x2)[0]).abs().amax(-1)[0]
@@ -72,7 +63,7 @@ def test_receptive_field_of_whole_model():
 def test_export_logits_and_greedy_generation(attention, gelu, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    native = _randomized(_cfg(attention=attention, gelu_approximate=gelu))
+    native = randomized(_cfg(attention=attention, gelu_approximate=gelu))
     hf = to_hf(native, {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1})
     hf.save_pretrained(str(tmp_path))
     # reload through the Auto class: no custom code; eager keeps GPT-Neo's local window
@@ -121,7 +112,7 @@ def test_generate_long_prompt_returns_exactly_the_new_tokens(attention, tmp_path
     """A prompt that does not leave room for the continuation is cropped from the left; native == HF."""
     from transformers import AutoModelForCausalLM
 
-    native = _randomized(_cfg(attention=attention, block_size=16))
+    native = randomized(_cfg(attention=attention, block_size=16))
     to_hf(native, {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1}).save_pretrained(str(tmp_path))
     hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
     a, b = _lm(native, True), _lm(hf, False)
@@ -143,7 +134,7 @@ def test_generate_long_prompt_returns_exactly_the_new_tokens(attention, tmp_path
 
 
 def test_top_k_zero_means_off():
-    native = _randomized(_cfg(block_size=16))
+    native = randomized(_cfg(block_size=16))
     lm = _lm(native, True)
     prompt = torch.randint(2, 320, (1, 4))
     off = lm.generate(prompt, 5, temperature=1.0, top_k=0, seed=3)

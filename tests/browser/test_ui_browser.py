@@ -36,7 +36,7 @@ SHOTS = ROOT / "test-artifacts" / "screenshots"
 N_KEYBOARD = 20
 # What Markdown (and Streamlit's text rewriting) used to change: `>>>` became a nested quote, a lone `-` an empty
 # bullet, single line breaks merged, indentation and `->` / `:smile:` / `&amp;` / `__init__` rewritten.
-EXACT_TEXT = (">>> import os\n>>> os.getcwd()\n'/home/user'\n-\nRoses are red,\n  violets are blue;\n"
+EXACT_TEXT = (">>> import os\n>>> os.getcwd()\n'projects/demo'\n-\nRoses are red,\n  violets are blue;\n"
               "def f(*args, **kwargs):\n    return 2*3*4  # -> 24\n1. one\n7. seven\n---\n"
               "x &amp; y :smile: __init__ a -- b <b>not bold</b> $5 [not a link](http://e)")
 
