@@ -7,7 +7,8 @@
 sample one response per prompt from the policy and from the reference, score both with the reward model, and
 print the mean reward-model score of each, the policy's win rate against the reference (RM-judged, ties half),
 the KL of the policy to the reference on its own samples (nats per response), mean lengths, and, when the
-prompts carry an ``answer`` (verifiable tasks), the share of responses that start with it.
+prompts carry an ``answer`` (verifiable tasks), the share of responses whose first line is it
+(``pretrain.tasks.is_correct``, the simulated annotator's rule).
 
 ``reward``: score every pair of a preference file (TRL explicit/implicit prompt or Anthropic HH) with any
 sequence-classification reward model; prints pairwise accuracy (ties count as wrong), mean margin, ECE of
@@ -62,6 +63,7 @@ def evaluate_policy(policy: Any, reference: Any, score_fn: Any, tok: Any, prompt
     """Policy vs reference on tokenized prompts (see the module docstring). The global RNG is left as it was."""
     import torch
 
+    from pretrain.tasks import is_correct
     from rlhf.sampling import SamplingParams, left_pad, sample, token_logprobs
 
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
@@ -90,7 +92,7 @@ def evaluate_policy(policy: Any, reference: Any, score_fn: Any, tok: Any, prompt
                 for j, row in enumerate(rows[i:i + batch_size]):
                     if row.get("answer") is not None:
                         text = tok.decode(o.response_ids[j][o.response_mask[j].bool()], skip_special_tokens=True)
-                        hits[who].append(text.strip().startswith(str(row["answer"])))
+                        hits[who].append(is_correct(str(row["answer"]), text))  # the annotator's rule
     policy.train(modes[0]), reference.train(modes[1])
     n = len(sp)
     out: dict[str, Any] = {
