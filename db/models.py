@@ -35,13 +35,15 @@ NAMING = {
 
 ROLES = ("admin", "annotator")
 MODEL_KINDS = ("base", "sft", "reward", "policy", "external")
-TASK_KINDS = ("compare", "rank", "demonstrate")
+TASK_KINDS = ("compare", "rank", "demonstrate", "rate")
 TASK_STATES = ("open", "done", "archived")
 ASSIGNMENT_STATES = ("assigned", "submitted", "skipped", "expired")
 CHOICES = ("a", "b", "tie", "both_bad")
 STRENGTHS = ("slight", "clear", "strong")
 FLAGS = ("hallucination", "fails_instruction", "harmful", "inappropriate", "other")
 DEMO_STATES = ("submitted", "accepted", "rejected")
+# A rate task's optional Likert score (InstructGPT's labelers gave 1-7).
+LIKERT_RANGE = (1, 7)
 
 
 def utcnow() -> dt.datetime:
@@ -229,6 +231,29 @@ class Ranking(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     # Best first; each element is a list of response ids that tie: [[3], [1, 4], [2]].
     ordering: Mapped[list[Any]] = mapped_column(JSON)
+    flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(TS)
+
+    task: Mapped[Task] = relationship()
+    user: Mapped[User] = relationship()
+
+
+class Rating(Base):
+    """A good/bad judgement of a rate task's single response (TRL's unpaired preference), optionally with a
+    1-7 Likert score."""
+
+    __tablename__ = "ratings"
+    __table_args__ = (UniqueConstraint("task_id", "user_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    # The rated response, kept here too so exports need not read the task's response_ids.
+    response_id: Mapped[int] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"), index=True)
+    good: Mapped[bool] = mapped_column(Boolean)
+    likert: Mapped[int | None] = mapped_column(Integer)
     flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
     comment: Mapped[str] = mapped_column(Text, default="")
     seconds: Mapped[float | None] = mapped_column(Float)
