@@ -119,6 +119,8 @@ def cmd_import(args: argparse.Namespace) -> int:
                                          demonstrate_tasks=args.tasks == "demonstrate")
         elif args.what == "preferences":
             r = importers.import_preferences(s, args.file, args.project, fmt=args.format, skip_invalid=skip)
+        elif args.what == "ratings":
+            r = importers.import_ratings(s, args.file, args.project, skip_invalid=skip)
         else:
             r = importers.import_oasst(s, args.file, args.project, skip_invalid=skip)
         if skip:
@@ -140,7 +142,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.what == "preferences":
         filters.update(fmt=args.format or "trl", aggregate=args.aggregate, include_ties=args.include_ties,
                        model_version=args.model_version, min_agreement=args.min_agreement,
-                       conversational=args.conversational)
+                       conversational=args.conversational, pair_ratings=args.pair_ratings)
+    elif args.what == "ratings":
+        filters.update(aggregate=args.aggregate, model_version=args.model_version,
+                       min_agreement=args.min_agreement, conversational=args.conversational)
     elif args.what == "sft":
         filters.update(fmt=args.format or "prompt_completion", conversational=args.conversational,
                        statuses=tuple(args.status.split(",")))
@@ -329,7 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     ipr.add_argument("--format", choices=["auto", "trl", "hh"], default="auto", help="default: detect per row")
     add(ims, "oasst", cmd_import, "OpenAssistant message trees (JSONL): ranked replies become rank tasks "
                                   "with the tree's ranking as a label")
-    for sp in (ip, ipr, ims.choices["oasst"]):
+    add(ims, "ratings", cmd_import, "good/bad ratings of single responses: TRL's unpaired preference format "
+                                    "{prompt, completion, label: true|false} (strings or chat turns); each row "
+                                    "becomes a rate task with its rating")
+    for sp in (ip, ipr, ims.choices["oasst"], ims.choices["ratings"]):
         sp.add_argument("file", help="path of the file to import (.jsonl, or .jsonl.gz as HH and OASST publish it)")
         sp.add_argument("--project", required=True, help="project name (must exist)")
         sp.add_argument("--skip-invalid", metavar="REPORT.jsonl",
@@ -349,6 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--include-ties", action="store_true", help="also write ties / both-bad (with a 'tie' field)")
     ep.add_argument("--min-agreement", type=float, help="only tasks whose majority share is at least this (0-1)")
     ep.add_argument("--model-version", help="only tasks showing a response of this model version")
+    ep.add_argument("--pair-ratings", action="store_true",
+                    help="also turn each good and each bad rating of the same prompt into a pair (after the "
+                         "compare/rank pairs; one group per prompt)")
+    era = add(es, "ratings", cmd_export, "good/bad ratings for KTO or a pointwise reward model: TRL unpaired "
+                                          "{prompt, completion, label}")
+    era.add_argument("--aggregate", choices=["majority", "all", "unanimous"], default="majority",
+                     help="several ratings per task: strict majority (default; an even split is left out), every "
+                          "rating, or only unanimous")
+    era.add_argument("--min-agreement", type=float, help="only tasks whose majority share is at least this (0-1)")
+    era.add_argument("--model-version", help="only ratings of responses of this model version")
     es_ = add(es, "sft", cmd_export, "demonstrations for SFT: {prompt, completion} or --format messages")
     es_.add_argument("--format", choices=["prompt_completion", "messages"], help="default: prompt_completion")
     es_.add_argument("--status", default="accepted,submitted",
@@ -363,10 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "[, answer]}, chat prompts as turns")
     epr.add_argument("--project", help="project name (default: all projects)")
     epr.add_argument("-o", "--output", help="output file (default: exports/prompts[-<project>].jsonl)")
-    for sp in (ep, es_):
+    for sp in (ep, es_, era):
         sp.add_argument("--conversational", choices=["auto", "always", "never"], default="auto",
                         help="message lists instead of strings (auto: when the project has chat prompts)")
-    for sp in (ep, es_, er):
+    for sp in (ep, es_, era, er):
         sp.add_argument("--project", help="project name (default: all projects)")
         sp.add_argument("--since", help="labels created on/after this ISO date")
         sp.add_argument("--until", help="labels created before this ISO date")

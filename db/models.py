@@ -284,9 +284,10 @@ class Demonstration(Base):
     user: Mapped[User] = relationship(foreign_keys=[user_id])
 
 
-JOB_KINDS = ("generate", "train_sft", "train_reward", "train_ppo", "train_rloo", "train_grpo", "evaluate", "pretrain")
+JOB_KINDS = ("generate", "train_sft", "train_reward", "train_ppo", "train_rloo", "train_grpo", "train_kto", "evaluate",
+             "pretrain")
 # Jobs that train a model: a worker runs one of these at a time by default (they take the whole device).
-TRAINING_JOB_KINDS = ("train_sft", "train_reward", "train_ppo", "train_rloo", "train_grpo", "pretrain")
+TRAINING_JOB_KINDS = ("train_sft", "train_reward", "train_ppo", "train_rloo", "train_grpo", "train_kto", "pretrain")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
@@ -328,3 +329,33 @@ class Job(Base):
 
 # Workers claim the oldest queued job: WHERE state = 'queued' ORDER BY id.
 Index("ix_jobs_state_id", Job.state, Job.id)
+
+
+class AuditEntry(Base):
+    """Who did what to whom (db.services.audit): written in the transaction of the change it records."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow, index=True)
+    # NULL with actor "cli:<os user>": the command line, run by someone with access to the database.
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    # The actor's username when it acted (kept if the account is renamed or removed).
+    actor: Mapped[str] = mapped_column(String(120), default="")
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    target: Mapped[str] = mapped_column(String(300), default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class SignInFailure(Base):
+    """A failed sign-in, counted per username and per client address for rate limiting (accounts.sign_in).
+    The username is stored as a SHA-256 only: people type passwords into the username field."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (
+        Index("ix_sign_in_failures_user_at", "username_hash", "at"),
+        Index("ix_sign_in_failures_client_at", "client", "at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username_hash: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str] = mapped_column(String(100), default="")
+    at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)

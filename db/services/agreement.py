@@ -3,7 +3,8 @@ majority per annotator, annotator speed, disagreements to review, and an annotat
 
 Agreement is computed on items with at least two labels: a compare task is one item (categories a / b /
 tie / both_bad); a rank task contributes one item per pair of its responses (first better / second
-better / tie, mapped onto a / b / tie), so rankings and comparisons share one report. The kappa
+better / tie, mapped onto a / b / tie), so rankings and comparisons share one report. Ratings of single
+responses (rate tasks, good / bad) have a report of their own (`rating_agreement`). The kappa
 functions are pure and take plain counts so they are easy to test.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import CHOICES, Demonstration, PreferenceLabel, Prompt, Ranking, Task, User
+from db.models import CHOICES, Demonstration, PreferenceLabel, Prompt, Ranking, Rating, Response, Task, User
 from db.services.content import prompt_as_text
 
 
@@ -124,8 +125,13 @@ def preference_agreement(session: Session, project_id: int | None = None, *,
         items, rankings_per_user = _ranking_items(session, project_id)
         by_task.update(items)
         counts.update(rankings_per_user)
+    return _report(by_task, counts, list(CHOICES), min_shared)
+
+
+def _report(by_task: dict[Any, list[tuple[str, Any]]], counts: Counter, cats: list[Any],
+            min_shared: int) -> dict[str, Any]:
+    """The agreement report of items -> [(annotator, category)] (see `preference_agreement`)."""
     multi = {t: v for t, v in by_task.items() if len(v) >= 2}
-    cats = list(CHOICES)
     table = [[sum(1 for _, c in v if c == cat) for cat in cats] for v in multi.values()]
 
     # Cohen's kappa for every pair of annotators on their shared tasks.
@@ -170,6 +176,39 @@ def preference_agreement(session: Session, project_id: int | None = None, *,
     }
 
 
+def rating_agreement(session: Session, project_id: int | None = None, *, min_shared: int = 1) -> dict[str, Any]:
+    """Agreement on rate tasks with several ratings (good / bad), in `preference_agreement`'s shape, plus
+    "disagreements": DataFrame[task_id, prompt, response, labels, majority, comments] of the split tasks.
+    The optional Likert scores are not compared (few annotators give them)."""
+    q = (select(Rating, User.username).join(User, User.id == Rating.user_id)
+         .join(Task, Task.id == Rating.task_id))
+    if project_id is not None:
+        q = q.where(Task.project_id == project_id)
+    by_task: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    comments: dict[int, list[str]] = defaultdict(list)
+    for r, username in session.execute(q.order_by(Rating.task_id, Rating.id)):
+        by_task[r.task_id].append((username, "good" if r.good else "bad"))
+        if r.comment:
+            comments[r.task_id].append(f"{username}: {r.comment}")
+    counts = Counter(u for v in by_task.values() for u, _ in v)
+    rep = _report(by_task, counts, ["good", "bad"], min_shared)
+    rows = []
+    for task_id, v in by_task.items():
+        if len(v) < 2 or len({c for _, c in v}) == 1:
+            continue
+        task = session.get(Task, task_id)
+        text = prompt_as_text(session.get(Prompt, task.prompt_id))
+        resp = session.get(Response, task.response_ids[0]).text
+        rows.append({"task_id": task_id, "prompt": text[:160] + ("…" if len(text) > 160 else ""),
+                     "response": resp[:160] + ("…" if len(resp) > 160 else ""),
+                     "labels": "; ".join(f"{u}: {c}" for u, c in v),
+                     "majority": _majority([c for _, c in v]) or "(split)",
+                     "comments": " | ".join(comments[task_id])})
+    rep["disagreements"] = pd.DataFrame(rows, columns=["task_id", "prompt", "response", "labels", "majority",
+                                                       "comments"])
+    return rep
+
+
 def disagreements(session: Session, project_id: int | None = None, *, limit: int = 200) -> pd.DataFrame:
     """Compare tasks whose labels are not unanimous, for review: one row per task."""
     by_task: dict[int, list[tuple[str, PreferenceLabel]]] = defaultdict(list)
@@ -198,7 +237,7 @@ def disagreements(session: Session, project_id: int | None = None, *, limit: int
 def annotator_speed(session: Session, project_id: int | None = None) -> pd.DataFrame:
     """Median and p90 seconds per task for each annotator and kind (labels with a recorded time)."""
     samples: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for model, kind in ((PreferenceLabel, "compare"), (Ranking, "rank")):
+    for model, kind in ((PreferenceLabel, "compare"), (Ranking, "rank"), (Rating, "rate")):
         q = (select(User.username, model.seconds).join(User, User.id == model.user_id)
              .join(Task, Task.id == model.task_id).where(model.seconds.is_not(None)))
         if project_id is not None:

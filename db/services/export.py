@@ -1,4 +1,4 @@
-"""Exports (DESIGN.md §5): preferences, sft, raw — streamed, ordered by id, with a manifest.
+"""Exports (DESIGN.md §5): preferences, sft, ratings, raw — streamed, ordered by id, with a manifest.
 
 The row iterators here are also what `rlhf/` trains on (`--project NAME`), so a model trained from
 the database and one trained from the exported JSONL see exactly the same rows.
@@ -29,6 +29,7 @@ from db.models import (
     Project,
     Prompt,
     Ranking,
+    Rating,
     Response,
     Task,
     User,
@@ -317,8 +318,10 @@ def _preference_records(session: Session, *, project: str | None = None, fmt: st
                         since: str | dt.datetime | None = None, until: str | dt.datetime | None = None,
                         model_version: str | None = None, annotator: str | None = None,
                         min_agreement: float | None = None, conversational: str = "auto",
-                        collect: dict[str, Any] | None = None) -> tuple[Iterator[PrefRecord], bool]:
-    """The pairs of a preference export, by task id, and whether rows are conversational."""
+                        pair_ratings: bool = False, collect: dict[str, Any] | None = None
+                        ) -> tuple[Iterator[PrefRecord], bool]:
+    """The pairs of a preference export, by task id, and whether rows are conversational; with `pair_ratings`,
+    then the pairs made of good and bad ratings of a prompt (see `_rating_pair_records`)."""
     if fmt not in PREF_FORMATS:
         raise InputError(f"format must be one of {', '.join(PREF_FORMATS)}, not {fmt!r}", field="format")
     if aggregate not in AGGREGATES:
@@ -341,6 +344,9 @@ def _preference_records(session: Session, *, project: str | None = None, fmt: st
         while nxt is not None:
             yield nxt
             nxt = next(ranked, None)
+        if pair_ratings:
+            yield from _rating_pair_records(session, pid, mvid, uid, since_t, until_t, aggregate, min_agreement,
+                                            collect)
     return merged(), chat
 
 
@@ -395,19 +401,21 @@ def iter_preference_rows(session: Session, *, project: str | None = None, fmt: s
                          since: str | dt.datetime | None = None, until: str | dt.datetime | None = None,
                          model_version: str | None = None, annotator: str | None = None,
                          min_agreement: float | None = None, conversational: str = "auto",
-                         collect: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+                         pair_ratings: bool = False, collect: dict[str, Any] | None = None
+                         ) -> Iterator[dict[str, Any]]:
     """Preference pairs in TRL explicit-prompt format ({prompt, chosen, rejected, margin}) or HH.
 
     Rankings expand into all C(K,2) pairs with a `group` per rank task (`task-<id>`; per ranking under
     `aggregate="all"`: `task-<id>-ranking-<label id>`). `aggregate="all"` gives one row per label, each in
     its own direction (a dissenting vote is the reversed pair). Ties and both-bad are left out unless
     `include_ties` (then rows carry `"tie": "tie"` or `"tie": "both_bad"`, chosen/rejected in response-id
-    order). `collect` receives the label ids used.
+    order). `pair_ratings` adds, after them, every (good, bad) pair of one prompt's ratings (aggregated per
+    task as `aggregate` says), grouped per prompt (`ratings-prompt-<id>`). `collect` receives the label ids used.
     """
     records, chat = _preference_records(
         session, project=project, fmt=fmt, aggregate=aggregate, include_ties=include_ties, since=since,
         until=until, model_version=model_version, annotator=annotator, min_agreement=min_agreement,
-        conversational=conversational, collect=collect)
+        conversational=conversational, pair_ratings=pair_ratings, collect=collect)
     for rec in records:
         yield _pref_row(rec, fmt, chat)
 
@@ -469,6 +477,99 @@ def iter_sft_rows(session: Session, *, project: str | None = None, fmt: str = "p
                 collect.setdefault("demonstrations", []).append(d.id)
 
 
+# ---------------------------------------------------------------------------------------- ratings
+
+RateRecord = tuple[int, int, str | None, list[Any] | None, str, bool, list[tuple[int, str]]]
+"""(task id, prompt id, prompt text, prompt chat turns, completion, good, [(rating id, table)]) of one row."""
+
+
+def rating_query(pid: int | None = None, mvid: int | None = None, uid: int | None = None,
+                 since: dt.datetime | None = None, until: dt.datetime | None = None, *,
+                 by_prompt: bool = False) -> Select:
+    """Each rating with its task, prompt and response, ordered by (task, rating), or by prompt first."""
+    q = (select(Task.id, Task.prompt_id, Prompt.text, Prompt.messages, Rating.id, Rating.good, Response.text)
+         .join(Rating, Rating.task_id == Task.id).join(Prompt, Prompt.id == Task.prompt_id)
+         .join(Response, Response.id == Rating.response_id)
+         .where(Task.kind == "rate"))
+    if pid is not None:
+        q = q.where(Task.project_id == pid)
+    if mvid is not None:
+        q = q.where(Response.model_version_id == mvid)
+    if uid is not None:
+        q = q.where(Rating.user_id == uid)
+    if since is not None:
+        q = q.where(Rating.created_at >= since)
+    if until is not None:
+        q = q.where(Rating.created_at < until)
+    return q.order_by(*((Task.prompt_id,) if by_prompt else ()), Task.id, Rating.id)
+
+
+def _rating_records(session: Session, pid: int | None, mvid: int | None, uid: int | None,
+                    since: dt.datetime | None, until: dt.datetime | None, aggregate: str,
+                    min_agreement: float | None, *, by_prompt: bool = False) -> Iterator[RateRecord]:
+    """Rate tasks' verdicts: one per task (majority / unanimous) or one per rating ('all'), streamed."""
+    session.flush()
+    rows = session.connection().execute(rating_query(pid, mvid, uid, since, until, by_prompt=by_prompt),
+                                        execution_options={"stream_results": True, "yield_per": STREAM_ROWS})
+    for tid, labs in itertools.groupby(rows, key=lambda r: r[0]):
+        labs = list(labs)
+        _, prompt_id, text_, messages, _, _, completion = labs[0]
+        votes = [("good" if r[5] else "bad", None, r[4], "ratings") for r in labs]
+        for verdict, _, agreement, used in _aggregate(votes, aggregate):
+            if min_agreement is not None and agreement < min_agreement:
+                continue
+            yield tid, prompt_id, text_, messages, completion, verdict == "good", used
+
+
+def _check_aggregate(aggregate: str) -> None:
+    if aggregate not in AGGREGATES:
+        raise InputError(f"aggregate must be one of {', '.join(AGGREGATES)}, not {aggregate!r}",
+                         field="aggregate")
+
+
+def iter_rating_rows(session: Session, *, project: str | None = None, aggregate: str = "majority",
+                     since: str | dt.datetime | None = None, until: str | dt.datetime | None = None,
+                     model_version: str | None = None, annotator: str | None = None,
+                     min_agreement: float | None = None, conversational: str = "auto",
+                     collect: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Ratings in TRL's unpaired preference format {prompt, completion, label} (what KTOTrainer reads), by
+    task id. Several ratings of a task: the strict majority (default; an even split is left out), every rating
+    ('all') or only unanimous ones."""
+    _check_aggregate(aggregate)
+    pid, mvid, uid = _resolve_filters(session, project, model_version, annotator)
+    since_t, until_t = _parse_date(since, "since"), _parse_date(until, "until")
+    chat = _conversational(session, pid, conversational)
+    for _, _, text_, messages, completion, good, used in _rating_records(
+            session, pid, mvid, uid, since_t, until_t, aggregate, min_agreement):
+        msgs = list(messages) if messages else [{"role": "user", "content": text_ or ""}]
+        if chat:
+            row = {"prompt": msgs, "completion": [{"role": "assistant", "content": completion}], "label": good}
+        else:
+            row = {"prompt": text_ if not messages else prompt_as_plain(msgs), "completion": completion,
+                   "label": good}
+        _note(collect, used)
+        yield row
+
+
+def _rating_pair_records(session: Session, pid: int | None, mvid: int | None, uid: int | None,
+                         since: dt.datetime | None, until: dt.datetime | None, aggregate: str,
+                         min_agreement: float | None, collect: dict[str, Any] | None) -> Iterator[PrefRecord]:
+    """Every (good, bad) pair of completions of one prompt, from its rate tasks' verdicts: the rating
+    counterpart of a ranking with two tiers, so one group per prompt. Only ratings in a pair are noted."""
+    recs = _rating_records(session, pid, mvid, uid, since, until, aggregate, min_agreement, by_prompt=True)
+    for prompt_id, same in itertools.groupby(recs, key=lambda r: r[1]):
+        same = list(same)
+        good = {r[4]: r for r in same if r[5]}  # by text: the same completion twice is one side
+        bad = {r[4]: r for r in same if not r[5] and r[4] not in good}
+        if not good or not bad:
+            continue
+        text_, messages = same[0][2], same[0][3]
+        for g in good.values():
+            for b in bad.values():
+                yield (min(g[0], b[0]), text_, messages, g[4], b[4], 0.0, f"ratings-prompt-{prompt_id}", None)
+        _note(collect, [u for r in (*good.values(), *bad.values()) for u in r[6]])
+
+
 # -------------------------------------------------------------------------------------------- raw
 
 def annotator_names(session: Session, *, salt: str | None = None, with_usernames: bool = False
@@ -526,6 +627,20 @@ def iter_raw_rows(session: Session, *, project: str | None = None, since: str | 
                 if collect is not None:
                     collect.setdefault("preference_labels" if is_pref else "rankings", []).append(lab.id)
                 yield row
+    for batch in _task_batches(session, ("rate",), pid, mvid, (Rating,)):
+        _, responses = _load(session, batch)
+        rates = _labels(session, Rating, batch, uid, since, until)
+        for task in batch:
+            shown = [{"response_id": rid, "model_version": versions.get(responses[rid].model_version_id)
+                      if responses[rid].model_version_id else None} for rid in task.response_ids]
+            for lab in rates.get(task.id, []):
+                if collect is not None:
+                    collect.setdefault("ratings", []).append(lab.id)
+                yield {"label_id": lab.id, "kind": "rate", "project": pnames[task.project_id], "task_id": task.id,
+                       "prompt_id": task.prompt_id, "annotator": who(lab.user_id),
+                       "created_at": iso(lab.created_at), "updated_at": iso(lab.updated_at),
+                       "seconds": lab.seconds, "flags": lab.flags, "comment": lab.comment, "responses": shown,
+                       "good": lab.good, "likert": lab.likert}
     if mvid is not None:
         return  # demonstrations are human-written: no model version to filter on
     for rows in _demo_batches(session, pid, uid, since, until):
@@ -575,7 +690,9 @@ def iter_rows(session: Session, kind: str, collect: dict[str, list[int]] | None 
         return iter_raw_rows(session, collect=collect, **filters)
     if kind == "prompts":
         return iter_prompt_rows(session, collect=collect, **filters)
-    raise InputError(f"unknown export {kind!r}: use preferences, sft, raw or prompts", field="kind")
+    if kind == "ratings":
+        return iter_rating_rows(session, collect=collect, **filters)
+    raise InputError(f"unknown export {kind!r}: use preferences, sft, ratings, raw or prompts", field="kind")
 
 
 def schema_revision(session: Session) -> str | None:
@@ -697,6 +814,7 @@ __all__ = [
     "export_bytes",
     "export_file",
     "iter_preference_rows",
+    "iter_rating_rows",
     "iter_raw_rows",
     "iter_rows",
     "iter_sft_rows",

@@ -1,4 +1,5 @@
-"""Imports: prompts (JSONL/CSV), preference datasets (TRL or Anthropic HH), OpenAssistant trees.
+"""Imports: prompts (JSONL/CSV), preference datasets (TRL or Anthropic HH), OpenAssistant trees, ratings (TRL
+unpaired preferences).
 
 Files are read as published: UTF-8 JSONL (or CSV for prompts), optionally gzip-compressed (HH and OASST ship
 `.jsonl.gz`). Every line is checked before anything is written. A line that cannot be read is refused with
@@ -26,7 +27,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Assignment, PreferenceLabel, Project, Prompt, Ranking, Response, Task, utcnow
+from db.models import Assignment, PreferenceLabel, Project, Prompt, Ranking, Rating, Response, Task, utcnow
 from db.services import accounts, content, projects, tasks
 from db.services.content import validate_messages
 from db.services.errors import InputError
@@ -727,5 +728,82 @@ def import_oasst(session: Session, source: str | Path | bytes, project: str, *,
     if left_out:
         details["prompts left out: identical or equally ranked replies"] = left_out
     result.details = details
+    session.flush()
+    return result
+
+
+# ------------------------------------------------------------------------- ratings (TRL unpaired)
+
+def _rating_row(obj: dict[str, Any], i: int) -> dict[str, Any]:
+    """TRL's unpaired preference row {"prompt", "completion", "label": bool}: prompt and completion as
+    strings or chat turns (KTOTrainer takes both)."""
+    for f in ("prompt", "completion", "label"):
+        if f not in obj:
+            raise InputError("missing field", field=f)
+    p = obj["prompt"]
+    if isinstance(p, str):
+        if not p.strip():
+            raise InputError("empty prompt", field="prompt")
+        messages = [{"role": "user", "content": p}]
+    else:
+        messages = validate_messages(p, field="prompt")
+        if messages[-1]["role"] != "user":
+            raise InputError("the prompt's last turn must be a user turn", field="prompt")
+    turns = _completion_turns(obj["completion"], "completion")
+    if turns[0]["role"] != "assistant":
+        raise InputError("the completion must start with an assistant turn", field="completion")
+    completion = _tail_text(turns)
+    if not completion.strip():
+        raise InputError("empty completion", field="completion")
+    label = obj["label"]
+    # Only JSON true/false: "false" or 0 could be read either way.
+    if not isinstance(label, bool):
+        raise InputError(f"must be true or false, not {json.dumps(label)}", field="label")
+    _check_storable(messages, "prompt")
+    _check_storable(completion, "completion")
+    return {"messages": messages, "completion": completion, "turns": turns, "good": label, "line": i}
+
+
+def parse_ratings(text: str, name: str, *, refused: list[RefusedLine] | None = None) -> list[dict[str, Any]]:
+    """Rows {messages, completion, turns, good, line}. Bad lines go to `refused` when given, else raise
+    InvalidRowsError."""
+    return _parse_jsonl(text, name, _rating_row, refused)
+
+
+def import_ratings(session: Session, source: str | Path | bytes, project: str, *, filename: str | None = None,
+                   skip_invalid: bool = False) -> ImportResult:
+    """Seed a project with TRL unpaired preferences: each row becomes a prompt, a response, a rate task and
+    one rating by the pseudo-user `import:trl-unpaired`. A row whose (prompt, completion) that user already
+    rated (a re-import, or a repeat inside the file) adds nothing and counts as already present."""
+    text, name = _read_text(source, filename)
+    proj = projects.get_project(session, project)
+    refused: list[RefusedLine] = []
+    rows = parse_ratings(text, name, refused=refused if skip_invalid else None)
+    result = ImportResult(file=name, kind="ratings (trl unpaired)", rows=len(rows), refused=refused)
+    who = accounts.system_user(session, "import:trl-unpaired")
+    src = Path(name).name
+    good = bad = conflicting = 0
+    for r in rows:
+        with _located(name, r["line"]):
+            text_, msgs = _stored_prompt(r["messages"])
+            prompt, _ = content.add_prompt(session, proj.id, text=text_, messages=msgs, source=src)
+            params = {"source": src, **({"turns": r["turns"]} if len(r["turns"]) > 1 else {})}
+            resp, _ = content.add_response(session, prompt.id, r["completion"], params=params)
+            task, _ = tasks.create_task(session, proj.id, "rate", prompt.id, [resp.id], source=src)
+        existing = session.scalar(select(Rating).where(Rating.task_id == task.id, Rating.user_id == who.id))
+        if existing is not None:
+            result.skipped += 1
+            conflicting += existing.good != r["good"]
+            continue
+        session.add(Rating(task_id=task.id, user_id=who.id, response_id=resp.id, good=r["good"], flags=[],
+                           comment=""))
+        _count_imported_label(session, task, who.id, proj)
+        session.flush()
+        result.added += 1
+        good += r["good"]
+        bad += not r["good"]
+    result.details = {"good": good, "bad": bad}
+    if conflicting:
+        result.details["repeats with the other label (the first one is kept)"] = conflicting
     session.flush()
     return result

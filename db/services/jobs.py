@@ -1,4 +1,5 @@
-"""Jobs (generate, train_sft, train_reward, train_ppo, train_rloo, train_grpo, evaluate, pretrain) queued from the app or the CLI.
+"""Jobs (generate, train_sft, train_reward, train_ppo, train_rloo, train_grpo, train_kto, evaluate, pretrain) queued
+from the app or the CLI.
 
 The app only writes job rows and reads their state, log and metrics; a worker (`python -m rlhf.worker`)
 claims queued jobs and runs each as its own process. Claiming is atomic, so several workers (threads,

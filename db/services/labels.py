@@ -1,4 +1,4 @@
-"""Label submission (preference, ranking, demonstration), revision, history, review.
+"""Label submission (preference, ranking, demonstration, rating), revision, history, review.
 
 Submitting is idempotent: a second submit of the same task by the same user returns the first
 label and writes nothing (double clicks, retries after a network error).
@@ -15,12 +15,14 @@ from sqlalchemy.orm import Session
 from db.models import (
     CHOICES,
     FLAGS,
+    LIKERT_RANGE,
     STRENGTHS,
     Assignment,
     Demonstration,
     PreferenceLabel,
     Project,
     Ranking,
+    Rating,
     Task,
     utcnow,
 )
@@ -158,6 +160,31 @@ def submit_ranking(session: Session, user_id: int, task_id: int, ordering: Seque
         comment=comment or "", seconds=seconds, created_at=now))
 
 
+def _check_rating(good: Any, likert: Any) -> tuple[bool, int | None]:
+    # A real bool only: "false" or 0 from a form or a script must not silently mean something.
+    if not isinstance(good, bool):
+        raise InputError(f"good must be true or false, not {good!r}", field="good")
+    if likert is None:
+        return good, None
+    lo, hi = LIKERT_RANGE
+    if isinstance(likert, bool) or not isinstance(likert, int) or not lo <= likert <= hi:
+        raise InputError(f"the Likert score must be a whole number from {lo} to {hi}, not {likert!r}",
+                         field="likert")
+    return good, likert
+
+
+def submit_rating(session: Session, user_id: int, task_id: int, good: bool, *, likert: int | None = None,
+                  flags: Sequence[str] | None = None, comment: str = "", seconds: float | None = None,
+                  now: dt.datetime | None = None) -> tuple[Rating, bool]:
+    """Record a good/bad judgement of a rate task's one response (optionally a 1-7 Likert score)."""
+    def build(task: Task, now: dt.datetime) -> Rating:
+        ok, score = _check_rating(good, likert)
+        return Rating(task_id=task_id, user_id=user_id, response_id=task.response_ids[0], good=ok, likert=score,
+                      flags=_check_flags(flags), comment=comment or "", seconds=seconds, created_at=now)
+
+    return _submit_once(session, Rating, "rate", task_id, user_id, now, build)
+
+
 def _check_demonstration(session: Session, project_id: int, text: str) -> str:
     text = (text or "").strip()
     minimum = int(setting(session.get(Project, project_id), "min_demonstration_chars") or 1)
@@ -221,6 +248,25 @@ def revise_preference(session: Session, user_id: int, label_id: int, choice: str
         return label
 
 
+def revise_rating(session: Session, user_id: int, rating_id: int, good: bool, *, likert: int | None = None,
+                  flags: Sequence[str] | None = None, comment: str | None = None,
+                  now: dt.datetime | None = None) -> Rating:
+    ok, score = _check_rating(good, likert)
+    flags = _check_flags(flags)
+    now = now or utcnow()
+    with write_transaction(session):
+        r = session.get(Rating, rating_id)
+        if r is None or r.user_id != user_id:
+            raise NotFound(f"no rating {rating_id} of yours")
+        _check_revision_window(session, r.task_id, r.created_at, now)
+        r.good, r.likert, r.flags = ok, score, flags
+        if comment is not None:
+            r.comment = comment
+        r.updated_at = now
+        session.flush()
+        return r
+
+
 def revise_ranking(session: Session, user_id: int, ranking_id: int, ordering: Sequence[Sequence[int]], *,
                    flags: Sequence[str] | None = None, now: dt.datetime | None = None) -> Ranking:
     now = now or utcnow()
@@ -280,7 +326,7 @@ def history(session: Session, user_id: int, *, project_id: int | None = None,
             limit: int = 100) -> list[dict[str, Any]]:
     """The user's own labels, newest first, as plain rows for the history page."""
     rows: list[dict[str, Any]] = []
-    for model, kind in ((PreferenceLabel, "compare"), (Ranking, "rank")):
+    for model, kind in ((PreferenceLabel, "compare"), (Ranking, "rank"), (Rating, "rate")):
         q = select(model, Task).join(Task, Task.id == model.task_id).where(model.user_id == user_id)
         if project_id is not None:
             q = q.where(Task.project_id == project_id)
@@ -289,6 +335,8 @@ def history(session: Session, user_id: int, *, project_id: int | None = None,
                    "updated_at": lab.updated_at, "flags": lab.flags, "seconds": lab.seconds}
             if kind == "compare":
                 row.update(choice=lab.choice, strength=lab.strength, comment=lab.comment)
+            elif kind == "rate":
+                row.update(good=lab.good, likert=lab.likert, comment=lab.comment)
             else:
                 row.update(ordering=lab.ordering)
             rows.append(row)

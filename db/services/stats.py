@@ -16,12 +16,13 @@ from db.models import (
     Project,
     Prompt,
     Ranking,
+    Rating,
     Task,
     User,
     utcnow,
 )
 
-LABEL_TABLES = ((PreferenceLabel, "compare"), (Ranking, "rank"))
+LABEL_TABLES = ((PreferenceLabel, "compare"), (Ranking, "rank"), (Rating, "rate"))
 
 
 def _day_start(now: dt.datetime) -> dt.datetime:
@@ -30,7 +31,7 @@ def _day_start(now: dt.datetime) -> dt.datetime:
 
 def label_counts(session: Session, project_id: int, *, user_id: int | None = None,
                  now: dt.datetime | None = None) -> dict[str, int]:
-    """Labels (preferences, rankings, demonstrations) in a project, optionally one user's own:
+    """Labels (preferences, rankings, ratings, demonstrations) in a project, optionally one user's own:
     {"total", "today"} (today = since 00:00 UTC). The labeling pages show it on every task."""
     today = _day_start(now or utcnow())
     total = n_today = 0

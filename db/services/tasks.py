@@ -1,4 +1,4 @@
-"""Task creation: compare (A/B randomized once and stored), rank (K >= 3), demonstrate."""
+"""Task creation: compare (A/B randomized once and stored), rank (K >= 3), demonstrate, rate (one response)."""
 from __future__ import annotations
 
 import random
@@ -28,7 +28,9 @@ def create_task(session: Session, project_id: int, kind: str, prompt_id: int,
         raise InputError("a rank task needs at least 3 responses", field="response_ids")
     if kind == "demonstrate" and response_ids:
         raise InputError("a demonstrate task has no responses", field="response_ids")
-    if kind not in ("compare", "rank", "demonstrate"):
+    if kind == "rate" and len(response_ids) != 1:
+        raise InputError("a rate task needs exactly 1 response", field="response_ids")
+    if kind not in ("compare", "rank", "demonstrate", "rate"):
         raise InputError(f"unknown task kind {kind!r}", field="kind")
     if len(set(response_ids)) != len(response_ids):
         raise InputError("the same response appears twice", field="response_ids")
