@@ -114,11 +114,22 @@ def _as_dict(user: Any) -> dict[str, Any]:
             "role": user.role}
 
 
+def client_address() -> str | None:
+    """The browser's address as the server sees it (None without a request, e.g. AppTest): sign-in failures
+    are rate limited per client as well as per username."""
+    try:
+        ip = st.context.ip_address
+    except Exception:  # noqa: BLE001 - no request context
+        return None
+    return ip if isinstance(ip, str) and ip else None
+
+
 def sign_in_local(username: str, password: str, remember: bool = True) -> dict[str, Any] | None:
     """Check the password; on success store the user in the session, start a session token that survives
-    reloads (kept across browser restarts when `remember`), and return the user."""
+    reloads (kept across browser restarts when `remember`), and return the user. Raises
+    accounts.TooManyAttempts (with the wait) after too many failures for the username or this client."""
     with db() as s:
-        user = accounts.authenticate(s, (username or "").strip(), password or "")
+        user = accounts.sign_in(s, (username or "").strip(), password or "", client=client_address())
         info = _as_dict(user) if user is not None else None
         token = None
         if user is not None:
@@ -247,6 +258,11 @@ def sign_in_page() -> None:
                                         "the browser closes.")
             ok = st.form_submit_button("Sign in", type="primary", width="stretch")
         if ok:
-            if sign_in_local(username, password, remember):
-                st.rerun()
-            st.error("Unknown username or wrong password (or the account is deactivated).")
+            try:
+                signed_in = sign_in_local(username, password, remember)
+            except accounts.TooManyAttempts as e:
+                st.error(f"{str(e)[:1].upper()}{str(e)[1:]}.", icon=":material/timer:")
+            else:
+                if signed_in:
+                    st.rerun()
+                st.error("Unknown username or wrong password (or the account is deactivated).")

@@ -1,18 +1,26 @@
-"""Users: create, authenticate (scrypt hash), roles, deactivate, system users for imports."""
+"""Users: create, authenticate (scrypt hash), rate-limited sign-in, roles, deactivate, system users for imports.
+
+The admin actions (create, set_role, set_active, set_password of someone else) take `actor_id`, the signed-in
+user the app acts for: an annotator is refused (audit.require_admin), and each change is written to the audit
+log in its own transaction. `actor_id=None` is the command line.
+"""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import os
 import re
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from db.models import ROLES, User
-from db.services import sessions
+from db import settings
+from db.models import ROLES, SignInFailure, User, utcnow
+from db.services import audit, sessions
 from db.services.errors import InputError, NotFound, ServiceError
+from db.session import write_transaction
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 _USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{2,80}$")
@@ -47,8 +55,9 @@ def _check_password(password: str) -> None:
 
 
 def create_user(session: Session, username: str, password: str | None, *, role: str = "annotator",
-                display_name: str = "", external_id: str | None = None) -> User:
+                display_name: str = "", external_id: str | None = None, actor_id: int | None = None) -> User:
     """Create an active user. `password` may be None for OIDC-only accounts."""
+    audit.require_admin(session, actor_id, "creating users")
     if not _USERNAME.match(username or ""):
         raise InputError("username must be 2-80 letters, digits or . _ @ -", field="username")
     if role not in ROLES:
@@ -62,6 +71,7 @@ def create_user(session: Session, username: str, password: str | None, *, role: 
                 external_id=external_id, active=True)
     session.add(user)
     session.flush()
+    audit.record(session, "user.create", actor_id=actor_id, target=username, details={"role": role})
     return user
 
 
@@ -106,37 +116,117 @@ def user_for_identity(session: Session, external_id: str, *, email: str | None =
     return user
 
 
-def set_password(session: Session, username: str, password: str, keep_token: str | None = None) -> User:
+def set_password(session: Session, username: str, password: str, keep_token: str | None = None, *,
+                 actor_id: int | None = None) -> User:
     """Set a new password and sign every browser of the user out, except the session `keep_token` (the
-    one making the change, when it is the user's own)."""
+    one making the change, when it is the user's own). Someone else's password: admins only."""
     _check_password(password)
     user = get_user(session, username)
+    if actor_id != user.id:
+        audit.require_admin(session, actor_id, "setting another user's password")
     user.password_hash = hash_password(password)
     sessions.end_user_sessions(session, user.id, keep_token=keep_token)
     session.flush()
+    audit.record(session, "user.password", actor_id=actor_id, target=username)  # the fact, never the password
     return user
 
 
-def set_role(session: Session, username: str, role: str) -> User:
+def set_role(session: Session, username: str, role: str, *, actor_id: int | None = None) -> User:
+    audit.require_admin(session, actor_id, "changing roles")
     if role not in ROLES:
         raise InputError(f"role must be one of {', '.join(ROLES)}, not {role!r}", field="role")
     user = get_user(session, username)
+    before = user.role
     user.role = role
     session.flush()
+    audit.record(session, "user.role", actor_id=actor_id, target=username, details={"from": before, "to": role})
     return user
 
 
-def set_active(session: Session, username: str, active: bool) -> User:
+def set_active(session: Session, username: str, active: bool, *, actor_id: int | None = None) -> User:
+    """(De)activate a user; deactivating ends every live session of theirs at once (their next click)."""
+    audit.require_admin(session, actor_id, "activating or deactivating users")
     user = get_user(session, username)
     user.active = active
+    ended = 0
     if not active:
-        sessions.end_user_sessions(session, user.id)
+        ended = sessions.end_user_sessions(session, user.id)
     session.flush()
+    audit.record(session, "user.activate" if active else "user.deactivate", actor_id=actor_id, target=username,
+                 details={"sessions_ended": ended} if not active else {})
     return user
 
 
-def deactivate(session: Session, username: str) -> User:
-    return set_active(session, username, False)
+def deactivate(session: Session, username: str, *, actor_id: int | None = None) -> User:
+    return set_active(session, username, False, actor_id=actor_id)
+
+
+# ------------------------------------------------------------------ rate-limited sign-in
+
+class TooManyAttempts(ServiceError):
+    """Too many failed sign-ins for this username or from this client: `retry_after` seconds to wait."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _name_hash(username: str) -> str:
+    return hashlib.sha256(username.strip().lower().encode()).hexdigest()
+
+
+def _wait(session: Session, column, key: str, limit: int, window: dt.timedelta, now: dt.datetime) -> float:
+    """Seconds until fewer than `limit` failures of `key` fall in the window (0 when under the limit)."""
+    recent = list(session.scalars(select(SignInFailure.at).where(column == key, SignInFailure.at > now - window)
+                                  .order_by(SignInFailure.at.desc()).limit(limit)))
+    if len(recent) < limit:
+        return 0.0
+    return max(1.0, (recent[-1] + window - now).total_seconds())
+
+
+def sign_in_wait(session: Session, username: str, client: str | None = None, *,
+                 now: dt.datetime | None = None) -> float:
+    """How long `username` (or this client) must wait before the next sign-in attempt is checked; 0 if none."""
+    now = now or utcnow()
+    window = dt.timedelta(minutes=settings.signin_window_minutes())
+    wait = _wait(session, SignInFailure.username_hash, _name_hash(username), settings.signin_max_failures_per_user(),
+                 window, now)
+    if client:
+        wait = max(wait, _wait(session, SignInFailure.client, client[:100],
+                               settings.signin_max_failures_per_client(), window, now))
+    return wait
+
+
+def sign_in(session: Session, username: str, password: str, *, client: str | None = None,
+            now: dt.datetime | None = None) -> User | None:
+    """`authenticate`, rate limited: after too many failures for the username (per user) or from `client`
+    (its address; per client, against one client trying many usernames) within the window, raise
+    TooManyAttempts without checking the password, so guessing gets nowhere. A failure is recorded (hashed
+    username, client, time) in its own committed transaction; a success clears the username's failures."""
+    now = now or utcnow()
+    username = (username or "").strip()
+    wait = sign_in_wait(session, username, client, now=now)
+    if wait > 0:
+        minutes = max(1, round(wait / 60))
+        raise TooManyAttempts(f"too many failed sign-ins: wait {minutes} minute{'s' if minutes != 1 else ''} "
+                              "before trying again", retry_after=wait)
+    user = authenticate(session, username, password or "")
+    window = dt.timedelta(minutes=settings.signin_window_minutes())
+    with write_transaction(session):
+        if user is None:
+            session.add(SignInFailure(username_hash=_name_hash(username), client=(client or "")[:100], at=now))
+            # the table holds only failures that still count
+            session.execute(delete(SignInFailure).where(SignInFailure.at < now - window),
+                            execution_options={"synchronize_session": False})
+        else:
+            session.execute(delete(SignInFailure).where(SignInFailure.username_hash == _name_hash(username)),
+                            execution_options={"synchronize_session": False})
+    return user
+
+
+def failed_sign_ins(session: Session) -> int:
+    """How many failed sign-ins still count (for the admin's overview)."""
+    return session.scalar(select(func.count()).select_from(SignInFailure)) or 0
 
 
 def list_users(session: Session, *, include_system: bool = False) -> list[User]:

@@ -24,3 +24,7 @@ class InputError(ServiceError):
         if field:
             where.append(f"field '{field}'")
         super().__init__((", ".join(where) + ": " if where else "") + message)
+
+
+class Forbidden(ServiceError):
+    """The acting user's role does not allow this (an annotator calling an admin service)."""
