@@ -43,6 +43,24 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from db.backup import backup
+    from db.settings import database_url
+    info = backup(args.url or database_url(), args.file, force=args.force)
+    print(f"backed up the {info.backend} database (schema revision {info.revision}, {info.tables} tables) "
+          f"to {info.path}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from db.backup import restore
+    from db.settings import database_url
+    info = restore(args.url or database_url(), args.file, force=args.force)
+    print(f"restored {args.file} ({info.tables} tables, schema revision {info.revision}); run "
+          "`python -m db upgrade` if this InstructLoop is newer than the backup")
+    return 0
+
+
 def cmd_users_add(args: argparse.Namespace) -> int:
     from db.services import accounts
     pw = _read_password(args)
@@ -289,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = add(sub, "upgrade", cmd_upgrade, "create or migrate the schema to the latest revision (alembic upgrade)")
     up.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    bk = add(sub, "backup", cmd_backup, "copy the whole database to FILE (SQLite: online backup API, safe while "
+                                        "the app runs; PostgreSQL: pg_dump custom format)")
+    bk.add_argument("file", help="backup file to write (written beside, then renamed: never half a file)")
+    bk.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    rs = add(sub, "restore", cmd_restore, "replace the database with a backup made by `backup` (PostgreSQL: "
+                                          "pg_restore in one transaction)")
+    rs.add_argument("file", help="backup file made by `python -m db backup`")
+    rs.add_argument("--force", action="store_true",
+                    help="overwrite a database that already has tables (default: refuse)")
 
     users = sub.add_parser("users", help="manage accounts", description="manage accounts")
     us = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")

@@ -15,6 +15,7 @@ if str(_ROOT) not in sys.path:
 import streamlit as st
 
 from labeling_ui import auth, style
+from labeling_ui.text import safe_markdown
 
 st.set_page_config(page_title="InstructLoop", page_icon=":material/thumbs_up_down:", layout="wide")
 
@@ -54,7 +55,10 @@ if user is None:
                           for u in paths], position="hidden")
 else:
     with st.sidebar:
-        st.markdown(f"**{user['display_name']}**  \n:gray[{user['role']}]")
+        # the role under the name, unless it would only say the name again ("annotator / annotator")
+        name, role = user["display_name"], user["role"]
+        st.markdown(f"**{safe_markdown(name)}**" + (f"  \n:gray[{role}]" if name.strip().lower() != role else ""),
+                    help=f"signed in as {user['username']} ({role})")
         if st.button("Sign out", icon=":material/logout:", key="signout_btn"):
             auth.sign_out("You have signed out.")
             st.rerun()

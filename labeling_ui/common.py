@@ -12,7 +12,7 @@ import streamlit as st
 from sqlalchemy.orm import Session
 
 from db.services import assignment, projects, stats
-from db.services.errors import ServiceError
+from db.services.errors import InputError, ServiceError
 from db.session import session_scope
 
 # re-exported: model text is shown through common.show_text on every page
@@ -51,6 +51,32 @@ def local_time(when: dt.datetime | None) -> str:
         tz = None
     when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
     return when.astimezone(tz or dt.UTC).strftime("%Y-%m-%d %H:%M") + ("" if tz else " UTC")
+
+
+def local_times(df: Any, *columns: str) -> Any:
+    """A copy of a DataFrame whose time columns (UTC) read as local_time does: "2026-12-02 04:10", no offset."""
+    import pandas as pd
+
+    out = df.copy()
+    for c in columns:
+        if c in out:
+            out[c] = [local_time(pd.Timestamp(v).to_pydatetime()) if v is not None and not pd.isna(v) else ""
+                      for v in out[c]]
+    return out
+
+
+def human_columns(df: Any, names: dict[str, str] | None = None) -> Any:
+    """A DataFrame with column names a person reads ("median s / task", not `median_seconds`): `names` first,
+    then COLUMN_WORDS, else the name with spaces for underscores."""
+    words = {**COLUMN_WORDS, **(names or {})}
+    return df.rename(columns={c: words.get(c, str(c).replace("_", " ")) for c in df.columns})
+
+
+COLUMN_WORDS = {"median_seconds": "median s / task", "p90_seconds": "p90 s / task", "labels_per_task": "labels per task",
+                "labels_today": "labels today", "task_id": "task", "annotator_a": "annotator", "annotator_b":
+                "other annotator", "shared_tasks": "shared items", "percent_agreement": "agreement",
+                "cohen_kappa": "Cohen's kappa", "agrees_with_majority": "agrees with majority", "first": "first label",
+                "last": "last label", "fails_instruction": "fails the instruction"}
 
 
 # ------------------------------------------------------------------ projects, guidelines, progress
@@ -189,8 +215,59 @@ def no_tasks_state(user_id: int, project: dict[str, Any], kind: str) -> None:
                     "history.")
 
 
-def show_error(e: Exception) -> None:
-    st.error(str(e), icon=":material/error:")
+# Field names as a person says them (the services name fields as the code does).
+FIELD_WORDS = {"labels_per_task": "labels per task", "text": "the text", "prompt": "the prompt",
+               "messages": "the conversation", "model_version": "the model version", "num_samples": "responses "
+               "per prompt", "response_ids": "the responses", "max_new_tokens": "max new tokens"}
+
+
+def field_words(field: str) -> str:
+    """`labels_per_task` -> "labels per task"; `messages[2].role` -> "messages turn 3, role"."""
+    import re
+
+    if field in FIELD_WORDS:
+        return FIELD_WORDS[field]
+    m = re.fullmatch(r"(\w+)\[(\d+)\](?:\.(\w+))?", field)
+    if m:
+        return f"{field_words(m[1])}, turn {int(m[2]) + 1}" + (f", {m[3]}" if m[3] else "")
+    return field.replace("_", " ")
+
+
+def in_words(e: Exception) -> str:
+    """A service error as a sentence: no `file:line, field 'x':` prefix, no snake_case names. A file's line
+    is said as "Line 3 of prompts.jsonl"; a field's name is put in words where the reason does not say it."""
+    if not isinstance(e, InputError):
+        text = str(e)
+    else:
+        reason = e.reason
+        if e.field:
+            # a file's own keys are quoted as they are written in it; a form's fields are said in words
+            said = f"the “{e.field}” field" if (e.file or e.line is not None) else field_words(e.field)
+            if reason == "missing field":
+                reason = f"{said} is missing"
+            elif reason.startswith("the "):  # a whole sentence already ("the demonstration has 3 characters")
+                pass
+            elif e.field in reason:  # "labels_per_task must be >= 1" -> "labels per task must be >= 1"
+                reason = reason.replace(e.field, said)
+            elif said.removeprefix("the ") not in reason.lower():
+                first = reason.split(" ", 1)[0]
+                # "is set by the worker" reads on from the name; anything else gets the name in front
+                reason = (f"{said} {reason}" if first in ("is", "must", "holds", "needs", "has", "a")
+                          else f"{said}: {reason}")
+        where = ""
+        if e.line is not None:
+            where = f"Line {e.line}" + (f" of {e.file}" if e.file else "") + ": "
+        elif e.file:
+            where = f"{e.file}: "
+        text = where + reason
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?", ")")) else text + "."
+
+
+def show_error(e: Exception, where: Any = None) -> None:
+    """The error in words (in_words) at `where` (a placeholder under the field it is about), else here."""
+    (where or st).error(in_words(e), icon=":material/error:")
 
 
 def ordering_from_ranks(ranks: dict[int, int]) -> list[list[int]]:

@@ -79,11 +79,18 @@ def bootstrap(url: str | None = None, *, model: str | None = None, steps: int = 
     with session_scope(url) as s:
         mv = registry.get_or_register(s, "demo-base", "base", model, config=config)
         name = mv.name
-    from rlhf.generate import main as generate
+    from trl import TrlParser
 
-    summary = generate(["--project", "demo", "--models", name, "--num_samples", str(samples),
-                        "--tasks", "compare,demonstrate", "--pairs_per_prompt", "1", *SAMPLING,
-                        "--database_url", url] + ([] if not quiet else ["--no_progress"]))
+    from rlhf.generate import GenerateArgs, run
+    from rlhf.runs import setup_logging
+
+    # generate's run(), not its main(): main prints the summary as JSON after run() has logged it, and this
+    # prints it once more in words below (make demo showed it three times).
+    setup_logging()
+    (args,) = TrlParser((GenerateArgs,)).parse_args_and_config(args=[
+        "--project", "demo", "--models", name, "--num_samples", str(samples), "--tasks", "compare,demonstrate",
+        "--pairs_per_prompt", "1", *SAMPLING, "--database_url", url] + ([] if not quiet else ["--no_progress"]))
+    summary = run(args)
     if not quiet:
         print(f"demo data ready: project 'demo', {summary['prompts']} prompts, "
               f"{summary['tasks']['compare']['created']} new compare tasks, model version {name!r}")

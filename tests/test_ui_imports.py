@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from db.models import PreferenceLabel
+from db.models import Job, PreferenceLabel, Task
 from db.session import session_scope
 from labeling_ui.seed import seed
 from labeling_ui.text import JOINER
@@ -53,8 +53,10 @@ def test_bad_lines_refuse_the_file_and_are_listed(admin):
     at.button(key="imp_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
     (err,) = [e.value.replace(JOINER, "") for e in at.error]
-    assert "3 of 6 lines cannot be imported; nothing was imported" in err
-    assert "hh.jsonl:2: malformed JSON" in err and "hh.jsonl:6, field 'rejected': missing field" in err
+    assert "3 of 6 lines of hh.jsonl cannot be imported, so nothing was imported" in err
+    # in words, not `hh.jsonl:6, field 'rejected': missing field`
+    assert "Line 2: malformed JSON" in err and "Line 6: the “rejected” field is missing." in err
+    assert "field '" not in err and "hh.jsonl:" not in err
     assert "Skip invalid rows" in err and "3 good rows" in err and "--skip-invalid" not in err
     assert labels(url) == before
     assert [o["line"] for o in report_data(at)] == [2, 4, 6]
@@ -74,3 +76,33 @@ def test_skip_invalid_rows_imports_the_good_ones_and_offers_the_report(admin):
     assert rows[2]["text"] == '{"chosen": "<b>no rejected</b>"}'
     at.button(key="imp_go").click().run()  # again: nothing new
     assert "0 added, 3 already present" in at.success[0].value and labels(url) == before + 3
+
+
+PROMPTS = ("\n".join(json.dumps({"prompt": f"What is {i} + {i}?"}) for i in range(3)) + "\n").encode()
+
+
+def test_a_prompt_import_says_what_happens_next_and_makes_tasks_or_a_generate_job(admin):
+    at, url = admin
+    at.radio(key="imp_kind").set_value("prompts").run()
+    at.file_uploader(key="imp_file").upload("new.jsonl", PROMPTS, "application/jsonl").run()
+    at.button(key="imp_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    page = "\n".join(m.value for m in at.markdown)
+    assert "What happens next" in page and "annotators see nothing yet" in page
+    with session_scope(url) as s:
+        before = s.scalar(select(func.count()).select_from(Task).where(Task.kind == "demonstrate"))
+    at.button(key="imp_next_demo").click().run()
+    assert "3 demonstrate tasks created" in at.success[0].value
+    with session_scope(url) as s:  # one per prompt of this file, nothing for the project's other prompts
+        assert s.scalar(select(func.count()).select_from(Task).where(Task.kind == "demonstrate")) == before + 3
+    assert at.button(key="imp_next_demo").disabled
+    # compare or rank tasks from a chosen version: a generate job for the worker, and the same as a command
+    at.selectbox(key="imp_next_model").set_value("base-v1").run()
+    at.segmented_control(key="imp_next_kind").set_value("rank").run()
+    assert "python -m rlhf.generate --project demo --models base-v1 --num_samples 4 --tasks rank" in at.code[0].value
+    at.button(key="imp_next_gen").click().run()
+    assert not at.exception and "queued" in at.success[0].value
+    with session_scope(url) as s:
+        (job,) = s.scalars(select(Job)).all()
+        assert (job.kind, job.state, job.args) == ("generate", "queued", {
+            "project": "demo", "models": ["base-v1"], "num_samples": 4, "tasks": "rank"})

@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 import math
+import re
 
+import pandas as pd
 import streamlit as st
 
-from db.services import agreement
+from db.services import agreement, assignment
+from db.services.errors import ServiceError
 from labeling_ui import auth
-from labeling_ui.common import db, project_picker
+from labeling_ui.common import (
+    db,
+    human_columns,
+    project_picker,
+    render_mode,
+    render_prompt,
+    show_error,
+    show_text,
+)
+from labeling_ui.vocab import CHOICE_NAMES
 
 user = auth.require_user("admin")
 st.subheader("Agreement")
@@ -34,27 +46,93 @@ m[1].metric("Judgements on them", rep["n_labels"])
 m[2].metric("Percent agreement", _fmt(rep["percent_agreement"], pct=True))
 m[3].metric("Fleiss' kappa", _fmt(rep["fleiss_kappa"]),
             help="Chance-corrected agreement over all annotators (1 = perfect, 0 = chance).")
-if rep["n_tasks"] == 0:
-    st.info("No compare or rank task has two labels yet. Set 'labels per task' above 1 on the Projects page to "
-            "measure agreement.")
+def _choices_in_words(text: str) -> str:
+    """"alice: a (strong); bob: both_bad" -> "alice: A is better (strong); bob: Both bad"."""
+    return re.sub(r"(^|: )(both_bad|tie|a|b)\b", lambda m: m[1] + CHOICE_NAMES[m[2]], text)
 
-left, right = st.columns(2)
-with left:
-    st.markdown("##### Each annotator vs the others' majority")
-    st.dataframe(rep["per_annotator"], hide_index=True, width="stretch",
-                 column_config={"agrees_with_majority": st.column_config.ProgressColumn(
-                     "agrees with majority", min_value=0.0, max_value=1.0, format="percent")})
-    st.markdown("##### Pairs of annotators (Cohen's kappa)")
-    st.dataframe(rep["pairs"], hide_index=True, width="stretch",
-                 column_config={"percent_agreement": st.column_config.NumberColumn(format="percent"),
-                                "cohen_kappa": st.column_config.NumberColumn(format="%.2f")})
-with right:
-    st.markdown("##### Annotator speed")
-    st.dataframe(speed, hide_index=True, width="stretch",
-                 column_config={"median_seconds": st.column_config.NumberColumn("median s / task", format="%.1f"),
-                                "p90_seconds": st.column_config.NumberColumn("p90 s / task", format="%.1f")})
+
+def task_panel(task_id: int) -> None:
+    """One task of the disagreements table (its link): the prompt, the responses as annotators saw them, the
+    labels given."""
+    try:
+        with db() as s:
+            view = assignment.open_task(s, user["id"], task_id)
+    except ServiceError as e:
+        show_error(e)
+        return
+    if view.project_id != project["id"]:
+        st.warning(f"Task #{task_id} belongs to project {view.project_name}: pick it in the sidebar.")
+        return
+    with st.container(border=True, key="agreement_task"):
+        st.markdown(f"#### Task #{task_id} · {view.kind}")
+        row = dis[dis["task_id"] == task_id]
+        if len(row):
+            st.markdown(f"**Labels:** {_choices_in_words(row.iloc[0]['labels'])}  \n"
+                        f"**Majority:** {_choices_in_words(row.iloc[0]['majority'])}")
+            if row.iloc[0]["comments"]:
+                st.caption("Comments: " + row.iloc[0]["comments"])
+        mode = render_mode(project)
+        render_prompt(view, mode, key="agr_prompt")
+        cols = st.columns(max(1, min(len(view.responses), 4)))
+        for i, resp in enumerate(view.responses):
+            name = "AB"[i] if view.kind == "compare" and i < 2 else str(i + 1)
+            with cols[i % len(cols)], st.container(border=True):
+                st.markdown(f"**Response {name}**")
+                show_text(resp["text"], key=f"agr_{task_id}_{i}", mode=mode)
+        if st.button("Close", key="agr_close", icon=":material/close:"):
+            st.query_params.pop("task", None)
+            st.rerun()
+
+
+picked = st.query_params.get("task")  # a link of the disagreements table
+if picked and picked.isdigit():
+    task_panel(int(picked))
+
+if rep["n_tasks"] == 0:
+    # Say why it is empty (a fresh demo: one annotator, one label per task) and how to get figures.
+    who = list(rep["per_annotator"]["annotator"])
+    why = []
+    if project["labels_per_task"] < 2:
+        why.append(f"each task of **{project['name']}** goes to one annotator only (labels per task = "
+                   f"{project['labels_per_task']}), so no task gets a second label to agree with")
+    if len(who) < 2:
+        why.append("only one annotator has labelled anything here" + (f" ({who[0]})" if who else "")
+                   if who else "no one has labelled anything here yet")
+    why = why or ["no compare or rank task has two labels yet (tasks wait for their second annotator)"]
+    st.info("**No agreement figures yet:** agreement compares the labels that several annotators gave the same "
+            "task, and " + "; and ".join(why) + ".  \n**To get figures:** set *labels per task* to 2 or more on "
+            "the Projects page (open tasks then wait for more labels), give a second person an annotator account "
+            "on the Users page, and let both label the same tasks.", icon=":material/info:")
+else:
+    left, right = st.columns(2)
+    with left:
+        st.markdown("##### Each annotator vs the others' majority")
+        st.dataframe(human_columns(rep["per_annotator"], {"compared": "items compared"}), hide_index=True,
+                     width="stretch", column_config={"agrees with majority": st.column_config.ProgressColumn(
+                         min_value=0.0, max_value=1.0, format="percent")})
+    with right:
+        st.markdown("##### Pairs of annotators (Cohen's kappa)")
+        # A plain table: every column as wide as its words (the data grid cut "Cohen's kappa" off).
+        pairs = rep["pairs"].assign(percent_agreement=[f"{x:.0%}" for x in rep["pairs"]["percent_agreement"]],
+                                    cohen_kappa=[_fmt(x) for x in rep["pairs"]["cohen_kappa"]])
+        st.table(human_columns(pairs).set_index("annotator"))
+st.markdown("##### Annotator speed")
+if len(speed):
+    st.dataframe(human_columns(speed, {"kind": "task kind"}), hide_index=True, width="stretch",
+                 column_config={"median s / task": st.column_config.NumberColumn(format="%.1f"),
+                                "p90 s / task": st.column_config.NumberColumn(format="%.1f")})
+else:
+    st.caption("No timed labels yet.")
 st.markdown("##### Disagreements to review")
 if len(dis):
-    st.dataframe(dis, hide_index=True, width="stretch")
+    st.caption("Compare tasks whose annotators chose differently; open one to see what they saw.")
+    shown = pd.DataFrame({"task": [f"agreement?task={t}" for t in dis["task_id"]], "prompt": dis["prompt"],
+                          "labels": [_choices_in_words(x) for x in dis["labels"]],
+                          "majority": [_choices_in_words(x) for x in dis["majority"]], "comments": dis["comments"]})
+    st.dataframe(shown, hide_index=True, width="stretch", key="agr_dis", column_config={
+        "task": st.column_config.LinkColumn("task", display_text=r"task=(\d+)$", width="small",
+                                            help="opens the task (prompt, responses, labels) at the top of this page")})
+elif rep["n_tasks"]:
+    st.caption("No disagreements: every task with several labels got the same answer from all.")
 else:
-    st.caption("No disagreements.")
+    st.caption("None yet (no task has two labels).")

@@ -7,7 +7,7 @@ import streamlit as st
 
 from db.services import stats
 from labeling_ui import auth
-from labeling_ui.common import db, project_picker
+from labeling_ui.common import db, human_columns, local_times, project_picker
 
 user = auth.require_user("admin")
 st.subheader("Dashboard")
@@ -35,8 +35,10 @@ with left:
     if len(over_time):
         daily = over_time.assign(day=pd.to_datetime(over_time["day"]).dt.strftime("%Y-%m-%d"))
         st.altair_chart(alt.Chart(daily).mark_bar().encode(
-            x=alt.X("day:O", title="day"), y=alt.Y("sum(n):Q", title="labels"),
-            color=alt.Color("kind:N"), tooltip=["day", "project", "annotator", "kind", "n"]).properties(height=300),
+            x=alt.X("day:O", title="day (UTC)"), y=alt.Y("sum(n):Q", title="labels"),
+            color=alt.Color("kind:N", title="task kind"),
+            tooltip=["day", "project", "annotator", alt.Tooltip("kind", title="task kind"),
+                     alt.Tooltip("n", title="labels")]).properties(height=300),
             width="stretch")
     else:
         st.info("No labels yet.")
@@ -45,19 +47,22 @@ with right:
     if len(annot):
         st.altair_chart(alt.Chart(annot).mark_bar().encode(
             x=alt.X("labels:Q"), y=alt.Y("annotator:N", sort="-x"),
-            tooltip=["annotator", "labels", "median_seconds"]), width="stretch")
-        st.dataframe(annot, hide_index=True, width="stretch",
-                     column_config={"median_seconds": st.column_config.NumberColumn(format="%.1f s")})
+            tooltip=["annotator", "labels", alt.Tooltip("median_seconds", title="median s / task", format=".1f")]),
+            width="stretch")
+        # times in the viewer's zone, columns in words
+        st.dataframe(human_columns(local_times(annot, "first", "last")), hide_index=True, width="stretch",
+                     column_config={"median s / task": st.column_config.NumberColumn(format="%.1f s")})
     else:
         st.info("No labels yet.")
 left, right = st.columns(2)
 with left:
     st.markdown("##### Per project")
     if len(per_proj):
-        st.altair_chart(alt.Chart(per_proj).mark_bar().encode(
-            x=alt.X("labels:Q"), y=alt.Y("project:N", sort="-x"), tooltip=list(per_proj.columns)),
+        shown = human_columns(per_proj)
+        st.altair_chart(alt.Chart(shown).mark_bar().encode(
+            x=alt.X("labels:Q"), y=alt.Y("project:N", sort="-x"), tooltip=list(shown.columns)),
             width="stretch")
-        st.dataframe(per_proj, hide_index=True, width="stretch")
+        st.dataframe(shown, hide_index=True, width="stretch")
 with right:
     st.markdown("##### Tasks by state")
     if prog is not None and prog["tasks_by_state"]:

@@ -1,21 +1,27 @@
 """Admin: import prompts, preference datasets (TRL / HH) or OpenAssistant trees from an upload.
 
-Same services and messages as `python -m db import`: a bad line names file, line and field, and the whole
+Same services as `python -m db import`: a bad line is named by its line and field (in words), and the whole
 file is rolled back (nothing written) unless "Skip invalid rows" is ticked: then every good row is imported
 (one transaction) and the refused lines can be downloaded as a JSONL report, like `--skip-invalid`.
+
+Imported prompts are not tasks yet: after a prompt import the page says so and offers the next step,
+demonstrate tasks for the file's prompts at once, or a generate job (db.services.jobs) that samples a chosen
+model version and makes compare or rank tasks of its responses.
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import streamlit as st
 
-from db.services import importers
-from db.services.errors import ServiceError
+from db.services import importers, jobs, registry
+from db.services.errors import InputError, ServiceError
 from labeling_ui import auth
-from labeling_ui.common import db, project_picker, safe_markdown, show_error
+from labeling_ui.common import db, in_words, project_picker, safe_markdown, show_error
 
 REPORT_KEY = "imp_report"  # the last import's refused lines, kept across reruns for the download button
+NEXT_KEY = "imp_next"  # the last prompt import (file and counts), for the "what happens next" panel
 
 user = auth.require_user("admin")
 st.subheader("Import")
@@ -39,6 +45,18 @@ skip = st.checkbox("Skip invalid rows", key="imp_skip",
 upload = st.file_uploader("File", type=["jsonl", "json", "csv", "gz"], key="imp_file")
 
 
+def refused_in_words(e: importers.InvalidRowsError, name: str) -> list[str]:
+    """The refused lines as sentences ("Line 6: the “rejected” field is missing."), then what to do."""
+    bad = e.refused
+    head = (f"{len(bad)} of {e.total} lines of {name} cannot be imported, so nothing was imported:"
+            if len(bad) > 1 else f"Line {bad[0].line} of {name} cannot be imported, so nothing was imported:")
+    lines = [in_words(InputError(r.reason, line=r.line, field=r.field)) for r in bad[:importers.SHOWN_BAD_LINES]]
+    if len(bad) > importers.SHOWN_BAD_LINES:
+        lines.append(f"… and {len(bad) - importers.SHOWN_BAD_LINES} more (all of them in the report below).")
+    hint = importers.UI_HINT.format(good=e.total - len(bad), them="it" if len(bad) == 1 else "them")
+    return [head, *[f"- {x}" for x in lines], hint[:1].upper() + hint[1:] + "."]
+
+
 def _keep_report(name: str, refused: list[importers.RefusedLine]) -> None:
     st.session_state[REPORT_KEY] = {"name": name, "data": importers.report_bytes(name, refused),
                                     "count": len(refused)}
@@ -46,6 +64,7 @@ def _keep_report(name: str, refused: list[importers.RefusedLine]) -> None:
 
 if st.button("Import", type="primary", disabled=upload is None, key="imp_go", icon=":material/upload:"):
     st.session_state.pop(REPORT_KEY, None)
+    st.session_state.pop(NEXT_KEY, None)
     data, name = upload.getvalue(), upload.name
     try:
         with db() as s:  # one transaction: any error rolls the whole file back
@@ -59,8 +78,7 @@ if st.button("Import", type="primary", disabled=upload is None, key="imp_go", ic
                 r = importers.import_oasst(s, data, project["name"], filename=name, skip_invalid=skip)
     except importers.InvalidRowsError as e:
         # the reasons quote the file's content: shown as text, one bad line per line
-        lines = e.describe(importers.UI_HINT).split("\n")
-        st.error("  \n".join(safe_markdown(x) for x in lines), icon=":material/error:")
+        st.error("  \n".join(safe_markdown(x) for x in refused_in_words(e, name)), icon=":material/error:")
         _keep_report(name, e.refused)
     except ServiceError as e:
         show_error(e)
@@ -72,6 +90,10 @@ if st.button("Import", type="primary", disabled=upload is None, key="imp_go", ic
             st.warning(f"{len(r.refused)} line(s) of {name} were refused and not imported; the report lists "
                        "each with its line number and reason.", icon=":material/warning:")
             _keep_report(name, r.refused)
+        if kind == "prompts":
+            st.session_state[NEXT_KEY] = {"project_id": project["id"], "name": name, "data": data,
+                                          "rows": r.rows, "added": r.added,
+                                          "demonstrate": r.details.get("demonstrate tasks", 0) if demo_tasks else None}
 
 report = st.session_state.get(REPORT_KEY)
 if report:
@@ -79,3 +101,72 @@ if report:
                        file_name=f"{Path(report['name']).name.removesuffix('.gz')}.refused.jsonl",
                        mime="application/jsonl", key="imp_report_dl", icon=":material/download:",
                        on_click="ignore")
+
+
+def next_steps(last: dict) -> None:
+    """After a prompt import: prompts are not tasks yet. Say so, and offer both ways to make tasks of them."""
+    n = last["rows"]
+    with st.container(border=True, key="imp_next_panel"):
+        st.markdown("#### What happens next")
+        if last["demonstrate"] is not None:
+            st.markdown(f"The {n} prompts of **{last['name']}** are in **{project['name']}**, with "
+                        f"{last['demonstrate']} new demonstrate tasks: annotators see them on the Demonstrate page now.")
+        else:
+            st.markdown(f"The {n} prompts of **{last['name']}** are in **{project['name']}**, but annotators see "
+                        "nothing yet: a prompt becomes work once it has a task. Make some now:")
+        left, right = st.columns(2, gap="large")
+        with left:
+            st.markdown("**Demonstrate tasks** — annotators write the ideal answer (for SFT).")
+            if st.button(f"Create demonstrate tasks for these {n} prompts", key="imp_next_demo",
+                         icon=":material/edit_note:", disabled=last["demonstrate"] is not None):
+                try:
+                    with db() as s:  # the same file again: its prompts are there, only the tasks are new
+                        r = importers.import_prompts(s, last["data"], project["name"], filename=last["name"],
+                                                     demonstrate_tasks=True, skip_invalid=True)
+                except ServiceError as e:
+                    show_error(e)
+                else:
+                    last["demonstrate"] = r.details.get("demonstrate tasks", 0)
+                    st.session_state["_imp_next_flash"] = (f"{last['demonstrate']} demonstrate tasks created: "
+                                                           "they are on the Demonstrate page now.")
+                    st.rerun()
+        with right:
+            st.markdown("**Compare or rank tasks** — a model answers each prompt, annotators judge the answers.")
+            with db() as s:
+                versions = [mv.name for mv in registry.list_versions(s) if mv.kind != "reward"]
+            if not versions:
+                st.caption("No model version is registered yet (Model versions page, or a pretrain job on the "
+                           "Jobs page): register one, then come back here.")
+                return
+            c1, c2, c3 = st.columns([3, 2, 2], vertical_alignment="bottom")
+            model = c1.selectbox("Model version", versions, index=len(versions) - 1, key="imp_next_model")
+            what = c2.segmented_control("Tasks", ["compare", "rank"], default="compare", key="imp_next_kind",
+                                        format_func=str.capitalize) or "compare"
+            k = c3.number_input("Responses per prompt", 2 if what == "compare" else 3, 16,
+                                2 if what == "compare" else 4, key=f"imp_next_k_{what}")
+            args = {"project": project["name"], "models": [model], "num_samples": int(k), "tasks": what}
+            if st.button(f"Queue a generate job: {int(k)} responses from {model}, {what} tasks", key="imp_next_gen",
+                         type="primary", icon=":material/play_arrow:"):
+                try:
+                    with db() as s:
+                        job = jobs.enqueue(s, "generate", args, created_by=user["id"])
+                        jid = job.id
+                except ServiceError as e:
+                    show_error(e)
+                else:
+                    st.session_state["_imp_next_flash"] = (f"Job {jid} queued: the worker samples {model} and "
+                                                           f"creates the {what} tasks. Follow it on the Jobs page.")
+                    st.rerun()
+            st.caption("It answers every prompt of the project that has no responses from this version yet. "
+                       "The job waits until a worker runs it (`make demo` starts one). Or run it yourself:")
+            st.code(f"python -m rlhf.generate --project {shlex.quote(project['name'])} --models {shlex.quote(model)} --num_samples {int(k)} "
+                    f"--tasks {what}", language="bash")
+        st.page_link("views/jobs.py", label="Jobs page", icon=":material/play_circle:")
+
+
+flash = st.session_state.pop("_imp_next_flash", None)
+if flash:
+    st.success(flash, icon=":material/check:")
+last = st.session_state.get(NEXT_KEY)
+if last and last["project_id"] == project["id"]:
+    next_steps(last)

@@ -6,7 +6,7 @@ import streamlit as st
 from db.services import projects, stats, tasks
 from db.services.errors import ServiceError
 from labeling_ui import auth
-from labeling_ui.common import db, render_mode, show_error
+from labeling_ui.common import db, human_columns, render_mode, show_error
 from labeling_ui.text import RENDERS
 
 RENDER_NAMES = {"markdown": "Formatted (safe Markdown)", "plain": "Plain text"}
@@ -22,24 +22,32 @@ with db() as s:
     plist = [{"id": p.id, "name": p.name, "guidelines": p.guidelines or "", "labels_per_task": p.labels_per_task,
               "settings": dict(p.settings or {})} for p in projects.list_projects(s)]
 if len(table):
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(human_columns(table), hide_index=True, width="stretch")
 else:
     st.info("No projects yet — create the first one below.")
 
-with st.expander("Create a project", expanded=not plist, icon=":material/add:"), \
-        st.form("new_project", clear_on_submit=True):
-        name = st.text_input("Name")
-        lpt = st.number_input("Labels per task (annotators per task)", min_value=1, value=1)
-        guide = st.text_area("Guidelines (Markdown)", height=150)
-        if st.form_submit_button("Create project", type="primary"):
-            try:
-                with db() as s:
-                    projects.create_project(s, name, guidelines=guide, labels_per_task=int(lpt))
-            except ServiceError as e:
-                show_error(e)
-            else:
-                st.session_state["_flash_proj"] = f"Project {name!r} created"
-                st.rerun()
+# What was typed stays after an error (the form is cleared once the project exists); the error, in words, sits
+# under the field it is about.
+if st.session_state.pop("_new_project_clear", False):
+    for k in ("np_name", "np_lpt", "np_guide"):
+        st.session_state.pop(k, None)
+with st.expander("Create a project", expanded=not plist, icon=":material/add:"), st.form("new_project"):
+    name = st.text_input("Name", key="np_name")
+    under = {"name": st.empty()}
+    lpt = st.number_input("Labels per task (annotators per task)", min_value=1, value=1, key="np_lpt")
+    under["labels_per_task"] = st.empty()
+    guide = st.text_area("Guidelines (Markdown)", height=150, key="np_guide")
+    if st.form_submit_button("Create project", type="primary"):
+        try:
+            with db() as s:
+                projects.create_project(s, name.strip(), guidelines=guide, labels_per_task=int(lpt))
+        except ServiceError as e:
+            # the one error without a field is a taken name
+            show_error(e, under.get(getattr(e, "field", None) or "name"))
+        else:
+            st.session_state["_flash_proj"] = f"Project {name.strip()!r} created"
+            st.session_state["_new_project_clear"] = True
+            st.rerun()
 
 if plist:
     st.markdown("#### Edit a project")

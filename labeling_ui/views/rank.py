@@ -13,6 +13,7 @@ from labeling_ui.common import (
     render_prompt,
     saved_message,
     seconds_on,
+    show_error,
     show_text,
     skip_action,
     skipping,
@@ -109,7 +110,7 @@ def rank_body(project: dict) -> None:
             s, user["id"], tid, ordering, flags=st.session_state.get(f"rank_flags_{tid}") or [],
             comment=st.session_state.get(f"rank_comment_{tid}", ""), seconds=seconds_on(KIND, pid)),
             lambda r: saved_message(r[1], r[0].ordering == ordering, "Ranking saved", "ranking"),
-            on_error=lambda e: msg.error(str(e), icon=":material/error:"))
+            on_error=lambda e: show_error(e, msg))
     if skip_reason:
         skip_action(KIND, pid, user["id"], tid, skip_reason)
 

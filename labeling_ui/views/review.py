@@ -7,7 +7,7 @@ from db.services import labels
 from db.services.content import prompt_messages
 from db.services.errors import ServiceError
 from labeling_ui import auth
-from labeling_ui.common import db, project_picker, render_mode, show_error, show_text
+from labeling_ui.common import db, local_time, project_picker, render_mode, show_error, show_text
 
 user = auth.require_user("admin")
 st.subheader("Review demonstrations")
@@ -31,7 +31,7 @@ st.caption(f"{len(demos)} {status}")
 mode = render_mode(project)
 for d in demos[:50]:
     with st.container(border=True):
-        st.markdown(f"**#{d['id']}** by **{d['user']}** · {d['created']:%Y-%m-%d %H:%M}")
+        st.markdown(f"**#{d['id']}** by **{d['user']}** · {local_time(d['created'])}")
         c1, c2 = st.columns(2)
         with c1:
             st.caption("PROMPT")

@@ -8,7 +8,7 @@ from db.models import ROLES
 from db.services import accounts
 from db.services.errors import InputError, ServiceError
 from labeling_ui import auth
-from labeling_ui.common import db, show_error
+from labeling_ui.common import db, human_columns, local_times, show_error
 
 me = auth.require_user("admin")
 st.subheader("Users")
@@ -20,7 +20,7 @@ with db() as s:
     users = [{"username": u.username, "display_name": u.display_name, "role": u.role, "active": u.active,
               "sign-in": "OIDC" if u.external_id else ("password" if u.password_hash else "none"),
               "created": u.created_at} for u in accounts.list_users(s)]
-st.dataframe(pd.DataFrame(users), hide_index=True, width="stretch")
+st.dataframe(human_columns(local_times(pd.DataFrame(users), "created")), hide_index=True, width="stretch")
 
 left, right = st.columns(2)
 with left:
