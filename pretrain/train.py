@@ -187,6 +187,21 @@ def _peak_flops(device: torch.device, override: float | None) -> float | None:
     return None
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    """On resume, forget what a killed run logged after its checkpoint (the resumed run logs those steps
+    again), and a line the kill cut short, so metrics.jsonl reads as one run."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
 def default_out(cfg: dict) -> Path:
     home = Path(os.environ.get("INSTRUCTLOOP_HOME", "runs"))
     return home / "pretrain" / f"{cfg['preset']}-{cfg.get('attention', 'dense')}"
@@ -318,6 +333,8 @@ def train(argv: list[str] | None = None) -> dict:
         (run_dir / "config.json").write_text(json.dumps(
             {"train_config": c, "model_config": mcfg.to_dict(), "data_meta": meta}, indent=2, default=str))
     # a resumed run appends; a fresh one starts a new file (a crashed earlier attempt must not mix in)
+    if ckpt and master:
+        _drop_rows_after(run_dir / "metrics.jsonl", step)
     metrics_f = (run_dir / "metrics.jsonl").open("a" if ckpt else "w") if master else None
 
     def log(rec: dict) -> None:

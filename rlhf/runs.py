@@ -95,10 +95,82 @@ def check_name_free(url: str | None, name: str) -> None:
     raise InputError(f"model version {name!r} already exists: pick another --name", field="name")
 
 
-def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def _complete(checkpoint: Path) -> bool:
+    """The Trainer writes trainer_state.json last: a checkpoint without a whole one was cut by a kill."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
 
-    return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    """The newest complete checkpoint-N (a job killed while writing one resumes from the one before)."""
+    if not run_dir.is_dir():
+        return None
+    found = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    complete = [p for p in found if _complete(p)]
+    return str(max(complete, key=lambda p: int(p.name.split("-", 1)[1]))) if complete else None
+
+
+def totals_callback(trainer: Any, before: dict[str, float]) -> Any:
+    """Keeps, inside each checkpoint's trainer_state.json, the running sums the Trainer holds only in memory
+    and restarts from 0 on resume: the summed training loss (its final ``train_loss`` is the mean over one
+    call's steps) and TRL's token count (``num_tokens`` in SFT logs). `before`: the sums saved with the
+    checkpoint being resumed; the final ``train_loss`` is then the mean over every step, as a straight run's."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class ResumeTotals(TrainerCallback, ExportableState):
+        train_loss: float | None = None
+
+        def state(self) -> dict[str, Any]:
+            # called by _save_checkpoint just before it writes trainer_state.json (so a complete checkpoint
+            # has these), and once when the Trainer builds its state
+            attrs: dict[str, Any] = {"total_loss": before.get("total_loss", 0.0)
+                                     + getattr(trainer, "_total_loss_scalar", 0.0)
+                                     + float(getattr(trainer, "_tr_loss", 0.0))}
+            if hasattr(trainer, "_total_train_tokens"):
+                attrs["num_tokens"] = trainer._total_train_tokens
+            return {"args": {}, "attributes": attrs}
+
+        def on_train_begin(self, args, state, control, **kw):
+            state.stateful_callbacks.setdefault(type(self).__name__, self.state())  # an older checkpoint's
+            if "num_tokens" in before and hasattr(trainer, "_total_train_tokens"):
+                trainer._total_train_tokens = before["num_tokens"]
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "train_loss" in logs and "total_loss" in before and state.global_step:
+                # the end-of-training line; _total_loss_scalar holds every step since the resume by now
+                self.train_loss = (before["total_loss"] + trainer._total_loss_scalar) / state.global_step
+                logs["train_loss"] = self.train_loss
+
+    return ResumeTotals()
+
+
+def saved_totals(checkpoint: str) -> dict[str, float]:
+    """What totals_callback saved in `checkpoint` ({} for a checkpoint written without it)."""
+    try:
+        st = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+        return dict(st.get("stateful_callbacks", {}).get("ResumeTotals", {}).get("attributes", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop rows logged after the checkpoint (the resumed run logs them again) and any final row,
+    so metrics.jsonl reads as one uninterrupted run."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut by the kill
+            continue
+        if row.get("step", 0) <= step and not row.get("final"):
+            keep.append(line)
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
 def _clean(v: Any) -> Any:
@@ -262,11 +334,22 @@ class HFTrainerJob(TrainingJob):
         return [metrics_callback(self.run_dir, self.cfg.stop_at_step)]
 
     def train_hf(self, resume: str | None) -> Any | None:
-        """trainer.train(); None when it stopped early at --stop_at_step."""
+        """trainer.train(); None when it stopped early at --stop_at_step. A resumed run's training_loss is the
+        mean over every step, as an uninterrupted run's (the Trainer's own covers only the steps since resume)."""
+        before: dict[str, float] = {}
+        if resume is not None:
+            before = saved_totals(resume)
+            if self.is_main():
+                truncate_metrics(self.run_dir / METRICS_FILE, int(Path(resume).name.split("-", 1)[1]))
+        totals = totals_callback(self.trainer, before)
+        self.trainer.callback_handler.callbacks.insert(0, totals)  # before metrics.jsonl's writer sees the logs
         result = self.trainer.train(resume_from_checkpoint=resume)
         step, cfg = self.trainer.state.global_step, self.cfg
         if cfg.stop_at_step is not None and step == cfg.stop_at_step and step < self.trainer.state.max_steps:
             return None
+        if totals.train_loss is not None:
+            result = type(result)(result.global_step, totals.train_loss,
+                                  {**result.metrics, "train_loss": totals.train_loss})
         return result
 
     def stopped_summary(self) -> dict[str, Any]:
