@@ -136,6 +136,10 @@ def sft_config_class() -> type:
         class SFTFields:
             statuses: str = field(default="accepted", metadata={
                 "help": "Demonstration statuses to train on, comma-separated (accepted, submitted)."})
+            max_length: int | None = field(default=None, metadata={
+                "help": "Longest training sequence in tokens (default and upper bound: the model's context). "
+                        "Longer rows keep their completion whole and the end of their prompt (rlhf/truncation.py); "
+                        "a row whose completion alone is longer is left out and counted."})
 
         SFTJobConfig = _job_config(SFTConfig, (SFTFields,), "rlhf.train_sft configuration")
         SFTJobConfig.__name__ = SFTJobConfig.__qualname__ = "SFTJobConfig"
@@ -149,6 +153,11 @@ def reward_config_class() -> type:
     if RewardJobConfig is None:
         @dataclass
         class RewardFields:
+            max_length: int | None = field(default=None, metadata={
+                "help": "Longest sequence (prompt + one response) in tokens (default and upper bound: the model's "
+                        "context). Longer ones keep the response whole and the end of the prompt "
+                        "(rlhf/truncation.py; evaluation and PPO scoring cut the same way); a pair is left out only "
+                        "when a response alone is longer, and counted (train_pairs_too_long)."})
             aggregate: str = field(default="majority", metadata={
                 "help": "Several annotators on one task: majority, all, unanimous."})
             use_margin: bool = field(default=True, metadata={
@@ -159,12 +168,11 @@ def reward_config_class() -> type:
                 "help": "SFT JSONL whose completions define reward 0 (default: the project's demonstrations, "
                         "else the chosen responses of the training data)."})
             group_rankings: bool = field(default=True, metadata={
-                "help": "InstructGPT: all pairs of one ranked prompt train in one batch element, their losses "
-                        "averaged, so a ranking of K weighs as one example, not C(K,2). Batches then hold "
-                        "per_device_train_batch_size groups (a plain comparison is a group of one). Only applies "
-                        "when the data has rankings (a 'group' column); --no_group_rankings trains pairs "
-                        "independently. eval_loss uses ordinary batches, so it only approximates the grouped "
-                        "objective; held-out accuracy is per pair either way."})
+                "help": "InstructGPT: one ranked task is one training row: its K responses are scored once each "
+                        "and its C(K,2) pair losses averaged, so a ranking weighs as one example, not C(K,2). "
+                        "Batches hold per_device_train_batch_size rankings (a plain comparison is a ranking of two). "
+                        "Only applies when the data has rankings (a 'group' column); --no_group_rankings trains "
+                        "every pair as its own row. Held-out accuracy is per pair either way."})
             add_pad_token: bool = field(default=False, metadata={
                 "help": "If the tokenizer has no pad token distinct from EOS, add '<|pad|>' and resize the "
                         "embeddings (otherwise that is an error)."})

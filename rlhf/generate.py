@@ -175,11 +175,11 @@ def fit_prompt(tok: Any, p: _Prompt, chat: bool, shots: list[tuple[Any, str]], b
     if budget is not None and len(ids) > budget:
         log.warning("prompt %d: %d tokens do not fit beside --max_new_tokens in the model's context; keeping "
                     "the last %d", p.id, len(ids), budget)
-        bos = tok.bos_token_id
-        if not chat and bos is not None and ids and ids[0] == bos and budget > 1:
-            return [bos] + list(ids[-(budget - 1):]), shots, len(ids) - budget  # keep the BOS at the front
-        return list(ids[-budget:]), shots, len(ids) - budget
-    return list(ids), shots, 0
+    # the rule every job uses (rlhf.truncation): the end of the prompt kept, a leading BOS stays at the front
+    from rlhf.truncation import truncate_prompt
+
+    fitted = truncate_prompt(list(ids), budget, None if chat else tok.bos_token_id)
+    return fitted.ids, shots, fitted.cut
 
 
 def _sample_model(args: GenerateArgs, ref: str, model_no: int, prompts: list[_Prompt],

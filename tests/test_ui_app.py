@@ -464,8 +464,9 @@ def test_admin_import_bad_file_shows_error_and_writes_nothing(seeded):
     at.file_uploader(key="imp_file").upload("bad.jsonl", bad, "application/jsonl").run()
     at.button(key="imp_go").click().run()
     no_exception(at)
-    err = " ".join(e.value for e in at.error)
-    assert "bad.jsonl:3" in err, err
+    err = " ".join(e.value for e in at.error).replace("\u2060", "")
+    # in words: the line, the field, no `bad.jsonl:3, field 'prompt':`
+    assert "Line 3 of bad.jsonl:" in err and "Nothing was imported" in err and "field '" not in err, err
     assert count(seeded["url"], Prompt) == before
     good = b'{"prompt": "A brand new prompt"}\n{"prompt": "Another new prompt"}\n'
     at.file_uploader(key="imp_file").upload("good.jsonl", good, "application/jsonl").run()
@@ -645,8 +646,33 @@ def test_agreement_page_with_overlap(seeded):
     metrics = {m.label: m.value for m in admin.metric}
     assert metrics["Items with ≥ 2 labels"] == "3"
     assert metrics["Percent agreement"] == "67%"
-    dis = admin.dataframe[-1].value
-    assert len(dis) == 1 and "alice: b" in dis.iloc[0]["labels"]
+    dis = next(d.value for d in admin.dataframe if "majority" in d.value.columns)
+    assert len(dis) == 1 and "alice: B is better" in dis.iloc[0]["labels"]  # in words, not "alice: b"
+    tid = int(dis.iloc[0]["task"].split("=")[1])
+    assert dis.iloc[0]["task"] == f"agreement?task={tid}"  # a link to the task
+    # Cohen's kappa is a plain table (never cut off) with its columns in words
+    (pairs,) = admin.table
+    assert list(pairs.value.columns) == ["other annotator", "shared items", "agreement", "Cohen's kappa"]
+    assert not [c for df in admin.dataframe for c in df.value.columns if "_" in str(c)]  # no snake_case column
+    # the link opens that task on the page: prompt, both responses as shown, the labels in words
+    admin.query_params["task"] = str(tid)
+    admin.run()
+    no_exception(admin)
+    assert f"Task #{tid} · compare" in texts(admin) and "**Response B**" in texts(admin)
+    assert "alice: B is better" in texts(admin)
+
+
+def test_agreement_page_says_why_it_is_empty_with_one_annotator(seeded):
+    at = app_as("alice", seeded)
+    btn(at, "btn_a").click().run()
+    btn(at, "cmp_submit").click().run()
+    admin = app_as("admin", seeded, role="admin")
+    admin.switch_page("views/agreement.py").run()
+    no_exception(admin)
+    (info,) = [i.value for i in admin.info]
+    assert "labels per task = 1" in info and "only one annotator has labelled anything here (alice)" in info
+    assert "Projects page" in info and "Users page" in info  # how to get figures
+    assert not admin.table  # no empty tables beside the explanation
 
 
 def test_oidc_identity_maps_to_user_row(seeded):

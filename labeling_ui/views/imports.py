@@ -48,13 +48,17 @@ upload = st.file_uploader("File", type=["jsonl", "json", "csv", "gz"], key="imp_
 def refused_in_words(e: importers.InvalidRowsError, name: str) -> list[str]:
     """The refused lines as sentences ("Line 6: the “rejected” field is missing."), then what to do."""
     bad = e.refused
-    head = (f"{len(bad)} of {e.total} lines of {name} cannot be imported, so nothing was imported:"
-            if len(bad) > 1 else f"Line {bad[0].line} of {name} cannot be imported, so nothing was imported:")
+    hint = importers.UI_HINT.format(good=e.total - len(bad), them="it" if len(bad) == 1 else "them")
+    hint = hint[:1].upper() + hint[1:] + "."
+    if len(bad) == 1:
+        r = bad[0]
+        return [in_words(InputError(r.reason, file=name, line=r.line, field=r.field)) + " Nothing was imported.",
+                hint]
+    head = f"{len(bad)} of {e.total} lines of {name} cannot be imported, so nothing was imported:"
     lines = [in_words(InputError(r.reason, line=r.line, field=r.field)) for r in bad[:importers.SHOWN_BAD_LINES]]
     if len(bad) > importers.SHOWN_BAD_LINES:
         lines.append(f"… and {len(bad) - importers.SHOWN_BAD_LINES} more (all of them in the report below).")
-    hint = importers.UI_HINT.format(good=e.total - len(bad), them="it" if len(bad) == 1 else "them")
-    return [head, *[f"- {x}" for x in lines], hint[:1].upper() + hint[1:] + "."]
+    return [head, *[f"- {x}" for x in lines], hint]
 
 
 def _keep_report(name: str, refused: list[importers.RefusedLine]) -> None:
