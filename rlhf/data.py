@@ -257,6 +257,35 @@ def build_datasets(rows: list[dict[str, Any]], kind: str, chat: bool, eval_fract
     return Dataset.from_list(train), (Dataset.from_list(held) if held else None)
 
 
+def ranking_rows(pairs: list[dict[str, Any]], grouped: bool = True) -> list[dict[str, Any]]:
+    """Formatted pair rows → one row per ranking: ``{prompt, responses, pairs, margins}``.
+
+    Pairs with the same ``group`` (one per ranked task: ``db.services.export`` names it ``task-<id>``, so two
+    rank tasks of one prompt stay two rankings) become one row whose distinct responses are each scored once
+    in training (rlhf.reward_trainer); a pair without a group, or every pair with ``grouped=False``, is a
+    ranking of two. Rows keep the order of their first pair."""
+    out: list[dict[str, Any]] = []
+    by_group: dict[Any, dict[str, Any]] = {}
+    for i, p in enumerate(pairs):
+        key = p.get("group") if grouped and p.get("group") is not None else ("\0pair", i)
+        row = by_group.get(key)
+        if row is None:
+            row = by_group[key] = {"prompt": p["prompt"], "responses": [], "pairs": [], "margins": [], "_at": {}}
+            out.append(row)
+        idx = []
+        for side in ("chosen", "rejected"):
+            k = json.dumps(p[side], sort_keys=True, ensure_ascii=False)
+            if k not in row["_at"]:
+                row["_at"][k] = len(row["responses"])
+                row["responses"].append(p[side])
+            idx.append(row["_at"][k])
+        row["pairs"].append(idx)
+        row["margins"].append(float(p.get("margin") or 0.0))
+    for row in out:
+        del row["_at"]
+    return out
+
+
 def load_rows(kind: str, *, url: str | None, project: str | None, dataset: str | None, **filters: Any) -> Rows:
     """One entry point for both sources."""
     if bool(project) == bool(dataset):

@@ -89,7 +89,7 @@ def format_preference_row(row: dict[str, Any], chat: bool) -> dict[str, Any]:
         out["prompt"] = plain_prompt(row["prompt"])
         for k in ("chosen", "rejected"):
             out[k] = completion_text(row[k])
-    # rankings' pairs share a `group` (one per prompt): trained as one batch element (rlhf.reward_trainer)
+    # rankings' pairs share a `group` (one per ranked task): one training row (rlhf.data.ranking_rows)
     return {**{k: out[k] for k in ("prompt", "chosen", "rejected", "margin")}, "group": row.get("group")}
 
 

@@ -46,40 +46,30 @@ def trained_with_chat(model: Any, tokenizer: Any) -> bool:
 
 def max_positions(model: Any) -> int | None:
     """The longest sequence the model can read (None when its config sets no limit)."""
-    cfg = getattr(model, "config", None)
-    for key in ("n_positions", "max_position_embeddings"):
-        n = getattr(cfg, key, None)
-        if isinstance(n, int) and n > 0:
-            return n
-    return None
+    from rlhf.truncation import context_length
+
+    return context_length(model)
+
+
+def scoring_length(model: Any) -> int | None:
+    """The sequence length a reward model scores at: what rlhf.train_reward trained it at (recorded in its
+    config), else its context. Evaluation and PPO scoring truncate to it, so they see what training saw."""
+    recorded = info(model).get("max_length")
+    n = max_positions(model)
+    return min(int(recorded), n) if recorded and n else (int(recorded) if recorded else n)
 
 
 def fits(tokenizer: Any, prompt: Any, completion: Any, max_length: int | None) -> bool:
-    """Whether (prompt, completion) tokenizes to at most max_length tokens (TRL's RewardTrainer filter)."""
+    """Whether (prompt, completion) tokenizes to at most max_length tokens without truncation."""
     return max_length is None or len(encode(tokenizer, prompt, completion)) <= max_length
 
 
-@torch.no_grad()
-def score(model: Any, tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 16,
-          max_length: int | None = None, stats: dict[str, int] | None = None) -> list[float]:
-    """Reward of each (prompt, completion), tokenized exactly as TRL's RewardTrainer does.
-
-    A sequence longer than ``max_length`` (default: the model's max positions) is left-truncated: the score
-    is read at the last token, so the end (the completion and EOS) is kept and the start of the prompt is
-    dropped. ``stats["truncated"]`` (when a dict is given) counts such sequences."""
-    was_training = model.training
-    model.eval()
+def _scores(model: Any, rows: Sequence[list[int]], batch_size: int, pad: int) -> list[float]:
     dev = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
     offset = float(info(model).get("reward_offset", 0.0))
-    limit = max_length or max_positions(model)
     out: list[float] = []
-    truncated = 0
-    for i in range(0, len(prompts), batch_size):
-        ids = [encode(tokenizer, p, c) for p, c in zip(prompts[i:i + batch_size], completions[i:i + batch_size])]
-        if limit:
-            truncated += sum(len(x) > limit for x in ids)
-            ids = [x[-limit:] for x in ids]
+    for i in range(0, len(rows), batch_size):
+        ids = rows[i:i + batch_size]
         n = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), n), pad, dtype=torch.long)
         mask = torch.zeros((len(ids), n), dtype=torch.long)
@@ -88,9 +78,31 @@ def score(model: Any, tokenizer: Any, prompts: Sequence[Any], completions: Seque
             mask[j, :len(x)] = 1
         logits = model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev), use_cache=False).logits
         out.extend((logits[:, 0].float() - offset).tolist())
+    return out
+
+
+@torch.no_grad()
+def score(model: Any, tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any], batch_size: int = 16,
+          max_length: int | None = None, stats: dict[str, int] | None = None) -> list[float]:
+    """Reward of each (prompt, completion), tokenized exactly as reward training does (rlhf.truncation).
+
+    A sequence longer than ``max_length`` (default: the model's max positions) keeps its completion whole and
+    the end of its prompt (``stats["truncated"]`` counts every sequence cut); one whose completion alone is
+    longer is scored on its last ``max_length`` tokens (also counted in ``stats["too_long"]``), where training
+    leaves such a pair out."""
+    from rlhf.truncation import fit
+
+    was_training = model.training
+    model.eval()
+    limit = max_length or scoring_length(model)
+    fitted = [fit(tokenizer, p, c, limit) for p, c in zip(prompts, completions)]
+    out = _scores(model, [f.ids for f in fitted], batch_size, tokenizer.pad_token_id) if fitted else []
     model.train(was_training)
     if stats is not None:
-        stats["truncated"] = stats.get("truncated", 0) + truncated
+        stats["truncated"] = stats.get("truncated", 0) + sum(bool(f.cut) for f in fitted)
+        too_long = sum(not f.fits for f in fitted)
+        if too_long:
+            stats["too_long"] = stats.get("too_long", 0) + too_long
     return out
 
 
@@ -153,22 +165,27 @@ def pairwise_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float], bin
 
 def evaluate_pairs(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], batch_size: int = 16,
                    max_length: int | None = None) -> dict[str, float]:
-    """Pairwise metrics of formatted preference rows {prompt, chosen, rejected}.
+    """Pairwise metrics of formatted preference rows {prompt, chosen, rejected}, truncated as in training.
 
-    ``truncated_pairs``: pairs with a side longer than the model's context, scored left-truncated."""
-    prompts = [r["prompt"] for r in rows]
-    sc: dict[str, int] = {}
-    sr: dict[str, int] = {}
-    rc = score(model, tokenizer, prompts, [r["chosen"] for r in rows], batch_size, max_length, sc)
-    rr = score(model, tokenizer, prompts, [r["rejected"] for r in rows], batch_size, max_length, sr)
-    limit = max_length or max_positions(model)
-    truncated = 0
-    if limit and (sc["truncated"] or sr["truncated"]):
-        truncated = sum(not (fits(tokenizer, r["prompt"], r["chosen"], limit) and
-                             fits(tokenizer, r["prompt"], r["rejected"], limit)) for r in rows)
-    metrics = pairwise_metrics(rc, rr)
-    if metrics:
-        metrics["truncated_pairs"] = truncated
+    ``truncated_pairs``: pairs with a side longer than ``max_length`` (default: the model's context), scored
+    with their prompt cut from the left; ``pairs_too_long``: pairs left out because a response alone does not
+    fit (reward training leaves them out too)."""
+    from rlhf.truncation import fit
+
+    limit = max_length or scoring_length(model)
+    was_training = model.training
+    model.eval()
+    fc = [fit(tokenizer, r["prompt"], r["chosen"], limit) for r in rows]
+    fr = [fit(tokenizer, r["prompt"], r["rejected"], limit) for r in rows]
+    keep = [i for i in range(len(rows)) if fc[i].fits and fr[i].fits]
+    with torch.no_grad():
+        rc = _scores(model, [fc[i].ids for i in keep], batch_size, tokenizer.pad_token_id) if keep else []
+        rr = _scores(model, [fr[i].ids for i in keep], batch_size, tokenizer.pad_token_id) if keep else []
+    model.train(was_training)
+    metrics: dict[str, Any] = pairwise_metrics(rc, rr)
+    metrics["truncated_pairs"] = sum(bool(fc[i].cut or fr[i].cut) for i in keep)
+    metrics["pairs_too_long"] = len(rows) - len(keep)
+    metrics.setdefault("pairs", 0)
     return metrics
 
 

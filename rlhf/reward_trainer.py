@@ -1,145 +1,134 @@
-"""TRL's RewardTrainer with InstructGPT's treatment of rankings: all pairs of one prompt in one batch element.
+"""TRL's RewardTrainer with InstructGPT's treatment of rankings: one ranking is one training row.
 
 A ranking of K responses gives C(K,2) pairs. Trained as independent rows, each response takes part in K-1
-separate updates and the reward model overfits within an epoch (InstructGPT, §3.5). Here every pair carries a
-``group_id`` (one per ranked prompt; a plain comparison is a group of one):
+separate updates and the reward model overfits within an epoch (InstructGPT, §3.5); fed as pairs, each response
+is also scored once per pair it is in (K=9: 72 forward passes instead of 9). Here a row is a whole ranking (a
+plain comparison is a ranking of two):
 
-- :class:`GroupBatchSampler` puts whole groups in a batch (``per_device_train_batch_size`` counts groups,
-  as InstructGPT's batch counts prompts), shuffled per epoch and sharded per rank;
-- :meth:`GroupedRewardTrainer.compute_loss` averages the pair losses within each group, then over groups,
-  so a ranking weighs as one example however many pairs it has:
-  ``loss = mean_g [ mean_{(c,r) in g} -log sigmoid(r_c - r_r - margin) ]``.
+- :func:`tokenize_rankings` turns ``{prompt, responses, pairs, margins}`` rows into token ids, each response
+  left-truncated by :mod:`rlhf.truncation` (the response whole, the prompt cut from the left); a response that
+  does not fit on its own is left out with its pairs, and counted;
+- :class:`RankingCollator` pads the K responses of every row of a batch into one tensor, so each response is
+  scored once, and lists the pairs (winner index, loser index, margin, row);
+- :meth:`RankingRewardTrainer.compute_loss` averages the C(K,2) pair losses within each row, then over rows:
+  ``loss = mean_rows [ mean_{(c,r) in row} -log sigmoid(r_c - r_r - margin) ]``.
 
-The K responses are still scored once per pair they appear in (TRL's collator feeds pairs); sharing one forward
-pass per response is a further speed-up this module does not attempt.
+``per_device_train_batch_size`` counts rankings, as InstructGPT's batch counts prompts. The trainer, its
+sampler, checkpointing and resumption are TRL's / transformers' own: only the rows, the collator and the loss
+differ.
 """
 from __future__ import annotations
 
-import math
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from transformers.data.data_collator import DataCollatorMixin
 from trl import RewardTrainer
-from trl.trainer.reward_trainer import DataCollatorForPreference
+from trl.trainer.utils import pad
 
-from db.services.errors import InputError
+from rlhf.truncation import fit
 
-GROUP_COLUMN = "group_id"
+IDS, PAIRS, MARGINS = "response_ids", "pairs", "margins"
+COLUMNS = (IDS, PAIRS, MARGINS)
 
 
-def assign_group_ids(groups: Sequence[str | None]) -> list[int]:
-    """Stable small ints for group names; rows without a group (plain comparisons) each get their own."""
-    ids: dict[str, int] = {}
-    out = []
-    for g in groups:
-        key = g if g is not None else f"\0row-{len(out)}"
-        out.append(ids.setdefault(key, len(ids)))
+@dataclass
+class TokenizedRankings:
+    rows: list[dict[str, Any]]
+    responses_truncated: int = 0  # responses scored with the start of their prompt cut
+    pairs_truncated: int = 0  # pairs with a side whose prompt was cut
+    pairs_too_long: int = 0  # pairs left out: a side's response alone is longer than max_length
+    rows_too_long: int = 0  # rankings with no pair left
+
+
+def tokenize_rankings(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int | None) -> TokenizedRankings:
+    """Ranking rows → ``{response_ids, pairs, margins}`` with the truncation rule of rlhf.truncation."""
+    out = TokenizedRankings([])
+    for row in rows:
+        fitted = [fit(tokenizer, row["prompt"], r, max_length) for r in row["responses"]]
+        keep = [k for k, f in enumerate(fitted) if f.fits]
+        pairs = [(c, r, m) for (c, r), m in zip(row["pairs"], row["margins"])]
+        ok = [(c, r, m) for c, r, m in pairs if fitted[c].fits and fitted[r].fits]
+        out.pairs_too_long += len(pairs) - len(ok)
+        out.pairs_truncated += sum(bool(fitted[c].cut or fitted[r].cut) for c, r, _ in ok)
+        if not ok:
+            out.rows_too_long += 1
+            continue
+        used = sorted({k for c, r, _ in ok for k in (c, r)} & set(keep))
+        new = {k: i for i, k in enumerate(used)}
+        out.responses_truncated += sum(bool(fitted[k].cut) for k in used)
+        out.rows.append({IDS: [fitted[k].ids for k in used], PAIRS: [[new[c], new[r]] for c, r, _ in ok],
+                         MARGINS: [float(m) for _, _, m in ok]})
     return out
 
 
-class GroupBatchSampler(Sampler[list[int]]):
-    """Batches of whole groups: ``groups_per_batch`` groups each, order shuffled per epoch (seeded).
+@dataclass
+class RankingCollator(DataCollatorMixin):
+    """Rows of K responses → one right-padded batch of all responses, plus the pairs to compare.
 
-    Under several processes each rank takes every ``world``-th batch; the batch list is first padded by
-    repeating its start so that every rank runs the same number of steps (as accelerate's even_batches)."""
+    Output: ``input_ids`` / ``attention_mask`` (sum of K over the rows, T); ``pair_index`` (P, 2) winner and loser
+    positions in that batch; ``pair_margin`` (P,); ``pair_row`` (P,) the row each pair belongs to."""
 
-    def __init__(self, group_ids: Sequence[int], groups_per_batch: int, seed: int = 0, shuffle: bool = True,
-                 rank: int = 0, world: int = 1) -> None:
-        if groups_per_batch < 1:
-            raise ValueError("groups_per_batch must be >= 1")
-        members: dict[int, list[int]] = {}
-        for i, g in enumerate(group_ids):
-            members.setdefault(int(g), []).append(i)
-        self.groups = list(members.values())
-        self.per_batch, self.seed, self.shuffle = groups_per_batch, seed, shuffle
-        self.rank, self.world, self.epoch = rank, world, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _n_batches(self) -> int:
-        n = math.ceil(len(self.groups) / self.per_batch)
-        return math.ceil(n / self.world) * self.world
-
-    def __len__(self) -> int:
-        return self._n_batches() // self.world
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = list(range(len(self.groups)))
-        if self.shuffle:
-            random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
-        batches = [[i for g in order[s:s + self.per_batch] for i in self.groups[g]]
-                   for s in range(0, len(order), self.per_batch)]
-        n = len(batches)
-        for i in range(self._n_batches() - n):  # equal step counts on every rank: repeat from the start
-            batches.append(batches[i % n])
-        yield from batches[self.rank::self.world]
-
-
-class GroupedPreferenceCollator(DataCollatorForPreference):
-    """TRL's pair collator, plus the ``group_id`` of each pair."""
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        out = super().torch_call(examples)
-        out[GROUP_COLUMN] = torch.tensor([int(e[GROUP_COLUMN]) for e in examples], dtype=torch.long)
-        return out
+        seqs, index, margin, row = [], [], [], []
+        for i, ex in enumerate(examples):
+            base = len(seqs)
+            seqs.extend(torch.tensor(x, dtype=torch.long) for x in ex[IDS])
+            index.extend([base + c, base + r] for c, r in ex[PAIRS])
+            margin.extend(float(m) for m in ex[MARGINS])
+            row.extend([i] * len(ex[PAIRS]))
+        return {
+            "input_ids": pad(seqs, padding_value=self.pad_token_id, padding_side="right",
+                             pad_to_multiple_of=self.pad_to_multiple_of),
+            "attention_mask": pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right",
+                                  pad_to_multiple_of=self.pad_to_multiple_of),
+            "pair_index": torch.tensor(index, dtype=torch.long).reshape(-1, 2),
+            "pair_margin": torch.tensor(margin, dtype=torch.float),
+            "pair_row": torch.tensor(row, dtype=torch.long)}
 
 
-def grouped_pair_loss(rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor, group_ids: torch.Tensor,
-                      margin: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over groups of the mean pair loss within each group."""
-    diff = rewards_chosen - rewards_rejected - (margin if margin is not None else 0.0)
+def ranking_loss(rewards: torch.Tensor, pair_index: torch.Tensor, pair_row: torch.Tensor,
+                 pair_margin: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over rows of the mean pair loss within each row, the per-pair losses)."""
+    diff = rewards[pair_index[:, 0]] - rewards[pair_index[:, 1]]
+    if pair_margin is not None:
+        diff = diff - pair_margin.to(diff.dtype)
     per_pair = -nn.functional.logsigmoid(diff)
-    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    _, inverse, counts = torch.unique(pair_row, return_inverse=True, return_counts=True)
     weights = 1.0 / counts[inverse].to(per_pair.dtype)
-    return (weights * per_pair).sum() / counts.numel()
+    return (weights * per_pair).sum() / counts.numel(), per_pair
 
 
-class GroupedRewardTrainer(RewardTrainer):
-    """RewardTrainer whose datasets carry ``group_id``: group batches for training, group-averaged loss."""
+class RankingRewardTrainer(RewardTrainer):
+    """RewardTrainer on pre-tokenized ranking rows (see the module docstring)."""
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+        # The rows are tokenized and truncated by tokenize_rankings: TRL's pair tokenizer and its drop-if-too-long
+        # filter must not run on them.
+        if all(c in (dataset.column_names or []) for c in COLUMNS):
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
     def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
-        if GROUP_COLUMN not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, GROUP_COLUMN]
-
-    def get_train_dataloader(self) -> DataLoader:
-        dataset = self._remove_unused_columns(self.train_dataset, description="Training")
-        sampler = GroupBatchSampler(dataset[GROUP_COLUMN], self._train_batch_size, seed=self.args.seed,
-                                    rank=self.args.process_index, world=self.args.world_size)
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
-                            num_workers=self.args.dataloader_num_workers,
-                            pin_memory=self.args.dataloader_pin_memory)
-        dl_config = self.accelerator.dataloader_config
-        if self.args.world_size > 1 and (dl_config.split_batches or dl_config.dispatch_batches):
-            raise InputError("grouped rankings need each process to read its own batches: turn off accelerate's "
-                             "split_batches / dispatch_batches, or pass --no_group_rankings",
-                             field="group_rankings")
-        loader = self.accelerator.prepare(loader)
-        # The sampler is already rank-aware: accelerate's BatchSamplerShard must pass its batches through, and
-        # hand set_epoch on (transformers looks for it one level down, also after skip_first_batches on resume).
-        shard = getattr(loader, "batch_sampler", None)
-        if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
-            shard.num_processes, shard.process_index = 1, 0
-            shard.set_epoch = sampler.set_epoch
-        return loader
+        if self._signature_columns is None:
+            self._signature_columns = list(COLUMNS)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        # Our own pass rather than TRL's: group batches differ in size between ranks, and TRL gathers the raw
-        # rewards (a collective that needs equal shapes), so they are padded before gathering here.
         mode = "train" if self.model.training else "eval"
-        group_ids = inputs.pop(GROUP_COLUMN)
-        margin = inputs.pop("margin", None)
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-        loss = grouped_pair_loss(rewards_chosen, rewards_rejected, group_ids, margin)
+        rewards = outputs.logits.squeeze(-1)
+        index = inputs["pair_index"]
+        loss, _ = ranking_loss(rewards, index, inputs["pair_row"], inputs["pair_margin"])
         if self.args.center_rewards_coefficient is not None:
-            loss = loss + self.args.center_rewards_coefficient * torch.mean((rewards_chosen + rewards_rejected) ** 2)
+            loss = loss + self.args.center_rewards_coefficient * torch.mean(rewards ** 2)
 
         acc = self.accelerator
         if mode == "train":
@@ -147,14 +136,14 @@ class GroupedRewardTrainer(RewardTrainer):
             self._total_train_tokens += tokens // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         with torch.no_grad():
-            rewards = outputs.logits.detach().float().reshape(-1)
-            padded = acc.pad_across_processes(rewards, dim=0, pad_index=float("nan"))
-            everyone = acc.gather(padded)
+            # batches differ in size between ranks: pad before gathering (a collective needs equal shapes)
+            r = rewards.detach().float().reshape(-1)
+            everyone = acc.gather(acc.pad_across_processes(r, dim=0, pad_index=float("nan")))
             everyone = everyone[~torch.isnan(everyone)]
             self._metrics[mode]["min_reward"].append(everyone.min().item())
             self._metrics[mode]["mean_reward"].append(everyone.mean().item())
             self._metrics[mode]["max_reward"].append(everyone.max().item())
-            diff = (rewards_chosen - rewards_rejected).detach().float()
+            diff = (r[index[:, 0]] - r[index[:, 1]])
             self._metrics[mode]["accuracy"].append(acc.gather_for_metrics((diff > 0).float().mean()).mean().item())
             self._metrics[mode]["margin"].append(acc.gather_for_metrics(diff.mean()).mean().item())
-        return (loss, outputs) if return_outputs else loss
+        return (loss, {"rewards": rewards}) if return_outputs else loss

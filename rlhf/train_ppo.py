@@ -41,15 +41,15 @@ def _vocab_key(tok: Any) -> tuple[int, int]:
 def render_prompts(tok: Any, rows: list[dict[str, Any]], chat: bool, budget: int) -> tuple[list[list[int]], int]:
     """Token ids of each prompt as the policy sees it, keeping the last `budget` tokens. Returns (ids, cut)."""
     from rlhf.formatting import generation_input, is_chat
+    from rlhf.truncation import truncate_prompt
 
     out, cut = [], 0
     for r in rows:
         use_chat = chat or (is_chat(r["prompt"]) and bool(getattr(tok, "chat_template", None)))
         ids = list(tok(generation_input(tok, r["prompt"], use_chat), add_special_tokens=not use_chat)["input_ids"])
-        if len(ids) > budget:
-            cut += 1
-            ids = ids[-budget:]
-        out.append(ids)
+        fitted = truncate_prompt(ids, budget, None if use_chat else tok.bos_token_id)
+        cut += bool(fitted.cut)
+        out.append(fitted.ids)
     return out, cut
 
 
@@ -132,12 +132,17 @@ class RewardScorer:
         from rlhf.sampling import left_pad
 
         if self.same_vocab:
-            limit = reward.max_positions(self.model)
+            from rlhf.truncation import truncate_left
+
+            limit = reward.scoring_length(self.model)
             rows = []
             for q, qm, r, rm in zip(q_ids, q_mask, r_ids, r_mask):
                 resp = r[rm.bool()].tolist()
-                seq = q[qm.bool()].tolist() + resp + (self.suffix if resp and resp[-1] == self.eos else [])
-                rows.append(seq[-limit:] if limit else seq)  # a shorter context than the policy's: keep the end
+                prompt = q[qm.bool()].tolist()
+                seq = prompt + resp + (self.suffix if resp and resp[-1] == self.eos else [])
+                # a shorter context than the policy's: the response whole, the prompt cut from the left, as in
+                # reward training (rlhf.truncation)
+                rows.append(truncate_left(seq, len(prompt), limit, self.tok.bos_token_id).ids)
             ids, mask = left_pad(rows, self.tok.pad_token_id)
             return reward.score_ids(self.model, ids, mask).to(q_ids.device)
         prompts, completions = [], []

@@ -9,6 +9,12 @@ expanded into all pairs of a prompt, label strength becomes TRL's ``margin``, ti
 ``--aggregate`` decides how several annotators of one task combine), or a JSONL file (TRL explicit/implicit
 prompt, or HH). Loss ``-logsigmoid(r_c - r_r - margin)``; ``--center_rewards_coefficient`` is TRL's.
 
+One ranking is one training row (InstructGPT): its K responses are scored in K forward passes and its C(K,2)
+pair losses averaged (rlhf/reward_trainer.py); a batch counts rankings. Long inputs keep the whole response and
+the latest prompt tokens (rlhf/truncation.py, the rule evaluation and PPO scoring use too); ``--max_length``
+defaults to the model's context. A pair is left out only when a response alone does not fit: the counts
+(``train_pairs_truncated``, ``train_pairs_too_long``, ``eval_*``) are in the log, the metrics and the version.
+
 After training: held-out pairwise accuracy (ties count as wrong), mean margin, and calibration (ECE of
 sigmoid(r_c - r_r)); then the reward is shifted so the SFT demonstrations score mean 0 (see rlhf/reward.py for
 how the shift survives save/load). Output: ``$INSTRUCTLOOP_HOME/train_reward/<name>/`` and a ``reward`` model
@@ -41,13 +47,6 @@ def _normalization_rows(cfg: Any, train_rows: list[dict[str, Any]]) -> tuple[lis
     return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in train_rows], "chosen responses"
 
 
-def _with_group_ids(ds: Any) -> Any:
-    """The `group` names as small ints (`group_id`), which the grouped collator and sampler read."""
-    from rlhf.reward_trainer import GROUP_COLUMN, assign_group_ids
-
-    return ds.add_column(GROUP_COLUMN, assign_group_ids(ds["group"])).remove_columns("group")
-
-
 class RewardJob(runs.HFTrainerJob):
     JOB, KIND = JOB, "reward"
 
@@ -73,25 +72,44 @@ class RewardJob(runs.HFTrainerJob):
             self.rows.rows = [{**r, "margin": 0.0} for r in self.rows.rows]
         train_ds, eval_ds = data.build_datasets(self.rows.rows, data.PREF_KIND, self.chat, cfg.eval_fraction,
                                                 cfg.max_rows, eval_rows)
-        if not cfg.use_margin:
-            train_ds = train_ds.remove_columns("margin")
-            eval_ds = eval_ds.remove_columns("margin") if eval_ds is not None else None
-        self.grouped = cfg.group_rankings and any(g is not None for g in train_ds["group"])
-        self.train_ds, self.eval_ds = (
-            _with_group_ids(d) if self.grouped and d is not None else
-            (d.remove_columns("group") if d is not None else None) for d in (train_ds, eval_ds))
+        self.train_pairs = train_ds.to_list()
+        self.eval_pairs = eval_ds.to_list() if eval_ds is not None else []
+        self.grouped = cfg.group_rankings and any(r.get("group") is not None for r in self.train_pairs)
+        self.train_rankings = data.ranking_rows(self.train_pairs, self.grouped)
+        self.eval_rankings = data.ranking_rows(self.eval_pairs, self.grouped)
         self.norm_rows, self.norm_source = _normalization_rows(cfg, self.rows.rows) if cfg.normalize else ([], "")
+
+    def _tokenize(self, rankings: list[dict[str, Any]], what: str) -> Any:
+        """Token-id rows for the trainer (None when none is left), the truncation counts in self.counts."""
+        from datasets import Dataset
+
+        from rlhf.reward_trainer import COLUMNS, tokenize_rankings
+
+        tok = tokenize_rankings(self.tokenizer, rankings, self.cfg.max_length)
+        self.counts.update({f"{what}_pairs_truncated": tok.pairs_truncated,
+                            f"{what}_pairs_too_long": tok.pairs_too_long})
+        if tok.pairs_truncated:
+            self.log.info("%d %s pairs are longer than --max_length %s: their prompts were cut from the left (the "
+                          "responses kept whole)", tok.pairs_truncated, what, self.cfg.max_length)
+        if tok.pairs_too_long:
+            self.log.warning("%d %s pairs were left out: a response alone is longer than --max_length %s",
+                             tok.pairs_too_long, what, self.cfg.max_length)
+        if not tok.rows:
+            return None
+        return Dataset.from_dict({c: [r[c] for r in tok.rows] for c in COLUMNS})
 
     def build(self) -> None:
         from transformers import set_seed
-        from trl import RewardTrainer
 
         from rlhf.modeling import add_pad_token, load_reward_model
+        from rlhf.reward_trainer import RankingCollator, RankingRewardTrainer
+        from rlhf.truncation import resolve_max_length
 
         cfg, tok = self.cfg, self.tokenizer
-        self.log.info("reward %s: %d train / %d eval pairs (%s), chat template: %s", self.name, len(self.train_ds),
-                      len(self.eval_ds) if self.eval_ds else 0,
-                      self.rows.source.get("project") or self.rows.source.get("dataset"), self.chat)
+        self.log.info("reward %s: %d train / %d eval pairs in %d / %d rankings (%s), chat template: %s", self.name,
+                      len(self.train_pairs), len(self.eval_pairs), len(self.train_rankings),
+                      len(self.eval_rankings), self.rows.source.get("project") or self.rows.source.get("dataset"),
+                      self.chat)
         # new weights (a reward head, added pad rows) come from --seed, not from whatever ran before in this process
         set_seed(cfg.seed)
         model = load_reward_model(self.init.path, cfg.attn_implementation)
@@ -100,24 +118,22 @@ class RewardJob(runs.HFTrainerJob):
             add_pad_token(tok, model)
         model.config.pad_token_id = tok.pad_token_id
         cfg.finalize_for_model(model)
-        n_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-        if n_pos and (cfg.max_length is None or cfg.max_length > n_pos):
-            cfg.max_length = int(n_pos)
-        extra: dict[str, Any] = {}
-        trainer_cls = RewardTrainer
+        cfg.max_length = resolve_max_length(cfg.max_length, model)
+        tok.truncation_side = "left"  # any tokenizer-side truncation cuts the prompt, never the response
+        self.counts: dict[str, int] = {}
+        self.train_ds = self._tokenize(self.train_rankings, "train")
+        if self.train_ds is None:
+            raise InputError(f"no training pair fits in --max_length {cfg.max_length}: every one has a response "
+                             "longer than that on its own", field="max_length")
+        self.eval_ds = self._tokenize(self.eval_rankings, "eval") if self.eval_rankings else None
         if self.grouped:
-            from rlhf.reward_trainer import GroupedPreferenceCollator, GroupedRewardTrainer
-
-            trainer_cls = GroupedRewardTrainer
-            extra["data_collator"] = GroupedPreferenceCollator(pad_token_id=tok.pad_token_id,
-                                                               pad_to_multiple_of=cfg.pad_to_multiple_of)
-            self.log.info("rankings: %d groups for %d training pairs, one batch element each (--no_group_rankings "
-                          "to train pairs independently)", len(set(self.train_ds["group_id"])), len(self.train_ds))
-        self.trainer = trainer_cls(model=model, args=cfg, train_dataset=self.train_ds, eval_dataset=self.eval_ds,
-                                   processing_class=tok, callbacks=self.callbacks(), **extra)
-        if len(self.trainer.train_dataset) < len(self.train_ds):
-            self.log.warning("%d training pairs are longer than --max_length %s and were left out",
-                             len(self.train_ds) - len(self.trainer.train_dataset), cfg.max_length)
+            self.log.info("rankings: %d rows for %d training pairs, each response scored once per row "
+                          "(--no_group_rankings to train pairs independently)", len(self.train_ds),
+                          sum(len(p) for p in self.train_ds["pairs"]))
+        self.trainer = RankingRewardTrainer(
+            model=model, args=cfg, train_dataset=self.train_ds, eval_dataset=self.eval_ds, processing_class=tok,
+            data_collator=RankingCollator(pad_token_id=tok.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of),
+            callbacks=self.callbacks())
 
     def fit(self, resume: str | None) -> dict[str, Any] | None:
         from rlhf import reward
@@ -125,30 +141,25 @@ class RewardJob(runs.HFTrainerJob):
         result = self.train_hf(resume)
         if result is None:
             return None
-        cfg, trainer, tok, eval_ds = self.cfg, self.trainer, self.tokenizer, self.eval_ds
+        cfg, trainer, tok = self.cfg, self.trainer, self.tokenizer
         metrics: dict[str, Any] = {
             "train_loss": result.training_loss, "global_step": result.global_step,
-            "train_pairs": len(self.train_ds), "eval_pairs": len(eval_ds) if eval_ds else 0,
-            "train_groups": len(set(self.train_ds["group_id"])) if self.grouped else len(self.train_ds),
-            "train_pairs_too_long": len(self.train_ds) - len(trainer.train_dataset)}
-        reward.set_info(trainer.model, chat_template=self.chat)
+            "train_pairs": len(self.train_pairs), "eval_pairs": len(self.eval_pairs),
+            "train_rankings": len(self.train_ds), "train_groups": len(self.train_ds), "max_length": cfg.max_length,
+            **self.counts}
+        reward.set_info(trainer.model, chat_template=self.chat, max_length=cfg.max_length)
         # Save first: nothing after training (metrics, normalization) may lose the trained model. Every rank takes
         # part in saving (FSDP/DeepSpeed); the normalized model is saved over this copy in save().
         self.trainer.save_model(str(self.run_dir))
         if self.is_main():
             tok.save_pretrained(str(self.run_dir))
-        if eval_ds is not None:
-            if trainer.eval_dataset is not None and len(trainer.eval_dataset):
+        if self.eval_pairs:
+            if self.eval_ds is not None:
                 metrics["eval_loss"] = trainer.evaluate().get("eval_loss")
-            # the held-out metrics use the rows the trainer evaluated on: pairs longer than max_length are left out
-            held_rows = [r for r in eval_ds if reward.fits(tok, r["prompt"], r["chosen"], cfg.max_length)
-                         and reward.fits(tok, r["prompt"], r["rejected"], cfg.max_length)]
-            metrics["eval_pairs_too_long"] = len(eval_ds) - len(held_rows)
-            if metrics["eval_pairs_too_long"]:
-                self.log.warning("%d held-out pairs are longer than --max_length %s and were left out of the metrics",
-                                 metrics["eval_pairs_too_long"], cfg.max_length)
-            held = reward.evaluate_pairs(trainer.model, tok, held_rows, max_length=cfg.max_length)
-            metrics.update({f"eval_{k}": v for k, v in held.items()})
+            # the pairs the trainer evaluated on, truncated the same way (pairs that cannot fit are left out)
+            held = reward.evaluate_pairs(trainer.model, tok, self.eval_pairs, max_length=cfg.max_length)
+            metrics.update({f"eval_{k}": v for k, v in held.items() if k != "pairs"})
+            metrics["eval_pairs_scored"] = held.get("pairs", 0)
         return metrics
 
     def save(self, metrics: dict[str, Any]) -> None:
@@ -176,7 +187,10 @@ class RewardJob(runs.HFTrainerJob):
     def record(self) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
         cfg, m = self.cfg, self._metrics
         config = {"init": self.init.path, "chat_template": self.chat, "use_margin": cfg.use_margin,
-                  "aggregate": cfg.aggregate, "group_rankings": self.grouped,
+                  "aggregate": cfg.aggregate, "group_rankings": self.grouped, "max_length": cfg.max_length,
+                  "truncation": "left (prompt cut, response whole)",
+                  **{k: m[k] for k in ("train_pairs_truncated", "train_pairs_too_long", "eval_pairs_truncated",
+                                       "eval_pairs_too_long") if k in m},
                   "center_rewards_coefficient": cfg.center_rewards_coefficient,
                   **{k: m[k] for k in ("reward_shift", "reward_shift_method") if k in m}}
         extra = {"init": self.init.path, "init_version": self.init.version_name, "chat_template": self.chat,

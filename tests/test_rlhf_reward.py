@@ -45,6 +45,9 @@ def test_reward_from_project_learns_registers_normalizes_and_evaluates(tiny, sql
         assert mv.kind == "reward" and registry.resolve(s, mv.parent_id).name == "base-tiny"
         assert mv.label_snapshot["ids"] == {"preference_labels": sorted(pref_ids), "rankings": [rank_id]}
         assert mv.metrics["eval_accuracy"] == m["eval_accuracy"] and "eval_ece" in mv.metrics
+        # the truncation rule and its counts travel with the version
+        assert mv.config["max_length"] == 256 and mv.config["train_pairs_too_long"] == 0
+        assert mv.metrics["train_pairs_truncated"] == 0 and mv.metrics["train_rankings"] == m["train_rankings"]
 
     # reloaded with plain AutoModelForSequenceClassification, demonstrations score mean 0
     tok = AutoTokenizer.from_pretrained(run)
@@ -109,7 +112,7 @@ def _polite_rankings(url: str, project: str, n: int) -> None:
         H.add_ranking(url, project, f"ranked request {i}: {rng.choice(H.WORDS)}", replies[::-1])
 
 
-def test_reward_from_rankings_trains_each_ranking_as_one_batch_element(tiny, sqlite_url, home, tmp_path):
+def test_reward_from_rankings_trains_each_ranking_as_one_row(tiny, sqlite_url, home, tmp_path):
     import torch
 
     from db.services import export
@@ -118,19 +121,21 @@ def test_reward_from_rankings_trains_each_ranking_as_one_batch_element(tiny, sql
 
     H.make_project(sqlite_url, "rk")
     _polite_rankings(sqlite_url, "rk", 60)
-    budget = [a if a != "16" else "4" for a in BUDGET]  # 4 rankings (24 pairs) per batch
+    budget = [a if a != "16" else "4" for a in BUDGET]  # 4 rankings (16 responses, 24 pairs) per batch
     out = train_reward.main(["--model", str(tiny), "--project", "rk", "--database_url", sqlite_url, "--name", "rk-g",
                              "--eval_fraction", "0.25", *budget])
     m = out["metrics"]
-    assert m["train_pairs"] == 6 * m["train_groups"] and m["train_groups"] >= 30
+    assert m["train_pairs"] == 6 * m["train_rankings"] and m["train_rankings"] >= 30
     assert m["eval_accuracy"] >= 0.9, m
     trainer = out["trainer"]
-    assert type(trainer).__name__ == "GroupedRewardTrainer"
+    assert type(trainer).__name__ == "RankingRewardTrainer"
+    assert len(trainer.train_dataset) == m["train_rankings"]
     sizes = {}
-    for batch in trainer.get_train_dataloader():  # whole rankings only, 4 per batch (the last may hold fewer)
-        _, counts = batch["group_id"].unique(return_counts=True)
-        assert set(counts.tolist()) == {6} and len(counts) <= 4
-        sizes[len(counts)] = sizes.get(len(counts), 0) + 1
+    for batch in trainer.get_train_dataloader():  # whole rankings: 4 responses and 6 pairs each, 4 per batch
+        rows = batch["pair_row"].unique(return_counts=True)[1]
+        assert set(rows.tolist()) == {6} and len(rows) <= 4
+        assert batch["input_ids"].shape[0] == 4 * len(rows)  # each response scored once, not once per pair
+        sizes[len(rows)] = sizes.get(len(rows), 0) + 1
     assert sizes.get(4, 0) >= 7
     # the exported file carries the same groups: same training either way
     with session_scope(sqlite_url) as s:
@@ -149,8 +154,8 @@ def test_reward_from_rankings_trains_each_ranking_as_one_batch_element(tiny, sql
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     flat = train_reward.main(["--model", str(tiny), "--dataset", str(f), "--no_register", "--no_group_rankings",
                               "--output_dir", str(tmp_path / "rm-flat"), "--eval_fraction", "0.25", *budget])
-    assert type(flat["trainer"]).__name__ == "RewardTrainer"
-    assert flat["metrics"]["train_groups"] == flat["metrics"]["train_pairs"]
+    assert flat["metrics"]["train_rankings"] == flat["metrics"]["train_pairs"]
+    assert {len(x) for x in flat["trainer"].train_dataset["pairs"]} == {1}
     assert not all(torch.equal(a[k], flat["trainer"].model.state_dict()[k]) for k in a)
 
 
@@ -170,7 +175,8 @@ def test_reward_from_hh_file_with_added_pad_token(tmp_path, home):
 
 
 def test_reward_with_held_out_pair_and_demonstration_longer_than_the_context(tmp_path, home):
-    """Rows longer than the model's context: training finishes, the model is saved, the metrics say so."""
+    """Rows longer than the model's context: prompts cut from the left and counted; a pair whose response alone
+    does not fit is left out and counted; the model is saved and the metrics say so."""
     from transformers import AutoModelForSequenceClassification
 
     from rlhf import evaluate, train_reward
@@ -181,6 +187,7 @@ def test_reward_with_held_out_pair_and_demonstration_longer_than_the_context(tmp
                                                      for p, g, b in H.polite_pairs(12)])
     held = [{"prompt": p, "chosen": g, "rejected": b} for p, g, b in H.polite_pairs(4, seed=3)]
     held.append({"prompt": long_text, "chosen": "please sit", "rejected": "sit"})
+    held.append({"prompt": "hi", "chosen": long_text, "rejected": "sit"})
     ev = H.write_jsonl(tmp_path / "eval.jsonl", held)
     demos = H.write_jsonl(tmp_path / "demos.jsonl", [{"prompt": "say hi", "completion": "hello please"},
                                                     {"prompt": long_text, "completion": "ok please"}])
@@ -189,24 +196,26 @@ def test_reward_with_held_out_pair_and_demonstration_longer_than_the_context(tmp
                              "--save_strategy", "no", "--disable_tqdm", "true",
                              "--output_dir", str(tmp_path / "rm-long")])
     m = out["metrics"]
-    # metrics on the rows the trainer evaluated on: the long pair left out (and counted), none truncated
-    assert m["eval_pairs"] == 4 and m["eval_pairs_too_long"] == 1 and m["eval_truncated_pairs"] == 0
-    assert len(out["trainer"].eval_dataset) == 4 and m["eval_accuracy"] is not None
+    assert m["max_length"] == 32  # the default: the model's context
+    assert m["eval_pairs"] == 6 and m["eval_pairs_too_long"] == 1 and m["eval_pairs_truncated"] == 1
+    assert m["eval_pairs_scored"] == 5 and m["eval_truncated_pairs"] == 1
+    assert len(out["trainer"].eval_dataset) == 5 and m["eval_accuracy"] is not None
     assert m["normalized_on"] == 2 and m["normalize_truncated"] == 1
     run = Path(out["run_dir"])
     final = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert final["final"] and final["eval_pairs_too_long"] == 1 and final["normalize_truncated"] == 1
     rm = AutoModelForSequenceClassification.from_pretrained(run, attn_implementation="sdpa")
     assert rm.config.instructloop["normalized_on"] == 2  # the normalized model is the one saved
+    assert rm.config.instructloop["max_length"] == 32
 
     res = evaluate.main(["reward", "--model", str(run), "--dataset", str(ev)])
-    assert res["pairs"] == 5 and res["truncated_pairs"] == 1
+    assert res["pairs"] == 5 and res["truncated_pairs"] == 1 and res["pairs_too_long"] == 1
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("procs", [1, 2])
-def test_grouped_reward_stop_resume_and_torchrun(procs, tiny, sqlite_url, home, tmp_path):
-    """Stopped mid-epoch by --stop_at_step (in epoch 1 on one process, in epoch 2 on two) and resumed: the group
+def test_ranking_reward_stop_resume_and_torchrun(procs, tiny, sqlite_url, home, tmp_path):
+    """Stopped mid-epoch by --stop_at_step (in epoch 1 on one process, in epoch 2 on two) and resumed: the ranking
     batches replay exactly, so the weights equal a straight run's; under torchrun the two processes split the
     groups (fewer steps per epoch) and the version is registered once."""
     import os
