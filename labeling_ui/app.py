@@ -22,10 +22,11 @@ st.set_page_config(page_title="InstructLoop", page_icon=":material/thumbs_up_dow
 HERE = Path(__file__).parent
 V = HERE / "views"
 
-ANNOTATOR_PATHS = ["compare", "rank", "demonstrate", "history"]
+ANNOTATOR_PATHS = ["compare", "rank", "rate", "demonstrate", "history"]
 ANNOTATOR_PAGES = [
     st.Page(V / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page(V / "rank.py", title="Rank", icon=":material/format_list_numbered:", url_path="rank"),
+    st.Page(V / "rate.py", title="Rate", icon=":material/thumbs_up_down:", url_path="rate"),
     st.Page(V / "demonstrate.py", title="Demonstrate", icon=":material/edit_note:", url_path="demonstrate"),
     st.Page(V / "history.py", title="My history", icon=":material/history:", url_path="history"),
 ]
@@ -40,6 +41,7 @@ ADMIN_PAGES = [
     ("jobs.py", "Jobs", ":material/play_circle:", "jobs"),
     ("leaderboard.py", "Leaderboard", ":material/leaderboard:", "leaderboard"),
     ("export.py", "Export", ":material/download:", "export"),
+    ("audit.py", "Audit log", ":material/policy:", "audit"),
 ]
 
 user = auth.current_user()

@@ -198,6 +198,9 @@ _HOW_TASKS_COME = {
             "ranked conversations on the Import page.",
     "demonstrate": "An admin queues them on the Projects page, when importing prompts on the Import page, or "
                    "with `python -m rlhf.generate --project {p} --tasks demonstrate`.",
+    "rate": "An admin creates them from model outputs "
+            "(`python -m rlhf.generate --project {p} --models MODEL --tasks rate`) or imports rated responses "
+            "(`python -m db import ratings FILE --project {p}`).",
 }
 
 

@@ -9,7 +9,11 @@ FLAG_NAMES = {"hallucination": "Hallucination", "fails_instruction": "Fails the 
               "harmful": "Harmful", "inappropriate": "Inappropriate", "other": "Other"}
 SKIP_REASONS = ["I can't judge this (outside my knowledge)", "Responses are broken or empty",
                 "Prompt is unclear", "Other"]
-KIND_NAMES = {"compare": "Compare", "rank": "Rank", "demonstrate": "Demonstrate"}
+KIND_NAMES = {"compare": "Compare", "rank": "Rank", "demonstrate": "Demonstrate", "rate": "Rate"}
+# Rate: (stored value, button, shortcut, icon); the optional score is InstructGPT's 1-7 Likert scale.
+RATINGS = [(True, "Good", "1", ":material/thumb_up:"), (False, "Bad", "2", ":material/thumb_down:")]
+RATING_NAMES = {True: "Good", False: "Bad"}
+LIKERT_HELP = "Overall quality, 1 (very bad) to 7 (excellent). Optional: leave it empty if unsure."
 
 
 def ordinal(n: int) -> str:

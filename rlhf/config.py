@@ -7,6 +7,7 @@ lists everything and ``TrlParser`` reads the same keys from ``--config job.yaml`
     SFTJobConfig    = JobFields + DeviceDefaults + trl.SFTConfig
     RewardJobConfig = JobFields + RewardFields + DeviceDefaults + trl.RewardConfig
     PPOJobConfig    = JobFields + DeviceDefaults + rlhf.ppo_config.PPOConfig (ours, a TrainingArguments)
+    KTOJobConfig    = JobFields + KTOFields + DeviceDefaults + trl.KTOConfig
 
 ``JobFields`` comes first in the MRO so its ``project`` replaces ``TrainingArguments.project`` (a trackio
 setting we do not use). ``DeviceDefaults`` resolves ``bf16`` / ``gradient_checkpointing`` from the hardware
@@ -173,6 +174,11 @@ def reward_config_class() -> type:
                         "Batches hold per_device_train_batch_size rankings (a plain comparison is a ranking of two). "
                         "Only applies when the data has rankings (a 'group' column); --no_group_rankings trains "
                         "every pair as its own row. Held-out accuracy is per pair either way."})
+            from_ratings: bool = field(default=False, metadata={
+                "help": "Train a pointwise reward model on good/bad ratings of single responses (rate tasks, or a "
+                        "--dataset of TRL unpaired rows {prompt, completion, label}) with binary cross-entropy: the "
+                        "score is the log-odds of 'good' (rlhf/pointwise_reward.py). --aggregate combines several "
+                        "ratings of one task; the pairwise options (--use_margin, --group_rankings) do not apply."})
             add_pad_token: bool = field(default=False, metadata={
                 "help": "If the tokenizer has no pad token distinct from EOS, add '<|pad|>' and resize the "
                         "embeddings (otherwise that is an error)."})
@@ -180,6 +186,28 @@ def reward_config_class() -> type:
         RewardJobConfig = _job_config(RewardConfig, (RewardFields,), "rlhf.train_reward configuration")
         RewardJobConfig.__name__ = RewardJobConfig.__qualname__ = "RewardJobConfig"
     return RewardJobConfig
+
+
+def kto_config_class() -> type:
+    """JobFields + KTOFields + DeviceDefaults + trl.KTOConfig (rlhf.train_kto)."""
+    from trl import KTOConfig
+
+    global KTOJobConfig
+    if KTOJobConfig is None:
+        @dataclass
+        class KTOFields:
+            aggregate: str = field(default="majority", metadata={
+                "help": "Several annotators rating one response: majority (an even split is left out), all (one "
+                        "row per rating), unanimous."})
+            balance: bool = field(default=True, metadata={
+                "help": "When --desirable_weight and --undesirable_weight are both left at 1, set "
+                        "desirable_weight = n_bad / n_good so good and bad ratings weigh alike (the KTO paper: "
+                        "desirable_weight x n_good / (undesirable_weight x n_bad) within [1, 4/3]); --no_balance "
+                        "keeps 1 and 1."})
+
+        KTOJobConfig = _job_config(KTOConfig, (KTOFields,), "rlhf.train_kto configuration")
+        KTOJobConfig.__name__ = KTOJobConfig.__qualname__ = "KTOJobConfig"
+    return KTOJobConfig
 
 
 def ppo_config_class() -> type:
@@ -195,6 +223,7 @@ def ppo_config_class() -> type:
 SFTJobConfig: Any = None
 RewardJobConfig: Any = None
 PPOJobConfig: Any = None
+KTOJobConfig: Any = None
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

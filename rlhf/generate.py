@@ -2,6 +2,7 @@
 
     python -m rlhf.generate --project P --models sft-v1 base-v1 --num_samples 2 --tasks compare
     python -m rlhf.generate --project P --models sft-v1 --num_samples 4 --tasks rank
+    python -m rlhf.generate --project P --models sft-v1 --num_samples 2 --tasks rate   # good/bad of each response
     python -m rlhf.generate --project P --tasks demonstrate              # no model needed
     python -m rlhf.generate --project P --models runs/pretrain/demo/hf --few_shot 3 --tasks compare,demonstrate
 
@@ -12,6 +13,7 @@ cache — stored as ``responses`` with their generation parameters. Then:
 - ``compare``: ``--pairs_per_prompt`` random pairs per prompt, across different versions when there are
   several (A/B position randomized once and stored);
 - ``rank``: one task with ``--rank_size`` (default all, >= 3) responses of the prompt;
+- ``rate``: one task per sampled response (the annotator says good or bad, optionally a 1-7 score);
 - ``demonstrate``: a task for every prompt without a demonstration.
 
 Re-running is idempotent: a prompt that already has K samples from a version reuses them (``--regenerate``
@@ -32,7 +34,7 @@ from typing import Any
 from db.services.errors import InputError, ServiceError
 
 log = logging.getLogger("rlhf.generate")
-TASK_KINDS = ("compare", "rank", "demonstrate", "none")
+TASK_KINDS = ("compare", "rank", "rate", "demonstrate", "none")
 
 
 @dataclass
@@ -42,7 +44,7 @@ class GenerateArgs:
         "help": "Model versions (names or ids), local HF directories or hub ids; one or more."})
     num_samples: int = field(default=2, metadata={"help": "Responses per prompt per model (K)."})
     tasks: str = field(default="compare", metadata={
-        "help": "Tasks to create, comma-separated: compare, rank, demonstrate, none."})
+        "help": "Tasks to create, comma-separated: compare, rank, rate (one per response), demonstrate, none."})
     pairs_per_prompt: int = field(default=1, metadata={"help": "compare: random pairs per prompt."})
     rank_size: int = field(default=0, metadata={"help": "rank: responses per rank task (0 = all of the prompt's)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0 = greedy)."})
@@ -314,6 +316,10 @@ def _create_tasks(args: GenerateArgs, project_id: int, prompts: list[_Prompt], k
                     _, created = tasks.create_task(s, project_id, "rank", p.id, chosen, rng=order_rng,
                                                    source=source)
                     stats["rank"]["created" if created else "existing"] += 1
+            if "rate" in kinds:
+                for rid in dict.fromkeys(rid for _, rid in pool):
+                    _, created = tasks.create_task(s, project_id, "rate", p.id, [rid], source=source)
+                    stats["rate"]["created" if created else "existing"] += 1
         if "demonstrate" in kinds:
             stats["demonstrate"]["created"] = tasks.create_demonstrate_tasks(s, project_id, source="rlhf.generate")
     return stats
@@ -329,7 +335,7 @@ def run(args: GenerateArgs) -> dict[str, Any]:
     if not prompts:
         raise InputError(f"project {args.project!r} has no prompts: import some first "
                          "(python -m db import-prompts ...)", field="project")
-    needs_model = any(k in ("compare", "rank") for k in kinds) or not kinds
+    needs_model = any(k in ("compare", "rank", "rate") for k in kinds) or not kinds
     if needs_model and not args.models:
         raise InputError("--models is required to sample responses (only --tasks demonstrate needs none)",
                          field="models")

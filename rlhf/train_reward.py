@@ -3,6 +3,7 @@
     python -m rlhf.train_reward --model sft-v1 --project P [--name rm-v1] [--max_steps 300] [--config job.yaml]
     python -m rlhf.train_reward --model DIR --dataset prefs.jsonl      # TRL rows, or Anthropic HH rows
     python -m rlhf.train_reward --name rm-v1 --resume ...
+    python -m rlhf.train_reward --from_ratings --model sft-v1 --project P   # good/bad ratings, pointwise BCE
 
 Data: the project's preference labels and rankings (``db.services.export.iter_preference_rows``: rankings are
 expanded into all pairs of a prompt, label strength becomes TRL's ``margin``, ties and both-bad are left out,
@@ -199,6 +200,10 @@ class RewardJob(runs.HFTrainerJob):
 
 
 def run(cfg: Any) -> dict[str, Any]:
+    if cfg.from_ratings:  # good/bad ratings of single responses: the pointwise model
+        from rlhf.pointwise_reward import run as run_pointwise
+
+        return run_pointwise(cfg)
     return RewardJob(cfg).run()
 
 

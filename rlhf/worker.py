@@ -43,7 +43,7 @@ log = logging.getLogger("rlhf.worker")
 
 MODULES = {"generate": "rlhf.generate", "train_sft": "rlhf.train_sft", "train_reward": "rlhf.train_reward",
            "train_ppo": "rlhf.train_ppo", "train_rloo": "rlhf.train_rloo", "train_grpo": "rlhf.train_grpo",
-           "evaluate": "rlhf.evaluate", "pretrain": "pretrain.pipeline"}
+           "train_kto": "rlhf.train_kto", "evaluate": "rlhf.evaluate", "pretrain": "pretrain.pipeline"}
 # How long a cancelled job may take to exit after SIGTERM (pretrain saves a checkpoint) before SIGKILL.
 TERMINATE_GRACE_S = 15.0
 RECOVER_EVERY_S = 60.0
@@ -147,7 +147,7 @@ def build_command(job: Job, root: Path, python: str = sys.executable) -> Launch:
     launch = Launch(cmd, job_dir, job_dir / "log.txt")
     if job.kind == "generate":
         cmd += _flag_argv(args, "hf")
-    elif job.kind.startswith("train_"):  # rlhf.train_{sft,reward,ppo,rloo,grpo}: TrlParser flags
+    elif job.kind.startswith("train_"):  # rlhf.train_{sft,reward,ppo,rloo,grpo,kto}: TrlParser flags
         cmd += _flag_argv(args, "hf") + ["--name", str(job.name)]
         launch.run_dir = root / job.kind / slug(str(job.name))  # rlhf.config.default_run_dir
     elif job.kind == "evaluate":

@@ -136,3 +136,34 @@ elif rep["n_tasks"]:
     st.caption("No disagreements: every task with several labels got the same answer from all.")
 else:
     st.caption("None yet (no task has two labels).")
+
+
+# --- ratings (rate tasks): a section of its own, from db.services.agreement.rating_agreement
+def _rating_section(project_id: int) -> None:
+    from db.services.agreement import rating_agreement
+
+    with db() as s:
+        rr = rating_agreement(s, project_id)
+    if not rr["n_labels"] and not len(rr["per_annotator"]):
+        return  # the project has no rate tasks' ratings: nothing to say
+    st.markdown("#### Ratings (good / bad of one response)")
+    c = st.columns(4)
+    c[0].metric("Rated responses with ≥ 2 ratings", rr["n_tasks"])
+    c[1].metric("Ratings on them", rr["n_labels"])
+    pa, fk = rr["percent_agreement"], rr["fleiss_kappa"]
+    c[2].metric("Percent agreement", "—" if pa is None or math.isnan(pa) else f"{pa:.0%}")
+    c[3].metric("Fleiss' kappa", "—" if fk is None or math.isnan(fk) else f"{fk:.2f}",
+                help="Chance-corrected agreement on good / bad over all annotators (1 = perfect, 0 = chance).")
+    left, right = st.columns(2)
+    with left:
+        st.caption("Each annotator vs the others' majority")
+        st.dataframe(rr["per_annotator"], hide_index=True, width="stretch", key="agr_rate_ann")
+    with right:
+        st.caption("Pairs of annotators (Cohen's kappa)")
+        st.dataframe(rr["pairs"], hide_index=True, width="stretch", key="agr_rate_pairs")
+    if len(rr["disagreements"]):
+        st.caption("Responses rated good by some and bad by others")
+        st.dataframe(rr["disagreements"], hide_index=True, width="stretch", key="agr_rate_dis")
+
+
+_rating_section(project["id"])

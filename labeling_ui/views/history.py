@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from db.models import FLAGS, STRENGTHS
+from db.models import FLAGS, LIKERT_RANGE, STRENGTHS
 from db.services import assignment, labels, projects, skips
 from db.services.errors import ServiceError
 from labeling_ui import auth
@@ -23,7 +23,7 @@ from labeling_ui.common import (
     show_error,
     show_text,
 )
-from labeling_ui.vocab import CHOICE_NAMES, FLAG_NAMES, KIND_NAMES, ordinal
+from labeling_ui.vocab import CHOICE_NAMES, FLAG_NAMES, KIND_NAMES, RATING_NAMES, ordinal
 
 user = auth.require_user()
 project = project_picker()
@@ -60,6 +60,8 @@ def _summary(r: dict[str, Any]) -> str:
         return f"Skipped: {r['reason']}"
     if r["kind"] == "compare":
         return CHOICE_NAMES.get(r["choice"], r["choice"]) + (f" ({r['strength']})" if r.get("strength") else "")
+    if r["kind"] == "rate":
+        return RATING_NAMES[r["good"]] + (f", score {r['likert']}/7" if r.get("likert") is not None else "")
     if r["kind"] == "rank":
         names = _names("rank", r["task_id"])
         groups = [sorted(names.get(x, "?") for x in g) for g in r["ordering"]]
@@ -116,9 +118,9 @@ def _show_task(letters: bool) -> None:
         render_prompt(view, mode, key="hist_prompt")
     cols = st.columns(max(1, min(len(view.responses), 4)))
     for i, resp in enumerate(view.responses):
-        name = "AB"[i] if letters and i < 2 else str(i + 1)
+        name = "" if len(view.responses) == 1 else "AB"[i] if letters and i < 2 else str(i + 1)
         with cols[i % len(cols)], st.container(border=True):
-            st.markdown(f"**Response {name}**")
+            st.markdown(f"**Response {name}**" if name else "**Response**")
             show_text(resp["text"], key=f"hist_{view.task_id}_{i}", mode=mode)
             if r["kind"] == "rank":
                 st.segmented_control(f"Rank of response {name}", list(range(1, len(view.responses) + 1)),
@@ -149,7 +151,7 @@ if r["kind"] == "skip":
     st.stop()
 
 with st.form(f"revise_{key}"):
-    if view is not None and r["kind"] in ("compare", "rank"):
+    if view is not None and r["kind"] in ("compare", "rank", "rate"):
         _show_task(letters=r["kind"] == "compare")
     if r["kind"] == "compare":
         choice = st.radio("Your choice", list(CHOICE_NAMES), format_func=CHOICE_NAMES.get, horizontal=True,
@@ -162,6 +164,14 @@ with st.form(f"revise_{key}"):
     elif r["kind"] == "rank":
         flags = st.multiselect("Flags", list(FLAGS), default=r.get("flags") or [], format_func=FLAG_NAMES.get,
                                key=f"hist_flags_{r['id']}")
+    elif r["kind"] == "rate":
+        good = st.radio("Your rating", [True, False], format_func=RATING_NAMES.get, horizontal=True,
+                        index=0 if r["good"] else 1, key=f"hist_good_{r['id']}")
+        likert = st.segmented_control("Score (optional)", list(range(LIKERT_RANGE[0], LIKERT_RANGE[1] + 1)),
+                                      default=r.get("likert"), key=f"hist_likert_{r['id']}")
+        flags = st.multiselect("Flags", list(FLAGS), default=r.get("flags") or [], format_func=FLAG_NAMES.get,
+                               key=f"hist_flags_{r['id']}")
+        comment = st.text_input("Comment", value=r.get("comment") or "", key=f"hist_comment_{r['id']}")
     else:
         if view is not None:
             render_prompt(view, mode, key="hist_prompt")
@@ -183,6 +193,8 @@ if save:
                     raise ServiceError(f"Give every response a rank (missing: response "
                                        f"{', '.join(map(str, missing))}).")
                 labels.revise_ranking(s, user["id"], r["id"], ordering_from_ranks(new_ranks), flags=flags)
+            elif r["kind"] == "rate":
+                labels.revise_rating(s, user["id"], r["id"], good, likert=likert, flags=flags, comment=comment)
             else:
                 labels.revise_demonstration(s, user["id"], r["id"], text)
     except ServiceError as e:
