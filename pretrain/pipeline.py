@@ -23,6 +23,29 @@ from pretrain.tasks import FAMILIES
 
 # The demo's corpus: CPython's docs with short verifiable tasks mixed in (pretrain.corpus.demo_corpus).
 DEMO_CORPUS = {"task_docs": 60000, "task_noise": 0.25, "docs": "topics", "families": list(FAMILIES), "seed": 0}
+# The larger English corpus of the `small` and bigger presets (issue 10): CPython's docs and docstrings plus the
+# docs and docstrings of every installed distribution with a permissive licence (~45M characters, ~10M tokens
+# with an 8192 vocabulary), and fewer task examples so that prose dominates.
+LARGE_CORPUS = {**DEMO_CORPUS, "task_docs": 20000, "docs": "packages"}
+# What `--preset P` builds when no flag overrides it: corpus, tokenizer size and training steps. Presets not
+# listed (gpt2-124m) take LARGE_CORPUS, 8192 tokens and their own max_steps (pretrain.train.PRESETS).
+PIPELINES: dict[str, dict[str, Any]] = {
+    "micro": {"corpus": DEMO_CORPUS, "vocab_size": 4096, "steps": 600},
+    "tiny": {"corpus": DEMO_CORPUS, "vocab_size": 4096, "steps": 600},
+    "small": {"corpus": LARGE_CORPUS, "vocab_size": 8192, "steps": None},
+}
+
+
+def pipeline_defaults(preset: str) -> dict[str, Any]:
+    """Corpus, vocabulary size and steps that ``--preset`` builds by default (``steps`` None: the train
+    preset's ``max_steps``)."""
+    from pretrain.train import PRESETS
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r} (known: {', '.join(sorted(PRESETS))})")
+    d = dict(PIPELINES.get(preset, {"corpus": LARGE_CORPUS, "vocab_size": 8192, "steps": None}))
+    d["steps"] = d["steps"] or PRESETS[preset]["max_steps"]
+    return d
 
 
 def _say(progress: bool, msg: str) -> None:
@@ -30,16 +53,18 @@ def _say(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def build_demo_model(out_dir: str | Path | None = None, steps: int = 600, attention: str = "dense",
-                     vocab_size: int = 4096, preset: str = "tiny", threads: int | None = None,
+def build_demo_model(out_dir: str | Path | None = None, steps: int | None = None, attention: str = "dense",
+                     vocab_size: int | None = None, preset: str = "tiny", threads: int | None = None,
                      progress: bool = True, extra_train_args: list[str] | None = None,
                      corpus: dict[str, Any] | None = None) -> Path:
-    """Pretrain a small GPT on the demo corpus; returns the HF export directory ``out_dir/hf``.
+    """Pretrain a GPT of ``preset`` on its corpus; returns the HF export directory ``out_dir/hf``.
 
-    ``corpus`` overrides :data:`DEMO_CORPUS` (``task_docs``: task examples, ``task_noise``: share answered
-    wrongly, ``docs``: all | topics | none, ``families``, ``seed``); the project prompts of those families
+    ``steps``, ``vocab_size`` and the corpus default to the preset's (:func:`pipeline_defaults`: tiny 600 steps,
+    4096 tokens, :data:`DEMO_CORPUS`; small its train preset's steps, 8192, :data:`LARGE_CORPUS`). ``corpus``
+    overrides keys of that corpus (``task_docs``: task examples, ``task_noise``: share answered wrongly,
+    ``docs``: packages | all | topics | none, ``families``, ``seed``); the project prompts of those families
     (``pretrain.tasks.reserved``) are never in it. ``out_dir`` defaults to
-    ``$INSTRUCTLOOP_HOME/pretrain/demo-<attention>``. Re-running reuses finished stages (shards, a finished
+    ``$INSTRUCTLOOP_HOME/pretrain/demo-<attention>`` for tiny, ``.../<preset>-<attention>`` otherwise. Re-running reuses finished stages (shards, a finished
     training run; a shorter one is continued); a changed corpus or model setting starts that folder afresh.
     """
     from pretrain.corpus import demo_corpus
@@ -49,13 +74,16 @@ def build_demo_model(out_dir: str | Path | None = None, steps: int = 600, attent
     from pretrain.tasks import reserved
     from pretrain.train import train
 
-    spec = {**DEMO_CORPUS, **(corpus or {})}
+    defaults = pipeline_defaults(preset)
+    steps = defaults["steps"] if steps is None else steps
+    vocab_size = vocab_size or defaults["vocab_size"]
+    spec = {**defaults["corpus"], **(corpus or {})}
     unknown = sorted(set(spec) - set(DEMO_CORPUS))
     if unknown:
         raise ValueError(f"unknown corpus setting(s) {', '.join(unknown)} (known: {', '.join(DEMO_CORPUS)})")
     spec["families"] = list(spec["families"])
     root = Path(out_dir) if out_dir else Path(os.environ.get("INSTRUCTLOOP_HOME", "runs")) / "pretrain" / \
-        f"demo-{attention}"
+        (f"demo-{attention}" if preset == "tiny" else f"{preset}-{attention}")
     # What the cached stages were built from: anything else and they are rebuilt.
     key = {"corpus": spec, "vocab_size": vocab_size, "preset": preset, "attention": attention,
            "train_args": list(extra_train_args or [])}
@@ -68,13 +96,15 @@ def build_demo_model(out_dir: str | Path | None = None, steps: int = 600, attent
     key_file.write_text(json.dumps(key, indent=2))
     data = root / "data"
     if not (data / META).is_file():
-        _say(progress, f"[1/3] corpus: CPython docs ({spec['docs']}) + {spec['task_docs']} task examples "
+        what = "CPython + installed packages' docs" if spec["docs"] == "packages" else f"CPython docs ({spec['docs']})"
+        _say(progress, f"[1/3] corpus: {what} + {spec['task_docs']} task examples "
                        f"({', '.join(spec['families'])}; {spec['task_noise']:.0%} answered wrongly) -> tokenizer "
                        f"({vocab_size}) and token shards in {data}")
         texts = demo_corpus(spec["task_docs"], spec["task_noise"], spec["docs"], spec["seed"],
-                            tuple(spec["families"]), reserved(spec["families"]))
+                            tuple(spec["families"]), reserved(spec["families"]), progress=progress)
         meta = prepare(data, texts, vocab_size=vocab_size)
-        _say(progress, f"      {meta['train_tokens']:,} training tokens, {meta['val_tokens']:,} validation tokens")
+        _say(progress, f"      {meta['chars']:,} characters -> {meta['train_tokens']:,} training tokens, "
+                       f"{meta['val_tokens']:,} validation tokens")
     run = root / "run"
     argv = ["--data", str(data), "--out", str(run), "--preset", preset, "--attention", attention,
             "--max-steps", str(steps), "--eval-interval", str(max(1, steps // 3))]
@@ -147,29 +177,43 @@ def build_tiny_model(out_dir: str | Path, vocab_size: int = 512, attention: str 
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
+    from pretrain.train import PRESETS
+
     ap = argparse.ArgumentParser(prog="python -m pretrain.pipeline",
-                                 description="Offline demo model: tokenizer -> shards -> train -> HF export on the "
-                                             "CPython documentation with short verifiable tasks mixed in "
-                                             "(pretrain.tasks); prints the exported directory.")
+                                 description="Offline base model: corpus -> tokenizer -> shards -> train -> HF "
+                                             "export; prints the exported directory. --preset tiny (the demo's): "
+                                             "the CPython documentation with short verifiable tasks mixed in "
+                                             "(pretrain.tasks), a few minutes on 2 CPU cores. --preset small: "
+                                             "6 layers x 256 wide, 512-token context, on CPython's and the "
+                                             "installed packages' docs and docstrings (permissive licences, "
+                                             "English, deduplicated); about half an hour on 2 quiet CPU cores. "
+                                             "Larger presets (gpt2-124m) take the same corpus on a GPU.")
     ap.add_argument("--out", default=None,
-                    help="work directory (default $INSTRUCTLOOP_HOME/pretrain/demo-<attention>)")
-    ap.add_argument("--steps", type=int, default=600, help="training steps (default 600, a few minutes on 2 cores)")
+                    help="work directory (default $INSTRUCTLOOP_HOME/pretrain/demo-<attention> for tiny, "
+                         "<preset>-<attention> for others)")
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                    help="pretrain.train preset; also picks the corpus, vocabulary and steps (default tiny)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="training steps (default: the preset's; tiny 600, small 600)")
     ap.add_argument("--attention", choices=["dense", "sparse"], default="dense", help="model attention type")
-    ap.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary size (default 4096)")
-    ap.add_argument("--preset", default="tiny", help="pretrain.train preset (default tiny)")
+    ap.add_argument("--vocab-size", type=int, default=None,
+                    help="tokenizer vocabulary size (default: tiny 4096, small and larger 8192)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = ap.add_argument_group("corpus")
-    c.add_argument("--task-docs", type=int, default=DEMO_CORPUS["task_docs"],
-                   help=f"task examples mixed into the corpus (default {DEMO_CORPUS['task_docs']})")
-    c.add_argument("--task-noise", type=float, default=DEMO_CORPUS["task_noise"],
+    c.add_argument("--task-docs", type=int, default=None,
+                   help=f"task examples mixed into the corpus (default tiny {DEMO_CORPUS['task_docs']}, "
+                        f"small {LARGE_CORPUS['task_docs']})")
+    c.add_argument("--task-noise", type=float, default=None,
                    help=f"share of them answered wrongly, in the right form (default {DEMO_CORPUS['task_noise']})")
-    c.add_argument("--docs", choices=["all", "topics", "none"], default=DEMO_CORPUS["docs"],
-                   help="CPython docs in the corpus: all (topics + stdlib docstrings), topics (the pydoc topic "
-                        "pages only) or none (default topics)")
-    c.add_argument("--families", default=",".join(FAMILIES),
+    c.add_argument("--docs", choices=["packages", "all", "topics", "none"], default=None,
+                   help="documentation in the corpus: packages (all + the docs and docstrings of installed "
+                        "distributions with a permissive licence), all (pydoc topics + stdlib docstrings), "
+                        "topics (the pydoc topic pages only) or none (default tiny topics, small packages)")
+    c.add_argument("--families", default=None,
                    help=f"comma-separated task families (default {','.join(FAMILIES)})")
-    c.add_argument("--corpus-seed", type=int, default=0, help="seed of the task examples and their order (default 0)")
+    c.add_argument("--corpus-seed", type=int, default=None,
+                   help="seed of the task examples and their order (default 0)")
     t = ap.add_argument_group("training (override the preset)")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate")
     t.add_argument("--batch-size", type=int, default=None, help="sequences per step")
@@ -177,8 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     extra = [x for flag, v in (("--lr", args.lr), ("--batch-size", args.batch_size), ("--seed", args.seed))
              if v is not None for x in (flag, str(v))]
-    corpus = {"task_docs": args.task_docs, "task_noise": args.task_noise, "docs": args.docs,
-              "families": [f.strip() for f in args.families.split(",") if f.strip()], "seed": args.corpus_seed}
+    families = None if args.families is None else [f.strip() for f in args.families.split(",") if f.strip()]
+    corpus = {k: v for k, v in (("task_docs", args.task_docs), ("task_noise", args.task_noise), ("docs", args.docs),
+                                ("families", families), ("seed", args.corpus_seed)) if v is not None}
     try:
         out = build_demo_model(args.out, args.steps, args.attention, args.vocab_size, args.preset, args.threads,
                                not args.no_progress, extra, corpus)

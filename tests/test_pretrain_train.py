@@ -204,7 +204,7 @@ def test_every_cli_has_help_and_rejects_bad_input(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(argparse._ActionsContainer, "add_argument", add_argument)
 
     # in-process (subprocesses would pay the torch/transformers import 7 times); one real CLI run is below
-    for mod in ("tokenizer", "prepare", "train", "export", "sample", "evaluate", "pipeline"):
+    for mod in ("tokenizer", "prepare", "train", "export", "sample", "evaluate", "pipeline", "corpus"):
         with pytest.raises(SystemExit) as e:
             importlib.import_module(f"pretrain.{mod}").main(["--help"])
         out = capsys.readouterr().out
