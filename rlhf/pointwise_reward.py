@@ -13,8 +13,9 @@ Held-out metrics (scored with ``rlhf.reward.score``, PPO's own scoring path): ac
 BCE loss, ECE of sigmoid(logit), AUC (the chance a good response outscores a bad one: the pairwise accuracy
 this model would have on every good x bad pair), and the mean score of good and bad responses. Normalization to
 the SFT demonstrations (InstructGPT) is done only when there are demonstrations (the project's, or
-``--normalize_dataset``); otherwise the natural zero (p = 0.5) is kept. Rows longer than ``--max_length``
-(default: the model's context) are left out and counted.
+``--normalize_dataset``); otherwise the natural zero (p = 0.5) is kept. Long rows follow the rule of every job (rlhf/truncation.py): the response
+whole, the prompt cut from the left to ``--max_length`` (default: the model's context), recorded in the model so
+PPO and evaluation score at it; a row whose response alone is longer is left out and counted.
 """
 from __future__ import annotations
 
@@ -74,21 +75,22 @@ def pointwise_metrics(scores: Sequence[float], labels: Sequence[bool], bins: int
 # ------------------------------------------------------------------------------------- data and trainer
 
 def tokenize_rows(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int | None
-                  ) -> tuple[dict[str, list[Any]], int]:
-    """Formatted {prompt, completion, label} rows → columns input_ids / labels, tokenized as reward training
-    and scoring tokenize one side of a pair (rlhf.formatting.encode); rows longer than max_length are left out.
-    Returns (columns, rows left out)."""
-    from rlhf.formatting import encode
+                  ) -> tuple[dict[str, list[Any]], int, int]:
+    """Formatted {prompt, completion, label} rows → columns input_ids / labels, tokenized and left-truncated
+    as reward training and scoring do one side of a pair (rlhf.truncation.fit). Returns (columns, rows whose
+    prompt was cut, rows left out because the response alone is longer than max_length)."""
+    from rlhf.truncation import fit
 
-    ids, labels, too_long = [], [], 0
+    ids, labels, cut, too_long = [], [], 0, 0
     for r in rows:
-        x = encode(tokenizer, r["prompt"], r["completion"])
-        if max_length is not None and len(x) > max_length:
+        f = fit(tokenizer, r["prompt"], r["completion"], max_length)
+        if not f.fits:
             too_long += 1
             continue
-        ids.append(x)
+        cut += bool(f.cut)
+        ids.append(f.ids)
         labels.append(1.0 if r["label"] else 0.0)
-    return {"input_ids": ids, "labels": labels}, too_long
+    return {"input_ids": ids, "labels": labels}, cut, too_long
 
 
 @dataclass
@@ -176,6 +178,7 @@ class PointwiseRewardJob(runs.HFTrainerJob):
         from transformers import set_seed
 
         from rlhf.modeling import add_pad_token, load_reward_model
+        from rlhf.truncation import resolve_max_length
 
         cfg, tok = self.cfg, self.tokenizer
         set_seed(cfg.seed)  # the new head's weights come from --seed
@@ -185,15 +188,17 @@ class PointwiseRewardJob(runs.HFTrainerJob):
             add_pad_token(tok, model)
         model.config.pad_token_id = tok.pad_token_id
         cfg.finalize_for_model(model)
-        n_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-        if n_pos and (cfg.max_length is None or cfg.max_length > n_pos):
-            cfg.max_length = int(n_pos)
-        cols, self.too_long = tokenize_rows(tok, self.train_ds.to_list(), cfg.max_length)
+        cfg.max_length = resolve_max_length(cfg.max_length, model)
+        cols, self.truncated, self.too_long = tokenize_rows(tok, self.train_ds.to_list(), cfg.max_length)
+        if self.truncated:
+            self.log.info("%d training rows are longer than --max_length %s: their prompts were cut from the left",
+                          self.truncated, cfg.max_length)
         if self.too_long:
-            self.log.warning("%d training rows are longer than --max_length %s and were left out", self.too_long,
-                             cfg.max_length)
+            self.log.warning("%d training rows were left out: a response alone is longer than --max_length %s",
+                             self.too_long, cfg.max_length)
         if not cols["input_ids"]:
-            raise InputError(f"every training row is longer than --max_length {cfg.max_length}", field="max_length")
+            raise InputError(f"no training row fits in --max_length {cfg.max_length}: every response alone is "
+                             "longer", field="max_length")
         self.tokenized = Dataset.from_dict(cols)
         good = int(sum(cols["labels"]))
         self.log.info("pointwise reward %s: %d train rows (%d good, %d bad) / %d eval (%s), chat template: %s",
@@ -208,13 +213,15 @@ class PointwiseRewardJob(runs.HFTrainerJob):
     def evaluate_rows(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         """Pointwise metrics of formatted rows, scored the way PPO scores (rlhf.reward.score)."""
         from rlhf import reward
-        from rlhf.formatting import encode
+        from rlhf.truncation import fit
 
         cfg, tok = self.cfg, self.tokenizer
-        kept = [r for r in rows if len(encode(tok, r["prompt"], r["completion"])) <= (cfg.max_length or 10 ** 9)]
-        scores = reward.score(self.trainer.model, tok, [r["prompt"] for r in kept], [r["completion"] for r in kept])
+        kept = [r for r in rows if fit(tok, r["prompt"], r["completion"], cfg.max_length).fits]  # as in training
+        stats: dict[str, int] = {}
+        scores = reward.score(self.trainer.model, tok, [r["prompt"] for r in kept], [r["completion"] for r in kept],
+                              max_length=cfg.max_length, stats=stats)
         out = pointwise_metrics(scores, [r["label"] for r in kept])
-        out["rows_too_long"] = len(rows) - len(kept)
+        out.update(rows_truncated=stats.get("truncated", 0), rows_too_long=len(rows) - len(kept))
         return out
 
     def fit(self, resume: str | None) -> dict[str, Any] | None:
@@ -227,8 +234,11 @@ class PointwiseRewardJob(runs.HFTrainerJob):
         metrics: dict[str, Any] = {
             "objective": "pointwise_bce", "train_loss": result.training_loss, "global_step": result.global_step,
             "train_rows": len(self.tokenized), "train_good": good, "train_bad": len(self.tokenized) - good,
-            "train_rows_too_long": self.too_long, "eval_rows": len(self.eval_ds) if self.eval_ds else 0}
-        reward.set_info(self.trainer.model, chat_template=self.chat, objective="pointwise_bce")
+            "train_rows_truncated": self.truncated, "train_rows_too_long": self.too_long,
+            "eval_rows": len(self.eval_ds) if self.eval_ds else 0, "max_length": self.cfg.max_length}
+        # what PPO and evaluation read back (reward.trained_with_chat, reward.scoring_length)
+        reward.set_info(self.trainer.model, chat_template=self.chat, objective="pointwise_bce",
+                        max_length=self.cfg.max_length)
         # save before anything else can fail; the normalized model (if any) is saved over it in save()
         self.trainer.save_model(str(self.run_dir))
         if self.is_main():
@@ -258,7 +268,7 @@ class PointwiseRewardJob(runs.HFTrainerJob):
     def record(self) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
         cfg, m = self.cfg, self._metrics
         config = {"init": self.init.path, "chat_template": self.chat, "objective": "pointwise_bce",
-                  "aggregate": cfg.aggregate,
+                  "aggregate": cfg.aggregate, "max_length": cfg.max_length,
                   **{k: m[k] for k in ("reward_shift", "reward_shift_method") if k in m}}
         extra = {"init": self.init.path, "init_version": self.init.version_name, "chat_template": self.chat,
                  "objective": "pointwise_bce", "source": self.rows.source}

@@ -63,6 +63,28 @@ def test_import_ratings_refuses_bad_lines_located_and_imports_nothing(session, t
                     {"prompt": "hi", "completion": "hello", "label": False}]
 
 
+def test_db_cli_import_and_export_ratings(sqlite_url, tmp_path, capsys):
+    from db.cli import main
+
+    assert main(["--url", sqlite_url, "projects", "create", "c", "--labels-per-task", "2"]) == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "completion": "c", "label": true}\n{"prompt": "p", "completion": "d", '
+                   '"label": 0}\n')
+    assert main(["--url", sqlite_url, "import", "ratings", str(bad), "--project", "c"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2, field 'label': must be true or false, not 0" in err and "nothing was imported" in err
+    report = tmp_path / "refused.jsonl"
+    assert main(["--url", sqlite_url, "import", "ratings", str(bad), "--project", "c", "--skip-invalid",
+                 str(report)]) == 0
+    assert [json.loads(x)["line"] for x in report.read_text().splitlines()] == [2]
+    out = tmp_path / "r.jsonl"
+    assert main(["--url", sqlite_url, "export", "ratings", "--project", "c", "--aggregate", "all", "-o",
+                 str(out)]) == 0
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [{"prompt": "p", "completion": "c",
+                                                                      "label": True}]
+    assert json.loads(Path(f"{out}.manifest.json").read_text())["labels"]["ratings"]["count"] == 1
+
+
 # ------------------------------------------------------------------ labels, export, agreement (both databases)
 
 def test_ratings_submit_revise_export_pairs_and_agreement(session):
@@ -238,6 +260,9 @@ def test_pointwise_reward_from_ratings_learns_the_rule_and_scores_like_a_reward_
     for prompt, good, bad in H.polite_pairs(150, seed=1):  # good iff the reply says "please"
         rows += [{"prompt": prompt, "completion": good, "label": True},
                  {"prompt": prompt, "completion": bad, "label": False}]
+    long_prompt = "tell me " + " ".join(H.WORDS * 12)  # longer than the tiny model's 256 positions
+    rows += [{"prompt": long_prompt, "completion": "sit please", "label": True},
+             {"prompt": long_prompt + " again", "completion": "sit", "label": False}]
     f = H.write_jsonl(tmp_path / "ratings.jsonl", rows)
     out = train_reward.main(["--from_ratings", "--model", str(tiny), "--dataset", str(f), "--no_register",
                              "--eval_fraction", "0.3", "--max_steps", "40", "--learning_rate", "1e-3",
@@ -245,7 +270,9 @@ def test_pointwise_reward_from_ratings_learns_the_rule_and_scores_like_a_reward_
                              "no", "--disable_tqdm", "true", "--seed", "0", "--report_to", "none"])
     m = out["metrics"]
     assert m["objective"] == "pointwise_bce" and m["eval_rows"] >= 60
-    assert m["train_rows"] + m["eval_rows"] == 300
+    assert m["train_rows"] + m["eval_rows"] == 302 and m["max_length"] == 256
+    # the long prompts were cut from the left (their responses kept), not dropped
+    assert m["train_rows_truncated"] + m["eval_rows_truncated"] == 2 and m["train_rows_too_long"] == 0
     assert m["eval_accuracy"] >= 0.9, m
     assert m["eval_mean_score_good"] > 0 > m["eval_mean_score_bad"] and m["eval_auc"] >= 0.9
     assert "reward_shift" not in m  # no demonstrations: the natural zero (p = 0.5) is kept
