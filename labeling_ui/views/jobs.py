@@ -22,7 +22,8 @@ from labeling_ui.common import db, local_time, show_error
 KIND_TITLES = {"train_sft": "SFT (demonstrations)", "train_reward": "Reward model (preferences)",
                "train_ppo": "PPO (policy against a reward model)",
                "train_rloo": "RLOO (TRL, policy against a reward model)",
-               "train_grpo": "GRPO (TRL, policy against a reward model)", "generate": "Generate responses and tasks",
+               "train_grpo": "GRPO (TRL, policy against a reward model)",
+               "train_kto": "KTO (TRL, policy from good/bad ratings)", "generate": "Generate responses and tasks",
                "evaluate": "Evaluate", "pretrain": "Pretrain a base model"}
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "succeeded": ":material/check_circle:",
                "failed": ":material/error:", "cancelled": ":material/cancel:"}
@@ -37,6 +38,7 @@ PLOTS: dict[str, list[tuple[str, list[str]]]] = {
     # the plot takes TRL's total `reward`; `kl` is logged when beta > 0.
     "train_rloo": [("Reward-model score", ["reward"]), ("KL to the reference", ["kl"]), ("Loss", ["loss"])],
     "train_grpo": [("Reward-model score", ["reward"]), ("KL to the reference", ["kl"]), ("Loss", ["loss"])],
+    "train_kto": [("Loss", ["loss", "eval_loss"]), ("KL to the reference", ["kl"])],
     "pretrain": [("Loss", ["loss", "eval_train_loss", "val_loss"])],
 }
 REFRESH_S = 2.0
@@ -101,11 +103,16 @@ def new_job_form(kind: str) -> None:
             c1, c2 = st.columns(2)
             f["num_samples"] = c1.number_input("Responses per prompt and model", 1, 16, 2, key="job_gen_k")
             f["max_new_tokens"] = c2.number_input("Max new tokens", 1, 4096, 64, key="job_gen_tokens")
-            f["tasks"] = ",".join(st.multiselect("Tasks to create", ["compare", "rank", "demonstrate"],
+            f["tasks"] = ",".join(st.multiselect("Tasks to create", ["compare", "rank", "rate", "demonstrate"],
                                                  default=["compare"], key="job_gen_tasks"))
-        elif kind in ("train_sft", "train_reward"):
+        elif kind in ("train_sft", "train_reward", "train_kto"):
             f["model"] = pick("Start from", lms, f"job_model_{kind}",
-                              "the model version to fine-tune (SFT: a base model; reward: usually the SFT model)")
+                              "the model version to fine-tune (SFT: a base model; reward and KTO: usually the SFT "
+                              "model)")
+            if kind == "train_reward" and st.checkbox(
+                    "From good/bad ratings (pointwise)", key="job_rm_ratings",
+                    help="train on the project's rate tasks with binary cross-entropy instead of on comparisons"):
+                f["from_ratings"] = True
             c1, c2 = st.columns(2)
             f["max_steps"] = c1.number_input("Steps (0 = by epochs)", 0, 10 ** 7, 0, key=f"job_steps_{kind}")
             f["num_train_epochs"] = c2.number_input("Epochs", 0.0, 1000.0, 3.0 if kind == "train_sft" else 1.0,
