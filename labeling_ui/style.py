@@ -13,6 +13,8 @@ from labeling_ui.text import TEXT_CSS
 _LAYOUT_CSS = """
 /* Streamlit leaves ~6rem above the page under its transparent header: 2.25rem clears its buttons. */
 .stMainBlockContainer { padding-top: 2.25rem; padding-bottom: .25rem; }
+/* The sidebar's header (its collapse button only: no logo) took 60 px above the links. */
+[data-testid="stSidebarHeader"] { height: 2.25rem; min-height: 0; margin-bottom: 0; padding-top: .25rem; padding-bottom: 0; }
 /* Labeling panes are as tall as their text, up to what leaves the action bar in view, and scroll inside. */
 .st-key-prompt_box { max-height: 22vh; overflow-y: auto; }
 [class*="st-key-resp_"] { max-height: max(150px, calc(100vh - 520px)); overflow-y: auto; }

@@ -454,6 +454,10 @@ def test_admin_pages_render(seeded):
         at.switch_page(f"views/{page}.py").run()
         no_exception(at)
         assert "for admins only" not in texts(at), page
+        # column names in words, times without a raw UTC offset
+        for df in at.dataframe:
+            assert not [c for c in df.value.columns if "_" in str(c)], (page, list(df.value.columns))
+            assert "+00:00" not in df.value.to_string(), page
 
 
 def test_admin_import_bad_file_shows_error_and_writes_nothing(seeded):
@@ -520,6 +524,71 @@ def test_admin_users_create_and_deactivate(seeded):
     with session_scope(seeded["url"]) as s:
         assert accounts.authenticate(s, "carol", "long-enough-pw") is not None
     assert at.text_input(key="nu_username").value == ""  # cleared once created
+
+
+def test_errors_read_as_words_next_to_their_field_on_projects_and_jobs(seeded):
+    at = app_as("admin", seeded, role="admin")
+    at.switch_page("views/projects.py").run()
+    at.text_area(key="np_guide").input("Be kind.")  # typed, then a nameless project
+    next(b for b in at.button if b.label == "Create project").click().run()
+    no_exception(at)
+    (err,) = [e.value for e in at.error]
+    assert err == "Project name is empty."
+    assert at.text_area(key="np_guide").value == "Be kind."  # kept after the error
+    at.text_input(key="np_name").input("demo")  # a taken name: under the name too
+    next(b for b in at.button if b.label == "Create project").click().run()
+    assert [e.value for e in at.error] == ["Project 'demo' already exists."]
+    at.switch_page("views/jobs.py").run()
+    next(t for t in at.text_area if (t.key or "").startswith("job_adv_")).input("output_dir: /tmp/x")
+    next(b for b in at.button if b.label == "Queue job").click().run()
+    no_exception(at)
+    (err,) = [e.value for e in at.error]
+    assert err.startswith("Output dir is set by the worker") and "field '" not in err, err
+
+
+def test_sidebar_says_a_name_once_when_it_is_the_role(seeded):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["user"] = {"id": seeded["bob_id"], "username": "bob", "display_name": "annotator",
+                                "role": "annotator"}
+    at.run()
+    side = "\n".join(m.value for m in at.sidebar.markdown)
+    assert "annotator" in side and side.count("annotator") == 1, side  # not "annotator / annotator"
+    alice = app_as("alice", seeded)
+    assert ":gray[annotator]" in "\n".join(m.value for m in alice.sidebar.markdown)  # a name and its role
+
+
+def test_make_app_prints_the_url_last_once_the_app_answers(tmp_path):
+    """`make app` (and so `make demo`): Streamlit's banner (offline: "Did not auto detect external IP ... debugging
+    hints") is off, and the URL is the last thing printed, once the app answers."""
+    import os
+    import signal
+    import subprocess
+
+    from labeling_ui.devserver import ROOT, free_port
+
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'app.sqlite3'}"}
+    proc = subprocess.Popen(["make", "--no-print-directory", "app", "WORKER=0", "SIGN_IN=1", f"PORT={port}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    out = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out.append(line)
+            if "Ctrl-C stops" in line:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    text = "".join(out)
+    assert "Ctrl-C stops the app." in text, text
+    tail = text[text.index("InstructLoop is up"):]
+    assert f"http://localhost:{port}" in tail and "admin / admin-pass" in tail and "annotator / annotator-pass" in tail
+    assert "external IP" not in text and "You can now view" not in text, text
 
 
 def test_review_accept(seeded):

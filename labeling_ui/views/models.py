@@ -7,7 +7,7 @@ from db.models import MODEL_KINDS
 from db.services import registry, stats
 from db.services.errors import ServiceError
 from labeling_ui import auth
-from labeling_ui.common import db, show_error
+from labeling_ui.common import db, human_columns, local_times, show_error
 
 user = auth.require_user("admin")
 st.subheader("Model versions")
@@ -18,7 +18,8 @@ with db() as s:
     table = stats.model_versions_table(s)
     names = [mv.name for mv in registry.list_versions(s)]
 if len(table):
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(human_columns(local_times(table, "created_at"), {"created_at": "registered"}), hide_index=True,
+                 width="stretch")
 else:
     st.info("No model versions registered yet.")
 with st.expander("Register a model version", icon=":material/add:"), st.form("new_version", clear_on_submit=True):

@@ -9,9 +9,11 @@ Fails when /usr/bin/chromium is missing (`make test` installs it).
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -90,9 +92,10 @@ def browser(app_server):
         b.close()
 
 
-def _page(browser, width: int = 1280, height: int = 720):
+def _page(browser, width: int = 1280, height: int = 720, timezone: str | None = None):
     # A laptop screen by default: every labeling control must be usable there without scrolling.
-    ctx = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+    ctx = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True,
+                              timezone_id=timezone)
     page = ctx.new_page()
     page.set_default_timeout(30_000)
     return ctx, page
@@ -115,9 +118,20 @@ def _open_url_in_session(page, path: str) -> None:
     _settle(page)
 
 
+def _no_blank_band(page) -> None:
+    """The page starts at the top of the window: no ~100 px empty band above the first element of the page or
+    above the sidebar's links."""
+    tops = page.evaluate("""() => { const top = s => { const e = document.querySelector(s);
+                                                           return e ? Math.round(e.getBoundingClientRect().top) : null; };
+        return [top('[data-testid="stMainBlockContainer"] [data-testid="stVerticalBlock"] > *'),
+                top('[data-testid="stSidebarNav"]')]; }""")
+    assert tops[0] is not None and tops[0] <= 60 and (tops[1] is None or tops[1] <= 60), tops
+
+
 def _shot(page, name: str) -> None:
     """Screenshots for people to look at, at 1280x720 and 1920x1080 (then back to the page's own size); lazily
     loaded widgets (data grids, radios) get a moment to paint."""
+    _no_blank_band(page)
     size = page.viewport_size
     for w, h in ((1280, 720), (1920, 1080)):
         page.set_viewport_size({"width": w, "height": h})
@@ -314,8 +328,8 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     page.get_by_role("textbox", name="Username").wait_for()
     ctx.close()
 
-    # 6. The admin sees them on the dashboard and exports them.
-    ctx, page = _page(browser)
+    # 6. The admin (in Tokyo) sees them on the dashboard, in words and local time, and exports them.
+    ctx, page = _page(browser, timezone="Asia/Tokyo")
     sign_in(page, base, "admin", "password123")
     _nav(page, "Dashboard")
     page.get_by_text("Labels over time").wait_for()
@@ -323,14 +337,25 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     page.get_by_text("newbie").first.wait_for()
     metric = page.locator('[data-testid="stMetric"]', has_text="Labels").first
     assert metric.locator('[data-testid="stMetricValue"]').inner_text().strip() == str(len(expected) + 1)
+    # the grid's cells are in the DOM (drawn on a canvas): the first label at Tokyo time (UTC+9), no "+00:00",
+    # column names in words
+    first = min(r.created_at for r in _labels(url, "newbie"))  # a comparison (the ranking came later)
+    tokyo = (first.replace(tzinfo=dt.UTC) if first.tzinfo is None else first).astimezone(ZoneInfo("Asia/Tokyo"))
+    grid = page.get_by_test_id("stDataFrame").first
+    grid.get_by_text(tokyo.strftime("%Y-%m-%d %H:%M")).first.wait_for(state="attached")
+    cells = grid.evaluate("el => el.textContent")
+    assert "+00:00" not in cells and "median s / task" in cells and "median_seconds" not in cells
     page.wait_for_timeout(1000)  # let the charts paint
     _shot(page, "dashboard")
     for link, path in (("Agreement", "agreement"), ("Review demonstrations", "review"), ("Projects", "projects"),
-                       ("Users", "users"), ("Import", "import"), ("Model versions", "models")):
+                       ("Users", "users"), ("Import", "import"), ("Model versions", "models"), ("Jobs", "jobs"),
+                       ("Leaderboard", "leaderboard")):
         _nav(page, link)
         _shot(page, f"admin_{path}")
     _nav(page, "Export")
     page.get_by_role("button", name="Download JSONL").wait_for()
+    # the row count is there before the download
+    page.get_by_text(f"{len(expected) + 6} rows").wait_for()
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download JSONL").click()
     data = Path(dl.value.path()).read_text()
