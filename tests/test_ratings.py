@@ -198,6 +198,14 @@ def test_rate_page_to_export_to_kto(tiny, sqlite_url, home, tmp_path, monkeypatc
             text = s.get(Response, t.response_ids[0]).text
             labels.submit_rating(s, info["bob_id"], t.id, "please" in text)
 
+    # the agreement page has a ratings section (its figures are checked in the services test above)
+    adm = AppTest.from_file(str(Path(APP).parent / "views" / "agreement.py"), default_timeout=60)
+    adm.session_state["user"] = {"id": info["admin_id"], "username": "admin", "display_name": "admin",
+                                 "role": "admin"}
+    adm.run()
+    assert not adm.exception, [e.value for e in adm.exception]
+    assert any("Ratings (good / bad" in m.value for m in adm.markdown)
+
     # My history shows the rating; revising it there changes it
     at.switch_page("views/history.py").run()
     assert not at.exception, [e.value for e in at.exception]
@@ -229,6 +237,27 @@ def test_rate_page_to_export_to_kto(tiny, sqlite_url, home, tmp_path, monkeypatc
         assert mv.kind == "policy" and registry.resolve(s, mv.parent_id).name == "base-tiny"
         assert mv.config["algorithm"] == "kto" and mv.label_snapshot["label_table"] == "ratings"
         assert mv.label_snapshot["ids"]["ratings"] == sorted(s.scalars(select(Rating.id)))
+
+
+def test_generate_creates_one_rate_task_per_response_once(tiny, sqlite_url):
+    from db.session import session_scope
+    from rlhf import generate
+
+    H.make_project(sqlite_url, "g")
+    with session_scope(sqlite_url) as s:
+        for text in ("say hi", "name a color"):
+            content.add_prompt(s, projects.get_project(s, "g").id, text=text)
+    argv = ["--project", "g", "--models", str(tiny), "--num_samples", "2", "--tasks", "rate", "--max_new_tokens",
+            "4", "--database_url", sqlite_url, "--no_progress"]
+    first = generate.main(argv)
+    with session_scope(sqlite_url) as s:
+        rate = s.scalars(select(Task).where(Task.kind == "rate")).all()
+        n_responses = _n(s, Response)
+        assert all(len(t.response_ids) == 1 for t in rate)
+        assert len({t.response_ids[0] for t in rate}) == len(rate) == n_responses  # distinct samples may repeat
+    assert first["tasks"]["rate"] == {"created": len(rate), "existing": 0}
+    again = generate.main(argv)
+    assert again["tasks"]["rate"] == {"created": 0, "existing": len(rate)}
 
 
 def test_kto_refuses_a_batch_of_one_and_a_label_that_is_not_a_boolean(tiny, home, tmp_path):
