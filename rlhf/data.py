@@ -123,8 +123,38 @@ def sft_rows_from_file(path: str | Path) -> Rows:
     return Rows(check_sft_rows(rows, str(path)), _file_source(path))
 
 
+def is_oasst_tree(row: dict[str, Any]) -> bool:
+    """An OpenAssistant message tree (oasst1/oasst2 ``*_tree.jsonl``): a root message with replies."""
+    return isinstance(row.get("prompt"), dict) and "replies" in row["prompt"]
+
+
+def oasst_preference_rows(path: str | Path) -> Rows:
+    """OpenAssistant trees as ranked pairs (the importer's parser, ``db import oasst``): each prompter message
+    with ranked replies is one ranking (``group``); equal ranks are ties and left out. ``split_key`` is the
+    tree, so a held-out split never puts one conversation's branches on both sides."""
+    from db.services.importers import parse_oasst
+
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.splitlines()
+    rows: list[dict[str, Any]] = []
+    for line, nodes in parse_oasst(text, str(path)):
+        tree = str(json.loads(lines[line - 1]).get("message_tree_id") or f"line-{line}")
+        for k, (conv, ranked) in enumerate(nodes):
+            prompt: Any = conv[0]["content"] if len(conv) == 1 else conv
+            for i, a in enumerate(ranked):
+                for b in ranked[i + 1:]:
+                    if a["rank"] < b["rank"] and a["text"] != b["text"]:
+                        rows.append({"prompt": prompt, "chosen": a["text"], "rejected": b["text"], "margin": 0.0,
+                                     "group": f"oasst-{tree}-{k}", "split_key": tree})
+    if not rows:
+        raise InputError("no ranked replies in these OpenAssistant trees", file=str(path))
+    return Rows(check_preference_rows(rows, str(path)), _file_source(path))
+
+
 def preference_rows_from_file(path: str | Path) -> Rows:
     raw = read_jsonl(path)
+    if is_oasst_tree(raw[0]):
+        return oasst_preference_rows(path)
     if all("prompt" in r for r in raw):  # TRL explicit prompt: exactly what the export writes
         rows = [r for r in raw if not r.get("tie")]
         return Rows(check_preference_rows(rows, str(path)), _file_source(path), dropped=len(raw) - len(rows))
@@ -219,6 +249,10 @@ def check_preference_rows(rows: list[dict[str, Any]], where: str) -> list[dict[s
 
 # ------------------------------------------------------------------------------- split and Dataset
 
+def _split_key(row: dict[str, Any]) -> float:
+    return _prompt_key(row["split_key"] if row.get("split_key") is not None else row["prompt"])
+
+
 def _prompt_key(prompt: Any) -> float:
     h = hashlib.sha256(json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return int(h[:12], 16) / 16 ** 12
@@ -226,10 +260,11 @@ def _prompt_key(prompt: Any) -> float:
 
 def split_by_prompt(rows: list[dict[str, Any]], eval_fraction: float
                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Deterministic split on a hash of the prompt: all pairs of one prompt land on the same side."""
+    """Deterministic split on a hash of the prompt (or of ``split_key`` when a row has one: an OpenAssistant
+    tree): all pairs of one prompt land on the same side."""
     if eval_fraction <= 0:
         return rows, []
-    keys = [_prompt_key(r["prompt"]) for r in rows]
+    keys = [_split_key(r) for r in rows]
     train = [r for r, k in zip(rows, keys) if k >= eval_fraction]
     held = [r for r, k in zip(rows, keys) if k < eval_fraction]
     distinct = sorted(set(keys))

@@ -90,7 +90,10 @@ def format_preference_row(row: dict[str, Any], chat: bool) -> dict[str, Any]:
         for k in ("chosen", "rejected"):
             out[k] = completion_text(row[k])
     # rankings' pairs share a `group` (one per ranked task): one training row (rlhf.data.ranking_rows)
-    return {**{k: out[k] for k in ("prompt", "chosen", "rejected", "margin")}, "group": row.get("group")}
+    out = {**{k: out[k] for k in ("prompt", "chosen", "rejected", "margin")}, "group": row.get("group")}
+    if row.get("split_key") is not None:  # what the held-out split hashes (an OpenAssistant tree)
+        out["split_key"] = str(row["split_key"])
+    return out
 
 
 def generation_input(tokenizer: Any, prompt: str | Messages, chat: bool, few_shot: list[tuple[Any, str]] = ()

@@ -189,6 +189,44 @@ def evaluate_pairs(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], b
     return metrics
 
 
+def pair_outcomes(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int | None = None,
+                  batch_size: int = 16) -> tuple[list[bool], list[dict[str, Any]]]:
+    """Per formatted pair, truncated as :func:`evaluate_pairs` does: whether r_chosen > r_rejected (ties wrong),
+    and the pairs scored (those whose responses fit; the rest are left out)."""
+    from rlhf.truncation import fit
+
+    limit = max_length or scoring_length(model)
+    keep = [r for r in rows if fit(tokenizer, r["prompt"], r["chosen"], limit).fits
+            and fit(tokenizer, r["prompt"], r["rejected"], limit).fits]
+    prompts = [r["prompt"] for r in keep]
+    rc = score(model, tokenizer, prompts, [r["chosen"] for r in keep], batch_size, limit)
+    rr = score(model, tokenizer, prompts, [r["rejected"] for r in keep], batch_size, limit)
+    return [c > r for c, r in zip(rc, rr)], keep
+
+
+def bootstrap_interval(correct: Sequence[bool], clusters: Sequence[Any] | None = None, n: int = 2000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of an accuracy. With ``clusters`` (e.g. the conversation tree of each
+    pair), whole clusters are resampled: pairs that share responses are not independent draws."""
+    import random
+
+    keys = list(clusters) if clusters is not None else list(range(len(correct)))
+    by: dict[Any, list[bool]] = {}
+    for c, k in zip(correct, keys):
+        by.setdefault(k, []).append(bool(c))
+    groups = list(by.values())
+    if not groups:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+    accs = []
+    for _ in range(n):
+        pick = [groups[rng.randrange(len(groups))] for _ in groups]
+        accs.append(sum(sum(g) for g in pick) / sum(len(g) for g in pick))
+    accs.sort()
+    tail = (1 - level) / 2
+    return accs[int(tail * n)], accs[min(n - 1, int((1 - tail) * n))]
+
+
 def _head(model: Any) -> Any:
     for name in ("score", "classifier", "v_head"):
         head = getattr(model, name, None)
