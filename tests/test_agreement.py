@@ -88,3 +88,26 @@ def test_rankings_count_as_pairwise_items(sqlite_session):
     assert abs(rep["percent_agreement"] - 2 / 3) < 1e-9
     assert dict(zip(rep["per_annotator"]["annotator"], rep["per_annotator"]["labels"])) == {"ann1": 1, "ann2": 1}
     assert agreement.preference_agreement(s, p.id, include_rankings=False)["n_tasks"] == 0
+
+
+def test_a_project_with_compare_and_rank_labels_by_the_same_annotators(sqlite_session):
+    """Compare tasks and ranking pairs are items of one report: two annotators who did both share both kinds
+    (the report once failed sorting task ids beside ranking-pair keys)."""
+    s = sqlite_session
+    p = projects.create_project(s, "mixed", labels_per_task=2)
+    pr, _ = content.add_prompt(s, p.id, text="judge these")
+    r1, r2, r3 = (content.add_response(s, pr.id, f"resp {i}")[0].id for i in range(3))
+    compare, _ = tasks.create_task(s, p.id, "compare", pr.id, [r1, r2], shuffle=False)
+    rank, _ = tasks.create_task(s, p.id, "rank", pr.id, [r1, r2, r3])
+    u1, u2 = (accounts.create_user(s, f"ann{i}", "password-1").id for i in (1, 2))
+    s.commit()
+    for u, choice in ((u1, "a"), (u2, "a")):
+        labels.submit_preference(s, u, compare.id, choice, strength="clear")
+    labels.submit_ranking(s, u1, rank.id, [[r1], [r2], [r3]])
+    labels.submit_ranking(s, u2, rank.id, [[r1], [r3], [r2]])  # disagrees on (r2, r3) only
+    rep = agreement.preference_agreement(s, p.id)
+    assert rep["n_tasks"] == 4 and rep["n_labels"] == 8  # the compare task + 3 ranking pairs
+    pair = rep["pairs"].set_index(["annotator_a", "annotator_b"]).loc[("ann1", "ann2")]
+    assert pair["shared_tasks"] == 4 and pair["percent_agreement"] == 0.75
+    per = rep["per_annotator"].set_index("annotator")
+    assert per.loc["ann1", "compared"] == 4 and per.loc["ann1", "agrees_with_majority"] == 0.75

@@ -5,7 +5,7 @@ import datetime as dt
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select, union_all
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -25,6 +25,19 @@ from db.models import (
 LABEL_TABLES = ((PreferenceLabel, "compare"), (Ranking, "rank"), (Rating, "rate"))
 
 
+def _sources() -> list[tuple[Any, str, Any, tuple[Any, Any]]]:
+    """(label table, kind, its project column, the join that reaches it) of each kind of label."""
+    return [*((table, kind, Task.project_id, (Task, Task.id == table.task_id)) for table, kind in LABEL_TABLES),
+            (Demonstration, "demonstrate", Prompt.project_id, (Prompt, Prompt.id == Demonstration.prompt_id))]
+
+
+def _utc_day(session: Session, col: Any) -> Any:
+    """The UTC calendar day of a timestamp column, as 'YYYY-MM-DD' text."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", col), "YYYY-MM-DD")
+    return func.date(col)  # SQLite stores UTC text 'YYYY-MM-DD HH:MM:SS.ffffff'
+
+
 def _day_start(now: dt.datetime) -> dt.datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -35,19 +48,14 @@ def label_counts(session: Session, project_id: int, *, user_id: int | None = Non
     {"total", "today"} (today = since 00:00 UTC). The labeling pages show it on every task."""
     today = _day_start(now or utcnow())
     total = n_today = 0
-    for table, _ in LABEL_TABLES:
-        q = select(func.count()).select_from(table).join(Task, Task.id == table.task_id).where(
-            Task.project_id == project_id)
+    for table, _, project_col, join in _sources():
+        # total and today in one scan (two counts read the project's labels twice: 1M rows each)
+        q = (select(func.count(), func.sum(case((table.created_at >= today, 1), else_=0)))
+             .select_from(table).join(*join).where(project_col == project_id))
         if user_id is not None:
             q = q.where(table.user_id == user_id)
-        total += session.scalar(q) or 0
-        n_today += session.scalar(q.where(table.created_at >= today)) or 0
-    dq = select(func.count()).select_from(Demonstration).join(Prompt, Prompt.id == Demonstration.prompt_id).where(
-        Prompt.project_id == project_id)
-    if user_id is not None:
-        dq = dq.where(Demonstration.user_id == user_id)
-    total += session.scalar(dq) or 0
-    n_today += session.scalar(dq.where(Demonstration.created_at >= today)) or 0
+        n, t = session.execute(q).one()
+        total, n_today = total + (n or 0), n_today + (t or 0)
     return {"total": total, "today": n_today}
 
 
@@ -70,48 +78,62 @@ def progress(session: Session, project_id: int, *, user_id: int | None = None,
             "leased": live, "labels": counts["total"], "labels_today": counts["today"], "skipped": skipped or 0}
 
 
-def _label_frame(session: Session, project_id: int | None) -> pd.DataFrame:
-    frames = []
-    for table, kind in LABEL_TABLES:
-        q = (select(table.created_at, table.seconds, User.username, Project.name)
-             .join(Task, Task.id == table.task_id).join(Project, Project.id == Task.project_id)
-             .join(User, User.id == table.user_id))
-        if project_id is not None:
-            q = q.where(Task.project_id == project_id)
-        rows = session.execute(q).all()
-        frames.append(pd.DataFrame(rows, columns=["created_at", "seconds", "annotator", "project"]).assign(kind=kind))
-    q = (select(Demonstration.created_at, Demonstration.seconds, User.username, Project.name)
-         .join(Prompt, Prompt.id == Demonstration.prompt_id).join(Project, Project.id == Prompt.project_id)
-         .join(User, User.id == Demonstration.user_id))
-    if project_id is not None:
-        q = q.where(Prompt.project_id == project_id)
-    frames.append(pd.DataFrame(session.execute(q).all(),
-                               columns=["created_at", "seconds", "annotator", "project"]).assign(kind="demonstrate"))
-    df = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else \
-        pd.DataFrame(columns=["created_at", "seconds", "annotator", "project", "kind"])
-    if len(df):
-        df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
-    return df
-
-
 def labels_over_time(session: Session, project_id: int | None = None) -> pd.DataFrame:
     """Labels per day: columns day, project, annotator, kind, n."""
-    df = _label_frame(session, project_id)
-    if not len(df):
+    # Counted by the database (GROUP BY day, project, annotator): loading every label into a frame took
+    # ~40 s at 1M labels.
+    names = dict(session.execute(select(User.id, User.username)).all())
+    pnames = dict(session.execute(select(Project.id, Project.name)).all())
+    rows = []
+    for table, kind, project_col, join in _sources():
+        day = _utc_day(session, table.created_at)
+        q = (select(day, project_col, table.user_id, func.count()).select_from(table).join(*join)
+             .group_by(day, project_col, table.user_id))
+        if project_id is not None:
+            q = q.where(project_col == project_id)
+        rows += [(d, pnames[p], names[u], kind, n) for d, p, u, n in session.execute(q)]
+    if not rows:
         return pd.DataFrame(columns=["day", "project", "annotator", "kind", "n"])
-    df["day"] = df["created_at"].dt.floor("D")
-    return (df.groupby(["day", "project", "annotator", "kind"]).size().rename("n").reset_index()
-            .sort_values(["day", "project", "annotator", "kind"], ignore_index=True))
+    df = pd.DataFrame(rows, columns=["day", "project", "annotator", "kind", "n"])
+    df["day"] = pd.to_datetime(df["day"], utc=True)
+    df["n"] = df["n"].astype("int64")
+    return df.sort_values(["day", "project", "annotator", "kind"], ignore_index=True)
 
 
 def per_annotator(session: Session, project_id: int | None = None) -> pd.DataFrame:
     """Per annotator: labels, median seconds per task, first and last label."""
-    df = _label_frame(session, project_id)
-    if not len(df):
+    # Counts, first/last and the median are computed by the database (the median as the mean of the middle
+    # one or two of each annotator's sorted times, as pandas takes it): a frame of every label took ~40 s at 1M.
+    names = dict(session.execute(select(User.id, User.username)).all())
+    agg: dict[int, list[Any]] = {}
+    parts = []
+    for table, _, project_col, join in _sources():
+        q = (select(table.user_id, func.count(), func.min(table.created_at), func.max(table.created_at))
+             .select_from(table).join(*join).group_by(table.user_id))
+        part = select(table.user_id.label("uid"), table.seconds.label("sec")).select_from(table).join(*join)
+        if project_id is not None:
+            q, part = q.where(project_col == project_id), part.where(project_col == project_id)
+        parts.append(part)
+        for uid, n, first, last in session.execute(q):
+            if uid in agg:
+                a = agg[uid]
+                a[0], a[1], a[2] = a[0] + n, min(a[1], first), max(a[2], last)
+            else:
+                agg[uid] = [n, first, last]
+    if not agg:
         return pd.DataFrame(columns=["annotator", "labels", "median_seconds", "first", "last"])
-    g = df.groupby("annotator")
-    out = pd.DataFrame({"labels": g.size(), "median_seconds": g["seconds"].median(),
-                        "first": g["created_at"].min(), "last": g["created_at"].max()}).reset_index()
+    times = union_all(*parts).subquery()
+    ranked = (select(times.c.uid, times.c.sec,
+                     func.row_number().over(partition_by=times.c.uid, order_by=times.c.sec).label("rn"),
+                     func.count().over(partition_by=times.c.uid).label("n"))
+              .where(times.c.sec.is_not(None)).subquery())
+    median = dict(session.execute(
+        select(ranked.c.uid, func.avg(ranked.c.sec))
+        .where(ranked.c.rn.in_([(ranked.c.n + 1) // 2, (ranked.c.n + 2) // 2])).group_by(ranked.c.uid)).all())
+    rows = sorted((names[uid], n, median.get(uid), first, last) for uid, (n, first, last) in agg.items())
+    out = pd.DataFrame(rows, columns=["annotator", "labels", "median_seconds", "first", "last"])
+    out["median_seconds"] = out["median_seconds"].astype("float64")
+    out["first"], out["last"] = pd.to_datetime(out["first"], utc=True), pd.to_datetime(out["last"], utc=True)
     return out.sort_values("labels", ascending=False, ignore_index=True)
 
 
