@@ -11,6 +11,10 @@ several annotators of one task) or a JSONL in TRL's unpaired preference format (
 ratings`` writes). Prompts are rendered with the tokenizer's chat template when it has one (``--chat_format``),
 else as ``prompt + "\\n"``, as rlhf.generate renders them. The reference model is the starting model.
 
+Long rows follow the rule of every job (rlhf/truncation.py): the completion whole, the prompt cut from the left
+to ``--max_length`` (default: the model's context; TRL's own collator would cut the completion's end, and drop a
+row whose prompt alone is that long); a row whose completion alone is longer is left out and counted.
+
 ``--balance`` (default on) weighs good and bad ratings alike when both weights are left at 1 (the KTO paper's
 advice: desirable_weight x n_good / (undesirable_weight x n_bad) in [1, 4/3]). KTO estimates its KL term from
 the other completions of a batch, so ``--per_device_train_batch_size`` must be at least 2.
@@ -29,6 +33,24 @@ from rlhf import runs
 
 JOB = "train_kto"
 AGGREGATES = ("majority", "all", "unanimous")
+
+
+def left_truncating_collator(base: Any, max_length: int, bos_id: int | None) -> Any:
+    """TRL's unpaired-preference collator, after cutting each prompt from the left so that it fits beside its
+    completion and its KL completion (the same prompt serves both) in ``max_length`` tokens."""
+    from rlhf.truncation import truncate_prompt
+
+    def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+        out = []
+        for ex in examples:
+            longest = max(len(ex["completion_ids"]), len(ex.get("KL_completion_ids") or []))
+            budget = max(max_length - longest, 0)
+            if len(ex["prompt_ids"]) > budget:
+                ex = {**ex, "prompt_ids": truncate_prompt(list(ex["prompt_ids"]), budget, bos_id).ids}
+            out.append(ex)
+        return base(out)  # still cuts at max_length: only a KL completion longer than it reaches that
+
+    return collate
 
 
 class KTOJob(runs.HFTrainerJob):
@@ -62,10 +84,13 @@ class KTOJob(runs.HFTrainerJob):
             cfg.desirable_weight = self.counts["bad"] / self.counts["good"]
 
     def build(self) -> None:
+        from datasets import Dataset
         from transformers import set_seed
         from trl import KTOTrainer
+        from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 
         from rlhf.modeling import add_pad_token, load_causal_lm, pad_problem
+        from rlhf.truncation import fit, resolve_max_length
 
         cfg = self.cfg
         self.log.info("KTO %s: %d train rows (%d good, %d bad; desirable_weight %.3g, undesirable_weight %.3g) / "
@@ -83,12 +108,35 @@ class KTOJob(runs.HFTrainerJob):
             ref.resize_token_embeddings(len(self.tokenizer))
             ref.config.pad_token_id = self.tokenizer.pad_token_id
         cfg.finalize_for_model(model)
-        n_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-        if n_pos and (cfg.max_length is None or cfg.max_length > n_pos):
-            cfg.max_length = int(n_pos)  # KTOTrainer truncates from the right at max_length
-        self.trainer = KTOTrainer(model=model, ref_model=ref, args=cfg, train_dataset=self.train_ds,
-                                  eval_dataset=self.eval_ds, processing_class=self.tokenizer,
+        self.max_length = resolve_max_length(cfg.max_length, model)
+        tok = self.tokenizer
+        self.too_long, self.truncated = {}, {}
+        kept = {}
+        for what, ds in (("train", self.train_ds), ("eval", self.eval_ds)):
+            rows = ds.to_list() if ds is not None else []
+            fitted = [fit(tok, r["prompt"], r["completion"], self.max_length) for r in rows]
+            kept[what] = [r for r, f in zip(rows, fitted) if f.fits]
+            self.too_long[what] = len(rows) - len(kept[what])
+            self.truncated[what] = sum(bool(f.cut) for f in fitted if f.fits)
+            if self.too_long[what]:
+                self.log.warning("%d %s rows were left out: a completion alone is longer than --max_length %s",
+                                 self.too_long[what], what, self.max_length)
+        if not kept["train"]:
+            raise InputError(f"no training row fits in --max_length {self.max_length}: every completion alone is "
+                             "longer", field="max_length")
+        self.train_ds = Dataset.from_list(kept["train"])
+        self.eval_ds = Dataset.from_list(kept["eval"]) if kept["eval"] else None
+        # TRL would drop rows whose prompt alone reaches max_length and cut the rest from the right: our collator
+        # cuts prompts from the left instead, so TRL itself gets no limit.
+        cfg.max_length = None
+        collator = left_truncating_collator(
+            DataCollatorForUnpairedPreference(pad_token_id=tok.pad_token_id, max_length=self.max_length,
+                                              pad_to_multiple_of=cfg.pad_to_multiple_of),
+            self.max_length, tok.bos_token_id)
+        self.trainer = KTOTrainer(model=model, ref_model=ref, args=cfg, data_collator=collator,
+                                  train_dataset=self.train_ds, eval_dataset=self.eval_ds, processing_class=tok,
                                   callbacks=self.callbacks())
+        cfg.max_length = self.max_length  # recorded with the run
 
     def fit(self, resume: str | None) -> dict[str, Any] | None:
         result = self.train_hf(resume)
@@ -98,7 +146,9 @@ class KTOJob(runs.HFTrainerJob):
                                    "train_rows": len(self.train_ds), "train_good": self.counts["good"],
                                    "train_bad": self.counts["bad"], "desirable_weight": self.cfg.desirable_weight,
                                    "undesirable_weight": self.cfg.undesirable_weight,
-                                   "eval_rows": len(self.eval_ds) if self.eval_ds else 0}
+                                   "eval_rows": len(self.eval_ds) if self.eval_ds else 0, "max_length": self.max_length,
+                                   **{f"{w}_rows_truncated": n for w, n in self.truncated.items()},
+                                   **{f"{w}_rows_too_long": n for w, n in self.too_long.items()}}
         if self.eval_ds is not None:
             ev = self.trainer.evaluate()
             metrics.update({k: v for k, v in ev.items() if isinstance(v, (int, float)) and k.startswith("eval_")
@@ -115,7 +165,7 @@ class KTOJob(runs.HFTrainerJob):
         config = {"base": self.base.path, "reference": self.base.path, "algorithm": "kto",
                   "chat_template": self.chat, "beta": cfg.beta, "loss_type": cfg.loss_type,
                   "desirable_weight": cfg.desirable_weight, "undesirable_weight": cfg.undesirable_weight,
-                  "aggregate": cfg.aggregate}
+                  "aggregate": cfg.aggregate, "max_length": self.max_length}
         extra = {"base": self.base.path, "base_version": self.base.version_name, "chat_template": self.chat,
                  "source": self.rows.source}
         return self.base, config, self.rows.snapshot(), extra

@@ -275,6 +275,27 @@ def test_kto_refuses_a_batch_of_one_and_a_label_that_is_not_a_boolean(tiny, home
         rating_rows_from_file(bad)
     assert not (home / "train_kto").exists() or not any((home / "train_kto").iterdir())
 
+    # a prompt longer than the model's 256 positions is cut from the left, not dropped (TRL would drop it)
+    long_prompt = "tell me " + " ".join(H.WORDS * 12)
+    rows = [{"prompt": long_prompt, "completion": "sit please", "label": True}] + \
+        [{"prompt": f"say {w}", "completion": w, "label": i % 2 == 0} for i, w in enumerate(H.WORDS[:7])]
+    f = H.write_jsonl(tmp_path / "long.jsonl", rows)
+    res = train_kto.main(["--model", str(tiny), "--dataset", str(f), "--no_register", "--max_steps", "1",
+                          "--per_device_train_batch_size", "8", "--eval_fraction", "0", "--save_strategy", "no",
+                          "--disable_tqdm", "true", "--report_to", "none"])
+    m = res["metrics"]
+    assert (m["train_rows"], m["train_rows_truncated"], m["train_rows_too_long"], m["max_length"]) == (8, 1, 0, 256)
+    assert math.isfinite(m["train_loss"])
+    # what the collator hands the model: the prompt's end and the whole completion (and KL completion)
+    from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
+
+    collate = train_kto.left_truncating_collator(DataCollatorForUnpairedPreference(pad_token_id=0, max_length=8),
+                                                 8, bos_id=None)
+    batch = collate([{"prompt_ids": list(range(100, 120)), "completion_ids": [1, 2, 3], "KL_completion_ids": [4, 5],
+                      "label": True}])
+    assert batch["input_ids"][0].tolist() == [115, 116, 117, 118, 119, 1, 2, 3]
+    assert batch["KL_input_ids"][0].tolist()[:7] == [115, 116, 117, 118, 119, 4, 5]
+
 
 # ------------------------------------------------------------------ pointwise reward model
 
