@@ -49,11 +49,12 @@ with right:
             x=alt.X("labels:Q"), y=alt.Y("annotator:N", sort="-x"),
             tooltip=["annotator", "labels", alt.Tooltip("median_seconds", title="median s / task", format=".1f")]),
             width="stretch")
-        # times in the viewer's zone, columns in words
-        st.dataframe(human_columns(local_times(annot, "first", "last")), hide_index=True, width="stretch",
-                     column_config={"median s / task": st.column_config.NumberColumn(format="%.1f s")})
     else:
         st.info("No labels yet.")
+if len(annot):
+    # Full width: in half the page the last column was cut off at 1280 px. Times in the viewer's zone.
+    st.dataframe(human_columns(local_times(annot, "first", "last")), hide_index=True, width="stretch",
+                 column_config={"median s / task": st.column_config.NumberColumn(format="%.1f s")})
 left, right = st.columns(2)
 with left:
     st.markdown("##### Per project")
