@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db.models import Demonstration, Ranking, utcnow
-from db.services import assignment, content, labels, projects, stats, tasks
+from db.services import accounts, assignment, content, labels, projects, stats, tasks
 from db.services.errors import InputError, ServiceError
 from tests.db_helpers import make_compare_project, make_users
 
@@ -49,7 +49,8 @@ def test_rank_task_needs_three_responses(session):
 
 
 def test_demonstration_validation_review_and_revision(session):
-    (u, admin) = make_users(session, 2)
+    (u,) = make_users(session, 1)
+    admin = accounts.create_user(session, "reviewer", "password-1", role="admin").id  # reviewing is for admins
     p = projects.create_project(session, "d", settings={"min_demonstration_chars": 30})
     content.add_prompt(session, p.id, text="Explain tides.")
     assert tasks.create_demonstrate_tasks(session, p.id) == 1

@@ -8,10 +8,33 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db import settings
 from db.models import Prompt, Response
 from db.services.errors import InputError
 
 CHAT_ROLES = ("system", "user", "assistant")
+
+
+def text_length(value: Any) -> int:
+    """Characters of text in a string, a list of chat turns or a nested JSON value (keys not counted)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(text_length(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(text_length(v) for v in value)
+    return 0
+
+
+def check_size(what: str, value: Any, *, field: str | None = None) -> None:
+    """Refuse `value` when its text is over the configured limit for `what` (db.settings.SIZE_LIMITS: prompt,
+    response, demonstration, comment), naming the limit and the variable that sets it."""
+    n = text_length(value)
+    limit = settings.size_limit(what)
+    if n > limit:
+        env = settings.SIZE_LIMITS[what][0]
+        raise InputError(f"the {what} has {n:,} characters, over the limit of {limit:,} (set by {env})",
+                         field=field or what)
 
 
 def sha(obj: Any) -> str:
@@ -50,6 +73,7 @@ def add_prompt(session: Session, project_id: int, *, text: str | None = None,
             text, messages = messages[0]["content"], None
     if not messages and not (text or "").strip():
         raise InputError("prompt is empty", field="prompt")
+    check_size("prompt", messages or text, field="prompt")
     h = prompt_hash(text, messages)
     existing = session.scalar(select(Prompt).where(Prompt.project_id == project_id, Prompt.content_hash == h))
     if existing is not None:
@@ -75,6 +99,7 @@ def prompt_as_text(prompt: Prompt) -> str:
 def add_response(session: Session, prompt_id: int, text: str, *, model_version_id: int | None = None,
                  params: dict[str, Any] | None = None, sample_index: int = 0) -> tuple[Response, bool]:
     """Insert a response unless the same (prompt, model, text, sample) exists. Returns (response, created)."""
+    check_size("response", text, field="response")
     h = sha(text)
     existing = session.scalar(select(Response).where(
         Response.prompt_id == prompt_id, Response.content_hash == h, Response.sample_index == sample_index,

@@ -35,7 +35,7 @@ from db.models import (
     User,
     utcnow,
 )
-from db.services import accounts, projects
+from db.services import accounts, audit, projects
 from db.services.content import prompt_messages
 from db.services.errors import InputError
 
@@ -798,9 +798,23 @@ def write_jsonl(rows: Iterable[dict[str, Any]], fh: io.TextIOBase) -> int:
     return _write_lines((_dumps(row) + "\n" for row in rows), fh)
 
 
-def export_file(session: Session, kind: str, out: str | Path, **filters: Any) -> dict[str, Any]:
+def _audit_export(session: Session, kind: str, filters: dict[str, Any], rows: int, actor_id: int | None,
+                  file: str | None = None) -> None:
+    """Who exported what (the filters, never the pseudonym salt: with it, pseudonyms map back to users)."""
+    from db.session import write_transaction
+
+    shown = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
+             for k, v in filters.items() if k != "salt" and v not in (None, False, (), [])}
+    with write_transaction(session):
+        audit.record(session, "export", actor_id=actor_id, target=kind,
+                     details={"rows": rows, "filters": shown, **({"file": file} if file else {})})
+
+
+def export_file(session: Session, kind: str, out: str | Path, *, actor_id: int | None = None,
+                **filters: Any) -> dict[str, Any]:
     """Stream the export to `out` (written to a temp file, renamed at the end: never half-written)
-    and write `<out>.manifest.json` beside it. Returns the manifest."""
+    and write `<out>.manifest.json` beside it. Returns the manifest. Admins only (`actor_id`), audited."""
+    audit.require_admin(session, actor_id, "exporting")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
@@ -813,15 +827,20 @@ def export_file(session: Session, kind: str, out: str | Path, **filters: Any) ->
         tmp.unlink(missing_ok=True)
     manifest = {**_manifest(session, kind, filters, n, collect), "file": str(out)}
     out.with_name(out.name + ".manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _audit_export(session, kind, filters, n, actor_id, str(out))
     return manifest
 
 
-def export_bytes(session: Session, kind: str, **filters: Any) -> tuple[bytes, dict[str, Any]]:
-    """The export as JSONL bytes (UI downloads) plus its manifest."""
+def export_bytes(session: Session, kind: str, *, actor_id: int | None = None,
+                 **filters: Any) -> tuple[bytes, dict[str, Any]]:
+    """The export as JSONL bytes (UI downloads) plus its manifest. Admins only (`actor_id`), audited."""
+    audit.require_admin(session, actor_id, "exporting")
     buf = io.StringIO()
     collect = _Tallies()
     n = _write_lines(_lines(session, kind, collect, **filters), buf)
-    return buf.getvalue().encode("utf-8"), _manifest(session, kind, filters, n, collect)
+    manifest = _manifest(session, kind, filters, n, collect)
+    _audit_export(session, kind, filters, n, actor_id)
+    return buf.getvalue().encode("utf-8"), manifest
 
 
 def label_ids(collect: dict[str, list[int]]) -> dict[str, list[int]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import gzip
 import io
 import json
 import math
@@ -27,8 +26,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db import settings
 from db.models import Assignment, PreferenceLabel, Project, Prompt, Ranking, Rating, Response, Task, utcnow
-from db.services import accounts, content, projects, tasks
+from db.services import accounts, audit, content, projects, tasks
 from db.services.content import validate_messages
 from db.services.errors import InputError
 
@@ -143,19 +143,46 @@ _UNDECODABLE = re.compile("[\udc80-\udcff]")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
+def _too_big(name: str, size: int, unpacked: bool = False) -> InputError:
+    limit_mb = settings.size_limit("upload")
+    what = "unpacks to more than" if unpacked else f"has {size / 2**20:,.1f} MB, over"
+    return InputError(f"the file {what} the upload limit of {limit_mb:,} MB (set by "
+                      f"{settings.SIZE_LIMITS['upload'][0]}); split it into smaller files", file=name)
+
+
+def _gunzip(raw: bytes, limit: int, name: str) -> bytes:
+    """gzip.decompress (every member) that stops at `limit` bytes of output instead of filling the memory."""
+    out, data = bytearray(), raw
+    while data.strip(b"\x00"):
+        unpack = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += unpack.decompress(data, limit + 1 - len(out))
+        if len(out) > limit:
+            raise _too_big(name, len(out), unpacked=True)
+        if not unpack.eof:
+            raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+        data = unpack.unused_data
+    return bytes(out)
+
+
 def _read_text(source: str | Path | bytes, filename: str | None) -> tuple[str, str]:
-    """(text, display name). Bytes come from uploads; paths from the CLI. Gzip is unpacked."""
+    """(text, display name). Bytes come from uploads; paths from the CLI. Gzip is unpacked. Files over the
+    upload limit are refused before reading, and gzip files that unpack to more (a zip bomb) while unpacking."""
+    limit = settings.upload_limit_bytes()
     if isinstance(source, (bytes, bytearray)):
         name, raw = filename or "upload", bytes(source)
+        if len(raw) > limit:
+            raise _too_big(name, len(raw))
     else:
         path = Path(source)
         name = filename or str(path)
         if not path.is_file():
             raise InputError("file not found", file=name)
+        if path.stat().st_size > limit:
+            raise _too_big(name, path.stat().st_size)
         raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         try:
-            raw = gzip.decompress(raw)
+            raw = _gunzip(raw, limit, name)
         except (OSError, EOFError, zlib.error) as e:
             raise InputError(f"broken gzip file ({e}); download it again", file=name) from e
     return raw.decode("utf-8-sig", errors="surrogateescape"), name
@@ -206,8 +233,15 @@ def _parse_jsonl(text: str, name: str, parse_row: Callable[[dict[str, Any], int]
     return rows
 
 
+# Fields checked against the size limits while parsing, so that an oversized row is refused as a line.
+_SIZE_OF_FIELD = {"prompt": "prompt", "messages": "prompt", "turns": "prompt", "instruction": "prompt",
+                  "chosen": "response", "rejected": "response", "completion": "response"}
+
+
 def _check_storable(value: Any, fieldname: str) -> None:
     """Refuse text the database cannot hold (checked before writing, so it refuses a line, not the file)."""
+    if fieldname in _SIZE_OF_FIELD:
+        content.check_size(_SIZE_OF_FIELD[fieldname], value, field=fieldname)
     if isinstance(value, str):
         m = _UNSTORABLE.search(value)
         if m:
@@ -325,10 +359,18 @@ def parse_prompts(text: str, name: str, *, refused: list[RefusedLine] | None = N
     return _parse_jsonl(text, name, _prompt_row, refused)
 
 
+def _audit_import(session: Session, result: ImportResult, project: str, actor_id: int | None) -> None:
+    """The import's audit entry, in the import's transaction (rolled back with it)."""
+    audit.record(session, "import", actor_id=actor_id, target=f"{result.kind} into {project}",
+                 details={"file": Path(result.file).name, "rows": result.rows, "added": result.added,
+                          "skipped": result.skipped, "refused": len(result.refused)})
+
+
 def import_prompts(session: Session, source: str | Path | bytes, project: str, *,
                    filename: str | None = None, demonstrate_tasks: bool = False,
-                   skip_invalid: bool = False) -> ImportResult:
+                   skip_invalid: bool = False, actor_id: int | None = None) -> ImportResult:
     """Import prompts into `project`. With `demonstrate_tasks`, also queue a demonstrate task each."""
+    audit.require_admin(session, actor_id, "importing")
     text, name = _read_text(source, filename)
     proj = projects.get_project(session, project)
     refused: list[RefusedLine] = []
@@ -344,6 +386,7 @@ def import_prompts(session: Session, source: str | Path | bytes, project: str, *
             _, t_created = tasks.create_task(session, proj.id, "demonstrate", p.id, source=Path(name).name)
             result.details["demonstrate tasks"] = result.details.get("demonstrate tasks", 0) + t_created
     session.flush()
+    _audit_import(session, result, project, actor_id)
     return result
 
 
@@ -521,13 +564,15 @@ def _stored_prompt(messages: list[dict[str, str]]) -> tuple[str | None, list[dic
 
 
 def import_preferences(session: Session, source: str | Path | bytes, project: str, *, fmt: str = "auto",
-                       filename: str | None = None, seed: int = 0, skip_invalid: bool = False) -> ImportResult:
+                       filename: str | None = None, seed: int = 0, skip_invalid: bool = False,
+                       actor_id: int | None = None) -> ImportResult:
     """Seed a project with an existing preference dataset: each row becomes a prompt, two responses,
     a compare task (A/B randomized) and one label by the pseudo-user `import:<format>`.
 
     Written in bulk (one lookup and one insert batch per table, not per row: published files have tens of
     thousands of rows), with the same content hashes and task keys as `content.add_prompt`,
     `content.add_response` and `tasks.create_task`, so rows they wrote are found and nothing is doubled."""
+    audit.require_admin(session, actor_id, "importing")
     text, name = _read_text(source, filename)
     proj = projects.get_project(session, project)
     refused: list[RefusedLine] = []
@@ -618,6 +663,7 @@ def import_preferences(session: Session, source: str | Path | bytes, project: st
         _count_imported_label(session, task, who.id, proj)
         result.added += 1
     session.flush()
+    _audit_import(session, result, project, actor_id)
     return result
 
 
@@ -677,9 +723,11 @@ def parse_oasst(text: str, name: str, *, refused: list[RefusedLine] | None = Non
 
 
 def import_oasst(session: Session, source: str | Path | bytes, project: str, *,
-                 filename: str | None = None, seed: int = 0, skip_invalid: bool = False) -> ImportResult:
+                 filename: str | None = None, seed: int = 0, skip_invalid: bool = False,
+                 actor_id: int | None = None) -> ImportResult:
     """OpenAssistant message trees: each prompter message with ≥2 ranked replies becomes a task —
     a rank task (with the tree's ranking as a label) for ≥3 replies, a compare task for 2."""
+    audit.require_admin(session, actor_id, "importing")
     text, name = _read_text(source, filename)
     proj = projects.get_project(session, project)
     refused: list[RefusedLine] = []
@@ -729,6 +777,7 @@ def import_oasst(session: Session, source: str | Path | bytes, project: str, *,
         details["prompts left out: identical or equally ranked replies"] = left_out
     result.details = details
     session.flush()
+    _audit_import(session, result, project, actor_id)
     return result
 
 
@@ -771,10 +820,11 @@ def parse_ratings(text: str, name: str, *, refused: list[RefusedLine] | None = N
 
 
 def import_ratings(session: Session, source: str | Path | bytes, project: str, *, filename: str | None = None,
-                   skip_invalid: bool = False) -> ImportResult:
+                   skip_invalid: bool = False, actor_id: int | None = None) -> ImportResult:
     """Seed a project with TRL unpaired preferences: each row becomes a prompt, a response, a rate task and
     one rating by the pseudo-user `import:trl-unpaired`. A row whose (prompt, completion) that user already
     rated (a re-import, or a repeat inside the file) adds nothing and counts as already present."""
+    audit.require_admin(session, actor_id, "importing")
     text, name = _read_text(source, filename)
     proj = projects.get_project(session, project)
     refused: list[RefusedLine] = []
@@ -806,4 +856,5 @@ def import_ratings(session: Session, source: str | Path | bytes, project: str, *
     if conflicting:
         result.details["repeats with the other label (the first one is kept)"] = conflicting
     session.flush()
+    _audit_import(session, result, project, actor_id)
     return result

@@ -86,7 +86,11 @@ def _name_taken(session: Session, name: str, job_id: int | None = None) -> str |
 def enqueue(session: Session, kind: str, args: Mapping[str, Any] | None = None, *, name: str | None = None,
             created_by: int | None = None) -> Job:
     """Queue a job. Training jobs (and pretrain) register a model version called `name` (default
-    `<kind>-job<id>`); it must be free, so the job cannot fail at its very end on a taken name."""
+    `<kind>-job<id>`); it must be free, so the job cannot fail at its very end on a taken name. `created_by` is
+    the acting user: admins only (None is the command line)."""
+    from db.services import audit
+
+    audit.require_admin(session, created_by, "queueing jobs")
     clean = validate_args(kind, args or {})
     name = (name or "").strip() or None
     if kind not in TRAINING_JOB_KINDS and name:
@@ -211,8 +215,12 @@ def finish(session: Session, job_id: int, *, exit_status: int | None, model_vers
     return job
 
 
-def cancel(session: Session, job_id: int) -> Job:
-    """Cancel a job: a queued one ends now, a running one is stopped by its worker within a few seconds."""
+def cancel(session: Session, job_id: int, *, actor_id: int | None = None) -> Job:
+    """Cancel a job: a queued one ends now, a running one is stopped by its worker within a few seconds.
+    Admins only (`actor_id`; None is the command line)."""
+    from db.services import audit
+
+    audit.require_admin(session, actor_id, "cancelling jobs")
     with write_transaction(session):
         job = _locked(session, job_id)
         if job.state in FINAL_STATES:

@@ -26,9 +26,10 @@ from db.models import (
     Task,
     utcnow,
 )
+from db.services import audit
 from db.services.assignment import live_slot
-from db.services.content import sha
-from db.services.errors import InputError, NotFound, ServiceError
+from db.services.content import check_size, sha
+from db.services.errors import InputError, NotFound, ServiceError, check_id
 from db.services.projects import setting
 from db.session import write_transaction
 
@@ -92,7 +93,7 @@ def _claim_slot(session: Session, task: Task, user_id: int, now: dt.datetime) ->
 def _task(session: Session, task_id: int, kind: str) -> Task:
     # Row lock on PostgreSQL (a no-op on SQLite, already serialized by BEGIN IMMEDIATE): two
     # annotators submitting the same task at once must not both write n_submitted = old + 1.
-    task = session.get(Task, task_id, with_for_update=True, populate_existing=True)
+    task = session.get(Task, check_id(task_id, "task"), with_for_update=True, populate_existing=True)
     if task is None:
         raise NotFound(f"no task {task_id}")
     if task.kind != kind:
@@ -130,6 +131,7 @@ def submit_preference(session: Session, user_id: int, task_id: int, choice: str,
     """Record a pairwise judgement. Returns (label, created); created is False on a repeat submit."""
     def build(task: Task, now: dt.datetime) -> PreferenceLabel:
         _check_preference(choice, strength)
+        check_size("comment", comment, field="comment")
         return PreferenceLabel(task_id=task_id, user_id=user_id, choice=choice,
                                strength=strength if choice in ("a", "b") else None, flags=_check_flags(flags),
                                comment=comment or "", seconds=seconds, created_at=now)
@@ -155,9 +157,12 @@ def submit_ranking(session: Session, user_id: int, task_id: int, ordering: Seque
                    flags: Sequence[str] | None = None, comment: str = "", seconds: float | None = None,
                    now: dt.datetime | None = None) -> tuple[Ranking, bool]:
     """Record an ordering, best first; responses in one inner list tie."""
-    return _submit_once(session, Ranking, "rank", task_id, user_id, now, lambda task, now: Ranking(
-        task_id=task_id, user_id=user_id, ordering=_check_ordering(task, ordering), flags=_check_flags(flags),
-        comment=comment or "", seconds=seconds, created_at=now))
+    def build(task: Task, now: dt.datetime) -> Ranking:
+        check_size("comment", comment, field="comment")
+        return Ranking(task_id=task_id, user_id=user_id, ordering=_check_ordering(task, ordering),
+                       flags=_check_flags(flags), comment=comment or "", seconds=seconds, created_at=now)
+
+    return _submit_once(session, Ranking, "rank", task_id, user_id, now, build)
 
 
 def _check_rating(good: Any, likert: Any) -> tuple[bool, int | None]:
@@ -179,6 +184,7 @@ def submit_rating(session: Session, user_id: int, task_id: int, good: bool, *, l
     """Record a good/bad judgement of a rate task's one response (optionally a 1-7 Likert score)."""
     def build(task: Task, now: dt.datetime) -> Rating:
         ok, score = _check_rating(good, likert)
+        check_size("comment", comment, field="comment")
         return Rating(task_id=task_id, user_id=user_id, response_id=task.response_ids[0], good=ok, likert=score,
                       flags=_check_flags(flags), comment=comment or "", seconds=seconds, created_at=now)
 
@@ -187,6 +193,7 @@ def submit_rating(session: Session, user_id: int, task_id: int, good: bool, *, l
 
 def _check_demonstration(session: Session, project_id: int, text: str) -> str:
     text = (text or "").strip()
+    check_size("demonstration", text, field="text")
     minimum = int(setting(session.get(Project, project_id), "min_demonstration_chars") or 1)
     if len(text) < minimum:
         raise InputError(f"the demonstration has {len(text)} characters; write at least {minimum}", field="text")
@@ -233,10 +240,11 @@ def revise_preference(session: Session, user_id: int, label_id: int, choice: str
                       strength: str | None = None, flags: Sequence[str] | None = None,
                       comment: str | None = None, now: dt.datetime | None = None) -> PreferenceLabel:
     _check_preference(choice, strength)
+    check_size("comment", comment, field="comment")
     flags = _check_flags(flags)
     now = now or utcnow()
     with write_transaction(session):
-        label = session.get(PreferenceLabel, label_id)
+        label = session.get(PreferenceLabel, check_id(label_id, "label"))
         if label is None or label.user_id != user_id:
             raise NotFound(f"no label {label_id} of yours")
         _check_revision_window(session, label.task_id, label.created_at, now)
@@ -245,6 +253,8 @@ def revise_preference(session: Session, user_id: int, label_id: int, choice: str
             label.comment = comment
         label.updated_at = now
         session.flush()
+        audit.record(session, "label.revise", actor_id=user_id, target=f"preference {label.id}",
+                     details={"task": label.task_id, "choice": choice, "strength": label.strength})
         return label
 
 
@@ -252,10 +262,11 @@ def revise_rating(session: Session, user_id: int, rating_id: int, good: bool, *,
                   flags: Sequence[str] | None = None, comment: str | None = None,
                   now: dt.datetime | None = None) -> Rating:
     ok, score = _check_rating(good, likert)
+    check_size("comment", comment, field="comment")
     flags = _check_flags(flags)
     now = now or utcnow()
     with write_transaction(session):
-        r = session.get(Rating, rating_id)
+        r = session.get(Rating, check_id(rating_id, "rating"))
         if r is None or r.user_id != user_id:
             raise NotFound(f"no rating {rating_id} of yours")
         _check_revision_window(session, r.task_id, r.created_at, now)
@@ -264,6 +275,8 @@ def revise_rating(session: Session, user_id: int, rating_id: int, good: bool, *,
             r.comment = comment
         r.updated_at = now
         session.flush()
+        audit.record(session, "label.revise", actor_id=user_id, target=f"rating {r.id}",
+                     details={"task": r.task_id, "good": ok, "likert": score})
         return r
 
 
@@ -271,7 +284,7 @@ def revise_ranking(session: Session, user_id: int, ranking_id: int, ordering: Se
                    flags: Sequence[str] | None = None, now: dt.datetime | None = None) -> Ranking:
     now = now or utcnow()
     with write_transaction(session):
-        r = session.get(Ranking, ranking_id)
+        r = session.get(Ranking, check_id(ranking_id, "ranking"))
         if r is None or r.user_id != user_id:
             raise NotFound(f"no ranking {ranking_id} of yours")
         _check_revision_window(session, r.task_id, r.created_at, now)
@@ -279,6 +292,8 @@ def revise_ranking(session: Session, user_id: int, ranking_id: int, ordering: Se
         r.flags = _check_flags(flags)
         r.updated_at = now
         session.flush()
+        audit.record(session, "label.revise", actor_id=user_id, target=f"ranking {r.id}",
+                     details={"task": r.task_id, "ordering": r.ordering})
         return r
 
 
@@ -286,7 +301,7 @@ def revise_demonstration(session: Session, user_id: int, demo_id: int, text: str
                          now: dt.datetime | None = None) -> Demonstration:
     now = now or utcnow()
     with write_transaction(session):
-        d = session.get(Demonstration, demo_id)
+        d = session.get(Demonstration, check_id(demo_id, "demonstration"))
         if d is None or d.user_id != user_id:
             raise NotFound(f"no demonstration {demo_id} of yours")
         if d.status != "submitted":
@@ -297,18 +312,26 @@ def revise_demonstration(session: Session, user_id: int, demo_id: int, text: str
         _check_not_written_before(session, d.prompt_id, user_id, text, exclude_id=d.id)
         d.text, d.content_hash, d.updated_at = text, sha(text), now
         session.flush()
+        audit.record(session, "label.revise", actor_id=user_id, target=f"demonstration {d.id}",
+                     details={"task": d.task_id, "chars": len(text)})
         return d
 
 
 def review_demonstration(session: Session, demo_id: int, reviewer_id: int, accept: bool,
                          note: str = "") -> Demonstration:
+    """Accept or reject a demonstration: admins only (the reviewer is the acting user), audited."""
+    check_size("comment", note, field="note")
     with write_transaction(session):
-        d = session.get(Demonstration, demo_id)
+        audit.require_admin(session, reviewer_id, "reviewing demonstrations")
+        d = session.get(Demonstration, check_id(demo_id, "demonstration"))
         if d is None:
             raise NotFound(f"no demonstration {demo_id}")
+        before = d.status
         d.status, d.review_note, d.reviewed_by = ("accepted" if accept else "rejected"), note or "", reviewer_id
         d.updated_at = utcnow()
         session.flush()
+        audit.record(session, "demonstration.review", actor_id=reviewer_id, target=f"demonstration {d.id}",
+                     details={"from": before, "to": d.status, "author": d.user_id})
         return d
 
 

@@ -7,6 +7,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db.models import Project, Task
+from db.services import audit
 from db.services.errors import InputError, NotFound, ServiceError
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -16,7 +17,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 
 
 def create_project(session: Session, name: str, *, guidelines: str = "", labels_per_task: int = 1,
-                   settings: dict[str, Any] | None = None) -> Project:
+                   settings: dict[str, Any] | None = None, actor_id: int | None = None) -> Project:
+    """A new project. `actor_id`: the acting user (admins only; None is the command line)."""
+    audit.require_admin(session, actor_id, "creating projects")
     name = (name or "").strip()
     if not name:
         raise InputError("project name is empty", field="name")
@@ -56,7 +59,9 @@ def list_projects(session: Session) -> list[Project]:
 
 
 def update_project(session: Session, name: str, *, guidelines: str | None = None,
-                   labels_per_task: int | None = None, settings: dict[str, Any] | None = None) -> Project:
+                   labels_per_task: int | None = None, settings: dict[str, Any] | None = None,
+                   actor_id: int | None = None) -> Project:
+    audit.require_admin(session, actor_id, "changing projects")
     project = get_project(session, name)
     if guidelines is not None:
         project.guidelines = guidelines

@@ -14,8 +14,13 @@ from db.services.errors import InputError, NotFound, ServiceError
 def register_model_version(session: Session, name: str, kind: str, path: str = "", *,
                            parent: str | int | None = None, config: dict[str, Any] | None = None,
                            metrics: dict[str, Any] | None = None,
-                           label_snapshot: dict[str, Any] | None = None) -> ModelVersion:
-    """Add a version. `parent` is a version name or id (e.g. the SFT model a reward model started from)."""
+                           label_snapshot: dict[str, Any] | None = None,
+                           actor_id: int | None = None) -> ModelVersion:
+    """Add a version. `parent` is a version name or id (e.g. the SFT model a reward model started from).
+    `actor_id`: the acting user (admins only; None is the command line or a job)."""
+    from db.services import audit
+
+    audit.require_admin(session, actor_id, "registering model versions")
     if kind not in MODEL_KINDS:
         raise InputError(f"kind must be one of {', '.join(MODEL_KINDS)}, not {kind!r}", field="kind")
     if not name:

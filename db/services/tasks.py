@@ -53,8 +53,12 @@ def create_task(session: Session, project_id: int, kind: str, prompt_id: int,
 
 
 def create_demonstrate_tasks(session: Session, project_id: int, *, only_without_demonstration: bool = True,
-                             source: str = "") -> int:
-    """One demonstrate task per prompt of the project (skipping prompts that already have one)."""
+                             source: str = "", actor_id: int | None = None) -> int:
+    """One demonstrate task per prompt of the project (skipping prompts that already have one). Admins only
+    (`actor_id`; None is the command line)."""
+    from db.services import audit
+
+    audit.require_admin(session, actor_id, "creating tasks")
     q = select(Prompt.id).where(Prompt.project_id == project_id)
     if only_without_demonstration:
         has_demo = select(Demonstration.prompt_id).where(Demonstration.status != "rejected")

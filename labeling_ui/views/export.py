@@ -65,7 +65,7 @@ except ServiceError as e:
 
 def _build() -> tuple[bytes, dict]:
     with db() as s:
-        return export.export_bytes(s, kind, **filters)
+        return export.export_bytes(s, kind, actor_id=user["id"], **filters)
 
 
 @st.cache_data(ttl=15, show_spinner="Counting rows…")

@@ -74,12 +74,13 @@ if st.button("Import", type="primary", disabled=upload is None, key="imp_go", ic
         with db() as s:  # one transaction: any error rolls the whole file back
             if kind == "prompts":
                 r = importers.import_prompts(s, data, project["name"], filename=name, demonstrate_tasks=demo_tasks,
-                                             skip_invalid=skip)
+                                             skip_invalid=skip, actor_id=user["id"])
             elif kind == "preferences":
                 r = importers.import_preferences(s, data, project["name"], fmt=fmt, filename=name,
-                                                 skip_invalid=skip)
+                                                 skip_invalid=skip, actor_id=user["id"])
             else:
-                r = importers.import_oasst(s, data, project["name"], filename=name, skip_invalid=skip)
+                r = importers.import_oasst(s, data, project["name"], filename=name, skip_invalid=skip,
+                                           actor_id=user["id"])
     except importers.InvalidRowsError as e:
         # the reasons quote the file's content: shown as text, one bad line per line
         st.error("  \n".join(safe_markdown(x) for x in refused_in_words(e, name)), icon=":material/error:")
@@ -126,7 +127,8 @@ def next_steps(last: dict) -> None:
                 try:
                     with db() as s:  # the same file again: its prompts are there, only the tasks are new
                         r = importers.import_prompts(s, last["data"], project["name"], filename=last["name"],
-                                                     demonstrate_tasks=True, skip_invalid=True)
+                                                     demonstrate_tasks=True, skip_invalid=True,
+                                                     actor_id=user["id"])
                 except ServiceError as e:
                     show_error(e)
                 else:

@@ -235,7 +235,7 @@ def job_panel(job_id: int) -> None:
     if cancellable and st.button("Cancel job", icon=":material/stop_circle:", key=f"job_cancel_{job_id}"):
         try:
             with db() as s:
-                jobs.cancel(s, job_id)
+                jobs.cancel(s, job_id, actor_id=user["id"])
         except ServiceError as e:
             show_error(e)
         else:

@@ -32,7 +32,8 @@ with st.expander("Register a model version", icon=":material/add:"), st.form("ne
             try:
                 with db() as s:
                     registry.register_model_version(s, name.strip(), kind, path.strip(),
-                                                    parent=None if parent == "(none)" else parent)
+                                                    parent=None if parent == "(none)" else parent,
+                                                    actor_id=user["id"])
             except ServiceError as e:
                 show_error(e)
             else:

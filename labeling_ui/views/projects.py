@@ -40,7 +40,8 @@ with st.expander("Create a project", expanded=not plist, icon=":material/add:"),
     if st.form_submit_button("Create project", type="primary"):
         try:
             with db() as s:
-                projects.create_project(s, name.strip(), guidelines=guide, labels_per_task=int(lpt))
+                projects.create_project(s, name.strip(), guidelines=guide, labels_per_task=int(lpt),
+                                        actor_id=user["id"])
         except ServiceError as e:
             # the one error without a field is a taken name
             show_error(e, under.get(getattr(e, "field", None) or "name"))
@@ -73,7 +74,8 @@ if plist:
                 with db() as s:
                     projects.update_project(s, p["name"], guidelines=guide, labels_per_task=int(lpt),
                                             settings={"min_demonstration_chars": int(min_chars),
-                                                      "revision_window_hours": window, "render": render})
+                                                      "revision_window_hours": window, "render": render},
+                                            actor_id=user["id"])
             except ServiceError as e:
                 show_error(e)
             else:
@@ -86,7 +88,7 @@ if plist:
     if st.button("Queue a demonstrate task for every prompt without a demonstration", key="proj_demo_tasks"):
         try:
             with db() as s:
-                n = tasks.create_demonstrate_tasks(s, pid, source="ui")
+                n = tasks.create_demonstrate_tasks(s, pid, source="ui", actor_id=user["id"])
         except ServiceError as e:
             show_error(e)
         else:

@@ -40,7 +40,8 @@ with left:
         if st.form_submit_button("Create user", type="primary"):
             try:
                 with db() as s:
-                    accounts.create_user(s, username.strip(), password, role=role, display_name=display)
+                    accounts.create_user(s, username.strip(), password, role=role, display_name=display,
+                                         actor_id=me["id"])
             except InputError as e:
                 where = under.get(e.field or "")
                 (where or st).error(e.reason[:1].upper() + e.reason[1:] + ".", icon=":material/error:")
@@ -62,7 +63,7 @@ with right:
             if name == me["username"] and new_role != "admin":
                 raise ServiceError("you cannot remove your own admin role")
             with db() as s:
-                accounts.set_role(s, name, new_role)
+                accounts.set_role(s, name, new_role, actor_id=me["id"])
         except ServiceError as e:
             show_error(e)
         else:
@@ -72,7 +73,7 @@ with right:
     if c2.button(label, key="users_active_btn", disabled=name == me["username"]):
         try:
             with db() as s:
-                accounts.set_active(s, name, not u["active"])
+                accounts.set_active(s, name, not u["active"], actor_id=me["id"])
         except ServiceError as e:
             show_error(e)
         else:
@@ -83,7 +84,7 @@ with right:
         if st.form_submit_button("Reset password"):
             try:
                 with db() as s:
-                    accounts.set_password(s, name, pw, keep_token=auth.current_token())
+                    accounts.set_password(s, name, pw, keep_token=auth.current_token(), actor_id=me["id"])
             except ServiceError as e:
                 show_error(e)
             else:
