@@ -3,6 +3,7 @@
     python bench/dashboard_scale.py                                # SQLite, 1M tasks with 1M labels (cached)
     python bench/dashboard_scale.py --url postgresql+psycopg://…   # PostgreSQL (the fixture is a template db)
     python bench/dashboard_scale.py --tasks 100000                 # 100k labels
+    python bench/dashboard_scale.py --baseline-rev a2e3ae1~1       # also time that revision's services
 
 The fixture is bench/next_task_scale.py's (100 annotators, overlap 3, 10% rank tasks) with half the tasks
 labelled: 3, 2 or 1 labels each, about as many labels as tasks, spread over 90 days. Each call runs --repeat
@@ -13,9 +14,13 @@ Prints figures; never pass/fail.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,21 +32,34 @@ from db.models import User
 from db.services import agreement, projects, stats
 from db.session import dispose_engines, session_factory
 
+
+def _module_at(rev: str, path: str) -> ModuleType:
+    """A db/services module as it was at `rev`, importable beside today's (same db package underneath)."""
+    src = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    file = Path(tempfile.mkdtemp()) / Path(path).name
+    file.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"{file.stem}_at_rev", file)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 # What labeling_ui/views/dashboard.py, agreement.py and common.py (every labeling page) call, in order.
 PAGES = {
     "dashboard": [
-        ("stats.progress(project)", lambda s, pid, uid: stats.progress(s, pid)),
-        ("stats.labels_over_time(project)", lambda s, pid, uid: stats.labels_over_time(s, pid)),
-        ("stats.per_annotator(project)", lambda s, pid, uid: stats.per_annotator(s, pid)),
-        ("stats.per_project()", lambda s, pid, uid: stats.per_project(s)),
+        ("stats.progress(project)", lambda st, ag, s, pid, uid: st.progress(s, pid)),
+        ("stats.labels_over_time(project)", lambda st, ag, s, pid, uid: st.labels_over_time(s, pid)),
+        ("stats.per_annotator(project)", lambda st, ag, s, pid, uid: st.per_annotator(s, pid)),
+        ("stats.per_project()", lambda st, ag, s, pid, uid: st.per_project(s)),
     ],
     "agreement": [
-        ("agreement.preference_agreement(project)", lambda s, pid, uid: agreement.preference_agreement(s, pid)),
-        ("agreement.annotator_speed(project)", lambda s, pid, uid: agreement.annotator_speed(s, pid)),
-        ("agreement.disagreements(project)", lambda s, pid, uid: agreement.disagreements(s, pid)),
+        ("agreement.preference_agreement(project)", lambda st, ag, s, pid, uid: ag.preference_agreement(s, pid)),
+        ("agreement.annotator_speed(project)", lambda st, ag, s, pid, uid: ag.annotator_speed(s, pid)),
+        ("agreement.disagreements(project)", lambda st, ag, s, pid, uid: ag.disagreements(s, pid)),
     ],
     "every labeling page": [
-        ("stats.label_counts(project, user)", lambda s, pid, uid: stats.label_counts(s, pid, user_id=uid)),
+        ("stats.label_counts(project, user)", lambda st, ag, s, pid, uid: st.label_counts(s, pid, user_id=uid)),
     ],
 }
 
@@ -52,6 +70,7 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=1_000_000, help="tasks; half carry labels (default 1000000)")
     ap.add_argument("--repeat", type=int, default=2, help="runs of each call; the best is shown (default 2)")
     ap.add_argument("--pages", nargs="+", choices=list(PAGES), default=list(PAGES), help="pages to time")
+    ap.add_argument("--baseline-rev", help="also time db/services/stats.py and agreement.py at this git revision")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/instructloop-bench-cache"),
                     help="where the SQLite fixture is built once and kept (default /tmp/instructloop-bench-cache)")
     a = ap.parse_args()
@@ -61,18 +80,32 @@ def main() -> None:
         with session_factory(run_url)() as s:
             pid = projects.get_project(s, "scale").id
             uid = s.scalar(select(User.id).where(User.username == "ann000"))
+        versions = {"now": (stats, agreement)}
+        if a.baseline_rev:
+            versions[a.baseline_rev] = (_module_at(a.baseline_rev, "db/services/stats.py"),
+                                        _module_at(a.baseline_rev, "db/services/agreement.py"))
         for page in a.pages:
-            total = 0.0
+            total = dict.fromkeys(versions, 0.0)
             for name, call in PAGES[page]:
-                best = float("inf")
-                for _ in range(a.repeat):
-                    with session_factory(run_url)() as s:
-                        t0 = time.perf_counter()
-                        call(s, pid, uid)
-                        best = min(best, time.perf_counter() - t0)
-                total += best
-                print(f"  {page:>20}: {name:44} {best * 1e3:9.1f} ms", flush=True)
-            print(f"  {page:>20}: {'page total':44} {total * 1e3:9.1f} ms (target < 1000 ms)", flush=True)
+                shown = []
+                for version, (st, ag) in versions.items():
+                    best = float("inf")
+                    for _ in range(a.repeat):
+                        with session_factory(run_url)() as s:
+                            t0 = time.perf_counter()
+                            try:
+                                call(st, ag, s, pid, uid)
+                            except (TypeError, ValueError, KeyError) as e:  # a baseline may fail where today's does not
+                                shown.append(f"{version}: failed ({type(e).__name__}: {e})"[:90])
+                                best = None
+                                break
+                            best = min(best, time.perf_counter() - t0)
+                    if best is not None:
+                        total[version] += best
+                        shown.append(f"{version} {best * 1e3:8.1f} ms")
+                print(f"  {page:>20}: {name:44} " + "; ".join(shown), flush=True)
+            print(f"  {page:>20}: {'page total':44} " + "; ".join(f"{v} {t * 1e3:8.1f} ms" for v, t in total.items())
+                  + " (target < 1000 ms)", flush=True)
         dispose_engines()
 
 
