@@ -21,7 +21,7 @@ with db() as s:
     annotators = [u.username for u in accounts.list_users(s, include_system=True)]
 
 KINDS = {"preferences": "Preference pairs (reward model / DPO)", "sft": "Demonstrations (SFT)",
-         "raw": "Raw labels (audit)"}
+         "ratings": "Good/bad ratings (KTO / pointwise reward model)", "raw": "Raw labels (audit)"}
 kind = st.radio("Dataset", list(KINDS), format_func=KINDS.get, horizontal=True, key="exp_kind")
 filters: dict = {"project": project["name"] if project else None}
 c1, c2, c3 = st.columns(3)
@@ -43,6 +43,15 @@ if kind == "preferences":
     use_min = c2.checkbox("Minimum agreement", key="exp_use_min")
     if use_min:
         filters["min_agreement"] = c2.slider("Majority share at least", 0.0, 1.0, 0.67, 0.01, key="exp_min")
+    filters["pair_ratings"] = c1.checkbox("Also pair good and bad ratings of a prompt", key="exp_pair_ratings",
+                                          help="each good and each bad rated response of one prompt become a pair")
+elif kind == "ratings":
+    c1, c2, c3 = st.columns(3)
+    filters["aggregate"] = c1.selectbox("Several annotators", list(export.AGGREGATES), key="exp_rate_agg")
+    mv = c2.selectbox("Model version", ["(any)"] + versions, key="exp_rate_mv")
+    filters["model_version"] = None if mv == "(any)" else mv
+    if c3.checkbox("Minimum agreement", key="exp_rate_use_min"):
+        filters["min_agreement"] = c3.slider("Majority share at least", 0.0, 1.0, 0.67, 0.01, key="exp_rate_min")
 elif kind == "sft":
     c1, c2 = st.columns(2)
     filters["fmt"] = c1.selectbox("Format", list(export.SFT_FORMATS), key="exp_sft_fmt")
