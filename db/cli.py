@@ -176,6 +176,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from db.services import audit
+    with _session(args) as s:
+        rows = audit.entries(s, action=args.action, actor=args.by, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+    elif not rows:
+        print("no audit entries" + (" match" if args.action or args.by else ""))
+    else:
+        table = pd.DataFrame([{**r, "details": json.dumps(r["details"], sort_keys=True, ensure_ascii=False)}
+                              for r in rows]).drop(columns=["id"])
+        print(table.to_string(index=False))
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from db.services import projects, stats
     with _session(args) as s:
@@ -418,6 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--annotator", help="only this annotator's labels (username)")
         sp.add_argument("-o", "--output", help="output file (default: exports/<what>[-<project>].jsonl)")
 
+    from db.services.audit import ACTIONS
+
+    au = add(sub, "audit", cmd_audit, "the audit log, newest first: role changes, (de)activations, passwords set, "
+                                      "reviews, label revisions, exports, imports (who, when, what)")
+    au.add_argument("--action", choices=ACTIONS, help="only this action")
+    au.add_argument("--by", metavar="USERNAME", help="only what this user did (cli:<name> for the command line)")
+    au.add_argument("--limit", type=int, default=100, help="entries to show (default 100)")
+    au.add_argument("--json", action="store_true", help="JSON instead of a table")
     st = add(sub, "stats", cmd_stats, "progress per project and annotator, model versions with their metrics")
     st.add_argument("--project", help="annotator table for this project only")
     st.add_argument("--json", action="store_true", help="machine-readable output")

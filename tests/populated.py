@@ -16,6 +16,12 @@ from db.services import accounts, assignment, audit, content, labels, projects, 
 from db.session import get_engine, session_factory
 
 
+def cheap_hashes(monkeypatch) -> None:
+    """scrypt at a test cost (n = 2**8, not 2**14) for tests that hash many passwords. Stored hashes carry their
+    parameters, so verification runs the same code."""
+    monkeypatch.setattr(accounts, "_SCRYPT", {"n": 2**8, "r": 8, "p": 1})
+
+
 def populate(url: str) -> None:
     """Users (admin, annotators, a deactivated one), a session, a project with compare/rank/demonstrate/rate
     tasks, labels of each kind, a live lease, a reviewed demonstration, a job, failed sign-ins, audit entries."""

@@ -14,7 +14,7 @@ from db.migrate import upgrade
 from db.services import accounts
 from db.session import dispose_engines, session_factory
 from tests.conftest import PG_URL
-from tests.populated import every_table_rows, populate
+from tests.populated import cheap_hashes, every_table_rows, populate
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -40,6 +40,10 @@ def two_dbs(request, tmp_path):
             c.execute(text(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)'))
     admin.dispose()
 
+
+@pytest.fixture(autouse=True)
+def _cheap_hashes(monkeypatch):
+    cheap_hashes(monkeypatch)
 
 def test_backup_restore_round_trip(two_dbs, tmp_path, capsys):
     src, dst = two_dbs

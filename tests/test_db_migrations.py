@@ -2,6 +2,7 @@
 full of data (every table populated) keeps every row through each revision's downgrade and the upgrade back."""
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -10,7 +11,12 @@ from sqlalchemy import inspect
 from db.migrate import alembic_config, current_revision, downgrade, head_revision, upgrade
 from db.models import Base
 from db.session import get_engine
-from tests.populated import every_table_rows, populate
+from tests.populated import cheap_hashes, every_table_rows, populate
+
+
+@pytest.fixture(autouse=True)
+def _cheap_hashes(monkeypatch):
+    cheap_hashes(monkeypatch)
 
 # The tables each revision creates, so its downgrade drops them (and their rows) and nothing else. A new
 # revision must be listed here, or test_downgrade_keeps_every_row fails.

@@ -31,7 +31,7 @@ from db.services import (
 from db.services.errors import Forbidden, NotFound
 from db.session import session_factory, session_scope
 from labeling_ui.seed import seed
-from tests.populated import every_table_rows, populate
+from tests.populated import cheap_hashes, every_table_rows, populate
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "labeling_ui" / "app.py"
@@ -156,10 +156,8 @@ def _admin_service_calls(ctx: dict) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def cheap_hashes(monkeypatch):
-    """scrypt at a test cost (n = 2**8, not 2**14): these tests hash dozens of passwords. Stored hashes carry
-    their parameters, so verification is the same code."""
-    monkeypatch.setattr(accounts, "_SCRYPT", {"n": 2**8, "r": 8, "p": 1})
+def _cheap_hashes(monkeypatch):
+    cheap_hashes(monkeypatch)
 
 
 def _full(url: str, tmp_path: Path) -> dict:
@@ -347,9 +345,11 @@ def test_passwords_never_in_logs_exports_stats_or_database(empty_db_url, tmp_pat
         hashes = [u.password_hash for u in accounts.list_users(s)]
     out_file = tmp_path / "raw.jsonl"
     for args in (["export", "raw", "--with-usernames", "-o", str(out_file)], ["stats"], ["stats", "--json"],
-                 ["users", "list"]):
+                 ["users", "list"], ["audit"]):
         assert main(["--url", url, *args]) == 0, args
     printed = capsys.readouterr()
+    # `db audit` lists what the command line and the admin did (the passwords set, never the passwords)
+    assert "cli:" in printed.out and "user.password" in printed.out and "export" in printed.out
     seen = {"logs": caplog.text, "stdout": printed.out, "stderr": printed.err,
             "export": out_file.read_text() + Path(f"{out_file}.manifest.json").read_text(),
             "database": json.dumps(every_table_rows(url), default=str).replace(hashes[0], "").replace(
