@@ -44,6 +44,7 @@ def test_import_ratings_refuses_bad_lines_located_and_imports_nothing(session, t
         json.dumps({"prompt": "3+3?", "label": False}),  # no completion
         json.dumps({"prompt": [{"role": "user", "content": "hi"}],
                     "completion": [{"role": "assistant", "content": "hello"}], "label": False}),
+        json.dumps({"prompt": "2+2?", "completion": "4", "label": False}),  # line 1 again, the other way
     ]) + "\n")
     with pytest.raises(importers.InvalidRowsError) as e:
         importers.import_ratings(session, f, "imp")
@@ -54,10 +55,11 @@ def test_import_ratings_refuses_bad_lines_located_and_imports_nothing(session, t
 
     r = importers.import_ratings(session, f, "imp", skip_invalid=True)
     session.commit()
-    assert (r.added, [x.line for x in r.refused], r.details) == (2, [2, 3], {"good": 1, "bad": 1})
+    assert (r.added, r.skipped, [x.line for x in r.refused]) == (2, 1, [2, 3])
+    assert r.details == {"good": 1, "bad": 1, "repeats with the other label (the first one is kept)": 1}
     again = importers.import_ratings(session, f, "imp", skip_invalid=True)
     session.commit()
-    assert (again.added, again.skipped, _n(session, Rating), _n(session, Task)) == (0, 2, 2, 2)
+    assert (again.added, again.skipped, _n(session, Rating), _n(session, Task)) == (0, 3, 2, 2)
     rows = list(export.iter_rating_rows(session, project="imp"))
     assert rows == [{"prompt": "2+2?", "completion": "4", "label": True},
                     {"prompt": "hi", "completion": "hello", "label": False}]

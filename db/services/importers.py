@@ -832,23 +832,71 @@ def import_ratings(session: Session, source: str | Path | bytes, project: str, *
     result = ImportResult(file=name, kind="ratings (trl unpaired)", rows=len(rows), refused=refused)
     who = accounts.system_user(session, "import:trl-unpaired")
     src = Path(name).name
-    good = bad = conflicting = 0
-    for r in rows:
-        with _located(name, r["line"]):
-            text_, msgs = _stored_prompt(r["messages"])
-            prompt, _ = content.add_prompt(session, proj.id, text=text_, messages=msgs, source=src)
+
+    # Written in bulk as import_preferences does (published KTO sets have tens of thousands of rows), with the
+    # hashes and task keys of content.add_prompt / add_response / tasks.create_task.
+    stored = [_stored_prompt(r["messages"]) for r in rows]
+    hashes = [content.prompt_hash(t, m) for t, m in stored]
+    prompt_id: dict[str, int] = {}
+    for chunk in _chunks(sorted(set(hashes))):
+        prompt_id.update(session.execute(select(Prompt.content_hash, Prompt.id).where(
+            Prompt.project_id == proj.id, Prompt.content_hash.in_(chunk))).all())
+    new_prompts: dict[str, Prompt] = {}
+    for h, (t, m) in zip(hashes, stored):
+        if h not in prompt_id and h not in new_prompts:
+            new_prompts[h] = Prompt(project_id=proj.id, text=t, messages=m, source=src, meta={}, content_hash=h)
+    session.add_all(new_prompts.values())
+    session.flush()
+    prompt_id.update({h: p.id for h, p in new_prompts.items()})
+
+    pids = [prompt_id[h] for h in hashes]
+    response_id: dict[tuple[int, str], int] = {}
+    for chunk in _chunks(sorted(set(pids))):
+        response_id.update(((pid, h), rid) for pid, h, rid in session.execute(
+            select(Response.prompt_id, Response.content_hash, Response.id).where(
+                Response.prompt_id.in_(chunk), Response.model_version_id.is_(None), Response.sample_index == 0)))
+    new_responses: dict[tuple[int, str], Response] = {}
+    keys = []
+    for pid, r in zip(pids, rows):
+        key = (pid, content.sha(r["completion"]))
+        if key not in response_id and key not in new_responses:
             params = {"source": src, **({"turns": r["turns"]} if len(r["turns"]) > 1 else {})}
-            resp, _ = content.add_response(session, prompt.id, r["completion"], params=params)
-            task, _ = tasks.create_task(session, proj.id, "rate", prompt.id, [resp.id], source=src)
-        existing = session.scalar(select(Rating).where(Rating.task_id == task.id, Rating.user_id == who.id))
-        if existing is not None:
+            new_responses[key] = Response(prompt_id=pid, text=r["completion"], params=params, sample_index=0,
+                                          content_hash=key[1])
+        keys.append(key)
+    session.add_all(new_responses.values())
+    session.flush()
+    response_id.update({k: resp.id for k, resp in new_responses.items()})
+
+    task_keys = [(tasks._dedup_key("rate", pid, [response_id[k]]), pid, response_id[k]) for pid, k in zip(pids, keys)]
+    task_of: dict[str, Task] = {}
+    for chunk in _chunks(sorted({k for k, _, _ in task_keys})):
+        task_of.update((t.dedup_key, t) for t in session.scalars(select(Task).where(
+            Task.project_id == proj.id, Task.dedup_key.in_(chunk))))
+    new_tasks = []
+    for key, pid, rid in task_keys:
+        if key not in task_of:
+            task_of[key] = Task(project_id=proj.id, kind="rate", prompt_id=pid, response_ids=[rid], status="open",
+                                n_submitted=0, dedup_key=key, source=src)
+            new_tasks.append(task_of[key])
+    session.add_all(new_tasks)
+    session.flush()
+
+    # one rating per task by the import's pseudo-user; a task it already rated is "already present"
+    rated: dict[int, bool] = {}
+    for chunk in _chunks(sorted({t.id for t in task_of.values()})):
+        rated.update(session.execute(select(Rating.task_id, Rating.good).where(
+            Rating.task_id.in_(chunk), Rating.user_id == who.id)).all())
+    good = bad = conflicting = 0
+    for r, (key, _, rid) in zip(rows, task_keys):
+        task = task_of[key]
+        if task.id in rated:
             result.skipped += 1
-            conflicting += existing.good != r["good"]
+            conflicting += rated[task.id] != r["good"]
             continue
-        session.add(Rating(task_id=task.id, user_id=who.id, response_id=resp.id, good=r["good"], flags=[],
-                           comment=""))
+        rated[task.id] = r["good"]
+        session.add(Rating(task_id=task.id, user_id=who.id, response_id=rid, good=r["good"], flags=[], comment=""))
         _count_imported_label(session, task, who.id, proj)
-        session.flush()
         result.added += 1
         good += r["good"]
         bad += not r["good"]
