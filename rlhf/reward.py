@@ -167,8 +167,9 @@ def evaluate_pairs(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], b
                    max_length: int | None = None) -> dict[str, float]:
     """Pairwise metrics of formatted preference rows {prompt, chosen, rejected}, truncated as in training.
 
-    ``truncated_pairs``: pairs with a side longer than ``max_length`` (default: the model's context), scored
-    with their prompt cut from the left; ``pairs_too_long``: pairs left out because a response alone does not
+    ``accuracy_low`` / ``accuracy_high``: its 95% bootstrap interval (pairs of one OpenAssistant tree or one
+    ranking resampled together). ``truncated_pairs``: pairs with a side longer than ``max_length`` (default: the
+    model's context), scored with their prompt cut from the left; ``pairs_too_long``: pairs left out because a response alone does not
     fit (reward training leaves them out too)."""
     from rlhf.truncation import fit
 
@@ -183,6 +184,10 @@ def evaluate_pairs(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], b
         rr = _scores(model, [fr[i].ids for i in keep], batch_size, tokenizer.pad_token_id) if keep else []
     model.train(was_training)
     metrics: dict[str, Any] = pairwise_metrics(rc, rr)
+    if keep:  # 95% bootstrap interval, resampling what the pairs share: a tree, else a ranking, else nothing
+        clusters = [rows[i].get("split_key") or rows[i].get("group") or f"pair-{i}" for i in keep]
+        metrics["accuracy_low"], metrics["accuracy_high"] = bootstrap_interval(
+            [c > r for c, r in zip(rc, rr)], clusters)
     metrics["truncated_pairs"] = sum(bool(fc[i].cut or fr[i].cut) for i in keep)
     metrics["pairs_too_long"] = len(rows) - len(keep)
     metrics.setdefault("pairs", 0)

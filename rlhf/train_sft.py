@@ -86,6 +86,7 @@ class SFTJob(runs.HFTrainerJob):
             add_pad_token(self.tokenizer, model)
         cfg.finalize_for_model(model)
         cfg.max_length = resolve_max_length(cfg.max_length, model)
+        self.tokenizer.truncation_side = "left"  # any tokenizer-side truncation cuts the prompt, not the completion
         if cfg.completion_only_loss is None:
             cfg.completion_only_loss = True
         self.counts: dict[str, int] = {}
