@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
@@ -32,6 +34,44 @@ def _sqlite_begin(conn) -> None:
     # next_task's read-then-claim atomic across threads and processes.
     immediate = conn.get_execution_options().get("sqlite_immediate")
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+# What neither database can store as text: NUL (PostgreSQL refuses it; SQLite would keep what PostgreSQL cannot)
+# and unpaired surrogates (not encodable as UTF-8, so neither driver can send them).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(value: Any) -> str | None:
+    if isinstance(value, str):
+        m = _UNSTORABLE.search(value)
+        return None if m is None else ("a NUL character (\\u0000)" if m.group() == "\x00"
+                                       else f"an unpaired surrogate (\\u{ord(m.group()):04x})")
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            found = _unstorable(v)
+            if found:
+                return found
+    return None
+
+
+@event.listens_for(Session, "before_flush")
+def _refuse_unstorable_text(session: Session, _ctx: Any, _instances: Any) -> None:
+    """Every row written through the ORM (a comment, a demonstration, a skip reason, a review note...) is
+    checked before any SQL is sent: text that cannot be stored is refused with an InputError naming the field,
+    instead of a driver error on PostgreSQL halfway through the transaction (the caller rolls it back)."""
+    from sqlalchemy import inspect as sa_inspect
+
+    from db.services.errors import InputError
+
+    for obj in (*session.new, *session.dirty):
+        state = sa_inspect(obj)
+        for attr in state.mapper.column_attrs:
+            found = _unstorable(state.attrs[attr.key].loaded_value)
+            if found:
+                raise InputError(f"holds {found}, which cannot be stored; remove it and try again",
+                                 field=attr.key)
 
 
 def get_engine(url: str | None = None) -> Engine:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Assignment, Project, Prompt, Response, Task, utcnow
 from db.services.content import prompt_messages
-from db.services.errors import NotFound, ServiceError
+from db.services.errors import NotFound, ServiceError, check_id
 from db.session import write_transaction
 from db.settings import LEASE_MINUTES
 
@@ -162,7 +162,7 @@ def _claim(session: Session, task: Task, user_id: int, now: dt.datetime, lease: 
 
 def open_task(session: Session, user_id: int, task_id: int) -> TaskView:
     """A specific task for viewing (history / revision); no lease is taken."""
-    task = session.get(Task, task_id)
+    task = session.get(Task, check_id(task_id, "task"))
     if task is None:
         raise NotFound(f"no task {task_id}")
     a = session.scalar(select(Assignment).where(Assignment.task_id == task_id, Assignment.user_id == user_id))
@@ -172,6 +172,10 @@ def open_task(session: Session, user_id: int, task_id: int) -> TaskView:
 def holds(session: Session, user_id: int, task_id: int) -> bool:
     """Whether the user still holds the task (leased, not yet labelled or skipped): a page showing it in one
     browser tab learns that another tab finished it."""
+    try:
+        check_id(task_id, "task")
+    except NotFound:
+        return False
     state = session.scalar(select(Assignment.state).where(Assignment.task_id == task_id,
                                                           Assignment.user_id == user_id))
     return state == "assigned"
@@ -181,6 +185,7 @@ def skip_task(session: Session, user_id: int, task_id: int, reason: str = "",
               *, now: dt.datetime | None = None) -> Assignment:
     """Give the task back with a reason; the user is not offered it again."""
     now = now or utcnow()
+    check_id(task_id, "task")
     with write_transaction(session):
         # Lock the task row as submits do (PostgreSQL): a skip racing this user's own submit must not leave a
         # 'skipped' assignment beside a real label (the slot would be handed out again).
@@ -200,6 +205,7 @@ def skip_task(session: Session, user_id: int, task_id: int, reason: str = "",
 
 def release_task(session: Session, user_id: int, task_id: int) -> None:
     """End a lease without skipping (e.g. sign-out): the task returns to the pool at once."""
+    check_id(task_id, "task")
     with write_transaction(session):
         session.execute(update(Assignment).where(Assignment.task_id == task_id, Assignment.user_id == user_id,
                                                  Assignment.state == "assigned").values(state="expired"))
@@ -219,6 +225,8 @@ def tasks_left(session: Session, user_id: int, project_id: int, *, kind: str | N
     """Open tasks (of one kind, if given) this user could still be given."""
     now = now or utcnow()
     project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"no project with id {project_id}")
     done_by_me = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user_id,
                                 Assignment.state.in_(("submitted", "skipped")))
     taken = (select(func.count()).select_from(Assignment)

@@ -39,7 +39,9 @@ def check_size(what: str, value: Any, *, field: str | None = None) -> None:
 
 def sha(obj: Any) -> str:
     data = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+    # surrogatepass: text that cannot be stored still hashes (the same bytes for all other text); the write
+    # itself refuses it (db.session), with a message
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def validate_messages(messages: Any, *, field: str = "messages") -> list[dict[str, str]]:

@@ -28,3 +28,15 @@ class InputError(ServiceError):
 
 class Forbidden(ServiceError):
     """The acting user's role does not allow this (an annotator calling an admin service)."""
+
+
+# Primary keys are INTEGER columns: PostgreSQL refuses a larger number inside the query, with a DataError.
+ID_RANGE = (1, 2**31 - 1)
+
+
+def check_id(value: object, what: str) -> int:
+    """An id that came from a link, a form or a script: a whole number some row could have, else NotFound
+    naming it ("no task 99999999999"), instead of a database error on PostgreSQL."""
+    if isinstance(value, bool) or not isinstance(value, int) or not ID_RANGE[0] <= value <= ID_RANGE[1]:
+        raise NotFound(f"no {what} {value}")
+    return value

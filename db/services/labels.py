@@ -29,7 +29,7 @@ from db.models import (
 from db.services import audit
 from db.services.assignment import live_slot
 from db.services.content import check_size, sha
-from db.services.errors import InputError, NotFound, ServiceError
+from db.services.errors import InputError, NotFound, ServiceError, check_id
 from db.services.projects import setting
 from db.session import write_transaction
 
@@ -93,7 +93,7 @@ def _claim_slot(session: Session, task: Task, user_id: int, now: dt.datetime) ->
 def _task(session: Session, task_id: int, kind: str) -> Task:
     # Row lock on PostgreSQL (a no-op on SQLite, already serialized by BEGIN IMMEDIATE): two
     # annotators submitting the same task at once must not both write n_submitted = old + 1.
-    task = session.get(Task, task_id, with_for_update=True, populate_existing=True)
+    task = session.get(Task, check_id(task_id, "task"), with_for_update=True, populate_existing=True)
     if task is None:
         raise NotFound(f"no task {task_id}")
     if task.kind != kind:
@@ -244,7 +244,7 @@ def revise_preference(session: Session, user_id: int, label_id: int, choice: str
     flags = _check_flags(flags)
     now = now or utcnow()
     with write_transaction(session):
-        label = session.get(PreferenceLabel, label_id)
+        label = session.get(PreferenceLabel, check_id(label_id, "label"))
         if label is None or label.user_id != user_id:
             raise NotFound(f"no label {label_id} of yours")
         _check_revision_window(session, label.task_id, label.created_at, now)
@@ -266,7 +266,7 @@ def revise_rating(session: Session, user_id: int, rating_id: int, good: bool, *,
     flags = _check_flags(flags)
     now = now or utcnow()
     with write_transaction(session):
-        r = session.get(Rating, rating_id)
+        r = session.get(Rating, check_id(rating_id, "rating"))
         if r is None or r.user_id != user_id:
             raise NotFound(f"no rating {rating_id} of yours")
         _check_revision_window(session, r.task_id, r.created_at, now)
@@ -284,7 +284,7 @@ def revise_ranking(session: Session, user_id: int, ranking_id: int, ordering: Se
                    flags: Sequence[str] | None = None, now: dt.datetime | None = None) -> Ranking:
     now = now or utcnow()
     with write_transaction(session):
-        r = session.get(Ranking, ranking_id)
+        r = session.get(Ranking, check_id(ranking_id, "ranking"))
         if r is None or r.user_id != user_id:
             raise NotFound(f"no ranking {ranking_id} of yours")
         _check_revision_window(session, r.task_id, r.created_at, now)
@@ -301,7 +301,7 @@ def revise_demonstration(session: Session, user_id: int, demo_id: int, text: str
                          now: dt.datetime | None = None) -> Demonstration:
     now = now or utcnow()
     with write_transaction(session):
-        d = session.get(Demonstration, demo_id)
+        d = session.get(Demonstration, check_id(demo_id, "demonstration"))
         if d is None or d.user_id != user_id:
             raise NotFound(f"no demonstration {demo_id} of yours")
         if d.status != "submitted":
@@ -323,7 +323,7 @@ def review_demonstration(session: Session, demo_id: int, reviewer_id: int, accep
     check_size("comment", note, field="note")
     with write_transaction(session):
         audit.require_admin(session, reviewer_id, "reviewing demonstrations")
-        d = session.get(Demonstration, demo_id)
+        d = session.get(Demonstration, check_id(demo_id, "demonstration"))
         if d is None:
             raise NotFound(f"no demonstration {demo_id}")
         before = d.status

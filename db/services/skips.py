@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Assignment, Project, Task, utcnow
 from db.services.assignment import slots_taken
-from db.services.errors import ServiceError
+from db.services.errors import ServiceError, check_id
 from db.session import write_transaction
 from db.settings import LEASE_MINUTES
 
@@ -38,6 +38,7 @@ def undo_skip(session: Session, user_id: int, task_id: int, *, now: dt.datetime 
     """
     now = now or utcnow()
     lease = dt.timedelta(minutes=lease_minutes if lease_minutes is not None else LEASE_MINUTES)
+    check_id(task_id, "task")
     with write_transaction(session):
         # The task row lock that submits and skips take (PostgreSQL), so the slot count below cannot go stale.
         task = session.get(Task, task_id, with_for_update=True, populate_existing=True)
