@@ -250,9 +250,9 @@ def in_words(e: Exception) -> str:
                 reason = f"{said} is missing"
             elif reason.startswith("the "):  # a whole sentence already ("the demonstration has 3 characters")
                 pass
-            elif e.field in reason:  # "labels_per_task must be >= 1" -> "labels per task must be >= 1"
+            elif e.field in reason and not (e.file or e.line is not None):  # "labels_per_task must be >= 1" -> "labels per task must be >= 1"
                 reason = reason.replace(e.field, said)
-            elif said.removeprefix("the ") not in reason.lower():
+            elif said.removeprefix("the ") not in reason.lower() and f"'{e.field}'" not in reason:
                 first = reason.split(" ", 1)[0]
                 # "is set by the worker" reads on from the name; anything else gets the name in front
                 reason = (f"{said} {reason}" if first in ("is", "must", "holds", "needs", "has", "a")

@@ -32,7 +32,8 @@ if project is None:
 
 KINDS = {"prompts": "Prompts (JSONL / CSV: text or messages)",
          "preferences": "Preference pairs (TRL or Anthropic HH JSONL)",
-         "oasst": "OpenAssistant message trees (JSONL)"}
+         "oasst": "OpenAssistant message trees (JSONL)",
+         "ratings": "Good/bad ratings (TRL unpaired JSONL: prompt, completion, label)"}
 kind = st.radio("What", list(KINDS), format_func=KINDS.get, horizontal=True, key="imp_kind")
 fmt, demo_tasks = "auto", False
 if kind == "preferences":
@@ -78,12 +79,16 @@ if st.button("Import", type="primary", disabled=upload is None, key="imp_go", ic
             elif kind == "preferences":
                 r = importers.import_preferences(s, data, project["name"], fmt=fmt, filename=name,
                                                  skip_invalid=skip, actor_id=user["id"])
+            elif kind == "ratings":
+                r = importers.import_ratings(s, data, project["name"], filename=name, skip_invalid=skip,
+                                             actor_id=user["id"])
             else:
                 r = importers.import_oasst(s, data, project["name"], filename=name, skip_invalid=skip,
                                            actor_id=user["id"])
     except importers.InvalidRowsError as e:
         # the reasons quote the file's content: shown as text, one bad line per line
-        st.error("  \n".join(safe_markdown(x) for x in refused_in_words(e, name)), icon=":material/error:")
+        *lines, hint = refused_in_words(e, name)
+        st.error("  \n".join(safe_markdown(x) for x in lines) + "\n\n" + safe_markdown(hint), icon=":material/error:")
         _keep_report(name, e.refused)
     except ServiceError as e:
         show_error(e)
@@ -119,11 +124,11 @@ def next_steps(last: dict) -> None:
         else:
             st.markdown(f"The {n} prompts of **{last['name']}** are in **{project['name']}**, but annotators see "
                         "nothing yet: a prompt becomes work once it has a task. Make some now:")
-        left, right = st.columns(2, gap="large")
+        left, right = st.columns([2, 3], gap="large")
         with left:
             st.markdown("**Demonstrate tasks** — annotators write the ideal answer (for SFT).")
-            if st.button(f"Create demonstrate tasks for these {n} prompts", key="imp_next_demo",
-                         icon=":material/edit_note:", disabled=last["demonstrate"] is not None):
+            if st.button("Create demonstrate tasks", key="imp_next_demo", help=f"one for each of the {n} prompts of "
+                         "this file", icon=":material/edit_note:", disabled=last["demonstrate"] is not None):
                 try:
                     with db() as s:  # the same file again: its prompts are there, only the tasks are new
                         r = importers.import_prompts(s, last["data"], project["name"], filename=last["name"],
@@ -144,15 +149,15 @@ def next_steps(last: dict) -> None:
                 st.caption("No model version is registered yet (Model versions page, or a pretrain job on the "
                            "Jobs page): register one, then come back here.")
                 return
-            c1, c2, c3 = st.columns([3, 2, 2], vertical_alignment="bottom")
+            c1, c2, c3 = st.columns([3, 3, 2], vertical_alignment="bottom")
             model = c1.selectbox("Model version", versions, index=len(versions) - 1, key="imp_next_model")
             what = c2.segmented_control("Tasks", ["compare", "rank"], default="compare", key="imp_next_kind",
                                         format_func=str.capitalize) or "compare"
-            k = c3.number_input("Responses per prompt", 2 if what == "compare" else 3, 16,
-                                2 if what == "compare" else 4, key=f"imp_next_k_{what}")
+            k = c3.number_input("Per prompt", 2 if what == "compare" else 3, 16, 2 if what == "compare" else 4,
+                                key=f"imp_next_k_{what}", help="responses per prompt")
             args = {"project": project["name"], "models": [model], "num_samples": int(k), "tasks": what}
-            if st.button(f"Queue a generate job: {int(k)} responses from {model}, {what} tasks", key="imp_next_gen",
-                         type="primary", icon=":material/play_arrow:"):
+            if st.button("Queue a generate job", key="imp_next_gen", type="primary", icon=":material/play_arrow:",
+                         help=f"{int(k)} responses per prompt from {model}, made into {what} tasks"):
                 try:
                     with db() as s:
                         job = jobs.enqueue(s, "generate", args, created_by=user["id"])
@@ -166,7 +171,7 @@ def next_steps(last: dict) -> None:
             st.caption("It answers every prompt of the project that has no responses from this version yet. "
                        "The job waits until a worker runs it (`make demo` starts one). Or run it yourself:")
             st.code(f"python -m rlhf.generate --project {shlex.quote(project['name'])} --models {shlex.quote(model)} --num_samples {int(k)} "
-                    f"--tasks {what}", language="bash")
+                    f"--tasks {what}", language="bash", wrap_lines=True)
         st.page_link("views/jobs.py", label="Jobs page", icon=":material/play_circle:")
 
 
