@@ -87,6 +87,32 @@ def test_db_cli_import_and_export_ratings(sqlite_url, tmp_path, capsys):
     assert json.loads(Path(f"{out}.manifest.json").read_text())["labels"]["ratings"]["count"] == 1
 
 
+def test_import_page_takes_ratings(sqlite_url, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from db.session import session_scope
+    from labeling_ui.seed import seed
+
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    info = seed(sqlite_url, n_compare=0, n_rank=0, n_demonstrate=0, create_tables=False)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["user"] = {"id": info["admin_id"], "username": "admin", "display_name": "admin", "role": "admin"}
+    at.run()
+    at.switch_page("views/imports.py").run()
+    at.radio(key="imp_kind").set_value("ratings").run()
+    data = (json.dumps({"prompt": "q", "completion": "a", "label": True}) + "\n"
+            + json.dumps({"prompt": "q", "completion": "b", "label": "no"}) + "\n").encode()
+    at.file_uploader(key="imp_file").upload("rated.jsonl", data, "application/jsonl").run()
+    at.button(key="imp_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("label" in e.value and "Nothing was imported" in e.value for e in at.error), [e.value for e in at.error]
+    at.checkbox(key="imp_skip").check().run()
+    at.button(key="imp_go").click().run()
+    assert any("1 added" in m.value for m in at.success), [m.value for m in at.success]
+    with session_scope(sqlite_url) as s:
+        assert [(r.good, r.task.kind) for r in s.scalars(select(Rating))] == [(True, "rate")]
+
+
 # ------------------------------------------------------------------ labels, export, agreement (both databases)
 
 def test_ratings_submit_revise_export_pairs_and_agreement(session):
