@@ -287,9 +287,10 @@ if "_job_pick_next" in st.session_state:  # a job just queued here: show it (set
     st.session_state["job_pick"] = st.session_state.pop("_job_pick_next")
 if st.session_state.get("job_pick") not in by_id:
     st.session_state["job_pick"] = ids[0]
+# No state in the label: the box keeps showing the label it first drew ("running" after the job ended); the
+# table above and the panel below say the state.
 job_id = st.selectbox("Job", ids, key="job_pick",
-                      format_func=lambda i: f"{i} · {by_id[i]['kind']}{' · ' + by_id[i]['name'] if by_id[i]['name'] else ''}"
-                                            f" · {by_id[i]['state']}")
+                      format_func=lambda i: f"{i} · {by_id[i]['kind']}{' · ' + by_id[i]['name'] if by_id[i]['name'] else ''}")
 # Refresh only the panel (not the page) while the job can still change.
 active = by_id[job_id]["state"] in ("queued", "running")
 st.fragment(job_panel, run_every=REFRESH_S if active else None)(job_id)
