@@ -447,16 +447,25 @@ def test_history_shows_a_ranking_in_the_order_it_was_shown_and_revises_it_so(see
 
 
 # ------------------------------------------------------------------ admin pages
+def shown_columns(df) -> list[str]:
+    """A data grid's column headers as shown: the column_config label where one is given, else the name."""
+    config = json.loads(df.proto.columns or "{}")
+    return [config.get(str(c), {}).get("label") or str(c) for c in df.value.columns]
+
+
 def test_admin_pages_render(seeded):
+    alice = app_as("alice", seeded)  # one label, so the dashboard has per-annotator rows with times
+    btn(alice, "btn_a").click().run()
+    btn(alice, "cmp_submit").click().run()
     at = app_as("admin", seeded, role="admin")
-    for page in ("dashboard", "agreement", "review", "projects", "users", "imports", "models", "export",
-                 "compare", "history"):
+    for page in ("dashboard", "agreement", "review", "projects", "users", "imports", "models", "jobs", "leaderboard",
+                 "export", "compare", "history"):
         at.switch_page(f"views/{page}.py").run()
         no_exception(at)
         assert "for admins only" not in texts(at), page
         # column names in words, times without a raw UTC offset
         for df in at.dataframe:
-            assert not [c for c in df.value.columns if "_" in str(c)], (page, list(df.value.columns))
+            assert not [c for c in shown_columns(df) if "_" in c], (page, shown_columns(df))
             assert "+00:00" not in df.value.to_string(), page
 
 
@@ -722,7 +731,7 @@ def test_agreement_page_with_overlap(seeded):
     # Cohen's kappa is a plain table (never cut off) with its columns in words
     (pairs,) = admin.table
     assert list(pairs.value.columns) == ["other annotator", "shared items", "agreement", "Cohen's kappa"]
-    assert not [c for df in admin.dataframe for c in df.value.columns if "_" in str(c)]  # no snake_case column
+    assert not [c for df in admin.dataframe for c in shown_columns(df) if "_" in c]  # no snake_case column
     # the link opens that task on the page: prompt, both responses as shown, the labels in words
     admin.query_params["task"] = str(tid)
     admin.run()

@@ -46,12 +46,17 @@ if not t["lower"].isna().all():
     chart = base.mark_rule(strokeWidth=2).encode(x="lower:Q", x2="upper:Q", y=y, color="kind:N") + chart
 st.altair_chart(chart.properties(height=max(120, 40 * len(t))), width="stretch")
 
-pct = st.column_config.NumberColumn(format="percent")
+def _pct(label: str) -> object:
+    return st.column_config.NumberColumn(label, format="percent")
+
+
 st.dataframe(t, hide_index=True, width="stretch", column_config={
     "score": st.column_config.NumberColumn(format="%.0f"), "lower": st.column_config.NumberColumn(format="%.0f"),
     "upper": st.column_config.NumberColumn(format="%.0f"), "wins": st.column_config.NumberColumn(format="%.1f"),
-    "win_rate": pct, "win_rate_vs_parent": pct, "rm_win_rate": pct,
+    "win_rate": _pct("win rate"), "win_rate_vs_parent": _pct("win rate vs parent"), "rm_win_rate": _pct("RM win rate"),
+    "votes_vs_parent": st.column_config.NumberColumn("votes vs parent"),
     "rm_score": st.column_config.NumberColumn("RM score", format="%.3f"),
     "rm_reference_score": st.column_config.NumberColumn("RM score of reference", format="%.3f")})
 with st.expander("Head to head", icon=":material/swap_horiz:"):
-    st.dataframe(lb.head_to_head, hide_index=True, width="stretch", column_config={"a_win_rate": pct})
+    st.dataframe(lb.head_to_head, hide_index=True, width="stretch", column_config={
+        "version_a": "version A", "version_b": "version B", "a_win_rate": _pct("A's win rate")})
