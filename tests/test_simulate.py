@@ -16,6 +16,7 @@ def test_judge_prefers_the_correct_then_the_closer_answer():
     assert judge("46", "46", "47") == ("a", "strong")
     assert judge("46", "50\nmore", "46\nmore") == ("b", "strong")  # the first line counts
     assert judge("46", "46", " 46 ") == ("tie", None)
+    assert judge("46", "461", "46") == ("b", "strong")  # starting with the answer is not answering it
     assert judge("46", "45", "56") == ("a", "slight")
     assert judge("c b a", "a b c", "c b x") == ("b", "slight")
     assert judge("46", "44", "48") == ("both_bad", None)
