@@ -4,6 +4,7 @@ beside the database's own dump of the same query (the ceiling), at each --export
     python bench/db_throughput.py                       # SQLite (temp file)
     python bench/db_throughput.py --url postgresql+psycopg://…   # a PostgreSQL database you own (tables are created)
     python bench/db_throughput.py --export-only --export-sizes 100000 1000000 --baseline-rev HEAD~1
+    python bench/db_throughput.py --import-only --import-sizes 100000 1000000 [--import-baseline-rev REV]
 
 Each export and each ceiling dump runs in its own process, so its peak RSS is its own (seeding 1M rows in the
 parent would hide it); --baseline-rev times that revision's db/services/export.py on the same rows.
@@ -216,6 +217,77 @@ def child_ceiling(url: str, out: Path) -> dict[str, float]:
     return {"rows": n, "seconds": time.perf_counter() - t0, "rss_mb": _rss_mb(), "rss0_mb": rss0}
 
 
+def import_file(kind: str, n: int, cache: Path) -> Path:
+    """n prompt rows (JSONL) or n HH preference rows, written once under `cache` and reused."""
+    path = cache / f"import_{kind}_{n}.jsonl"
+    if not path.exists():
+        tmp = path.with_suffix(".part")
+        with tmp.open("w") as fh:
+            for i in range(n):
+                if kind == "prompts":
+                    row = {"prompt": f"prompt {i}: explain how the number {i} is written in words", "topic": i % 7}
+                else:
+                    human = f"\n\nHuman: question {i}: what is {i} plus {i % 97}?"
+                    row = {"chosen": f"{human}\n\nAssistant: it is {i + i % 97}.",
+                           "rejected": f"{human}\n\nAssistant: it is {i + i % 97 + 1}, I think."}
+                fh.write(json.dumps(row) + "\n")
+        tmp.rename(path)
+    return path
+
+
+def _importers_at(rev: str) -> ModuleType:
+    """db/services/importers.py as it was at `rev` (same db package underneath)."""
+    src = subprocess.run(["git", "show", f"{rev}:db/services/importers.py"], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    path = Path(tempfile.mkdtemp()) / "importers_at_rev.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("importers_at_rev", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def child_import(url: str, path: Path, rev: str | None) -> dict[str, float]:
+    """One import in one transaction (as the CLI does), committed; a fresh project per run."""
+    from db.services import importers
+
+    mod = _importers_at(rev) if rev else importers
+    s = session_factory(url)()
+    project = f"import-{time.time_ns()}"
+    projects.create_project(s, project)
+    s.commit()
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    if "prompts" in path.name:
+        r = mod.import_prompts(s, path, project)
+    else:
+        r = mod.import_preferences(s, path, project, fmt="hh")
+    s.commit()
+    return {"rows": r.added, "seconds": time.perf_counter() - t0, "rss_mb": _rss_mb(), "rss0_mb": rss0}
+
+
+def bench_imports(url: str, sizes: list[int], cache: Path, baseline_rev: str | None, baseline_max: int) -> None:
+    """Imports of n prompts and n HH preference rows into an empty schema, each in a fresh process."""
+    for n in sizes:
+        for kind in ("prompts", "preferences"):
+            path = import_file(kind, n, cache)
+            revs = [None] + ([baseline_rev] if baseline_rev and n <= baseline_max else [])
+            rates = {}
+            for rev in revs:
+                eng = get_engine(url)
+                Base.metadata.drop_all(eng)
+                create_schema(url)
+                dispose_engines()
+                r = _in_child("import", url, path, rev)
+                rates[rev] = r["rows"] / r["seconds"]
+                print(f"  import {kind}{' at ' + rev if rev else ''}: {r['rows']:,} rows in {r['seconds']:.1f}s = "
+                      f"{rates[rev]:,.0f} rows/s, peak RSS {r['rss_mb']:.0f} MB ({r['rss0_mb']:.0f} MB before it)",
+                      flush=True)
+            if len(rates) == 2:
+                print(f"  import {kind} speed-up over {baseline_rev}: {rates[None] / rates[baseline_rev]:.1f}x")
+
+
 def _in_child(what: str, url: str, out: Path, rev: str | None = None) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--child", what, "--url", url, "--child-out", str(out)]
     if rev:
@@ -257,7 +329,13 @@ def main() -> None:
     ap.add_argument("--baseline-rev", help="also time db/services/export.py at this git revision (same rows)")
     ap.add_argument("--baseline-max-rows", type=int, default=100_000,
                     help="time the baseline only up to this many rows (default 100000)")
-    ap.add_argument("--child", choices=("export", "ceiling"), help=argparse.SUPPRESS)
+    ap.add_argument("--import-only", action="store_true", help="only the import figures")
+    ap.add_argument("--import-sizes", type=int, nargs="+", default=[],
+                    help="also import this many prompts and HH preference rows (files cached under --cache)")
+    ap.add_argument("--import-baseline-rev", help="also time db/services/importers.py at this git revision")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/instructloop-bench-cache"),
+                    help="where generated import files are kept (default /tmp/instructloop-bench-cache)")
+    ap.add_argument("--child", choices=("export", "ceiling", "import"), help=argparse.SUPPRESS)
     ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--compare-index", action="store_true",
                     help="also time next_task with the first, ascending queue index (ratio in one run)")
@@ -266,14 +344,21 @@ def main() -> None:
                          "next_task(kind='rank') without and with the kind queue index (ratio in one run)")
     args = ap.parse_args()
     if args.child:
-        run = child_export(args.url[0], args.child_out, args.baseline_rev) if args.child == "export" else \
-            child_ceiling(args.url[0], args.child_out)
+        run = (child_export(args.url[0], args.child_out, args.baseline_rev) if args.child == "export" else
+               child_import(args.url[0], args.child_out, args.baseline_rev) if args.child == "import" else
+               child_ceiling(args.url[0], args.child_out))
         print(json.dumps(run))
         return
     tmp = Path(tempfile.mkdtemp())
     urls = args.url or [f"sqlite:///{tmp / 'bench.sqlite3'}"]
     for url in urls:
         print(f"{get_engine(url).dialect.name}:")
+        if args.import_sizes:
+            args.cache.mkdir(parents=True, exist_ok=True)
+            bench_imports(url, args.import_sizes, args.cache, args.import_baseline_rev, args.baseline_max_rows)
+            if args.import_only:
+                dispose_engines()
+                continue
         if args.export_only:
             for n in args.export_sizes or [args.tasks]:
                 seed(url, n)

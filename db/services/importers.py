@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from db import settings
@@ -366,6 +366,22 @@ def _audit_import(session: Session, result: ImportResult, project: str, actor_id
                           "skipped": result.skipped, "refused": len(result.refused)})
 
 
+_INSERT_BATCH = 5000  # rows per INSERT ... RETURNING of a bulk import
+
+
+def _stored_prompt_row(r: dict[str, Any]) -> tuple[str | None, list[dict[str, str]] | None]:
+    """(text, messages) of a parsed prompt row as content.add_prompt would store it, with its checks."""
+    text, messages = r["text"], r["messages"]
+    if messages:
+        messages = validate_messages(messages)
+        if len(messages) == 1 and messages[0]["role"] == "user":  # a one-turn chat is a plain prompt
+            text, messages = messages[0]["content"], None
+    if not messages and not (text or "").strip():
+        raise InputError("prompt is empty", field="prompt")
+    content.check_size("prompt", messages or text, field="prompt")
+    return (text if not messages else None), (messages or None)
+
+
 def import_prompts(session: Session, source: str | Path | bytes, project: str, *,
                    filename: str | None = None, demonstrate_tasks: bool = False,
                    skip_invalid: bool = False, actor_id: int | None = None) -> ImportResult:
@@ -376,14 +392,35 @@ def import_prompts(session: Session, source: str | Path | bytes, project: str, *
     refused: list[RefusedLine] = []
     rows = parse_prompts(text, name, refused=refused if skip_invalid else None)
     result = ImportResult(file=name, kind="prompts", rows=len(rows), refused=refused)
+    src = Path(name).name
+    # Every row checked first, as content.add_prompt checks it (an error names its line; nothing is written
+    # yet), then written in bulk: one lookup per 500 hashes and one INSERT batch instead of a SELECT and a
+    # flush per row, which ran at ~2k rows/s.
+    stored = []
     for r in rows:
         with _located(name, r["line"]):
-            p, created = content.add_prompt(session, proj.id, text=r["text"], messages=r["messages"],
-                                            source=Path(name).name, meta=r["meta"])
-        result.added += created
-        result.skipped += not created
-        if demonstrate_tasks:
-            _, t_created = tasks.create_task(session, proj.id, "demonstrate", p.id, source=Path(name).name)
+            stored.append(_stored_prompt_row(r))
+    hashes = [content.prompt_hash(t, m) for t, m in stored]
+    session.flush()
+    prompt_id: dict[str, int] = {}
+    for chunk in _chunks(sorted(set(hashes))):
+        prompt_id.update(session.execute(select(Prompt.content_hash, Prompt.id).where(
+            Prompt.project_id == proj.id, Prompt.content_hash.in_(chunk))).all())
+    new: dict[str, dict[str, Any]] = {}
+    for h, (t, m), r in zip(hashes, stored, rows):
+        if h in prompt_id or h in new:
+            result.skipped += 1
+            continue
+        new[h] = {"project_id": proj.id, "text": t, "messages": m, "source": src, "meta": r["meta"] or {},
+                  "content_hash": h}
+        result.added += 1
+    values = list(new.values())
+    for lo in range(0, len(values), _INSERT_BATCH):
+        prompt_id.update(session.execute(insert(Prompt).returning(Prompt.content_hash, Prompt.id),
+                                         values[lo:lo + _INSERT_BATCH]).all())
+    if demonstrate_tasks:
+        for h in hashes:
+            _, t_created = tasks.create_task(session, proj.id, "demonstrate", prompt_id[h], source=src)
             result.details["demonstrate tasks"] = result.details.get("demonstrate tasks", 0) + t_created
     session.flush()
     _audit_import(session, result, project, actor_id)
