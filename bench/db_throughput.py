@@ -267,10 +267,11 @@ def child_import(url: str, path: Path, rev: str | None) -> dict[str, float]:
     return {"rows": r.added, "seconds": time.perf_counter() - t0, "rss_mb": _rss_mb(), "rss0_mb": rss0}
 
 
-def bench_imports(url: str, sizes: list[int], cache: Path, baseline_rev: str | None, baseline_max: int) -> None:
+def bench_imports(url: str, sizes: list[int], cache: Path, baseline_rev: str | None, baseline_max: int,
+                  kinds: list[str]) -> None:
     """Imports of n prompts and n HH preference rows into an empty schema, each in a fresh process."""
     for n in sizes:
-        for kind in ("prompts", "preferences"):
+        for kind in kinds:
             path = import_file(kind, n, cache)
             revs = [None] + ([baseline_rev] if baseline_rev and n <= baseline_max else [])
             rates = {}
@@ -332,6 +333,8 @@ def main() -> None:
     ap.add_argument("--import-only", action="store_true", help="only the import figures")
     ap.add_argument("--import-sizes", type=int, nargs="+", default=[],
                     help="also import this many prompts and HH preference rows (files cached under --cache)")
+    ap.add_argument("--import-kinds", nargs="+", choices=("prompts", "preferences"),
+                    default=["prompts", "preferences"], help="what to import (default both)")
     ap.add_argument("--import-baseline-rev", help="also time db/services/importers.py at this git revision")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/instructloop-bench-cache"),
                     help="where generated import files are kept (default /tmp/instructloop-bench-cache)")
@@ -355,7 +358,8 @@ def main() -> None:
         print(f"{get_engine(url).dialect.name}:")
         if args.import_sizes:
             args.cache.mkdir(parents=True, exist_ok=True)
-            bench_imports(url, args.import_sizes, args.cache, args.import_baseline_rev, args.baseline_max_rows)
+            bench_imports(url, args.import_sizes, args.cache, args.import_baseline_rev, args.baseline_max_rows,
+                          args.import_kinds)
             if args.import_only:
                 dispose_engines()
                 continue
