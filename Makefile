@@ -38,18 +38,20 @@ demo-data: install
 # The app and, beside it, a worker that runs the jobs queued on the Jobs page (each as its own process); the
 # worker stops (terminating its running jobs) when the app does. WORKER=0 runs the app alone. The URL is printed
 # last, once the app answers (Streamlit's own banner is off: offline it adds a "Did not auto detect external IP"
-# warning that reads like an error); SIGN_IN=1 (make demo) adds the demo accounts.
+# warning that reads like an error; the worker's own lines go to its log file, each job's to the Jobs page);
+# SIGN_IN=1 (make demo) adds the demo accounts.
 WORKER ?= 1
 SIGN_IN ?= 0
 app: install
-	@set -u; worker=; app=; \
+	@set -u; worker=; app=; home=$${INSTRUCTLOOP_HOME:-runs}; \
 	trap '[ -n "$$app" ] && kill $$app 2>/dev/null; [ -n "$$worker" ] && kill $$worker 2>/dev/null; wait 2>/dev/null' EXIT; \
-	if [ "$(WORKER)" = 1 ]; then $(PY) -m rlhf.worker & worker=$$!; fi; \
+	if [ "$(WORKER)" = 1 ]; then mkdir -p "$$home"; $(PY) -m rlhf.worker >> "$$home/worker.log" 2>&1 & worker=$$!; fi; \
 	$(VENV)/bin/streamlit run labeling_ui/app.py --server.port $(PORT) --server.headless true \
 		--browser.gatherUsageStats false --logger.hideWelcomeMessage true & app=$$!; \
 	if $(PY) scripts/wait_for_app.py http://localhost:$(PORT); then \
 	  printf '\n  InstructLoop is up: open http://localhost:$(PORT) (from another machine: http://<this host>:$(PORT))\n'; \
 	  if [ "$(SIGN_IN)" = 1 ]; then printf '  and sign in as\n    admin / admin-pass          (labeling, jobs, leaderboard, everything)\n    annotator / annotator-pass  (labeling only)\n'; fi; \
+	  if [ -n "$$worker" ]; then printf '  The job worker logs to %s/worker.log.\n' "$$home"; fi; \
 	  printf '  Ctrl-C stops the app%s.\n\n' "$$( [ -n "$$worker" ] && echo ' and the worker')"; fi; \
 	wait $$app
 

@@ -570,34 +570,42 @@ def test_make_app_prints_the_url_last_once_the_app_answers(tmp_path):
     """`make app` (and so `make demo`): Streamlit's banner (offline: "Did not auto detect external IP ... debugging
     hints") is off, and the URL is the last thing printed, once the app answers."""
     import os
+    import selectors
     import signal
     import subprocess
 
     from labeling_ui.devserver import ROOT, free_port
 
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'app.sqlite3'}"}
-    proc = subprocess.Popen(["make", "--no-print-directory", "app", "WORKER=0", "SIGN_IN=1", f"PORT={port}"],
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'app.sqlite3'}", "INSTRUCTLOOP_HOME": str(tmp_path)}
+    proc = subprocess.Popen(["make", "--no-print-directory", "app", "SIGN_IN=1", f"PORT={port}"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    out = []
+    out: list[str] = []
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        deadline, quiet_until = time.time() + 120, None
+        while time.time() < (quiet_until or deadline):
+            # after the banner, 3 s more: nothing else (the worker starting, say) may print below it
+            if not sel.select(timeout=0.5):
+                continue
             line = proc.stdout.readline()
             if not line:
                 break
             out.append(line)
             if "Ctrl-C stops" in line:
-                break
+                quiet_until = time.time() + 3
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     text = "".join(out)
-    assert "Ctrl-C stops the app." in text, text
+    assert "Ctrl-C stops the app and the worker." in text, text
     tail = text[text.index("InstructLoop is up"):]
     assert f"http://localhost:{port}" in tail and "admin / admin-pass" in tail and "annotator / annotator-pass" in tail
+    assert tail.rstrip().endswith("Ctrl-C stops the app and the worker."), tail  # last
     assert "external IP" not in text and "You can now view" not in text, text
+    assert (tmp_path / "worker.log").exists()
 
 
 def test_review_accept(seeded):
