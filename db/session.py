@@ -138,24 +138,69 @@ def require_schema(url: str | None = None) -> None:
     _checked.add(url)
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached or dropped the connection (PostgreSQL restarting,
+    a network cut, the pool exhausted), as opposed to bad input or a bug: the same call may work once it is
+    back. What the services raise then: sqlalchemy's OperationalError / InterfaceError wrapping psycopg's
+    (connection refused, "server closed the connection unexpectedly", AdminShutdown), with
+    connection_invalidated set when a pooled connection died mid-transaction; a pool TimeoutError."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        module = type(exc.orig).__module__ if exc.orig is not None else ""
+        if module.startswith("psycopg"):
+            return True
+        text_ = str(exc.orig).lower()  # SQLite: only a file that cannot be opened / read, not "no such table"
+        return "unable to open" in text_ or "disk i/o" in text_
+    return False
+
+
+def _unavailable(e: BaseException) -> Exception:
+    from db.services.errors import DatabaseUnavailable
+
+    detail = (str(getattr(e, "orig", None) or e).strip().splitlines() or [""])[0][:200]
+    return DatabaseUnavailable("the database is not answering (it may be restarting): try again in a moment; "
+                               "a submit that was under way is never saved twice"
+                               + (f" (the driver said: {detail})" if detail else ""))
+
+
 @contextlib.contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A session that commits on success and rolls back on any error (one transaction)."""
-    require_schema(url)
+    """A session that commits on success and rolls back on any error (one transaction). A database that cannot
+    be reached (or drops the connection) raises DatabaseUnavailable, a ServiceError saying to try again."""
+    try:
+        require_schema(url)
+    except Exception as e:
+        if connection_lost(e):
+            raise _unavailable(e) from e
+        raise
     session = session_factory(url)()
     try:
         yield session
         session.commit()
     except OperationalError as e:
-        session.rollback()
+        with contextlib.suppress(Exception):  # the connection may be gone: rolling back cannot fail the caller
+            session.rollback()
         if "locked" in str(e.orig) or "busy" in str(e.orig):  # SQLite: another write held on past busy_timeout
             from db.services.errors import ServiceError
 
             raise ServiceError("the database is busy with another write (a long import?): nothing was saved; "
                                "try again in a moment") from e
+        if connection_lost(e):
+            raise _unavailable(e) from e
         raise
-    except BaseException:
-        session.rollback()
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            session.rollback()
+        if connection_lost(e):
+            raise _unavailable(e) from e
         raise
     finally:
         session.close()

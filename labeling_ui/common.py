@@ -12,7 +12,7 @@ import streamlit as st
 from sqlalchemy.orm import Session
 
 from db.services import assignment, projects, stats
-from db.services.errors import InputError, ServiceError
+from db.services.errors import DatabaseUnavailable, InputError, ServiceError
 from db.session import session_scope
 
 # re-exported: model text is shown through common.show_text on every page
@@ -23,9 +23,27 @@ PROJECT_KEY = "project_id"
 
 @contextlib.contextmanager
 def db() -> Iterator[Session]:
-    """One unit of work against DATABASE_URL (read at call time), committed on success."""
-    with session_scope() as s:
-        yield s
+    """One unit of work against DATABASE_URL (read at call time), committed on success.
+
+    Every page reaches the database through here, so this is the one place a database that is not answering
+    (DatabaseUnavailable: PostgreSQL restarting, the network cut) is caught: the page stops with a retry
+    message instead of a traceback, and what the user typed stays on screen for the retry."""
+    try:
+        with session_scope() as s:
+            yield s
+    except DatabaseUnavailable:
+        database_unavailable()
+
+
+def database_unavailable() -> None:
+    """Say the database is away and stop this run. st.stop() ends the run early, and Streamlit keeps every
+    field's value after an early stop (it drops a field's value only after a complete run that did not draw
+    it), so a demonstration or comment being written is still there on Retry."""
+    st.warning("**The database is not answering** (it may be restarting). Nothing you typed is lost: it stays "
+               "on this page. Press **Retry** in a moment — submitting twice never saves twice.",
+               icon=":material/cloud_off:")
+    st.button("Retry", key=f"db_retry_{time.time_ns()}", icon=":material/refresh:", type="primary")
+    st.stop()
 
 
 def render_prompt(view: Any, mode: str = "markdown", key: str = "prompt") -> None:

@@ -26,6 +26,12 @@ class InputError(ServiceError):
         super().__init__((", ".join(where) + ": " if where else "") + message)
 
 
+class DatabaseUnavailable(ServiceError):
+    """The database could not be reached or dropped the connection (a restart, a network cut, every pooled
+    connection busy). Worth retrying as is: the next call reconnects. A write that was in flight may or may
+    not have committed, which is why every submit is idempotent (a retry returns the label already saved)."""
+
+
 class Forbidden(ServiceError):
     """The acting user's role does not allow this (an annotator calling an admin service)."""
 
