@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlhf.loop import LoopConfig, check, format_table, run_loop
 
-BIG = {"prompts": 240, "families": ("add", "reverse", "count"), "pretrain_steps": 1500, "pretrain_preset": "micro",
-       "task_docs": 60000, "sft_steps": 150, "reward_steps": 150, "ppo_steps": 40, "ppo_batch": 32}
+BIG = {"prompts": 300, "pretrain_steps": 800, "task_docs": 30000, "sft_steps": 80, "reward_steps": 200,
+       "ppo_steps": 30}
 
 
 def main() -> int:
