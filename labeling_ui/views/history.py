@@ -83,7 +83,7 @@ table = pd.DataFrame([{
     "Time spent": r.get("seconds"),
     "Revised": bool(r.get("updated_at")),
 } for r in (items[k] for k in ordered)])
-st.dataframe(table, hide_index=True, width="stretch",
+st.dataframe(table, hide_index=True, width="stretch", placeholder="—",  # a skip has no time spent (not "None")
              column_config={"Time spent": st.column_config.NumberColumn(format="%.1f s")})
 
 st.markdown("#### Revise a label or undo a skip")
