@@ -376,7 +376,8 @@ def test_demonstrate_validation_then_submit(seeded):
     at.text_area(key=f"demo_text_{view.task_id}").input("Too short").run()
     assert "minimum 20" in texts(at)
     at.button(key=f"demo_submit_{view.task_id}").click().run()
-    assert "write at least 20" in texts(at)
+    # in words, not "field 'text': the demonstration has 9 characters..."
+    assert [e.value for e in at.error] == ["The demonstration has 9 characters; write at least 20."]
     assert count(seeded["url"], Demonstration) == 0
     at.text_area(key=f"demo_text_{view.task_id}").input("A complete, helpful answer that is long enough.").run()
     at.button(key=f"demo_submit_{view.task_id}").click().run()
