@@ -12,8 +12,10 @@ prompts carry an ``answer`` (verifiable tasks), the share of responses whose fir
 
 ``reward``: score every pair of a preference file (TRL explicit/implicit prompt or Anthropic HH) with any
 sequence-classification reward model; prints pairwise accuracy (ties count as wrong), mean margin, ECE of
-sigmoid(r_c - r_r) and mean rewards as JSON. A pair longer than the model's context is scored left-truncated
-(the end of the sequence, where the score is read, is kept) and counted in ``truncated_pairs``. Prompts are rendered as the model was trained (recorded in its
+sigmoid(r_c - r_r), a 95% bootstrap interval of the accuracy and mean rewards as JSON. Long pairs are cut as in
+training (rlhf/truncation.py: the response whole, the prompt from the left, to the max_length the model was trained
+at, else its context) and counted in ``truncated_pairs``; a pair whose response alone does not fit is left out
+(``pairs_too_long``), as training leaves it out. Prompts are rendered as the model was trained (recorded in its
 config by rlhf.train_reward; otherwise the chat template when the tokenizer has one, see --chat_format).
 """
 from __future__ import annotations

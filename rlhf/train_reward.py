@@ -119,6 +119,7 @@ class RewardJob(runs.HFTrainerJob):
             add_pad_token(tok, model)
         model.config.pad_token_id = tok.pad_token_id
         cfg.finalize_for_model(model)
+        cfg.finalize_learning_rate(model)
         cfg.max_length = resolve_max_length(cfg.max_length, model)
         tok.truncation_side = "left"  # any tokenizer-side truncation cuts the prompt, never the response
         self.counts: dict[str, int] = {}
