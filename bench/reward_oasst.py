@@ -3,7 +3,7 @@ bootstrap interval (trees resampled: the pairs of one tree are not independent).
 
     python bench/reward_oasst.py                                  # the `small` base (or --base DIR), our defaults
     python bench/reward_oasst.py --base runs/pretrain/small/hf --learning_rate 1e-4 --num_train_epochs 2
-    python bench/reward_oasst.py --sweep                          # the grid the defaults were chosen from
+    python bench/reward_oasst.py --quick_base --sweep             # the grid the defaults were chosen from
 
 Every run is ``python -m rlhf.train_reward --dataset <trees>`` (the OASST file as published: each prompter
 message with ranked replies is one ranking, equal ranks left out; rlhf/data.py) on a fixed seed, on CPU unless
@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default=None, help="starting model (HF directory); default: the `small` base named "
                     f"in {SMALL_BASE_HINT}, else runs/pretrain/demo-dense/hf")
+    ap.add_argument("--quick_base", action="store_true", help="build the quick base tests/test_reward_oasst.py "
+                    "uses (tokenizer on the trees, random 2-layer GPT-2, sinusoidal positions, 512 context)")
     ap.add_argument("--data", type=Path, default=DATA, help="OpenAssistant *_tree.jsonl")
     ap.add_argument("--eval_fraction", type=float, default=0.2, help="share of trees held out")
     ap.add_argument("--learning_rate", type=float, default=None, help="default: rlhf.train_reward's")
@@ -106,9 +108,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     import torch
 
     torch.set_num_threads(args.threads)
-    base = args.base or default_base()
+    base = args.base or (None if args.quick_base else default_base())
+    if base is None and args.quick_base:
+        from tests.rlhf_helpers import build_oasst_quick_base
+
+        base = str(build_oasst_quick_base(tempfile.mkdtemp(prefix="oasst-quick-base-"), args.data, n_positions=512))
     if base is None:
-        ap.error("no base model: pass --base DIR (python -m pretrain.pipeline --preset small builds one)")
+        ap.error("no base model: pass --base DIR (python -m pretrain.pipeline --preset small builds one) or "
+                 "--quick_base")
     print(f"base {base}; data {args.data}; eval_fraction {args.eval_fraction}; seed {args.seed}; "
           f"torch threads {args.threads}", flush=True)
     grid = SWEEP if args.sweep else [(args.learning_rate, args.num_train_epochs, args.warmup_steps)]

@@ -19,12 +19,14 @@ differ.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import TrainerCallback
 from transformers.data.data_collator import DataCollatorMixin
 from trl import RewardTrainer
 from trl.trainer.utils import pad
@@ -106,8 +108,29 @@ def ranking_loss(rewards: torch.Tensor, pair_index: torch.Tensor, pair_row: torc
     return (weights * per_pair).sum() / counts.numel(), per_pair
 
 
+class SamplerEpochCallback(TrainerCallback):
+    """Give the shuffling sampler its epoch at every epoch's start. A run resumed in epoch >= 1 otherwise
+    replays epoch 0's order: accelerate's sampler counts epochs by itself, and neither the DataLoader's
+    ``set_epoch`` nor the Trainer reach it through the batch samplers that resuming (skip_first_batches) and
+    several processes (BatchSamplerShard) wrap around it."""
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kw: Any) -> None:
+        epoch = math.floor(state.epoch + 1e-9) if state.epoch else 0
+        node, seen = train_dataloader, 0
+        while node is not None and seen < 6:
+            seen += 1
+            inner = getattr(node, "batch_sampler", None) or getattr(node, "sampler", None)
+            if node is not train_dataloader and hasattr(node, "set_epoch") and inner is None:
+                node.set_epoch(epoch)
+            node = inner
+
+
 class RankingRewardTrainer(RewardTrainer):
     """RewardTrainer on pre-tokenized ranking rows (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_callback(SamplerEpochCallback())
 
     def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
         # The rows are tokenized and truncated by tokenize_rankings: TRL's pair tokenizer and its drop-if-too-long

@@ -7,7 +7,6 @@ pretrained model; everything else is random). The full figure, from the `small` 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -20,26 +19,8 @@ CONTEXT = 384
 
 @pytest.fixture(scope="session")
 def oasst_base(tmp_path_factory, shared_data) -> Path:
-    import torch
-    from transformers import GPT2LMHeadModel
-
-    from rlhf import data
-
-    rows = data.preference_rows_from_file(shared_data / "oasst_en_100_tree.jsonl").rows
-    texts = sorted({r[k] if isinstance(r[k], str) else json.dumps(r[k]) for r in rows
-                    for k in ("prompt", "chosen", "rejected")})
-    out = tmp_path_factory.mktemp("oasst-base")
-    H.build_tiny_lm(out, texts, vocab_size=4000, n_positions=CONTEXT, n_layer=2, n_embd=64)
-    model = GPT2LMHeadModel.from_pretrained(out)
-    d = model.config.n_embd
-    pos = torch.arange(CONTEXT, dtype=torch.float).unsqueeze(1)
-    angle = pos / 10000 ** (torch.arange(0, d, 2, dtype=torch.float) / d)
-    pe = torch.zeros(CONTEXT, d)
-    pe[:, 0::2], pe[:, 1::2] = torch.sin(angle), torch.cos(angle)
-    with torch.no_grad():
-        model.transformer.wpe.weight.copy_(pe)
-    model.save_pretrained(out)
-    return out
+    return H.build_oasst_quick_base(tmp_path_factory.mktemp("oasst-base"), shared_data / "oasst_en_100_tree.jsonl",
+                                    n_positions=CONTEXT)
 
 
 def test_reward_model_with_default_settings_beats_chance_on_held_out_oasst_trees(oasst_base, shared_data, home, tmp_path):
