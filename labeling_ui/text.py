@@ -49,7 +49,18 @@ _LEAD_WS = re.compile(r"^[ \t]+")
 _TRAIL_WS = re.compile(r"[ \t]+$")
 
 
+# GitHub-flavoured Markdown turns a bare URL with a dotted domain, "www." or an e-mail address into a link (even
+# one inside an escaped `[text](url)` or `<a href=...>`): a joiner after the scheme / before the "@" keeps it text.
+_AUTOLINK = re.compile(r"(?i)\b(https?(?=://[\w-]+\.)|ftp(?=://[\w-]+\.)|www(?=\.[\w-]+\.))"
+                       r"|(?<=[\w.+-])@(?=[\w-]+\.)")
+
+
+def _no_autolink(text: str) -> str:
+    return _AUTOLINK.sub(lambda m: m.group(1) + JOINER if m.group(1) else JOINER + "@", text)
+
+
 def _escape_inline(text: str) -> str:
+    text = _no_autolink(text)
     text = text.replace("\\", "\\\\")
     text = _ESCAPE.sub(r"\\\1", text)
     text = _INTRAWORD_STAR.sub(r"\\*", text)
@@ -123,6 +134,18 @@ TEXT_CSS = """
 """
 
 
+# Characters that show nothing yet change what a reader sees: zero-width spaces and joiners that hide inside words,
+# and bidirectional controls that reorder the text around them ("\u202egnp.exe" reads as "exe.png"). Formatted
+# and plain renderings show each as a visible token, so two texts that look alike are alike. (ZWJ/ZWNJ, U+200C/D,
+# are left: scripts and emoji sequences need them to render at all.)
+INVISIBLE = re.compile("[\u00ad\u061c\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def mark_invisible(text: str) -> str:
+    """`text` with every INVISIBLE character shown as a token like ⟦U+202E⟧."""
+    return INVISIBLE.sub(lambda m: f"⟦U+{ord(m.group()):04X}⟧", text)
+
+
 def render_mode(project: dict[str, Any] | None) -> str:
     """The project's `render` setting (`markdown` | `plain`), markdown when unset or unknown."""
     mode = ((project or {}).get("settings") or {}).get("render", DEFAULT_RENDER)
@@ -141,9 +164,13 @@ def show_text(text: str, *, key: str, mode: str = DEFAULT_RENDER, raw: bool = Fa
         if not text.strip():
             st.badge(empty_label if not text else f"{empty_label[:-1]}: only whitespace)", color="gray")
             return
+        hidden = INVISIBLE.findall(text)
+        if hidden:  # said in every rendering, raw included (its code block keeps the characters themselves)
+            st.badge(f"{len(hidden)} invisible character{'s' if len(hidden) > 1 else ''} (zero-width or "
+                     "text-direction controls), shown as ⟦U+…⟧", icon=":material/visibility:", color="orange")
         if raw:
             st.code(text, language=None, wrap_lines=True)
         elif mode == "plain":
-            st.text(text)
+            st.text(mark_invisible(text))
         else:
-            st.markdown(safe_markdown(text))
+            st.markdown(safe_markdown(mark_invisible(text)))

@@ -637,7 +637,8 @@ def test_safe_markdown_escapes_html_outside_code():
     assert safe_markdown("![x](http://e/x.png) [click](http://p)") == "!\\[x](http://e/x.png) \\[click](http://p)"
     assert safe_markdown(r"costs \$5") == r"costs \\\$5"  # shows \$5, no math
     assert safe_markdown(":red[hidden] :material/home:") == r"\:red\[hidden] \:material\/home:"
-    assert safe_markdown("see https://example.com/a") == "see https://example.com/a"
+    # a bare URL is no link either (GFM would autolink it): a word joiner after the scheme, the text unchanged
+    assert safe_markdown("see https://example.com/a") == "see https\u2060://example.com/a"
     # a fence closed by a longer fence ends there: what follows is prose again
     assert safe_markdown("```\ncode $x$\n````\nafter $y$") == "```\ncode $x$\n````\nafter \\$y\\$"
 

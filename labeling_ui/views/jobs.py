@@ -17,7 +17,7 @@ import yaml
 from db.services import jobs, projects, registry
 from db.services.errors import ServiceError
 from labeling_ui import auth
-from labeling_ui.common import db, local_time, show_error
+from labeling_ui.common import db, local_time, safe_markdown, show_error
 
 KIND_TITLES = {"train_sft": "SFT (demonstrations)", "train_reward": "Reward model (preferences)",
                "train_ppo": "PPO (policy against a reward model)",
@@ -268,7 +268,8 @@ def job_panel(job_id: int) -> None:
     elif d["state"] == "succeeded" and d["result"]:
         st.json(d["result"], expanded=False)
     if d["error"]:
-        st.error(d["error"].split("\n--- last log lines ---")[0], icon=":material/error:")
+        # the error quotes the job's own output (model text, file names): shown as text, never as Markdown
+        st.error(safe_markdown(d["error"].split("\n--- last log lines ---")[0]), icon=":material/error:")
     if not metric_charts(d["kind"], d["metrics"]) and d["kind"] in PLOTS and d["state"] == "running":
         st.caption("Metrics appear here once the job logs its first step.")
     with st.expander("Arguments and command", icon=":material/terminal:"):
