@@ -112,3 +112,69 @@ def test_preference_import_skip_invalid_fuzz(tmp_path_factory, rows):
 @given(st.lists(TREE | JSON, min_size=1, max_size=3))
 def test_oasst_import_skip_invalid_fuzz(tmp_path_factory, rows):
     _check_skip(_s(tmp_path_factory), importers.import_oasst, _lines(rows))
+
+
+# the importers added since (ratings, CSV) and the no-partial-write check: fewer examples, the budget is shared
+FUZZ_MORE = settings(FUZZ, max_examples=max(1, FUZZ.max_examples // 3))
+
+RATING_ROW = st.fixed_dictionaries(
+    {}, optional={"prompt": st.text(max_size=8) | st.lists(TURN, max_size=2) | JSON,
+                  "completion": st.text(max_size=8) | st.lists(TURN, max_size=2) | JSON,
+                  "label": st.booleans() | JSON})
+
+
+@FUZZ_MORE
+@given(st.lists(RATING_ROW, min_size=1, max_size=3))
+def test_rating_import_fuzz(tmp_path_factory, rows):
+    _check(_s(tmp_path_factory), importers.import_ratings, _lines(rows))
+
+
+CSV_CELL = st.text(max_size=10) | st.sampled_from(['"', '""', "\n", "\r\n", ",", "\x00", "\ufeff", "é"])
+
+
+@FUZZ_MORE
+@given(st.lists(st.sampled_from(["prompt", "meta", "", "prompt "]), min_size=1, max_size=3),
+       st.lists(st.lists(CSV_CELL, max_size=4), max_size=4))
+def test_csv_prompt_import_fuzz(tmp_path_factory, header, rows):
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    session = _s(tmp_path_factory)
+    try:
+        importers.import_prompts(session, buf.getvalue().encode(), "p", filename="fuzz.csv")
+    except InputError as e:
+        assert "fuzz.csv" in str(e)
+    finally:
+        session.rollback()
+
+
+def _counts(session) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from db.models import Base
+
+    return {t.name: session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+
+
+@FUZZ_MORE
+@given(st.sampled_from(["prompts", "preferences", "oasst", "ratings"]),
+       st.lists(PROMPT_ROW | PREF_ROW | TREE | RATING_ROW, min_size=1, max_size=4))
+def test_refused_import_writes_nothing(tmp_path_factory, kind, rows):
+    """As the CLI and the Imports page run it (one write transaction): refused means no row in any table."""
+    from db.session import write_transaction
+
+    session = _s(tmp_path_factory)
+    before = _counts(session)
+    fn = getattr(importers, f"import_{kind}")
+    try:
+        with write_transaction(session):
+            fn(session, _lines(rows), "p", filename="fuzz.jsonl")
+    except InputError:
+        session.rollback()
+        assert _counts(session) == before
+    else:
+        assert all(_counts(session)[t] >= n for t, n in before.items())
