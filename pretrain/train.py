@@ -45,8 +45,8 @@ PRESETS: dict[str, dict] = {
               "max_steps": 100, "weight_decay": 0.1, "eval_interval": 50, "eval_iters": 4},
     # issue 10's base for reward models on human data: 512-token context (a human preference pair fits), 4.7M
     # non-embedding params. Measured on 2 loaded CPU cores (fp32, vocab 8192, 512 tokens): 6x256 ~800 tok/s,
-    # 8x256 ~300, 6x384 ~200; so 6x256, 600 steps of 8x512 tokens (2.5M tokens, ~50 min under load, well
-    # under that on quiet cores). On a GPU raise --steps / --batch-size.
+    # 8x256 ~300, 6x384 ~200; so 6x256, 600 steps of 8x512 tokens (2.5M tokens, ~50 min at 800 tok/s). On a
+    # GPU raise --steps / --batch-size.
     "small": {"n_layer": 6, "n_head": 4, "n_embd": 256, "block_size": 512, "window": 128,
               "fixed_block": 64, "fixed_summary": 8,
               "batch_size": 8, "grad_accum": 1, "lr": 1.5e-3, "min_lr": 1.5e-4, "warmup_steps": 50,
@@ -232,6 +232,35 @@ def estimate_loss(model, data: dict, c: dict, device, autocast, rank: int, world
     return out
 
 
+def train_step(model: torch.nn.Module, raw: torch.nn.Module, opt: torch.optim.Optimizer, train_data: np.ndarray,
+               c: dict, step: int, lr: float, device: torch.device,
+               autocast: contextlib.AbstractContextManager, rank: int = 0, ddp: bool = False) -> torch.Tensor:
+    """One optimizer step of :func:`train`, data loading included (``bench/pretrain_throughput.py`` times this
+    very function): ``grad_accum`` micro-batches, clip, AdamW. ``model`` may be the DDP/compiled wrapper of
+    ``raw``. Returns the step's mean loss as a tensor (no device sync)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    accum = c["grad_accum"]
+    loss_acc = None
+    for micro in range(accum):
+        x, y = get_batch(train_data, c["batch_size"], c["block_size"],
+                         batch_rng(c["seed"], step, micro, rank, "train"), device)
+        # All-reduce gradients only on the last micro-batch.
+        sync = contextlib.nullcontext() if not ddp or micro == accum - 1 else model.no_sync()
+        with sync:
+            with autocast:
+                _, loss = model(x, y)
+                if accum > 1:  # one op less per step in the common single-micro-batch case
+                    loss = loss / accum
+            loss.backward()
+        loss_acc = loss.detach() if loss_acc is None else loss_acc + loss.detach()
+    if c["grad_clip"]:
+        torch.nn.utils.clip_grad_norm_(raw.parameters(), c["grad_clip"])
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss_acc
+
+
 def train(argv: list[str] | None = None) -> dict:
     """Run training as the CLI would; returns a summary (run dir, steps, last losses)."""
     args = build_parser().parse_args(argv)
@@ -392,25 +421,7 @@ def train(argv: list[str] | None = None) -> dict:
     try:
         while step < c["max_steps"]:
             lr = lr_at(step, c)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss_acc = torch.zeros((), device=device)
-            for micro in range(c["grad_accum"]):
-                x, y = get_batch(train_data, c["batch_size"], c["block_size"],
-                                 batch_rng(c["seed"], step, micro, rank, "train"), device)
-                # All-reduce gradients only on the last micro-batch.
-                sync = (contextlib.nullcontext() if not ddp or micro == c["grad_accum"] - 1
-                        else model.no_sync())
-                with sync:
-                    with autocast:
-                        _, loss = model(x, y)
-                        loss = loss / c["grad_accum"]
-                    loss.backward()
-                loss_acc += loss.detach()
-            if c["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(raw.parameters(), c["grad_clip"])
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss_acc = train_step(model, raw, opt, train_data, c, step, lr, device, autocast, rank, ddp)
             step += 1
             steps_since += 1
             if pbar:
