@@ -257,10 +257,10 @@ def _resilient_annotator(url: str, pid: int, uid: int, acked: list, outages: lis
 
 
 @pytest.mark.postgres
-def test_postgres_server_crash_mid_load_keeps_every_acknowledged_label_and_imports_whole(tmp_path):
+def test_postgres_server_crash_mid_load_keeps_every_acknowledged_label_and_no_half_import(tmp_path):
     """The server dies (immediate stop) while annotators submit and an import's transaction is open; it comes
-    back: every submit the app acknowledged is there once, no half label, the import is all or nothing, and
-    the same annotators finish the project through the services as if nothing happened."""
+    back: every submit the app acknowledged is there once, no half label, none of the import is there (its
+    command said so and exited 2), and the same annotators finish the project as if nothing had happened."""
     import threading
 
     from bench.annotators_load import WorkerResult
@@ -317,9 +317,7 @@ def test_postgres_server_crash_mid_load_keeps_every_acknowledged_label_and_impor
         with session_factory(srv.url)() as s:
             imported = projects.get_project(s, "imported").id
             assert s.scalar(select(func.count()).select_from(Prompt).where(Prompt.project_id == imported)) == 0
-        assert _rerun(srv.url, "import", "prompts", str(big), "--project", "imported") == 0
-        with session_factory(srv.url)() as s:
-            assert s.scalar(select(func.count()).select_from(Prompt).where(Prompt.project_id == imported)) == N_IMPORT
+        # (that the same import then reruns whole is the process-kill test's, above)
         # every acknowledged label once (a submit retried after the crash returned the first one, so the same
         # id may be acknowledged twice: count it once); every task full; counters match
         results = [WorkerResult(u, sorted(set(acked[u]))) for u in users]
