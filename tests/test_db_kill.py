@@ -220,6 +220,7 @@ class OwnServer:
     def remove(self) -> None:
         subprocess.run(["scripts/pg_test_server.sh", "stop", str(self.dir)], cwd=ROOT, check=False,
                        capture_output=True)
+        Path(f"{self.dir}.initdb.log").unlink(missing_ok=True)  # the script leaves it beside the folder
 
 
 def _resilient_annotator(url: str, pid: int, uid: int, acked: list, outages: list, stop_after: float,
