@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from db.services.errors import ServiceError
+
 DEFAULT_DATABASE_URL = "sqlite:///data/instructloop.sqlite3"
 
 
@@ -23,6 +25,11 @@ def home() -> Path:
 LEASE_MINUTES = int(os.environ.get("INSTRUCTLOOP_LEASE_MINUTES", "30"))
 
 
+class SettingsError(ServiceError, ValueError):
+    """An environment variable that cannot be used: the CLI prints it as `error: ...` (exit 2), the app shows it
+    instead of a traceback."""
+
+
 def _int_env(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -30,9 +37,9 @@ def _int_env(name: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} must be a whole number") from None
+        raise SettingsError(f"environment variable {name}={raw!r} must be a whole number") from None
     if value < 1:
-        raise ValueError(f"environment variable {name}={raw!r} must be at least 1")
+        raise SettingsError(f"environment variable {name}={raw!r} must be at least 1")
     return value
 
 
@@ -74,3 +81,18 @@ def signin_max_failures_per_client() -> int:
 def signin_window_minutes() -> int:
     """`INSTRUCTLOOP_SIGNIN_WINDOW_MINUTES` (default 15): how long a failed sign-in counts."""
     return _int_env("INSTRUCTLOOP_SIGNIN_WINDOW_MINUTES", 15)
+
+
+def problems() -> list[str]:
+    """What is wrong with the integer settings in the environment (empty when all can be used); the app checks
+    this once per run so a bad variable is a message, not a traceback."""
+    out = []
+    names = [env for env, _d, _u in SIZE_LIMITS.values()] + [
+        "INSTRUCTLOOP_SIGNIN_MAX_FAILURES", "INSTRUCTLOOP_SIGNIN_MAX_CLIENT_FAILURES",
+        "INSTRUCTLOOP_SIGNIN_WINDOW_MINUTES"]
+    for name in names:
+        try:
+            _int_env(name, 1)
+        except SettingsError as e:
+            out.append(str(e))
+    return out

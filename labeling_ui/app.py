@@ -14,10 +14,18 @@ if str(_ROOT) not in sys.path:
 
 import streamlit as st
 
+from db import settings
 from labeling_ui import auth, style
 from labeling_ui.text import safe_markdown
 
 st.set_page_config(page_title="InstructLoop", page_icon=":material/thumbs_up_down:", layout="wide")
+
+# A setting that cannot be read (INSTRUCTLOOP_MAX_PROMPT_CHARS=abc) is a message on every page, not a traceback.
+_bad_settings = settings.problems()
+if _bad_settings:
+    for _problem in _bad_settings:
+        st.error(f"The app cannot start: {_problem}. Fix the variable and restart the app.")
+    st.stop()
 
 HERE = Path(__file__).parent
 V = HERE / "views"

@@ -249,3 +249,23 @@ def test_import_help_explains_skip_invalid(capsys):
             main(["import", what, "--help"])
         out = " ".join(capsys.readouterr().out.split())
         assert "--skip-invalid REPORT.jsonl" in out and "line, field, reason" in out and ".jsonl.gz" in out
+
+
+def test_bad_setting_is_an_error_line_and_hint_counts_good_rows(cli_url, tmp_path, capsys, monkeypatch):
+    assert main(["--url", cli_url, "projects", "create", "p"]) == 0
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a"}\n')
+    monkeypatch.setenv("INSTRUCTLOOP_MAX_PROMPT_CHARS", "abc")
+    assert main(["--url", cli_url, "import", "prompts", str(f), "--project", "p"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: environment variable INSTRUCTLOOP_MAX_PROMPT_CHARS='abc' must be a whole number\n"
+    monkeypatch.delenv("INSTRUCTLOOP_MAX_PROMPT_CHARS")
+    # every line bad: nothing to skip to, so no --skip-invalid suggestion; one good line: "1 good row"
+    f.write_text('{"prompt": 1}\n{"prompt": 2}\n')
+    assert main(["--url", cli_url, "import", "prompts", str(f), "--project", "p"]) == 2
+    err = capsys.readouterr().err
+    assert "--skip-invalid" not in err and "0 good" not in err and "Fix them and import the file again" in err
+    f.write_text('{"prompt": "ok"}\n{"prompt": 2}\n')
+    assert main(["--url", cli_url, "import", "prompts", str(f), "--project", "p"]) == 2
+    err = capsys.readouterr().err
+    assert "import the 1 good row and" in err

@@ -106,3 +106,12 @@ def test_a_prompt_import_says_what_happens_next_and_makes_tasks_or_a_generate_jo
         (job,) = s.scalars(select(Job)).all()
         assert (job.kind, job.state, job.args) == ("generate", "queued", {
             "project": "demo", "models": ["base-v1"], "num_samples": 4, "tasks": "rank"})
+
+
+def test_bad_setting_is_a_message_not_a_traceback(sqlite_url, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("INSTRUCTLOOP_MAX_PROMPT_CHARS", "abc")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    (err,) = [e.value for e in at.error]
+    assert "INSTRUCTLOOP_MAX_PROMPT_CHARS='abc' must be a whole number" in err

@@ -36,10 +36,19 @@ STRENGTH_FOR_MARGIN = ((0.75, "slight"), (1.5, "clear"), (float("inf"), "strong"
 SHOWN_BAD_LINES = 5  # how many refused lines an error message lists
 
 # What to do about bad lines, as each front end words it ({good}: rows that would import).
-CLI_HINT = ("fix {them}, or pass --skip-invalid REPORT.jsonl to import the {good} good rows and write each "
+CLI_HINT = ("fix {them}, or pass --skip-invalid REPORT.jsonl to import the {good} good {rows} and write each "
             "refused line (line number and reason) to REPORT.jsonl")
-UI_HINT = ("fix {them}, or tick 'Skip invalid rows' to import the {good} good rows and download a report of "
+UI_HINT = ("fix {them}, or tick 'Skip invalid rows' to import the {good} good {rows} and download a report of "
            "the refused lines")
+
+
+def fill_hint(hint: str, good: int, bad: int) -> str:
+    """`hint` (CLI_HINT or UI_HINT) for `good` importable and `bad` refused lines; with no good line there is
+    nothing to skip to, so only "fix them" is left."""
+    them = "it" if bad == 1 else "them"
+    if good <= 0:
+        return f"fix {them} and import the file again"
+    return hint.format(good=good, them=them, rows="row" if good == 1 else "rows")
 
 
 # ------------------------------------------------------------------------------ refused lines
@@ -74,7 +83,7 @@ class InvalidRowsError(InputError):
             self.line, self.field = first.line, first.field
 
     def _hint(self, hint: str) -> str:
-        return hint.format(good=self.total - len(self.refused), them="it" if len(self.refused) == 1 else "them")
+        return fill_hint(hint, self.total - len(self.refused), len(self.refused))
 
     def describe(self, hint: str = CLI_HINT, *, name: str | None = None) -> str:
         """The message with `hint` saying what to do; lists the first few bad lines, one per line."""

@@ -49,7 +49,7 @@ upload = st.file_uploader("File", type=["jsonl", "json", "csv", "gz"], key="imp_
 def refused_in_words(e: importers.InvalidRowsError, name: str) -> list[str]:
     """The refused lines as sentences ("Line 6: the “rejected” field is missing."), then what to do."""
     bad = e.refused
-    hint = importers.UI_HINT.format(good=e.total - len(bad), them="it" if len(bad) == 1 else "them")
+    hint = importers.fill_hint(importers.UI_HINT, e.total - len(bad), len(bad))
     hint = hint[:1].upper() + hint[1:] + "."
     if len(bad) == 1:
         r = bad[0]
