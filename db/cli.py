@@ -23,6 +23,18 @@ def _session(args: argparse.Namespace):
     return session_scope(args.url)
 
 
+def _share(text: str) -> float:
+    """An argparse type: a share from 0 to 1 (`--min-agreement 1.5` would silently export nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a share from 0 to 1, e.g. 0.75)") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0..1 (a share: 0.75 means three labels in four "
+                                         "agree)")
+    return value
+
+
 def _read_password(args: argparse.Namespace) -> str:
     # Never from argv: it would land in shell history and `ps`.
     if args.password_stdin:
@@ -341,19 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     ua.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     add(us, "list", cmd_users_list, "list users")
     ud = add(us, "deactivate", cmd_users_deactivate, "deactivate a user (they can no longer sign in)")
-    ud.add_argument("username")
+    ud.add_argument("username", help="login name of the account to deactivate (or --activate)")
     ud.add_argument("--activate", action="store_true", help="reactivate instead")
     sp_ = add(us, "set-password", cmd_users_set_password, "set a user's password (prompt or stdin)")
-    sp_.add_argument("username")
+    sp_.add_argument("username", help="login name of the account whose password to set")
     sp_.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     sr = add(us, "set-role", cmd_users_set_role, "make a user admin or annotator")
-    sr.add_argument("username")
-    sr.add_argument("role", choices=["annotator", "admin"])
+    sr.add_argument("username", help="login name of the account whose role to set")
+    sr.add_argument("role", choices=["annotator", "admin"], help="the new role")
 
     projects = sub.add_parser("projects", help="manage projects", description="manage projects")
     ps = projects.add_subparsers(dest="projects_command", required=True, metavar="ACTION")
     pc = add(ps, "create", cmd_projects_create, "create a project")
-    pc.add_argument("name")
+    pc.add_argument("name", help="project name (unique)")
     pc.add_argument("--labels-per-task", type=int, default=1, help="annotators per task (overlap; default 1)")
     pc.add_argument("--guidelines", help="markdown file with the labeling guidelines")
     add(ps, "list", cmd_projects_list, "list projects with their progress")
@@ -397,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--aggregate", choices=["majority", "all", "unanimous"], default="majority",
                     help="several labels per task: strict majority (default), every label, or only unanimous")
     ep.add_argument("--include-ties", action="store_true", help="also write ties / both-bad (with a 'tie' field)")
-    ep.add_argument("--min-agreement", type=float, help="only tasks whose majority share is at least this (0-1)")
+    ep.add_argument("--min-agreement", type=_share, help="only tasks whose majority share is at least this (0-1)")
     ep.add_argument("--model-version", help="only tasks showing a response of this model version")
     ep.add_argument("--pair-ratings", action="store_true",
                     help="also turn each good and each bad rating of the same prompt into a pair (after the "
@@ -407,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     era.add_argument("--aggregate", choices=["majority", "all", "unanimous"], default="majority",
                      help="several ratings per task: strict majority (default; an even split is left out), every "
                           "rating, or only unanimous")
-    era.add_argument("--min-agreement", type=float, help="only tasks whose majority share is at least this (0-1)")
+    era.add_argument("--min-agreement", type=_share, help="only tasks whose majority share is at least this (0-1)")
     era.add_argument("--model-version", help="only ratings of responses of this model version")
     es_ = add(es, "sft", cmd_export, "demonstrations for SFT: {prompt, completion} or --format messages")
     es_.add_argument("--format", choices=["prompt_completion", "messages"], help="default: prompt_completion")
@@ -468,15 +480,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only jobs in this state (repeatable)")
     jl.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     jsh = add(js, "show", cmd_jobs_show, "one job: state, arguments, command, outcome and its log tail")
-    jsh.add_argument("id", type=int)
+    jsh.add_argument("id", type=int, help="job id (from `jobs list`)")
     jsh.add_argument("--lines", type=int, default=40, help="log lines to show (default 40)")
     jc = add(js, "cancel", cmd_jobs_cancel, "cancel a job (a running one is stopped by its worker)")
-    jc.add_argument("id", type=int)
+    jc.add_argument("id", type=int, help="job id (from `jobs list`)")
     jsu = add(js, "submit", cmd_jobs_submit, "queue a job: python -m rlhf.<kind> (pretrain: pretrain.pipeline) "
                                               "with the given flags")
     from db.models import JOB_KINDS
 
-    jsu.add_argument("kind", choices=JOB_KINDS)
+    jsu.add_argument("kind", choices=JOB_KINDS, help="what to run")
     jsu.add_argument("--name", help="model version the job registers (training and pretrain; default "
                                     "<kind>-job<id>)")
     jsu.add_argument("--arg", action="append", metavar="FLAG=VALUE",
@@ -488,9 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     ms = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     add(ms, "list", cmd_models_list, "list model versions with lineage and metrics")
     mr = add(ms, "register", cmd_models_register, "register a checkpoint (local path or hub id)")
-    mr.add_argument("name")
+    mr.add_argument("name", help="model version name (unique)")
     mr.add_argument("path", help="local checkpoint folder or hub id")
-    mr.add_argument("--kind", choices=["base", "sft", "reward", "policy", "external"], default="external")
+    mr.add_argument("--kind", choices=["base", "sft", "reward", "policy", "external"], default="external",
+                    help="what the checkpoint is (default: external)")
     mr.add_argument("--parent", help="parent version name")
 
     return p

@@ -269,3 +269,24 @@ def test_bad_setting_is_an_error_line_and_hint_counts_good_rows(cli_url, tmp_pat
     assert main(["--url", cli_url, "import", "prompts", str(f), "--project", "p"]) == 2
     err = capsys.readouterr().err
     assert "import the 1 good row and" in err
+
+
+def _walk(parser, path=()):
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _walk(sub, (*path, name))
+        elif not isinstance(action, argparse._HelpAction):
+            yield path, action
+
+
+def test_every_argument_has_help_and_min_agreement_is_a_share(capsys):
+    from db.cli import build_parser
+    missing = [(" ".join(path), a.dest) for path, a in _walk(build_parser()) if not a.help]
+    assert missing == []
+    for what in ("preferences", "ratings"):
+        for bad in ("1.5", "-0.1", "most"):
+            with pytest.raises(SystemExit) as e:
+                main(["export", what, "--min-agreement", bad, "-o", "x.jsonl"])
+            assert e.value.code == 2 and "--min-agreement" in capsys.readouterr().err
