@@ -65,13 +65,29 @@ def _refuse_unstorable_text(session: Session, _ctx: Any, _instances: Any) -> Non
 
     from db.services.errors import InputError
 
-    for obj in (*session.new, *session.dirty):
-        state = sa_inspect(obj)
-        for attr in state.mapper.column_attrs:
-            found = _unstorable(state.attrs[attr.key].loaded_value)
-            if found:
-                raise InputError(f"holds {found}, which cannot be stored; remove it and try again",
-                                 field=attr.key)
+    # Only what this flush writes: every column value set on a new object, and only the changed columns of a
+    # dirty one (its other values were read from the database, so they are storable). Reading every column
+    # through the attribute API of every pending object cost more than the flush itself on big batches.
+    for objs, is_new in ((session.new, True), (session.dirty, False)):
+        for obj in objs:
+            state = sa_inspect(obj)
+            values, changed = state.dict, (state.dict if is_new else state.committed_state)
+            for key in _column_keys(state.mapper):  # in the mapper's order, so the first bad field is named
+                if key in changed:
+                    found = _unstorable(values.get(key))
+                    if found:
+                        raise InputError(f"holds {found}, which cannot be stored; remove it and try again",
+                                         field=key)
+
+
+_COLUMN_KEYS: dict[Any, tuple[str, ...]] = {}
+
+
+def _column_keys(mapper: Any) -> tuple[str, ...]:
+    keys = _COLUMN_KEYS.get(mapper)
+    if keys is None:
+        keys = _COLUMN_KEYS[mapper] = tuple(a.key for a in mapper.column_attrs)
+    return keys
 
 
 def get_engine(url: str | None = None) -> Engine:
