@@ -220,13 +220,20 @@ def kto_config_class() -> type:
         @dataclass
         class KTOFields:
             aggregate: str = field(default="majority", metadata={
+                "choices": ["majority", "all", "unanimous"],
                 "help": "Several annotators rating one response: majority (an even split is left out), all (one "
                         "row per rating), unanimous."})
             balance: bool = field(default=True, metadata={
-                "help": "When --desirable_weight and --undesirable_weight are both left at 1, set "
-                        "desirable_weight = n_bad / n_good so good and bad ratings weigh alike (the KTO paper: "
-                        "desirable_weight x n_good / (undesirable_weight x n_bad) within [1, 4/3]); --no_balance "
-                        "keeps 1 and 1."})
+                "help": "Weigh good and bad ratings alike: when --desirable_weight and --undesirable_weight are "
+                        "both left at 1, set desirable_weight = n_bad / n_good (the KTO paper: "
+                        "desirable_weight x n_good / (undesirable_weight x n_bad) within [1, 4/3])."})
+            # TRL's own help says "truncated from the right"; our collator keeps the completion and cuts the prompt
+            # from the left (rlhf/train_kto.py left_truncating_collator).
+            max_length: int | None = field(default=1024, metadata={
+                "help": "Longest sequence (prompt + completion) in tokens, never more than the model's context. "
+                        "Longer rows keep their completion whole and the end of their prompt (the prompt is cut "
+                        "from the left, rlhf/truncation.py); a row whose completion alone is longer is left out "
+                        "and counted."})
 
         KTOJobConfig = _job_config(KTOConfig, (KTOFields,), "rlhf.train_kto configuration")
         KTOJobConfig.__name__ = KTOJobConfig.__qualname__ = "KTOJobConfig"
@@ -249,6 +256,13 @@ PPOJobConfig: Any = None
 KTOJobConfig: Any = None
 
 
+# What a `--no_<flag>` does, where "Turn --<flag> off." would not say enough.
+NO_FLAG_HELP = {
+    "balance": "Keep --desirable_weight and --undesirable_weight as given (1 and 1 by default): good and bad "
+               "ratings weigh by their counts (turns --balance off).",
+}
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keep the module docstring's layout in --help, and show defaults."""
 
@@ -260,6 +274,9 @@ def parse(config_cls: type, argv: list[str] | None, prog: str, description: str)
     from db.services.errors import InputError
 
     parser = TrlParser((config_cls,), prog=prog, description=description, formatter_class=HelpFormatter)
+    for action in parser._actions:  # HfArgumentParser gives `--no_x` the help of `--x`: say what it does first
+        if action.option_strings and action.option_strings[0].startswith("--no_") and action.help:
+            action.help = NO_FLAG_HELP.get(action.dest, f"Turn --{action.dest} off.")
     try:
         (cfg,) = parser.parse_args_and_config(args=argv)
     except ValueError as e:  # unknown flags ("Some specified arguments are not used") or a refused setting

@@ -12,8 +12,9 @@ ratings`` writes). Prompts are rendered with the tokenizer's chat template when 
 else as ``prompt + "\\n"``, as rlhf.generate renders them. The reference model is the starting model.
 
 Long rows follow the rule of every job (rlhf/truncation.py): the completion whole, the prompt cut from the left
-to ``--max_length`` (default: the model's context; TRL's own collator would cut the completion's end, and drop a
-row whose prompt alone is that long); a row whose completion alone is longer is left out and counted.
+to ``--max_length`` (default 1024, never more than the model's context; TRL's own collator would cut the
+completion's end, and drop a row whose prompt alone is that long); a row whose completion alone is longer is left
+out and counted.
 
 ``--balance`` (default on) weighs good and bad ratings alike when both weights are left at 1 (the KTO paper's
 advice: desirable_weight x n_good / (undesirable_weight x n_bad) in [1, 4/3]). KTO estimates its KL term from

@@ -369,3 +369,19 @@ def test_pointwise_reward_from_ratings_learns_the_rule_and_scores_like_a_reward_
                                                      for p, g, b in H.polite_pairs(40, seed=9)])
     res = evaluate.main(["reward", "--model", str(run), "--dataset", str(pairs), "--out", str(tmp_path / "m.json")])
     assert res["accuracy"] >= 0.9, res
+
+
+def test_kto_help_says_how_it_truncates_and_what_the_flags_do():
+    from rlhf.config import kto_config_class, parse
+
+    with pytest.raises(SystemExit):
+        parse(kto_config_class(), ["--aggregate", "most"], "rlhf.train_kto", "")  # choices are enforced by argparse
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        parse(kto_config_class(), ["--help"], "rlhf.train_kto", "")
+    text = " ".join(buf.getvalue().split())
+    assert "truncated from the right" not in text and "cut from the left" in text
+    assert "--aggregate {majority,all,unanimous}" in text
+    assert "--no_balance, --no-balance Keep --desirable_weight and --undesirable_weight as given" in text
