@@ -148,7 +148,7 @@ def labeling_page() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def progress_line(user_id: int, project_id: int, kind: str | None = None) -> None:
     with db() as s:
-        mine = stats.label_counts(s, project_id, user_id=user_id)
+        mine = stats.label_counts(s, project_id, user_id=user_id, kind=kind)  # this page's kind only
         left = assignment.tasks_left(s, user_id, project_id, kind=kind)
     st.caption(f":material/check_circle: **{mine['today']}** done today · **{mine['total']}** in total · "
                f"**{left}** {kind + ' ' if kind else ''}tasks left")
@@ -391,8 +391,9 @@ def submit_skip_row(prefix: str, task_id: int, submit_label: str = "Submit", key
     click meant for a task no longer on screen does nothing. `middle()`, when given, draws between the two
     buttons (the comment field: one row less).
     """
-    from labeling_ui.vocab import SKIP_REASONS
+    from labeling_ui.vocab import skip_reasons
 
+    reasons = skip_reasons(prefix)  # Rate's name one response
     state, sk, ok = st.session_state, _skip_key(prefix, task_id), f"{prefix}_skip_other_open_{task_id}"
     if not state.get(sk):
         row = st.columns([2, 2, 1] if middle else [3, 1], vertical_alignment="bottom")
@@ -410,8 +411,8 @@ def submit_skip_row(prefix: str, task_id: int, submit_label: str = "Submit", key
         middle()
     with st.container(border=True, key=f"skip_panel_{prefix}"):
         st.markdown("**Skip this task?** Say why" + (" (press 1–4), or go back (Esc)." if keys else "."))
-        cols = st.columns(len(SKIP_REASONS) + 1)
-        for i, (col, reason) in enumerate(zip(cols, SKIP_REASONS)):
+        cols = st.columns(len(reasons) + 1)
+        for i, (col, reason) in enumerate(zip(cols, reasons)):
             other = reason == "Other"
             pressed = col.button(reason + ("…" if other else ""), key=f"{prefix}_skipwhy_{i}_{task_id}",
                                  shortcut=str(i + 1) if keys else None, width="stretch",

@@ -9,6 +9,14 @@ FLAG_NAMES = {"hallucination": "Hallucination", "fails_instruction": "Fails the 
               "harmful": "Harmful", "inappropriate": "Inappropriate", "other": "Other"}
 SKIP_REASONS = ["I can't judge this (outside my knowledge)", "Responses are broken or empty",
                 "Prompt is unclear", "Other"]
+RATE_SKIP_REASONS = [SKIP_REASONS[0], "The response is broken or empty", *SKIP_REASONS[2:]]  # Rate shows one
+
+
+def skip_reasons(kind: str) -> list[str]:
+    """The skip reasons offered on the page of task `kind` (Rate has one response, the others several)."""
+    return RATE_SKIP_REASONS if kind == "rate" else SKIP_REASONS
+
+
 KIND_NAMES = {"compare": "Compare", "rank": "Rank", "demonstrate": "Demonstrate", "rate": "Rate"}
 # Rate: (stored value, button, shortcut, icon); the optional score is InstructGPT's 1-7 Likert scale.
 RATINGS = [(True, "Good", "1", ":material/thumb_up:"), (False, "Bad", "2", ":material/thumb_down:")]

@@ -215,6 +215,14 @@ def test_rate_page_to_export_to_kto(tiny, sqlite_url, home, tmp_path, monkeypatc
     assert not at.exception, [e.value for e in at.exception]
     held = at.session_state[f"task:rate:{info['project_id']}"].task_id
     assert held != tid  # the next task is on screen
+    # one response on screen: the skip reason names one; the rating counts on Rate, not on Compare
+    at.button(key=f"rate_skip_{held}").click().run()
+    reasons = [b.label for b in at.button if b.key and b.key.startswith("rate_skipwhy_")]
+    assert "The response is broken or empty" in reasons and not any("Responses" in r for r in reasons)
+    assert any("**1** done today" in c.value for c in at.caption)
+    at.switch_page("views/compare.py").run()
+    assert any("**0** done today" in c.value and "compare tasks left" in c.value for c in at.caption)
+    at.switch_page("views/rate.py").run()
     with session_scope(sqlite_url) as s:
         (lab,) = s.scalars(select(Rating)).all()
         assert (lab.task_id, lab.user_id, lab.good, lab.likert, lab.flags, lab.comment) == \

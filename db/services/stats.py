@@ -43,12 +43,14 @@ def _day_start(now: dt.datetime) -> dt.datetime:
 
 
 def label_counts(session: Session, project_id: int, *, user_id: int | None = None,
-                 now: dt.datetime | None = None) -> dict[str, int]:
-    """Labels (preferences, rankings, ratings, demonstrations) in a project, optionally one user's own:
-    {"total", "today"} (today = since 00:00 UTC). The labeling pages show it on every task."""
+                 now: dt.datetime | None = None, kind: str | None = None) -> dict[str, int]:
+    """Labels (preferences, rankings, ratings, demonstrations) in a project, optionally one user's own and of
+    one task kind only: {"total", "today"} (today = since 00:00 UTC). Each labeling page shows its own kind's."""
     today = _day_start(now or utcnow())
     total = n_today = 0
-    for table, _, project_col, join in _sources():
+    for table, source_kind, project_col, join in _sources():
+        if kind is not None and source_kind != kind:
+            continue
         # total and today in one scan (two counts read the project's labels twice: 1M rows each)
         q = (select(func.count(), func.sum(case((table.created_at >= today, 1), else_=0)))
              .select_from(table).join(*join).where(project_col == project_id))
