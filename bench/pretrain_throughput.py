@@ -1,11 +1,13 @@
 """Training throughput of ``pretrain.train``'s own step against nanoGPT's train.py as written, same process.
 
-    python bench/pretrain_throughput.py                       # both CPU shapes, dense, ~1 min
+    python bench/pretrain_throughput.py                       # both CPU shapes; dense, banded and fixed; ~1.5 min
     python bench/pretrain_throughput.py --threads 1 --seconds 12 --variants fp32 bf16 compile
     python bench/pretrain_throughput.py --shapes gpt2-124m --device cuda   # tokens/s and MFU on a GPU
 
 Shapes: nanoGPT's CPU Shakespeare-char shape (4 layers, 4 heads, 128 wide, block 64, batch 12, vocab 65) and
 the ``tiny`` preset (block 128, batch 16, vocab 4096); ``gpt2-124m`` for a GPU.
+Patterns (``--attention``): our model dense and, beside it, GPT-3's locally banded ``sparse`` and the Sparse
+Transformer's ``fixed`` layers (alternating with dense ones), so the cost of each pattern prints as a ratio too.
 
 Baseline: the strongest simple peer, nanoGPT (model.py + train.py) as its author writes it: fused q|k|v and
 ``F.scaled_dot_product_attention(is_causal=True)`` (flash path), exact GELU, dropout modules at p=0, decay on
@@ -285,6 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", nargs="*", default=["fp32", "bf16"], choices=sorted(VARIANTS),
                     help="our variants to time against the baseline (default fp32 bf16; compile costs "
                          "minutes of compilation on CPU)")
+    ap.add_argument("--attention", nargs="*", default=["dense", "sparse", "fixed"], choices=["dense", "sparse", "fixed"],
+                    help="attention patterns of our model (default all three: dense, sparse = GPT-3's locally banded, "
+                         "window block/4, fixed = Sparse Transformer blocks of block/4 with 4 summary positions; "
+                         "sparse and fixed alternate with dense layers as pretrain.model does and are timed with the "
+                         "first --variants entry, against the same dense nanoGPT baseline)")
     ap.add_argument("--target", type=float, default=1.2, help="ratio under which the profiles are printed (1.2)")
     ap.add_argument("--profile-dir", default=None,
                     help="where the profile tables go when the target is missed (default: printed only)")
@@ -317,6 +324,16 @@ def main(argv: list[str] | None = None) -> None:
                 ours.load_state_dict(init.state_dict())
                 r = OursRunner(cfg, c, data_dir, device, ours, dtype, comp)
                 runners[f"ours {v}"] = r
+            for pattern in [a for a in args.attention if a != "dense"]:
+                # another pattern is other math: its own seeded weights, the first variant's precision
+                pcfg = GPTConfig(**{**kw, "attention": pattern, "window": max(1, cfg.block_size // 4),
+                                    "fixed_block": max(4, cfg.block_size // 4), "fixed_summary": 4})
+                torch.manual_seed(0)
+                dtype, comp = VARIANTS[args.variants[0]] if args.variants else VARIANTS["fp32"]
+                runners[f"ours {pattern}"] = OursRunner(pcfg, c, data_dir, device, GPT(pcfg), dtype, comp)
+            if "dense" not in args.attention:
+                runners = {k: r for k, r in runners.items() if k == "nanoGPT (baseline)" or
+                           k.split()[-1] in ("sparse", "fixed")}
             res = compare(runners, args.seconds, args.rounds)
             base = res["nanoGPT (baseline)"]
             with torch.device("meta"):
@@ -326,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
                 if peak:
                     line += f"  {tps * flops / peak:.1%}"
                 print(line, flush=True)
-            best = max((k for k in res if k.startswith("ours")), key=res.get, default=None)
+            best = max((k for k in res if k.startswith("ours") and k.split()[-1] not in ("sparse", "fixed")),
+                       key=res.get, default=None)
             if best and res[best] / base < args.target:
                 report = [(f"{shape}: best variant {best} at {res[best] / base:.2f}x < target {args.target}x; "
                           f"self-time profiles of 10 steps (what both spend their time on):")]
