@@ -37,6 +37,7 @@ class BackupInfo:
     backend: str
     revision: str | None
     tables: int
+    audit_note: str = ""  # restore: whether the restored database's audit log records it, and if not why
 
 
 def _shown(url: URL) -> str:
@@ -273,7 +274,8 @@ def restore(url: str, src: str | Path, *, force: bool = False) -> BackupInfo:
                 dst.close()
         finally:
             check.close()
-        return BackupInfo(target, backend, rev, tables)
+        return BackupInfo(target, backend, rev, tables,
+                          _record_restore(url, src, force=force, replaced=existing, revision=rev, tables=tables))
 
     plain = u.set(drivername="postgresql")
     major = _server_major(u)
@@ -309,4 +311,24 @@ def restore(url: str, src: str | Path, *, force: bool = False) -> BackupInfo:
         tables = len(inspect(engine).get_table_names(schema=schema))
     finally:
         engine.dispose()
-    return BackupInfo(Path(src), backend, rev, tables)
+    return BackupInfo(Path(src), backend, rev, tables,
+                      _record_restore(url, src, force=force, replaced=len(existing), revision=rev, tables=tables))
+
+
+def _record_restore(url: str, src: Path, *, force: bool, replaced: int, revision: str | None, tables: int) -> str:
+    """A "db.restore" entry in the restored database's own audit log (the old log was replaced with the rest),
+    so the log says when its history was swapped. Returns what to print: recorded, or why not."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from db.services import audit
+    from db.session import session_scope
+
+    try:
+        with session_scope(url) as s:
+            audit.record(s, "db.restore", target=str(src)[:300],
+                         details={"file": str(src), "force": force, "replaced_tables": replaced,
+                                  "revision": revision, "tables": tables})
+    except (SQLAlchemyError, ServiceError) as e:  # an older schema's audit_log: upgrade first
+        return (f"the restore is not in the audit log ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                "run `python -m db upgrade`")
+    return "recorded in the audit log (db.restore)"

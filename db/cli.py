@@ -70,6 +70,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     info = restore(args.url or database_url(), args.file, force=args.force)
     print(f"restored {args.file} ({info.tables} tables, schema revision {info.revision}); run "
           "`python -m db upgrade` if this InstructLoop is newer than the backup")
+    print(info.audit_note)
     return 0
 
 
@@ -209,24 +210,30 @@ def cmd_stats(args: argparse.Namespace) -> int:
         pid = projects.get_project(s, args.project).id if args.project else None
         proj = stats.per_project(s)
         ann = stats.per_annotator(s, pid)
-        mv = stats.model_versions_table(s)
+        mv = stats.model_versions_table(s, all_metrics=args.json)
     if args.json:
         print(json.dumps({"projects": proj.to_dict("records"), "annotators": ann.to_dict("records"),
-                          "model_versions": mv.to_dict("records")}, default=str, indent=2))
+                          "model_versions": mv.astype(object).where(mv.notna(), None).to_dict("records")},
+                         default=str, indent=2))
         return 0
     pd.set_option("display.max_colwidth", 80)
     print("Projects\n" + (proj.to_string(index=False) if len(proj) else "  none"))
     print("\nAnnotators" + (f" ({args.project})" if args.project else "") + "\n"
           + (ann.to_string(index=False) if len(ann) else "  no labels yet"))
-    print("\nModel versions\n" + (mv.drop(columns=["created_at"]).to_string(index=False) if len(mv) else "  none"))
+    print("\nModel versions\n" + (_plain(mv.drop(columns=["created_at"])) if len(mv) else "  none"))
     return 0
+
+
+def _plain(df: pd.DataFrame) -> str:
+    """A frame as a text table with blanks for missing values (not NaN / None / <NA>)."""
+    return df.astype(object).where(df.notna(), "").to_string(index=False)
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from db.services import stats
     with _session(args) as s:
         mv = stats.model_versions_table(s)
-    print(mv.to_string(index=False) if len(mv) else "no model versions")
+    print(_plain(mv) if len(mv) else "no model versions")
     return 0
 
 

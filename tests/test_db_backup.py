@@ -45,6 +45,12 @@ def two_dbs(request, tmp_path):
 def _cheap_hashes(monkeypatch):
     cheap_hashes(monkeypatch)
 
+def _without_restores(rows: dict) -> tuple[dict, list[dict]]:
+    """The tables without the "db.restore" audit entries a restore adds to the restored database, and those."""
+    restores = [r for r in rows["audit_log"] if r["action"] == "db.restore"]
+    return {**rows, "audit_log": [r for r in rows["audit_log"] if r["action"] != "db.restore"]}, restores
+
+
 def test_backup_restore_round_trip(two_dbs, tmp_path, capsys):
     src, dst = two_dbs
     upgrade(src)
@@ -61,7 +67,11 @@ def test_backup_restore_round_trip(two_dbs, tmp_path, capsys):
     assert main(["--url", src, "backup", str(file), "--force"]) == 0
 
     assert main(["--url", dst, "restore", str(file)]) == 0
-    assert every_table_rows(dst) == before
+    assert "recorded in the audit log (db.restore)" in capsys.readouterr().out
+    got, restores = _without_restores(every_table_rows(dst))
+    assert got == before
+    assert [(r["actor"].startswith("cli"), r["details"]["force"], r["details"]["file"]) for r in restores] == \
+        [(True, False, str(file))]
     # the restored database works: new rows get fresh ids (sequences came along on PostgreSQL)
     with session_factory(dst)() as s:
         u = accounts.create_user(s, "after-restore", "password-1")
@@ -76,7 +86,9 @@ def test_backup_restore_round_trip(two_dbs, tmp_path, capsys):
     assert "already has" in err and "--force" in err
     assert every_table_rows(dst) == changed
     assert main(["--url", dst, "restore", str(file), "--force"]) == 0
-    assert every_table_rows(dst) == before  # the user added after the first restore is gone again
+    got, restores = _without_restores(every_table_rows(dst))
+    assert got == before  # the user added after the first restore is gone again
+    assert [(r["details"]["force"], r["details"]["replaced_tables"] > 0) for r in restores] == [(True, True)]
 
 
 def test_restore_errors(tmp_path, capsys):

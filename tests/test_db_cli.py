@@ -290,3 +290,24 @@ def test_every_argument_has_help_and_min_agreement_is_a_share(capsys):
             with pytest.raises(SystemExit) as e:
                 main(["export", what, "--min-agreement", bad, "-o", "x.jsonl"])
             assert e.value.code == 2 and "--min-agreement" in capsys.readouterr().err
+
+
+def test_models_list_prints_counts_blanks_and_a_short_metrics_summary(cli_url, capsys):
+    from db.services import registry
+    s = session_factory(cli_url)()
+    base = registry.register_model_version(s, "base-v1", "base", "/m/base")
+    metrics = {"eval_accuracy": 0.912345, "train_loss": 0.4, "train_runtime": 12.5, "epoch": 2.0,
+               **{f"extra_{i}": i for i in range(6)}}
+    registry.register_model_version(s, "rm-v1", "reward", "/m/rm", parent=base.id, metrics=metrics,
+                                    label_snapshot={"preference_labels": list(range(49))})
+    s.commit()
+    s.close()
+    assert main(["--url", cli_url, "models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "NaN" not in out and "None" not in out and "<NA>" not in out and "49.0" not in out
+    rm = next((line for line in out.splitlines() if line.strip().startswith("rm-v1")), out)
+    assert " base-v1 " in rm and " 49 " in rm
+    assert "eval_accuracy=0.9123" in rm and "(+" in rm and "train_runtime" not in rm and len(rm) < 200
+    assert main(["--url", cli_url, "stats", "--json"]) == 0
+    (mv,) = [m for m in json.loads(capsys.readouterr().out)["model_versions"] if m["name"] == "base-v1"]
+    assert mv["trained_on_labels"] is None and mv["parent"] is None

@@ -10,7 +10,18 @@ import pytest
 from sqlalchemy import func, select
 
 from db.models import Prompt, Rating, Response, Task
-from db.services import accounts, agreement, assignment, content, export, importers, labels, projects, tasks
+from db.services import (
+    accounts,
+    agreement,
+    assignment,
+    audit,
+    content,
+    export,
+    importers,
+    labels,
+    projects,
+    tasks,
+)
 from db.services.errors import InputError
 from tests import rlhf_helpers as H
 
@@ -157,6 +168,9 @@ def test_ratings_submit_revise_export_pairs_and_agreement(session):
     assert mine["kind"] == "rate" and mine["good"] is False and mine["likert"] == 4
     labels.revise_rating(session, u[1], mine["id"], True, likert=6, flags=[], comment="on second thought")
     session.commit()
+    (entry,) = [e for e in audit.entries(session, action="label.revise") if e["target"] == f"rating {mine['id']}"]
+    assert entry["details"]["before"] == {"good": False, "likert": 4, "flags": ["other"]}  # old -> new
+    assert (entry["details"]["good"], entry["details"]["likert"], entry["details"]["flags"]) == (True, 6, [])
     assert [r["label"] for r in export.iter_rating_rows(session, project="r")] == [True, True, False]
 
     # a good and a bad rating of the same prompt make a preference pair only when asked

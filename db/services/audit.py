@@ -25,6 +25,7 @@ from db.services.errors import Forbidden
 ACTIONS = (
     "user.create", "user.role", "user.activate", "user.deactivate", "user.password",
     "demonstration.review", "label.revise", "export", "import",
+    "db.restore",  # written into the restored database, after the restore (db/backup.py)
 )
 
 

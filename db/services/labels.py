@@ -248,13 +248,15 @@ def revise_preference(session: Session, user_id: int, label_id: int, choice: str
         if label is None or label.user_id != user_id:
             raise NotFound(f"no label {label_id} of yours")
         _check_revision_window(session, label.task_id, label.created_at, now)
+        before = {"choice": label.choice, "strength": label.strength, "flags": list(label.flags or [])}
         label.choice, label.strength, label.flags = choice, strength if choice in ("a", "b") else None, flags
         if comment is not None:
             label.comment = comment
         label.updated_at = now
         session.flush()
         audit.record(session, "label.revise", actor_id=user_id, target=f"preference {label.id}",
-                     details={"task": label.task_id, "choice": choice, "strength": label.strength})
+                     details={"task": label.task_id, "choice": choice, "strength": label.strength,
+                              "flags": list(flags), "before": before})
         return label
 
 
@@ -270,13 +272,15 @@ def revise_rating(session: Session, user_id: int, rating_id: int, good: bool, *,
         if r is None or r.user_id != user_id:
             raise NotFound(f"no rating {rating_id} of yours")
         _check_revision_window(session, r.task_id, r.created_at, now)
+        before = {"good": r.good, "likert": r.likert, "flags": list(r.flags or [])}
         r.good, r.likert, r.flags = ok, score, flags
         if comment is not None:
             r.comment = comment
         r.updated_at = now
         session.flush()
         audit.record(session, "label.revise", actor_id=user_id, target=f"rating {r.id}",
-                     details={"task": r.task_id, "good": ok, "likert": score})
+                     details={"task": r.task_id, "good": ok, "likert": score, "flags": list(flags),
+                              "before": before})
         return r
 
 
@@ -288,12 +292,14 @@ def revise_ranking(session: Session, user_id: int, ranking_id: int, ordering: Se
         if r is None or r.user_id != user_id:
             raise NotFound(f"no ranking {ranking_id} of yours")
         _check_revision_window(session, r.task_id, r.created_at, now)
+        before = {"ordering": r.ordering, "flags": list(r.flags or [])}
         r.ordering = _check_ordering(session.get(Task, r.task_id), ordering)
         r.flags = _check_flags(flags)
         r.updated_at = now
         session.flush()
         audit.record(session, "label.revise", actor_id=user_id, target=f"ranking {r.id}",
-                     details={"task": r.task_id, "ordering": r.ordering})
+                     details={"task": r.task_id, "ordering": r.ordering, "flags": list(r.flags or []),
+                              "before": before})
         return r
 
 
@@ -310,10 +316,11 @@ def revise_demonstration(session: Session, user_id: int, demo_id: int, text: str
             _check_revision_window(session, d.task_id, d.created_at, now)
         text = _check_demonstration(session, d.prompt.project_id, text)
         _check_not_written_before(session, d.prompt_id, user_id, text, exclude_id=d.id)
+        before = {"chars": len(d.text)}  # lengths only: the audit log holds no label text
         d.text, d.content_hash, d.updated_at = text, sha(text), now
         session.flush()
         audit.record(session, "label.revise", actor_id=user_id, target=f"demonstration {d.id}",
-                     details={"task": d.task_id, "chars": len(text)})
+                     details={"task": d.task_id, "chars": len(text), "before": before})
         return d
 
 

@@ -154,8 +154,29 @@ def per_project(session: Session) -> pd.DataFrame:
                                        "labels", "labels_today", "skipped"])
 
 
-def model_versions_table(session: Session) -> pd.DataFrame:
-    """The registry with lineage and headline metrics."""
+# Metrics a registry listing shows first (held-out quality before training bookkeeping); the rest are counted.
+HEADLINE_METRICS = ("accuracy", "reward", "score", "kl", "loss")
+SHOWN_METRICS = 4
+_BOOKKEEPING = ("runtime", "per_second", "flos", "epoch", "global_step")
+
+
+def metrics_summary(metrics: dict[str, Any] | None, *, limit: int | None = SHOWN_METRICS) -> str:
+    """"eval_accuracy=0.91, train_loss=0.42, ... (+7 more)": headline metrics first, at most `limit` (None: all,
+    sorted by name). A listing of many versions stays readable; `db stats --json` gives all of them."""
+    items = sorted((metrics or {}).items())
+    if limit is not None:
+        def rank(kv: tuple[str, Any]) -> tuple[int, int, str]:
+            k = kv[0].lower()
+            head = next((i for i, w in enumerate(HEADLINE_METRICS) if w in k), len(HEADLINE_METRICS))
+            return (any(b in k for b in _BOOKKEEPING), head, k)
+        items = sorted(items, key=rank)
+    shown = items if limit is None else items[:limit]
+    text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown)
+    return text + (f" (+{len(items) - len(shown)} more)" if len(items) > len(shown) else "")
+
+
+def model_versions_table(session: Session, *, all_metrics: bool = False) -> pd.DataFrame:
+    """The registry with lineage and headline metrics (`all_metrics`: every metric, for --json)."""
     names = {mv.id: mv.name for mv in session.scalars(select(ModelVersion))}
     rows = []
     for mv in session.scalars(select(ModelVersion).order_by(ModelVersion.id)):
@@ -164,8 +185,10 @@ def model_versions_table(session: Session) -> pd.DataFrame:
         n_labels = sum(len(v) for v in ids.values() if isinstance(v, list)) or snap.get("count")
         rows.append({"name": mv.name, "kind": mv.kind, "parent": names.get(mv.parent_id), "path": mv.path,
                      "trained_on_labels": n_labels,
-                     "metrics": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                          for k, v in sorted((mv.metrics or {}).items())),
+                     "metrics": metrics_summary(mv.metrics, limit=None if all_metrics else SHOWN_METRICS),
                      "created_at": mv.created_at})
-    return pd.DataFrame(rows, columns=["name", "kind", "parent", "path", "trained_on_labels", "metrics",
-                                       "created_at"])
+    df = pd.DataFrame(rows, columns=["name", "kind", "parent", "path", "trained_on_labels", "metrics",
+                                     "created_at"])
+    # a count, with blanks for versions not trained on labels (a float column printed 49.0 and NaN)
+    df["trained_on_labels"] = pd.to_numeric(df["trained_on_labels"], errors="coerce").astype("Int64")
+    return df
