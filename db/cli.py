@@ -23,6 +23,13 @@ def _session(args: argparse.Namespace):
     return session_scope(args.url)
 
 
+# What an imported label is, in the help of every import that writes labels (README "Imports").
+IMPORTED_LABELS = ("Imported labels belong to an inactive pseudo-user named after the source (import:hh, "
+                   "import:trl, import:oasst, import:trl-unpaired) that cannot sign in: they are exported and "
+                   "trained on like any label and fill one of a task's labels-per-task slots (with 2, one more "
+                   "person labels it), but agreement figures leave them out (a dataset is not an annotator).")
+
+
 def _share(text: str) -> float:
     """An argparse type: a share from 0 to 1 (`--min-agreement 1.5` would silently export nothing)."""
     try:
@@ -391,13 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                "or chat turns) or Anthropic HH (chosen/rejected transcripts); "
                                                "the prompt is the conversations' shared start up to a user "
                                                "turn, so rows that diverge before the last reply keep "
-                                               "several-turn responses")
+                                               "several-turn responses. " + IMPORTED_LABELS)
     ipr.add_argument("--format", choices=["auto", "trl", "hh"], default="auto", help="default: detect per row")
     add(ims, "oasst", cmd_import, "OpenAssistant message trees (JSONL): ranked replies become rank tasks "
-                                  "with the tree's ranking as a label")
+                                  "with the tree's ranking as a label. " + IMPORTED_LABELS)
     add(ims, "ratings", cmd_import, "good/bad ratings of single responses: TRL's unpaired preference format "
                                     "{prompt, completion, label: true|false} (strings or chat turns); each row "
-                                    "becomes a rate task with its rating")
+                                    "becomes a rate task with its rating. " + IMPORTED_LABELS)
     for sp in (ip, ipr, ims.choices["oasst"], ims.choices["ratings"]):
         sp.add_argument("file", help="path of the file to import (.jsonl, or .jsonl.gz as HH and OASST publish it)")
         sp.add_argument("--project", required=True, help="project name (must exist)")

@@ -111,3 +111,35 @@ def test_a_project_with_compare_and_rank_labels_by_the_same_annotators(sqlite_se
     assert pair["shared_tasks"] == 4 and pair["percent_agreement"] == 0.75
     per = rep["per_annotator"].set_index("annotator")
     assert per.loc["ann1", "compared"] == 4 and per.loc["ann1", "agrees_with_majority"] == 0.75
+
+
+def test_imported_labels_are_not_an_annotator_in_agreement(session):
+    """Labels imported with `db import preferences` / `ratings` belong to pseudo-users (import:trl,
+    import:trl-unpaired): a dataset's answers, left out of agreement, Cohen pairs and disagreements."""
+    import json
+
+    from db.services import importers
+    s = session
+    projects.create_project(s, "imp", labels_per_task=2)
+    s.commit()
+    prefs = "".join(json.dumps({"prompt": f"q{i}?", "chosen": "yes", "rejected": "no"}) + "\n" for i in range(3))
+    importers.import_preferences(s, prefs.encode(), "imp", filename="p.jsonl", fmt="trl")
+    rated = "".join(json.dumps({"prompt": f"r{i}?", "completion": "ok", "label": True}) + "\n" for i in range(3))
+    importers.import_ratings(s, rated.encode(), "imp", filename="r.jsonl")
+    s.commit()
+    pid = projects.get_project(s, "imp").id
+    (ann,) = [accounts.create_user(s, "ann", "password123").id]
+    s.commit()
+    for kind in ("compare", "rate"):
+        while (view := next_task(s, ann, pid, kind=kind)) is not None:
+            s.commit()
+            if kind == "compare":  # always the other response than the import's: every task a disagreement
+                labels.submit_preference(s, ann, view.task_id, "b", strength="clear")
+            else:
+                labels.submit_rating(s, ann, view.task_id, False)
+            s.commit()
+    pref, rate = agreement.preference_agreement(s, pid), agreement.rating_agreement(s, pid)
+    for rep in (pref, rate):
+        assert rep["n_tasks"] == 0 and len(rep["pairs"]) == 0
+        assert list(rep["per_annotator"]["annotator"]) == ["ann"] and list(rep["per_annotator"]["labels"]) == [3]
+    assert len(agreement.disagreements(s, pid)) == 0 and len(rate["disagreements"]) == 0

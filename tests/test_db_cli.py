@@ -311,3 +311,11 @@ def test_models_list_prints_counts_blanks_and_a_short_metrics_summary(cli_url, c
     assert main(["--url", cli_url, "stats", "--json"]) == 0
     (mv,) = [m for m in json.loads(capsys.readouterr().out)["model_versions"] if m["name"] == "base-v1"]
     assert mv["trained_on_labels"] is None and mv["parent"] is None
+
+
+def test_import_help_says_what_imported_labels_are(capsys):
+    for what in ("preferences", "oasst", "ratings"):
+        with pytest.raises(SystemExit):
+            main(["import", what, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "pseudo-user" in text and "agreement figures leave them out" in text

@@ -6,6 +6,10 @@ tie / both_bad); a rank task contributes one item per pair of its responses (fir
 better / tie, mapped onto a / b / tie), so rankings and comparisons share one report. Ratings of single
 responses (rate tasks, good / bad) have a report of their own (`rating_agreement`). The kappa
 functions are pure and take plain counts so they are easy to test.
+
+Only people's labels count: the labels of import pseudo-users (`import:hh`, `import:oasst`,
+`import:trl-unpaired`, `User.is_system`) are a dataset's answers, not an annotator's, so agreement, the
+leave-one-out majority and the disagreements to review leave them out (they are still exported and trained on).
 """
 from __future__ import annotations
 
@@ -80,11 +84,22 @@ def _majority(values: Sequence[Any]) -> Any | None:
 
 
 # ---------------------------------------------------------------- database reports
+def _system_ids(session: Session) -> list[int]:
+    """Ids of the import pseudo-users (a handful): their labels are left out of agreement (module doc)."""
+    return list(session.scalars(select(User.id).where(User.is_system.is_(True))))
+
+
+def _people_only(q: Any, user_col: Any, session: Session) -> Any:
+    system = _system_ids(session)
+    return q.where(user_col.not_in(system)) if system else q
+
+
 def _preference_votes(session: Session, project_id: int | None) -> Iterator[tuple[int, str, str]]:
     """(task id, annotator, choice) of every preference label, by task then label: plain columns (1M ORM
     objects took longer than the whole report), usernames from one lookup instead of a join per row."""
     names = dict(session.execute(select(User.id, User.username)).all())
-    q = select(PreferenceLabel.task_id, PreferenceLabel.user_id, PreferenceLabel.choice)
+    q = _people_only(select(PreferenceLabel.task_id, PreferenceLabel.user_id, PreferenceLabel.choice),
+                     PreferenceLabel.user_id, session)
     if project_id is not None:
         q = q.join(Task, Task.id == PreferenceLabel.task_id).where(Task.project_id == project_id)
     for task_id, user_id, choice in session.execute(q.order_by(PreferenceLabel.task_id, PreferenceLabel.id)):
@@ -110,8 +125,8 @@ def _ranking_items(session: Session, project_id: int | None
                    ) -> tuple[dict[tuple, list[tuple[str, str]]], Counter]:
     """(task, x, y) → [(annotator, a|b|tie)] for every response pair of every ranking; rankings per user."""
     names = dict(session.execute(select(User.id, User.username)).all())
-    q = (select(Ranking.task_id, Ranking.ordering, Ranking.user_id, Task.response_ids)
-         .join(Task, Task.id == Ranking.task_id))
+    q = _people_only(select(Ranking.task_id, Ranking.ordering, Ranking.user_id, Task.response_ids)
+                     .join(Task, Task.id == Ranking.task_id), Ranking.user_id, session)
     if project_id is not None:
         q = q.where(Task.project_id == project_id)
     items: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
@@ -201,7 +216,7 @@ def rating_agreement(session: Session, project_id: int | None = None, *, min_sha
     "disagreements": DataFrame[task_id, prompt, response, labels, majority, comments] of the split tasks.
     The optional Likert scores are not compared (few annotators give them)."""
     q = (select(Rating, User.username).join(User, User.id == Rating.user_id)
-         .join(Task, Task.id == Rating.task_id))
+         .join(Task, Task.id == Rating.task_id).where(User.is_system.is_(False)))
     if project_id is not None:
         q = q.where(Task.project_id == project_id)
     by_task: dict[int, list[tuple[str, str]]] = defaultdict(list)
@@ -234,8 +249,8 @@ def disagreements(session: Session, project_id: int | None = None, *, limit: int
     # Streamed by task, stopping at `limit` split tasks, their prompts in one query: reading every label as an
     # ORM object and two lookups per row took ~30 s at 1M labels.
     names = dict(session.execute(select(User.id, User.username)).all())
-    q = select(PreferenceLabel.task_id, PreferenceLabel.user_id, PreferenceLabel.choice, PreferenceLabel.strength,
-               PreferenceLabel.comment)
+    q = _people_only(select(PreferenceLabel.task_id, PreferenceLabel.user_id, PreferenceLabel.choice,
+                            PreferenceLabel.strength, PreferenceLabel.comment), PreferenceLabel.user_id, session)
     if project_id is not None:
         q = q.join(Task, Task.id == PreferenceLabel.task_id).where(Task.project_id == project_id)
     split: list[tuple[int, list[Any]]] = []
