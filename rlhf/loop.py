@@ -41,7 +41,7 @@ class LoopConfig:
     pairs: int = 6  # compare tasks per prompt among them (4 responses: all 6 pairs)
     max_new_tokens: int = 8
     sft_steps: int = 60
-    reward_steps: int = 150
+    reward_steps: int = 300  # held-out accuracy on one run's data: 0.905 at 150 steps, 0.923 at 200, 0.940 at 300
     reward_lr: float = 2e-3
     ppo_steps: int = 20
     ppo_batch: int = 8
@@ -148,6 +148,7 @@ def run_loop(url: str, home: str | Path, cfg: LoopConfig | None = None, log: Any
                             "learning_rate": 3e-3, **common}, "sft")
     rm = job("train_reward", {"project": PROJECT, "model": "sft", "max_steps": cfg.reward_steps,
                               "learning_rate": cfg.reward_lr, "per_device_train_batch_size": 16,
+                              "warmup_steps": 0,  # as measured (train_reward's default became 10% warmup)
                               "eval_fraction": cfg.eval_fraction, **common}, "rm")
     # 6. PPO against the reward model, KL to the SFT model
     ppo = job("train_ppo", {"project": PROJECT, "model": "sft", "reward_model": "rm", "max_steps": cfg.ppo_steps,
