@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlhf.loop import LoopConfig, check, format_table, run_loop
 
-BIG = {"prompts": 300, "pretrain_steps": 800, "task_docs": 30000, "sft_steps": 80, "reward_steps": 200,
+BIG = {"prompts": 300, "pretrain_steps": 800, "task_docs": 30000, "sft_steps": 80, "reward_steps": 400,
        "ppo_steps": 30}
 
 
