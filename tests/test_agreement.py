@@ -143,3 +143,46 @@ def test_imported_labels_are_not_an_annotator_in_agreement(session):
         assert rep["n_tasks"] == 0 and len(rep["pairs"]) == 0
         assert list(rep["per_annotator"]["annotator"]) == ["ann"] and list(rep["per_annotator"]["labels"]) == [3]
     assert len(agreement.disagreements(s, pid)) == 0 and len(rate["disagreements"]) == 0
+
+
+def test_agreement_page_with_ratings_only(sqlite_url, monkeypatch):
+    """Only ratings: the top says it covers compare / rank (not "no one has labelled anything"), the ratings
+    tables speak words, and their Cohen table is a plain table."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from db.session import session_scope
+    from labeling_ui.seed import seed
+
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    info = seed(sqlite_url, n_compare=0, n_rank=0, n_demonstrate=0, create_tables=False)
+    pid = info["project_id"]
+    with session_scope(sqlite_url) as s:
+        projects.update_project(s, "demo", labels_per_task=2)
+        for i in range(3):
+            pr, _ = content.add_prompt(s, pid, text=f"rate me {i}")
+            r, _ = content.add_response(s, pr.id, f"answer {i}")
+            tasks.create_task(s, pid, "rate", pr.id, [r.id])
+    for who, verdicts in ((info["alice_id"], [True, True, False]), (info["bob_id"], [True, False, False])):
+        for good in verdicts:
+            with session_scope(sqlite_url) as s:
+                view = next_task(s, who, pid, kind="rate")
+            with session_scope(sqlite_url) as s:
+                labels.submit_rating(s, who, view.task_id, good)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "labeling_ui" / "views" / "agreement.py"),
+                           default_timeout=60)
+    at.session_state["user"] = {"id": info["admin_id"], "username": "admin", "display_name": "admin",
+                                "role": "admin"}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    (banner,) = [i.value for i in at.info]
+    assert "No compare / rank agreement figures yet" in banner and "anything here" not in banner
+    assert "Ratings of single responses have their own figures below" in banner
+    assert "None yet (no compare task has two labels)." in [c.value for c in at.caption]
+    assert any("Ratings (good / bad" in m.value for m in at.markdown)
+    shown = [str(c) for df in at.dataframe for c in df.value.columns]
+    assert shown and not [c for c in shown if "_" in c], shown  # no snake_case column
+    (pairs,) = at.table  # plain: never cut off
+    assert list(pairs.value.columns) == ["other annotator", "shared items", "agreement", "Cohen's kappa"]
+    assert list(pairs.value["agreement"]) == ["67%"]

@@ -758,7 +758,7 @@ def test_agreement_page_says_why_it_is_empty_with_one_annotator(seeded):
     admin.switch_page("views/agreement.py").run()
     no_exception(admin)
     (info,) = [i.value for i in admin.info]
-    assert "labels per task = 1" in info and "only one annotator has labelled anything here (alice)" in info
+    assert "labels per task = 1" in info and "only one annotator has labelled a compare or rank task here (alice)" in info
     assert "Projects page" in info and "Users page" in info  # how to get figures
     assert not admin.table  # no empty tables beside the explanation
 

@@ -31,6 +31,8 @@ with db() as s:
     rep = agreement.preference_agreement(s, project["id"])
     speed = agreement.annotator_speed(s, project["id"])
     dis = agreement.disagreements(s, project["id"])
+    ratings = agreement.rating_agreement(s, project["id"])
+has_ratings = bool(ratings["n_labels"] or len(ratings["per_annotator"]))
 
 
 def _fmt(x: float, pct: bool = False) -> str:
@@ -39,6 +41,8 @@ def _fmt(x: float, pct: bool = False) -> str:
     return f"{x:.0%}" if pct else f"{x:.2f}"
 
 
+# The top sections are about compare and rank labels; ratings (rate tasks) have their own section below.
+st.markdown("#### Compare and rank")
 m = st.columns(4)
 m[0].metric("Items with ≥ 2 labels", rep["n_tasks"],
             help="A compare task is one item; a rank task gives one item per pair of its responses.")
@@ -96,11 +100,13 @@ if rep["n_tasks"] == 0:
         why.append(f"each task of **{project['name']}** goes to one annotator only (labels per task = "
                    f"{project['labels_per_task']}), so no task gets a second label to agree with")
     if len(who) < 2:
-        why.append("only one annotator has labelled anything here" + (f" ({who[0]})" if who else "")
-                   if who else "no one has labelled anything here yet")
+        why.append("only one annotator has labelled a compare or rank task here" + (f" ({who[0]})" if who else "")
+                   if who else "no one has labelled a compare or rank task here yet")
     why = why or ["no compare or rank task has two labels yet (tasks wait for their second annotator)"]
-    st.info("**No agreement figures yet:** agreement compares the labels that several annotators gave the same "
-            "task, and " + "; and ".join(why) + ".  \n**To get figures:** set *labels per task* to 2 or more on "
+    st.info("**No compare / rank agreement figures yet:** agreement compares the labels that several annotators "
+            "gave the same task, and " + "; and ".join(why) + "."
+            + ("  \nRatings of single responses have their own figures below." if has_ratings else "")
+            + "  \n**To get figures:** set *labels per task* to 2 or more on "
             "the Projects page (open tasks then wait for more labels), give a second person an annotator account "
             "on the Users page, and let both label the same tasks.", icon=":material/info:")
 else:
@@ -123,7 +129,7 @@ if len(speed):
                                 "p90 s / task": st.column_config.NumberColumn(format="%.1f")})
 else:
     st.caption("No timed labels yet.")
-st.markdown("##### Disagreements to review")
+st.markdown("##### Compare disagreements to review")
 if len(dis):
     st.caption("Compare tasks whose annotators chose differently; open one to see what they saw.")
     shown = pd.DataFrame({"task": [f"agreement?task={t}" for t in dis["task_id"]], "prompt": dis["prompt"],
@@ -135,16 +141,12 @@ if len(dis):
 elif rep["n_tasks"]:
     st.caption("No disagreements: every task with several labels got the same answer from all.")
 else:
-    st.caption("None yet (no task has two labels).")
+    st.caption("None yet (no compare task has two labels).")
 
 
 # --- ratings (rate tasks): a section of its own, from db.services.agreement.rating_agreement
-def _rating_section(project_id: int) -> None:
-    from db.services.agreement import rating_agreement
-
-    with db() as s:
-        rr = rating_agreement(s, project_id)
-    if not rr["n_labels"] and not len(rr["per_annotator"]):
+def _rating_section(rr: dict) -> None:
+    if not has_ratings:
         return  # the project has no rate tasks' ratings: nothing to say
     st.markdown("#### Ratings (good / bad of one response)")
     c = st.columns(4)
@@ -157,13 +159,21 @@ def _rating_section(project_id: int) -> None:
     left, right = st.columns(2)
     with left:
         st.caption("Each annotator vs the others' majority")
-        st.dataframe(rr["per_annotator"], hide_index=True, width="stretch", key="agr_rate_ann")
+        st.dataframe(human_columns(rr["per_annotator"], {"compared": "items compared"}), hide_index=True,
+                     width="stretch", key="agr_rate_ann", column_config={
+                         "agrees with majority": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
+                                                                                 format="percent")})
     with right:
         st.caption("Pairs of annotators (Cohen's kappa)")
-        st.dataframe(rr["pairs"], hide_index=True, width="stretch", key="agr_rate_pairs")
+        if len(rr["pairs"]):  # a plain table, as for compare: the data grid cut "Cohen's kappa" off
+            pairs = rr["pairs"].assign(percent_agreement=[f"{x:.0%}" for x in rr["pairs"]["percent_agreement"]],
+                                       cohen_kappa=[_fmt(x) for x in rr["pairs"]["cohen_kappa"]])
+            st.table(human_columns(pairs).set_index("annotator"))
+        else:
+            st.caption("No two annotators rated the same response yet.")
     if len(rr["disagreements"]):
         st.caption("Responses rated good by some and bad by others")
-        st.dataframe(rr["disagreements"], hide_index=True, width="stretch", key="agr_rate_dis")
+        st.dataframe(human_columns(rr["disagreements"]), hide_index=True, width="stretch", key="agr_rate_dis")
 
 
-_rating_section(project["id"])
+_rating_section(ratings)
