@@ -503,6 +503,15 @@ def split_conversations(chosen: list[dict[str, str]], rejected: list[dict[str, s
     return chosen[:k], chosen[k:], rejected[k:]
 
 
+def _prompt_turns(value: Any) -> list[dict[str, str]]:
+    """TRL explicit-prompt prompts (preferences and ratings): a non-empty string (one user turn) or chat turns."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise InputError("empty prompt", field="prompt")
+        return [{"role": "user", "content": value}]
+    return validate_messages(value, field="prompt")
+
+
 def _completion_turns(value: Any, fieldname: str) -> list[dict[str, str]]:
     """TRL explicit-prompt completions: a string (one assistant reply) or chat turns."""
     if isinstance(value, str):
@@ -531,13 +540,7 @@ def _preference_row(obj: dict[str, Any], fmt: str) -> tuple[str, dict[str, Any]]
                 raise InputError(str(e), field=f) from e
         chosen_conv, rejected_conv = convs
     elif "prompt" in obj:
-        p = obj["prompt"]
-        if isinstance(p, str):
-            if not p.strip():
-                raise InputError("empty prompt", field="prompt")
-            prompt_msgs = [{"role": "user", "content": p}]
-        else:
-            prompt_msgs = validate_messages(p, field="prompt")
+        prompt_msgs = _prompt_turns(obj["prompt"])
         chosen_conv = prompt_msgs + _completion_turns(obj["chosen"], "chosen")
         rejected_conv = prompt_msgs + _completion_turns(obj["rejected"], "rejected")
     else:
@@ -887,15 +890,9 @@ def _rating_row(obj: dict[str, Any], i: int) -> dict[str, Any]:
     for f in ("prompt", "completion", "label"):
         if f not in obj:
             raise InputError("missing field", field=f)
-    p = obj["prompt"]
-    if isinstance(p, str):
-        if not p.strip():
-            raise InputError("empty prompt", field="prompt")
-        messages = [{"role": "user", "content": p}]
-    else:
-        messages = validate_messages(p, field="prompt")
-        if messages[-1]["role"] != "user":
-            raise InputError("the prompt's last turn must be a user turn", field="prompt")
+    messages = _prompt_turns(obj["prompt"])
+    if messages[-1]["role"] != "user":  # a string prompt is one user turn
+        raise InputError("the prompt's last turn must be a user turn", field="prompt")
     turns = _completion_turns(obj["completion"], "completion")
     if turns[0]["role"] != "assistant":
         raise InputError("the completion must start with an assistant turn", field="completion")
