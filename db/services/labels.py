@@ -236,6 +236,31 @@ def _check_revision_window(session: Session, task_id: int, created_at: dt.dateti
         raise ServiceError(f"labels can be revised for {hours} hours after submitting; this one is older")
 
 
+def _own_revisable(session: Session, model: type, label_id: int, noun: str, user_id: int, now: dt.datetime) -> Any:
+    """The user's own ``model`` row ``label_id`` (``noun`` names it in errors), still inside its revision window."""
+    label = session.get(model, check_id(label_id, noun))
+    if label is None or label.user_id != user_id:
+        raise NotFound(f"no {noun} {label_id} of yours")
+    _check_revision_window(session, label.task_id, label.created_at, now)
+    return label
+
+
+def _apply_revision(session: Session, label: Any, user_id: int, target: str, now: dt.datetime,
+                    values: dict[str, Any], comment: str | None) -> None:
+    """Set a label's checked ``values`` (and ``comment`` when given) and write the label.revise audit entry:
+    the new values, then the old ones as ``before`` (flags always as a list)."""
+    before = {k: list(getattr(label, k) or []) if k == "flags" else getattr(label, k) for k in values}
+    for k, v in values.items():
+        setattr(label, k, v)
+    if comment is not None:
+        label.comment = comment
+    label.updated_at = now
+    session.flush()
+    audit.record(session, "label.revise", actor_id=user_id, target=target,
+                 details={"task": label.task_id, **{k: list(v) if k == "flags" else v for k, v in values.items()},
+                          "before": before})
+
+
 def revise_preference(session: Session, user_id: int, label_id: int, choice: str, *,
                       strength: str | None = None, flags: Sequence[str] | None = None,
                       comment: str | None = None, now: dt.datetime | None = None) -> PreferenceLabel:
@@ -244,19 +269,10 @@ def revise_preference(session: Session, user_id: int, label_id: int, choice: str
     flags = _check_flags(flags)
     now = now or utcnow()
     with write_transaction(session):
-        label = session.get(PreferenceLabel, check_id(label_id, "label"))
-        if label is None or label.user_id != user_id:
-            raise NotFound(f"no label {label_id} of yours")
-        _check_revision_window(session, label.task_id, label.created_at, now)
-        before = {"choice": label.choice, "strength": label.strength, "flags": list(label.flags or [])}
-        label.choice, label.strength, label.flags = choice, strength if choice in ("a", "b") else None, flags
-        if comment is not None:
-            label.comment = comment
-        label.updated_at = now
-        session.flush()
-        audit.record(session, "label.revise", actor_id=user_id, target=f"preference {label.id}",
-                     details={"task": label.task_id, "choice": choice, "strength": label.strength,
-                              "flags": list(flags), "before": before})
+        label = _own_revisable(session, PreferenceLabel, label_id, "label", user_id, now)
+        _apply_revision(session, label, user_id, f"preference {label.id}", now,
+                        {"choice": choice, "strength": strength if choice in ("a", "b") else None, "flags": flags},
+                        comment)
         return label
 
 
@@ -268,19 +284,9 @@ def revise_rating(session: Session, user_id: int, rating_id: int, good: bool, *,
     flags = _check_flags(flags)
     now = now or utcnow()
     with write_transaction(session):
-        r = session.get(Rating, check_id(rating_id, "rating"))
-        if r is None or r.user_id != user_id:
-            raise NotFound(f"no rating {rating_id} of yours")
-        _check_revision_window(session, r.task_id, r.created_at, now)
-        before = {"good": r.good, "likert": r.likert, "flags": list(r.flags or [])}
-        r.good, r.likert, r.flags = ok, score, flags
-        if comment is not None:
-            r.comment = comment
-        r.updated_at = now
-        session.flush()
-        audit.record(session, "label.revise", actor_id=user_id, target=f"rating {r.id}",
-                     details={"task": r.task_id, "good": ok, "likert": score, "flags": list(flags),
-                              "before": before})
+        r = _own_revisable(session, Rating, rating_id, "rating", user_id, now)
+        _apply_revision(session, r, user_id, f"rating {r.id}", now, {"good": ok, "likert": score, "flags": flags},
+                        comment)
         return r
 
 
@@ -288,18 +294,10 @@ def revise_ranking(session: Session, user_id: int, ranking_id: int, ordering: Se
                    flags: Sequence[str] | None = None, now: dt.datetime | None = None) -> Ranking:
     now = now or utcnow()
     with write_transaction(session):
-        r = session.get(Ranking, check_id(ranking_id, "ranking"))
-        if r is None or r.user_id != user_id:
-            raise NotFound(f"no ranking {ranking_id} of yours")
-        _check_revision_window(session, r.task_id, r.created_at, now)
-        before = {"ordering": r.ordering, "flags": list(r.flags or [])}
-        r.ordering = _check_ordering(session.get(Task, r.task_id), ordering)
-        r.flags = _check_flags(flags)
-        r.updated_at = now
-        session.flush()
-        audit.record(session, "label.revise", actor_id=user_id, target=f"ranking {r.id}",
-                     details={"task": r.task_id, "ordering": r.ordering, "flags": list(r.flags or []),
-                              "before": before})
+        r = _own_revisable(session, Ranking, ranking_id, "ranking", user_id, now)
+        checked = _check_ordering(session.get(Task, r.task_id), ordering)
+        _apply_revision(session, r, user_id, f"ranking {r.id}", now,
+                        {"ordering": checked, "flags": _check_flags(flags)}, None)
         return r
 
 
