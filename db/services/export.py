@@ -127,15 +127,22 @@ def _load(session: Session, batch: list[Any]) -> tuple[dict[int, Any], dict[int,
     return prompts, responses
 
 
-def _labels(session: Session, table: Any, batch: list[Any], uid: int | None, since: dt.datetime | None,
-            until: dt.datetime | None) -> dict[int, list[Any]]:
-    q = _cols(table).where(_in(session, table.task_id, [t.id for t in batch]))
+def _by_labeler(q: Select, table: Any, uid: int | None, since: dt.datetime | None,
+                until: dt.datetime | None) -> Select:
+    """``q`` kept to the rows of label ``table`` written by user ``uid`` in [since, until), each filter when given."""
     if uid is not None:
         q = q.where(table.user_id == uid)
     if since is not None:
         q = q.where(table.created_at >= since)
     if until is not None:
         q = q.where(table.created_at < until)
+    return q
+
+
+def _labels(session: Session, table: Any, batch: list[Any], uid: int | None, since: dt.datetime | None,
+            until: dt.datetime | None) -> dict[int, list[Any]]:
+    q = _cols(table).where(_in(session, table.task_id, [t.id for t in batch]))
+    q = _by_labeler(q, table, uid, since, until)
     out: dict[int, list[Any]] = defaultdict(list)
     for lab in session.execute(q.order_by(table.id)):
         out[lab.task_id].append(lab)
@@ -246,12 +253,7 @@ def compare_label_query(pid: int | None = None, mvid: int | None = None, uid: in
         q = q.where(Task.project_id == pid)
     if mvid is not None:
         q = q.where((ra.model_version_id == mvid) | (rb.model_version_id == mvid))
-    if uid is not None:
-        q = q.where(lab.user_id == uid)
-    if since is not None:
-        q = q.where(lab.created_at >= since)
-    if until is not None:
-        q = q.where(lab.created_at < until)
+    q = _by_labeler(q, lab, uid, since, until)
     return q.order_by(Task.id, lab.id)
 
 
@@ -464,12 +466,7 @@ def _demo_batches(session: Session, pid: int | None, uid: int | None, since: dt.
             q = q.where(Demonstration.status.in_(statuses))
         if pid is not None:
             q = q.where(Prompt.project_id == pid)
-        if uid is not None:
-            q = q.where(Demonstration.user_id == uid)
-        if since is not None:
-            q = q.where(Demonstration.created_at >= since)
-        if until is not None:
-            q = q.where(Demonstration.created_at < until)
+        q = _by_labeler(q, Demonstration, uid, since, until)
         rows = session.execute(q.order_by(Demonstration.id).limit(CHUNK)).all()
         if not rows:
             return
@@ -521,12 +518,7 @@ def rating_query(pid: int | None = None, mvid: int | None = None, uid: int | Non
         q = q.where(Task.project_id == pid)
     if mvid is not None:
         q = q.where(Response.model_version_id == mvid)
-    if uid is not None:
-        q = q.where(Rating.user_id == uid)
-    if since is not None:
-        q = q.where(Rating.created_at >= since)
-    if until is not None:
-        q = q.where(Rating.created_at < until)
+    q = _by_labeler(q, Rating, uid, since, until)
     return q.order_by(*((Task.prompt_id,) if by_prompt else ()), Task.id, Rating.id)
 
 
