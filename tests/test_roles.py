@@ -109,6 +109,7 @@ def _service_calls(view: Path) -> set[str]:
 # Read-only services of admin pages: the page's admin check guards them (test above); they change nothing.
 READ_ONLY = {
     "accounts.list_users", "agreement.annotator_speed", "agreement.disagreements", "agreement.preference_agreement",
+    "agreement.rating_agreement",
     "audit.entries", "export.iter_rows", "importers.fill_hint", "importers.report_bytes", "jobs.job_detail", "jobs.list_jobs",
     "labels.list_demonstrations", "leaderboard.leaderboard", "projects.list_projects", "registry.list_versions",
     "stats.labels_over_time", "stats.model_versions_table", "stats.per_annotator", "stats.per_project",
