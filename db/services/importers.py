@@ -173,6 +173,14 @@ def _gunzip(raw: bytes, limit: int, name: str) -> bytes:
     return bytes(out)
 
 
+def _open_import(session: Session, source: str | Path | bytes, filename: str | None, project: str,
+                 actor_id: int | None) -> tuple[str, str, Project]:
+    """(text, display name, project) of an import: the admin check first, so nothing is read for anyone else."""
+    audit.require_admin(session, actor_id, "importing")
+    text, name = _read_text(source, filename)
+    return text, name, projects.get_project(session, project)
+
+
 def _read_text(source: str | Path | bytes, filename: str | None) -> tuple[str, str]:
     """(text, display name). Bytes come from uploads; paths from the CLI. Gzip is unpacked. Files over the
     upload limit are refused before reading, and gzip files that unpack to more (a zip bomb) while unpacking."""
@@ -398,9 +406,7 @@ def import_prompts(session: Session, source: str | Path | bytes, project: str, *
                    filename: str | None = None, demonstrate_tasks: bool = False,
                    skip_invalid: bool = False, actor_id: int | None = None) -> ImportResult:
     """Import prompts into `project`. With `demonstrate_tasks`, also queue a demonstrate task each."""
-    audit.require_admin(session, actor_id, "importing")
-    text, name = _read_text(source, filename)
-    proj = projects.get_project(session, project)
+    text, name, proj = _open_import(session, source, filename, project, actor_id)
     refused: list[RefusedLine] = []
     rows = parse_prompts(text, name, refused=refused if skip_invalid else None)
     result = ImportResult(file=name, kind="prompts", rows=len(rows), refused=refused)
@@ -625,9 +631,7 @@ def import_preferences(session: Session, source: str | Path | bytes, project: st
     Written in bulk (one lookup and one insert batch per table, not per row: published files have tens of
     thousands of rows), with the same content hashes and task keys as `content.add_prompt`,
     `content.add_response` and `tasks.create_task`, so rows they wrote are found and nothing is doubled."""
-    audit.require_admin(session, actor_id, "importing")
-    text, name = _read_text(source, filename)
-    proj = projects.get_project(session, project)
+    text, name, proj = _open_import(session, source, filename, project, actor_id)
     refused: list[RefusedLine] = []
     fmt_used, rows = parse_preferences(text, name, fmt, refused=refused if skip_invalid else None)
     result = ImportResult(file=name, kind=f"preferences ({fmt_used})", rows=len(rows), refused=refused)
@@ -828,9 +832,7 @@ def import_oasst(session: Session, source: str | Path | bytes, project: str, *,
                  actor_id: int | None = None) -> ImportResult:
     """OpenAssistant message trees: each prompter message with ≥2 ranked replies becomes a task —
     a rank task (with the tree's ranking as a label) for ≥3 replies, a compare task for 2."""
-    audit.require_admin(session, actor_id, "importing")
-    text, name = _read_text(source, filename)
-    proj = projects.get_project(session, project)
+    text, name, proj = _open_import(session, source, filename, project, actor_id)
     refused: list[RefusedLine] = []
     trees = parse_oasst(text, name, refused=refused if skip_invalid else None)
     result = ImportResult(file=name, kind="oasst", rows=len(trees), refused=refused)
@@ -919,9 +921,7 @@ def import_ratings(session: Session, source: str | Path | bytes, project: str, *
     """Seed a project with TRL unpaired preferences: each row becomes a prompt, a response, a rate task and
     one rating by the pseudo-user `import:trl-unpaired`. A row whose (prompt, completion) that user already
     rated (a re-import, or a repeat inside the file) adds nothing and counts as already present."""
-    audit.require_admin(session, actor_id, "importing")
-    text, name = _read_text(source, filename)
-    proj = projects.get_project(session, project)
+    text, name, proj = _open_import(session, source, filename, project, actor_id)
     refused: list[RefusedLine] = []
     rows = parse_ratings(text, name, refused=refused if skip_invalid else None)
     result = ImportResult(file=name, kind="ratings (trl unpaired)", rows=len(rows), refused=refused)
