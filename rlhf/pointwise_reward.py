@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from db.services.errors import InputError
-from rlhf import runs
+from rlhf import reward, runs
 
 JOB = "train_reward"
 
@@ -51,13 +51,7 @@ def pointwise_metrics(scores: Sequence[float], labels: Sequence[bool], bins: int
     p = [_sigmoid(s) for s in scores]
     correct = [(s > 0) == bool(y) for s, y in zip(scores, labels)]
     bce = -sum(math.log(max(q if y else 1 - q, 1e-12)) for q, y in zip(p, labels)) / n
-    conf = [max(q, 1 - q) for q in p]
-    ece = 0.0
-    for b in range(bins):
-        lo, hi = 0.5 + 0.5 * b / bins, 0.5 + 0.5 * (b + 1) / bins
-        idx = [i for i, c in enumerate(conf) if lo <= c < hi or (b == bins - 1 and c == hi)]
-        if idx:
-            ece += len(idx) / n * abs(sum(correct[i] for i in idx) / len(idx) - sum(conf[i] for i in idx) / len(idx))
+    ece = reward.calibration_error(p, correct, bins)
     good = [s for s, y in zip(scores, labels) if y]
     bad = [s for s, y in zip(scores, labels) if not y]
     out: dict[str, float] = {"accuracy": sum(correct) / n, "bce": bce, "ece": ece, "rows": n,
@@ -250,16 +244,10 @@ class PointwiseRewardJob(runs.HFTrainerJob):
 
     def save(self, metrics: dict[str, Any]) -> None:
         from rlhf import reward
-        from rlhf.formatting import format_sft_row
 
         model = self.trainer.model
         if self.norm_rows:
-            formatted = [format_sft_row(r, self.chat) for r in self.norm_rows]
-            norm = reward.normalize(model, self.tokenizer, [r["prompt"] for r in formatted],
-                                    [r["completion"] for r in formatted])
-            norm["normalized_with"] = self.norm_source
-            reward.set_info(model, normalized_with=self.norm_source)
-            metrics.update(norm)
+            metrics.update(reward.normalize_on_rows(model, self.tokenizer, self.norm_rows, self.chat, self.norm_source))
             self.trainer.save_model(str(self.run_dir))
         if self.is_main():
             self.tokenizer.save_pretrained(str(self.run_dir))

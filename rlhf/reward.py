@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from rlhf.formatting import encode
+from rlhf.formatting import encode, format_sft_row
 
 CONFIG_KEY = "instructloop"
 
@@ -140,6 +140,32 @@ def score_ids(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return scores.gather(1, last_index(mask).unsqueeze(1)).squeeze(1)
 
 
+def calibration_error(p: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """Expected calibration error of predicted probabilities ``p`` against whether each call was right: the
+    confidence max(p, 1-p) in ``bins`` equal bins over [0.5, 1], each bin's |accuracy - mean confidence|
+    weighted by its share of the rows."""
+    n = len(p)
+    conf = [max(q, 1 - q) for q in p]
+    ece = 0.0
+    for b in range(bins):
+        lo, hi = 0.5 + 0.5 * b / bins, 0.5 + 0.5 * (b + 1) / bins
+        idx = [i for i, c in enumerate(conf) if lo <= c < hi or (b == bins - 1 and c == hi)]
+        if idx:
+            ece += len(idx) / n * abs(sum(correct[i] for i in idx) / len(idx) - sum(conf[i] for i in idx) / len(idx))
+    return ece
+
+
+def normalize_on_rows(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], chat: bool,
+                      source: str) -> dict[str, Any]:
+    """``normalize`` on (prompt, completion) rows formatted as SFT rows (``chat``: with the chat template);
+    records ``source`` as ``normalized_with`` in the result and the model's config.instructloop."""
+    formatted = [format_sft_row(r, chat) for r in rows]
+    norm = normalize(model, tokenizer, [r["prompt"] for r in formatted], [r["completion"] for r in formatted])
+    norm["normalized_with"] = source
+    set_info(model, normalized_with=source)
+    return norm
+
+
 def pairwise_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float], bins: int = 10) -> dict[str, float]:
     """Accuracy (strictly r_c > r_r: ties count as wrong), mean margin, and ECE of sigmoid(r_c - r_r).
 
@@ -151,14 +177,7 @@ def pairwise_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float], bin
     d = [c - r for c, r in zip(r_chosen, r_rejected)]
     correct = [x > 0 for x in d]
     p = [1.0 / (1.0 + math.exp(-max(min(x, 60.0), -60.0))) for x in d]
-    conf = [max(q, 1 - q) for q in p]
-    ece = 0.0
-    for b in range(bins):
-        lo, hi = 0.5 + 0.5 * b / bins, 0.5 + 0.5 * (b + 1) / bins
-        idx = [i for i, c in enumerate(conf) if lo <= c < hi or (b == bins - 1 and c == hi)]
-        if idx:
-            acc = sum(correct[i] for i in idx) / len(idx)
-            ece += len(idx) / n * abs(acc - sum(conf[i] for i in idx) / len(idx))
+    ece = calibration_error(p, correct, bins)
     return {"accuracy": sum(correct) / n, "margin": sum(d) / n, "ece": ece, "pairs": n,
             "mean_reward_chosen": sum(r_chosen) / n, "mean_reward_rejected": sum(r_rejected) / n}
 

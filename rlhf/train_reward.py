@@ -168,18 +168,13 @@ class RewardJob(runs.HFTrainerJob):
         """Normalize (InstructGPT: SFT demonstrations score mean 0), then save over the unnormalized copy. Every
         rank normalizes its identical copy the same way, then all take part in saving (FSDP/DeepSpeed)."""
         from rlhf import reward
-        from rlhf.formatting import format_sft_row
 
         model = self.trainer.model
         if self.cfg.normalize and self.norm_rows:
-            formatted = [format_sft_row(r, self.chat) for r in self.norm_rows]
-            norm = reward.normalize(model, self.tokenizer, [r["prompt"] for r in formatted],
-                                    [r["completion"] for r in formatted])
+            norm = reward.normalize_on_rows(model, self.tokenizer, self.norm_rows, self.chat, self.norm_source)
             if norm["normalize_truncated"]:
                 self.log.warning("%d normalization demonstrations are longer than the model's context and were scored "
                                  "left-truncated (the end kept)", norm["normalize_truncated"])
-            norm["normalized_with"] = self.norm_source
-            reward.set_info(model, normalized_with=self.norm_source)
             metrics.update(norm)
             self.trainer.save_model(str(self.run_dir))
         if self.is_main():
