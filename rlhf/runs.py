@@ -333,6 +333,12 @@ class HFTrainerJob(TrainingJob):
     def callbacks(self) -> list[Any]:
         return [metrics_callback(self.run_dir, self.cfg.stop_at_step)]
 
+    def save(self, metrics: dict[str, Any]) -> None:
+        """The trained model and its tokenizer in the run directory (SFT, KTO)."""
+        self.trainer.save_model(str(self.run_dir))  # every rank: FSDP / DeepSpeed gather the weights collectively
+        if self.is_main():
+            self.tokenizer.save_pretrained(str(self.run_dir))
+
     def train_hf(self, resume: str | None) -> Any | None:
         """trainer.train(); None when it stopped early at --stop_at_step. A resumed run's training_loss is the
         mean over every step, as an uninterrupted run's (the Trainer's own covers only the steps since resume)."""

@@ -156,11 +156,6 @@ class KTOJob(runs.HFTrainerJob):
                             and not k.endswith(("_runtime", "_per_second"))})
         return metrics
 
-    def save(self, metrics: dict[str, Any]) -> None:
-        self.trainer.save_model(str(self.run_dir))  # every rank: FSDP / DeepSpeed gather the weights collectively
-        if self.is_main():
-            self.tokenizer.save_pretrained(str(self.run_dir))
-
     def record(self) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
         cfg = self.cfg
         config = {"base": self.base.path, "reference": self.base.path, "algorithm": "kto",

@@ -125,11 +125,6 @@ class SFTJob(runs.HFTrainerJob):
                                                                 "eval_entropy")})
         return metrics
 
-    def save(self, metrics: dict[str, Any]) -> None:
-        self.trainer.save_model(str(self.run_dir))  # every rank: FSDP / DeepSpeed gather the weights collectively
-        if self.is_main():
-            self.tokenizer.save_pretrained(str(self.run_dir))
-
     def record(self) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
         config = {"base": self.base.path, "chat_template": self.chat, "max_length": self.cfg.max_length,
                   "truncation": "left (prompt cut, completion whole)", **self.counts}
