@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,36 +42,38 @@ class Rows:
 
 # ------------------------------------------------------------------------------------- row sources
 
-def sft_rows_from_db(url: str | None, project: str, statuses: Iterable[str] = ("accepted",)) -> Rows:
+def rows_from_db(url: str | None, project: str, iter_rows: str, check: Callable[[list[dict[str, Any]], str], Any],
+                 empty: str, label_table: str, filters: dict[str, Any]) -> Rows:
+    """A project's rows from ``db.services.export.<iter_rows>`` (the iterator ``python -m db export`` writes,
+    given ``filters``), refused with ``empty`` when there are none, checked by ``check``, with the ids of the
+    labels they came from (the model version's lineage)."""
     from db.services import export
     from db.session import session_scope
 
-    statuses = tuple(statuses)
     collect: dict[str, list[int]] = {}
     with session_scope(url) as s:
-        rows = list(export.iter_sft_rows(s, project=project, statuses=statuses, collect=collect))
+        rows = list(getattr(export, iter_rows)(s, project=project, collect=collect, **filters))
     if not rows:
-        raise InputError(f"project {project!r} has no demonstrations with status {'/'.join(statuses)}: "
-                         "accept some in the review page (or pass --statuses accepted,submitted)", field="project")
-    return Rows(check_sft_rows(rows, f"project {project}"),
-                {"project": project, "label_table": "demonstrations", "filters": {"statuses": list(statuses)}},
+        raise InputError(empty, field="project")
+    return Rows(check(rows, f"project {project}"),
+                {"project": project, "label_table": label_table,
+                 "filters": {k: list(v) if isinstance(v, tuple) else v for k, v in filters.items()}},
                 export.label_ids(collect))
+
+
+def sft_rows_from_db(url: str | None, project: str, statuses: Iterable[str] = ("accepted",)) -> Rows:
+    statuses = tuple(statuses)
+    return rows_from_db(url, project, "iter_sft_rows", check_sft_rows,
+                        f"project {project!r} has no demonstrations with status {'/'.join(statuses)}: accept some "
+                        "in the review page (or pass --statuses accepted,submitted)",
+                        "demonstrations", {"statuses": statuses})
 
 
 def preference_rows_from_db(url: str | None, project: str, aggregate: str = "majority") -> Rows:
-    from db.services import export
-    from db.session import session_scope
-
-    collect: dict[str, list[int]] = {}
-    with session_scope(url) as s:
-        rows = list(export.iter_preference_rows(s, project=project, aggregate=aggregate, collect=collect))
-    if not rows:
-        raise InputError(f"project {project!r} has no preference labels or rankings to train on "
-                         f"(aggregate={aggregate}; ties and both-bad are left out)", field="project")
-    return Rows(check_preference_rows(rows, f"project {project}"),
-                {"project": project, "label_table": "preference_labels+rankings",
-                 "filters": {"aggregate": aggregate}},
-                export.label_ids(collect))
+    return rows_from_db(url, project, "iter_preference_rows", check_preference_rows,
+                        f"project {project!r} has no preference labels or rankings to train on "
+                        f"(aggregate={aggregate}; ties and both-bad are left out)",
+                        "preference_labels+rankings", {"aggregate": aggregate})
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -95,7 +97,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _file_source(path: str | Path) -> dict[str, Any]:
+def file_source(path: str | Path) -> dict[str, Any]:
+    """Where a JSONL file's rows came from, for the lineage: its resolved path, sha256 and the
+    ``<file>.manifest.json`` that ``python -m db export`` writes beside it, when there is one."""
     p = Path(path)
     src: dict[str, Any] = {"dataset": str(p.resolve()),
                            "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
@@ -120,7 +124,7 @@ def sft_rows_from_file(path: str | Path) -> Rows:
             rows.append({"prompt": msgs[:-1], "completion": [msgs[-1]]})
         else:
             rows.append(r)
-    return Rows(check_sft_rows(rows, str(path)), _file_source(path))
+    return Rows(check_sft_rows(rows, str(path)), file_source(path))
 
 
 def is_oasst_tree(row: dict[str, Any]) -> bool:
@@ -148,7 +152,7 @@ def oasst_preference_rows(path: str | Path) -> Rows:
                                      "group": f"oasst-{tree}-{k}", "split_key": tree})
     if not rows:
         raise InputError("no ranked replies in these OpenAssistant trees", file=str(path))
-    return Rows(check_preference_rows(rows, str(path)), _file_source(path))
+    return Rows(check_preference_rows(rows, str(path)), file_source(path))
 
 
 def preference_rows_from_file(path: str | Path) -> Rows:
@@ -157,7 +161,7 @@ def preference_rows_from_file(path: str | Path) -> Rows:
         return oasst_preference_rows(path)
     if all("prompt" in r for r in raw):  # TRL explicit prompt: exactly what the export writes
         rows = [r for r in raw if not r.get("tie")]
-        return Rows(check_preference_rows(rows, str(path)), _file_source(path), dropped=len(raw) - len(rows))
+        return Rows(check_preference_rows(rows, str(path)), file_source(path), dropped=len(raw) - len(rows))
     # HH or TRL implicit prompt: the importer's parser splits the shared conversation from the replies
     for i, r in enumerate(raw, 1):
         if "prompt" not in r and not (isinstance(r.get("chosen"), list)
@@ -175,7 +179,7 @@ def preference_rows_from_file(path: str | Path) -> Rows:
         prompt: Any = msgs[0]["content"] if len(msgs) == 1 and msgs[0]["role"] == "user" else msgs
         rows.append({"prompt": prompt, "chosen": r["chosen"], "rejected": r["rejected"],
                      "margin": float(r["margin"] or 0.0)})
-    return Rows(check_preference_rows(rows, str(path)), _file_source(path))
+    return Rows(check_preference_rows(rows, str(path)), file_source(path))
 
 
 def prompt_rows_from_db(url: str | None, project: str) -> Rows:
@@ -209,7 +213,7 @@ def prompt_rows_from_file(path: str | Path) -> Rows:
         if r.get("answer") is not None:
             row["answer"] = str(r["answer"])
         rows.append(row)
-    return Rows(rows, _file_source(path))
+    return Rows(rows, file_source(path))
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -279,9 +283,17 @@ def split_by_prompt(rows: list[dict[str, Any]], eval_fraction: float
 def build_datasets(rows: list[dict[str, Any]], kind: str, chat: bool, eval_fraction: float,
                    max_rows: int | None = None, eval_rows: list[dict[str, Any]] | None = None):
     """→ (train Dataset, eval Dataset or None) in TRL prompt-completion / explicit-prompt preference format."""
+    fmt = format_sft_row if kind == SFT_KIND else format_preference_row
+    return formatted_datasets(rows, fmt, chat, eval_fraction, max_rows, eval_rows)
+
+
+def formatted_datasets(rows: list[dict[str, Any]], fmt: Callable[[dict[str, Any], bool], dict[str, Any]],
+                       chat: bool, eval_fraction: float, max_rows: int | None = None,
+                       eval_rows: list[dict[str, Any]] | None = None):
+    """→ (train Dataset, eval Dataset or None) of rows rendered by ``fmt(row, chat)``: held out by prompt hash
+    (``split_by_prompt``) unless ``eval_rows`` are given; ``max_rows`` caps the training rows."""
     from datasets import Dataset
 
-    fmt = format_sft_row if kind == SFT_KIND else format_preference_row
     formatted = [fmt(r, chat) for r in rows]
     if eval_rows is not None:
         train, held = formatted, [fmt(r, chat) for r in eval_rows]

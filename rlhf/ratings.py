@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from db.services.errors import InputError
-from rlhf.data import Rows, _file_source, read_jsonl, split_by_prompt
+from rlhf.data import Rows, file_source, formatted_datasets, read_jsonl, rows_from_db
 from rlhf.formatting import format_sft_row, is_chat
 
 RATING_COLUMNS = ("prompt", "completion", "label")
@@ -42,19 +42,10 @@ def check_rating_rows(rows: list[dict[str, Any]], where: str) -> list[dict[str, 
 
 
 def rating_rows_from_db(url: str | None, project: str, aggregate: str = "majority") -> Rows:
-    from db.services import export
-    from db.session import session_scope
-
-    collect: dict[str, list[int]] = {}
-    with session_scope(url) as s:
-        rows = list(export.iter_rating_rows(s, project=project, aggregate=aggregate, collect=collect))
-    if not rows:
-        raise InputError(f"project {project!r} has no ratings to train on (aggregate={aggregate}; an even split "
-                         "of good and bad is left out under majority): rate responses on the Rate page or "
-                         "python -m db import ratings FILE", field="project")
-    return Rows(check_rating_rows(rows, f"project {project}"),
-                {"project": project, "label_table": "ratings", "filters": {"aggregate": aggregate}},
-                export.label_ids(collect))
+    return rows_from_db(url, project, "iter_rating_rows", check_rating_rows,
+                        f"project {project!r} has no ratings to train on (aggregate={aggregate}; an even split of "
+                        "good and bad is left out under majority): rate responses on the Rate page or "
+                        "python -m db import ratings FILE", "ratings", {"aggregate": aggregate})
 
 
 def rating_rows_from_file(path: str | Path) -> Rows:
@@ -64,7 +55,7 @@ def rating_rows_from_file(path: str | Path) -> Rows:
             _check_row(r)
         except InputError as e:
             raise InputError(e.reason, file=str(path), line=i, field=e.field) from e
-    return Rows(rows, _file_source(path))
+    return Rows(rows, file_source(path))
 
 
 def load_rating_rows(url: str | None, project: str | None, dataset: str | None,
@@ -84,16 +75,7 @@ def format_rating_row(row: dict[str, Any], chat: bool) -> dict[str, Any]:
 def build_rating_datasets(rows: list[dict[str, Any]], chat: bool, eval_fraction: float,
                           max_rows: int | None = None, eval_rows: list[dict[str, Any]] | None = None):
     """→ (train Dataset, eval Dataset or None) of formatted {prompt, completion, label} rows, split by prompt."""
-    from datasets import Dataset
-
-    formatted = [format_rating_row(r, chat) for r in rows]
-    if eval_rows is not None:
-        train, held = formatted, [format_rating_row(r, chat) for r in eval_rows]
-    else:
-        train, held = split_by_prompt(formatted, eval_fraction)
-    if max_rows:
-        train = train[:max_rows]
-    return Dataset.from_list(train), (Dataset.from_list(held) if held else None)
+    return formatted_datasets(rows, format_rating_row, chat, eval_fraction, max_rows, eval_rows)
 
 
 def label_counts(ds: Any) -> dict[str, int]:
