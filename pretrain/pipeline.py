@@ -53,6 +53,10 @@ def _say(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+class PretrainingInterrupted(KeyboardInterrupt):
+    """Training was stopped (Ctrl-C / SIGTERM) before its last step; its checkpoint is kept for a resume."""
+
+
 def build_demo_model(out_dir: str | Path | None = None, steps: int | None = None, attention: str = "dense",
                      vocab_size: int | None = None, preset: str = "tiny", threads: int | None = None,
                      progress: bool = True, extra_train_args: list[str] | None = None,
@@ -122,6 +126,12 @@ def build_demo_model(out_dir: str | Path | None = None, steps: int | None = None
         else:
             train(["--out", str(run), "--resume", "--max-steps", str(steps)]  # threads: a runtime setting
                   + (["--threads", str(threads)] if threads else []) + (["--no-progress"] if not progress else []))
+        # Ctrl-C / SIGTERM make train() checkpoint and return early: a half-trained model must not be
+        # exported (and, in make demo, seeded from); the next run resumes from the checkpoint.
+        done = torch.load(ck, map_location="cpu", weights_only=False)["step"] if ck.is_file() else 0
+        if done < steps:
+            raise PretrainingInterrupted(f"pretraining stopped at step {done} of {steps}; nothing was exported. "
+                                         f"Run the same command again to resume from {run}")
     _say(progress, f"[3/3] export to {root / 'hf'}")
     return export(run, root / "hf")
 
@@ -230,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
                                not args.no_progress, extra, corpus)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    except PretrainingInterrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        raise SystemExit(130) from None
     print(out)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from db.migrate import upgrade
@@ -111,7 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     if a.write_prompts:
         print(write_prompts())
         return
-    bootstrap(a.url, model=a.model, steps=a.steps, samples=a.samples, quiet=a.quiet)
+    from pretrain.pipeline import PretrainingInterrupted
+
+    try:
+        bootstrap(a.url, model=a.model, steps=a.steps, samples=a.samples, quiet=a.quiet)
+    except PretrainingInterrupted as e:  # stopped mid-pretraining: seed nothing from a half-trained model
+        print(f"demo stopped: {e}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -73,6 +73,22 @@ def test_build_demo_model_caches_and_rebuilds_on_other_settings(tmp_path, capsys
         build_demo_model(tmp_path / "m", corpus={"tasks": 5})
 
 
+def test_a_stopped_pretraining_exports_nothing_and_the_next_run_finishes_it(tmp_path, capsys):
+    """Ctrl-C in make demo's pretraining (train checkpoints and returns) must not export, register or seed a
+    half-trained model; a later run trains to the end and exports."""
+    from pretrain.pipeline import PretrainingInterrupted, build_demo_model
+
+    small = {"task_docs": 600, "docs": "none"}
+    with pytest.raises(PretrainingInterrupted, match="stopped at step 2 of 4"):
+        build_demo_model(tmp_path / "m", steps=4, vocab_size=300, preset="micro", corpus=small, threads=1,
+                         extra_train_args=["--stop-at-step", "2"])
+    assert not (tmp_path / "m" / "hf").exists()
+    out = build_demo_model(tmp_path / "m", steps=4, vocab_size=300, preset="micro", corpus=small, threads=1)
+    assert (out / "config.json").is_file()
+    import torch
+    assert torch.load(tmp_path / "m" / "run" / "ckpt.pt", map_location="cpu", weights_only=False)["step"] == 4
+
+
 def test_demo_bootstrap_seeds_once(empty_db_url, tmp_path):
     from pretrain.pipeline import build_tiny_model
     from rlhf.demo import N_PROMPTS, bootstrap
