@@ -170,6 +170,8 @@ def connection_lost(exc: BaseException) -> bool:
     if exc.connection_invalidated:
         return True
     if isinstance(exc, (OperationalError, InterfaceError)):
+        if type(exc.orig).__name__ in ("DeadlockDetected", "SerializationFailure"):
+            return False  # a transaction conflict on a live server, not a lost connection
         module = type(exc.orig).__module__ if exc.orig is not None else ""
         if module.startswith("psycopg"):
             return True

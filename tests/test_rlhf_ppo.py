@@ -488,7 +488,9 @@ def test_ppo_job_registers_a_policy_that_beats_sft_and_feeds_generate(loop, monk
                          "--database_url", url, "--max_new_tokens", "12"])
     assert res["prompts"] == len(held) and set(res) >= {"score", "reference_score", "win_rate", "kl", "length"}
 
-    # the prompts as a file (python -m db export prompts), made verifiable: does the response open with "please"?
+    # the prompts as a file (python -m db export prompts) with an answer each: evaluate reads them from the file.
+    # Whether accuracy moves is asserted by tests/test_loop_e2e.py (SFT above base on verifiable tasks), and its
+    # rule (the first line is the answer) by tests/test_simulate.py.
     f = loop["dir"] / "prompts.jsonl"
     db_main(["--url", url, "export", "prompts", "--project", "pp", "-o", str(f)])
     exported = [json.loads(x) for x in f.read_text().splitlines()]
@@ -497,8 +499,7 @@ def test_ppo_job_registers_a_policy_that_beats_sft_and_feeds_generate(loop, monk
     res = evaluate.main(["policy", "--model", "ppo-1", "--reference", "sft-1", "--reward", "rm-1", "--dataset",
                          str(f), "--split", "all", "--database_url", url, "--max_new_tokens", "12"])
     assert res["prompts"] == len(exported) and 0 <= res["accuracy"] <= 1
-    # SFT's demonstrations all open with "please", and about half of its samples do; a random model's never would
-    assert res["reference_accuracy"] > 0.3, res
+    assert 0 <= res["reference_accuracy"] <= 1 and res["split"] == "all", res
 
     summary = generate.main(["--project", "pp", "--models", "ppo-1", "sft-1", "--num_samples", "1",
                              "--limit_prompts", "5", "--max_new_tokens", "8", "--database_url", url, "--no_progress"])

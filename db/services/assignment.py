@@ -8,12 +8,14 @@ both take the last slot.
 from __future__ import annotations
 
 import datetime as dt
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from db.models import Assignment, Project, Prompt, Response, Task, utcnow
@@ -109,6 +111,10 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
         return _next_task_pg(session, candidates, user_id, overlap, clock, lease)
 
 
+def _is_deadlock(e: OperationalError) -> bool:
+    return type(e.orig).__name__ == "DeadlockDetected"  # psycopg.errors.DeadlockDetected (SQLSTATE 40P01)
+
+
 # How long next_task may wait behind other transactions on PostgreSQL before saying "busy, try again".
 PG_WAIT_SECONDS = 30.0
 
@@ -130,14 +136,23 @@ def _next_task_pg(session: Session, candidates: Callable[[dt.datetime], Any], us
         cand = candidates(clock())
         cand = cand.where(Task.id.not_in(full)) if full else cand
         for wait in (False, True):
-            with session.begin_nested() as sp:
-                task = session.scalars(cand.with_for_update(skip_locked=not wait, of=Task)
-                                       .execution_options(populate_existing=True)).first()
-                if task is not None:
-                    now = clock()  # read under the row lock: no later lease of this task is older
-                    if slots_taken(session, task.id, now) < overlap:
-                        return _claim(session, task, user_id, now, lease)
-                sp.rollback()  # full after all (or nothing lockable): release the row lock at once
+            try:
+                with session.begin_nested() as sp:
+                    task = session.scalars(cand.with_for_update(skip_locked=not wait, of=Task)
+                                           .execution_options(populate_existing=True)).first()
+                    if task is not None:
+                        now = clock()  # read under the row lock: no later lease of this task is older
+                        if slots_taken(session, task.id, now) < overlap:
+                            return _claim(session, task, user_id, now, lease)
+                    sp.rollback()  # full after all (or nothing lockable): release the row lock at once
+            except OperationalError as e:
+                # The blocking wait can close a cycle with callers that hold rows from earlier in their
+                # transactions; PostgreSQL then cancels one wait. Its savepoint is rolled back (so is our
+                # wait), and we look again after a short random pause instead of failing the annotator.
+                if not _is_deadlock(e):
+                    raise
+                time.sleep(random.uniform(0.005, 0.05))
+                break
             if task is not None:
                 full.append(task.id)
                 break  # start over with SKIP LOCKED on a fresh snapshot
