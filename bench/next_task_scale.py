@@ -204,7 +204,7 @@ def bench(url: str, calls: int, verbose: bool) -> dict[str, list[float]]:
 
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, int(round(q * len(xs))) - 1))]
+    return xs[min(len(xs) - 1, max(0, round(q * len(xs)) - 1))]
 
 
 def main() -> None:
