@@ -35,8 +35,10 @@ from db.session import write_transaction
 
 
 def _check_flags(flags: Sequence[str] | None) -> list[str]:
+    if flags is not None and (isinstance(flags, (str, bytes)) or not isinstance(flags, (list, tuple, set))):
+        raise InputError(f"flags must be a list of flag names, not {type(flags).__name__}", field="flags")
     flags = list(flags or [])
-    bad = [f for f in flags if f not in FLAGS]
+    bad = [f for f in flags if not isinstance(f, str) or f not in FLAGS]
     if bad:
         raise InputError(f"unknown flag(s) {', '.join(map(repr, bad))}; allowed: {', '.join(FLAGS)}",
                          field="flags")
