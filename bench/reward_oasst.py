@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -25,20 +26,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DATA = Path("/work/shared/data/oasst_en_100_tree.jsonl")
-SMALL_BASE_HINT = Path("/tmp/helpers/small_base_path.txt")
+# the read-only fixtures sit beside the repository (../shared), or inside it on some CI clones
+DATA = next((p for p in (ROOT.parent / "shared" / "data" / "oasst_en_100_tree.jsonl",
+                         ROOT / "shared" / "data" / "oasst_en_100_tree.jsonl") if p.is_file()),
+            ROOT.parent / "shared" / "data" / "oasst_en_100_tree.jsonl")
+HOME = Path(os.environ.get("INSTRUCTLOOP_HOME", ROOT / "runs"))
 # (learning rate, epochs, warmup ratio): from TRL's 1e-4 up, and 1-3 epochs (InstructGPT: one)
 SWEEP = [(1e-4, 2, 0.1), (3e-4, 2, 0.1), (1e-3, 2, 0.1), (3e-3, 2, 0.1), (1e-3, 1, 0.1), (1e-3, 3, 0.1),
          (1e-3, 2, 0.0)]
 
 
 def default_base() -> str | None:
-    if SMALL_BASE_HINT.is_file():
-        p = SMALL_BASE_HINT.read_text().strip()
-        if p and Path(p).exists():
-            return p
-    demo = ROOT / "runs" / "pretrain" / "demo-dense" / "hf"
-    return str(demo) if demo.exists() else None
+    """`python -m pretrain.pipeline --preset small`'s export, else the demo model's."""
+    for p in (HOME / "pretrain" / "small-dense" / "hf", HOME / "pretrain" / "demo-dense" / "hf"):
+        if p.is_dir():
+            return str(p)
+    return None
 
 
 def run_one(base: str, data: Path, out_dir: Path, *, lr: float | None, epochs: float | None,
@@ -87,8 +90,8 @@ def fmt(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default=None, help="starting model (HF directory); default: the `small` base named "
-                    f"in {SMALL_BASE_HINT}, else runs/pretrain/demo-dense/hf")
+    ap.add_argument("--base", default=None, help="starting model (HF directory); default: the `small` base "
+                    "($INSTRUCTLOOP_HOME/pretrain/small-dense/hf), else the demo's (.../demo-dense/hf)")
     ap.add_argument("--quick_base", action="store_true", help="build the quick base tests/test_reward_oasst.py "
                     "uses (tokenizer on the trees, random 2-layer GPT-2, sinusoidal positions, 512 context)")
     ap.add_argument("--data", type=Path, default=DATA, help="OpenAssistant *_tree.jsonl")
