@@ -418,6 +418,21 @@ ADMIN_URLS = {"dashboard": "Dashboard", "agreement": "Agreement", "review": "Rev
               "jobs": "Jobs", "export": "Export"}
 
 
+def _body_text(page) -> str:
+    """What the page shows, for a failure message (CI keeps no screenshots)."""
+    try:
+        return page.locator("body").inner_text(timeout=5_000)[:1500]
+    except Exception as e:  # noqa: BLE001 - the page itself may be gone
+        return f"<unreadable: {e}>"
+
+
+def _signed_out_form(page, path: str) -> None:
+    """After a sign-out, a page URL must show the sign-in form, not a signed-in page (the cookie must be dead)."""
+    form, signed_in = page.get_by_role("textbox", name="Username"), page.get_by_text("Sign out")
+    form.or_(signed_in).first.wait_for(timeout=60_000)  # a cold page on a loaded machine: up to a minute
+    assert form.count() == 1, f"/{path} opened signed in after signing out"
+
+
 def test_every_page_url_opened_directly_lands_on_its_page(app_server, browser):
     """Signed out: any page URL shows the sign-in form and, once signed in, that page. Signed in: a typed URL
     (a reload, a bookmark) opens its page. Never Streamlit's "Page not found"."""
@@ -426,11 +441,12 @@ def test_every_page_url_opened_directly_lands_on_its_page(app_server, browser):
     for path, title in {**ANNOTATOR_URLS, **ADMIN_URLS}.items():
         page.goto(f"{base}/{path}")
         try:
+            _signed_out_form(page, path)
             submit_sign_in(page, "admin", "password123")
             page.get_by_role("heading", name=title, exact=True).wait_for()
-        except Exception:
+        except Exception as e:
             page.screenshot(path=str(SHOTS / f"FAILED_url_{path}.png"), full_page=True)
-            raise
+            raise AssertionError(f"/{path} (at {page.url}) shows: {_body_text(page)!r}") from e
         _settle(page)
         assert page.get_by_text("Page not found").count() == 0 and page.url.endswith("/" + path), path
         for other, other_title in {**ANNOTATOR_URLS, **ADMIN_URLS}.items():
