@@ -22,9 +22,6 @@ def home() -> Path:
     return Path(os.environ.get("INSTRUCTLOOP_HOME", "runs"))
 
 
-LEASE_MINUTES = int(os.environ.get("INSTRUCTLOOP_LEASE_MINUTES", "30"))
-
-
 class SettingsError(ServiceError, ValueError):
     """An environment variable that cannot be used: the CLI prints it as `error: ...` (exit 2), the app shows it
     instead of a traceback."""
@@ -78,6 +75,11 @@ def signin_max_failures_per_client() -> int:
     return _int_env("INSTRUCTLOOP_SIGNIN_MAX_CLIENT_FAILURES", 20)
 
 
+def lease_minutes() -> int:
+    """`INSTRUCTLOOP_LEASE_MINUTES` (default 30): how long a handed-out task stays reserved for its annotator."""
+    return _int_env("INSTRUCTLOOP_LEASE_MINUTES", 30)
+
+
 def signin_window_minutes() -> int:
     """`INSTRUCTLOOP_SIGNIN_WINDOW_MINUTES` (default 15): how long a failed sign-in counts."""
     return _int_env("INSTRUCTLOOP_SIGNIN_WINDOW_MINUTES", 15)
@@ -89,7 +91,7 @@ def problems() -> list[str]:
     out = []
     names = [env for env, _d, _u in SIZE_LIMITS.values()] + [
         "INSTRUCTLOOP_SIGNIN_MAX_FAILURES", "INSTRUCTLOOP_SIGNIN_MAX_CLIENT_FAILURES",
-        "INSTRUCTLOOP_SIGNIN_WINDOW_MINUTES"]
+        "INSTRUCTLOOP_SIGNIN_WINDOW_MINUTES", "INSTRUCTLOOP_LEASE_MINUTES"]
     for name in names:
         try:
             _int_env(name, 1)

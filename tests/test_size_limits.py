@@ -9,8 +9,9 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from db.models import Demonstration, PreferenceLabel, Prompt, Ranking, Rating, Response
-from db.services import accounts, content, importers, labels, projects, tasks
+from db import settings
+from db.models import Assignment, Demonstration, PreferenceLabel, Prompt, Ranking, Rating, Response
+from db.services import accounts, assignment, content, importers, labels, projects, tasks
 from db.services.errors import InputError
 from db.settings import SIZE_LIMITS, size_limit
 from tests.db_helpers import make_compare_project, make_users
@@ -87,6 +88,28 @@ def test_each_limit_refuses_with_its_name(sqlite_session, small_limits):
         labels.review_demonstration(s, d.id, admin, True, note=over)
     s.rollback()
     assert s.get(Demonstration, d.id).status == "submitted"
+    # a skip reason too: the task stays the annotator's, not skipped
+    a_view = assignment.next_task(s, u, pid, kind="rank")
+    s.commit()
+    with pytest.raises(InputError, match="field 'reason': the comment has 51 characters"):
+        assignment.skip_task(s, u, a_view.task_id, over)
+    s.rollback()
+    assert assignment.skip_task(s, u, a_view.task_id, at_limit).skip_reason == at_limit
+
+
+def test_lease_minutes_follow_the_environment_and_a_bad_value_is_a_message(monkeypatch, sqlite_session):
+    s = sqlite_session
+    pid, _task_id, u, _admin = _project(s)
+    monkeypatch.setenv("INSTRUCTLOOP_LEASE_MINUTES", "7")
+    view = assignment.next_task(s, u, pid)
+    a = s.scalar(select(Assignment).where(Assignment.task_id == view.task_id))
+    assert (a.expires_at - a.assigned_at).total_seconds() == 7 * 60
+    assert settings.problems() == []
+    monkeypatch.setenv("INSTRUCTLOOP_LEASE_MINUTES", "half an hour")
+    assert settings.problems() == [("environment variable INSTRUCTLOOP_LEASE_MINUTES='half an hour' must be a "
+                                   "whole number")]
+    with pytest.raises(settings.SettingsError, match="INSTRUCTLOOP_LEASE_MINUTES"):
+        assignment.next_task(s, u, pid)
 
 
 def test_upload_and_import_rows(sqlite_session, small_limits, tmp_path):

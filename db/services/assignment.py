@@ -18,11 +18,11 @@ from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from db import settings
 from db.models import Assignment, Project, Prompt, Response, Task, utcnow
-from db.services.content import prompt_messages
+from db.services.content import check_size, prompt_messages
 from db.services.errors import NotFound, ServiceError, check_id
 from db.session import write_transaction
-from db.settings import LEASE_MINUTES
 
 
 @dataclass
@@ -76,7 +76,7 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
     lease times follow the order in which transactions took the task.
     """
     clock = (lambda: now) if now is not None else utcnow
-    lease = dt.timedelta(minutes=lease_minutes if lease_minutes is not None else LEASE_MINUTES)
+    lease = dt.timedelta(minutes=lease_minutes if lease_minutes is not None else settings.lease_minutes())
     with write_transaction(session):
         now_ = clock()  # SQLite: after BEGIN IMMEDIATE took the write lock
         project = session.get(Project, project_id, populate_existing=True)  # labels_per_task may have changed
@@ -201,6 +201,7 @@ def skip_task(session: Session, user_id: int, task_id: int, reason: str = "",
     """Give the task back with a reason; the user is not offered it again."""
     now = now or utcnow()
     check_id(task_id, "task")
+    check_size("comment", reason or "", field="reason")  # skip reasons share the comment limit
     with write_transaction(session):
         # Lock the task row as submits do (PostgreSQL): a skip racing this user's own submit must not leave a
         # 'skipped' assignment beside a real label (the slot would be handed out again).

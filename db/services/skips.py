@@ -7,11 +7,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db import settings
 from db.models import Assignment, Project, Task, utcnow
 from db.services.assignment import slots_taken
 from db.services.errors import ServiceError, check_id
 from db.session import write_transaction
-from db.settings import LEASE_MINUTES
 
 
 def skipped_tasks(session: Session, user_id: int, *, project_id: int | None = None,
@@ -37,7 +37,7 @@ def undo_skip(session: Session, user_id: int, task_id: int, *, now: dt.datetime 
     Refused once the task no longer needs this user: it is done or closed, or others hold every slot.
     """
     now = now or utcnow()
-    lease = dt.timedelta(minutes=lease_minutes if lease_minutes is not None else LEASE_MINUTES)
+    lease = dt.timedelta(minutes=lease_minutes if lease_minutes is not None else settings.lease_minutes())
     check_id(task_id, "task")
     with write_transaction(session):
         # The task row lock that submits and skips take (PostgreSQL), so the slot count below cannot go stale.
