@@ -92,6 +92,8 @@ def test_every_admin_page_refuses_an_annotator(seeded):
     assert not at.exception and "for admins only" not in _texts(at)
     shown = at.dataframe[0].value
     assert {"user.create"} <= set(shown["action"]) and "alice" in set(shown["target"])
+    # details read as words, not JSON
+    assert shown.loc[shown["target"] == "alice", "details"].tolist() == ["role: annotator"]
 
 
 # ------------------------------------------------------------------ admin services

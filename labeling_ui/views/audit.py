@@ -25,9 +25,18 @@ with db() as s:
 if not rows:
     st.info("No audit entries match." if action != "(all)" or actor else "Nothing has been audited yet.")
     st.stop()
+
+
+def _details(details: dict | None) -> str:
+    """`role: admin · was: annotator` rather than raw JSON; nested values stay JSON."""
+    def show(v):
+        return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True, default=str)
+    return " · ".join(f"{k.replace('_', ' ')}: {show(v)}" for k, v in sorted((details or {}).items()))
+
+
 # Plain text columns: usernames and targets are user input, never rendered as markdown or HTML.
 table = pd.DataFrame([{"when": local_time(r["at"]), "by": r["actor"], "action": r["action"], "target": r["target"],
-                       "details": json.dumps(r["details"], ensure_ascii=False, sort_keys=True, default=str)}
+                       "details": _details(r["details"])}
                       for r in rows])
 st.dataframe(table, hide_index=True, width="stretch")
 st.caption(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, newest first.")
