@@ -12,23 +12,37 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
+import itertools
 import json
 import math
 import random
 import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import settings
-from db.models import Assignment, PreferenceLabel, Project, Prompt, Ranking, Rating, Response, Task, utcnow
-from db.services import accounts, audit, content, projects, tasks
+from db.models import (
+    TS,
+    Assignment,
+    PreferenceLabel,
+    Project,
+    Prompt,
+    Ranking,
+    Rating,
+    Response,
+    Task,
+    utcnow,
+)
+from db.services import accounts, audit, content, projects, summary, tasks
 from db.services.content import validate_messages
 from db.services.errors import InputError
 
@@ -212,9 +226,16 @@ def _undecodable(m: re.Match[str]) -> str:
 
 def _jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
     # Only "\n" ends a JSONL line: str.splitlines() would also cut at U+2028, U+2029 or U+0085, which JSON
-    # allows unescaped inside strings (our own exports write them so).
-    for i, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
+    # allows unescaped inside strings (our own exports write them so). Found one at a time: a list of every
+    # line of a 1M-row file would hold it twice.
+    start, i, end_of_text = 0, 0, len(text)
+    while start <= end_of_text:
+        end = text.find("\n", start)
+        if end < 0:
+            end = end_of_text
+        i += 1
+        line = text[start:end].removesuffix("\r")
+        start = end + 1
         if line.strip():
             yield i, line
 
@@ -235,18 +256,44 @@ def _json_object(line: str) -> dict[str, Any]:
     return obj
 
 
+@dataclass
+class _Tally:
+    """What a streaming pass has read: lines, and the refused ones."""
+
+    total: int = 0
+    bad: list[RefusedLine] = field(default_factory=list)
+
+
+# Set while a line that cannot hold unstorable text is parsed: no longer than the smallest text limit (decoded
+# JSON text is never longer than its JSON) and without "\u" escapes (the only way JSON spells NUL or a lone
+# surrogate; undecodable bytes are refused before). Most lines of a published file are such lines, and
+# _check_storable's walk over every value of them was a fifth of an import's time.
+_PLAIN_LINE: ContextVar[bool] = ContextVar("_PLAIN_LINE", default=False)
+
+
+def _each_row(text: str, parse_row: Callable[[dict[str, Any], int], Any], tally: _Tally) -> Iterator[Any]:
+    """parse_row(obj, line) of every line, one at a time; the lines it refuses (InputError) go to `tally`."""
+    plain_max = min(settings.size_limit("prompt"), settings.size_limit("response"))
+    for i, line in _jsonl_lines(text):
+        tally.total += 1
+        token = _PLAIN_LINE.set(len(line) <= plain_max and "\\u" not in line)
+        try:
+            row = parse_row(_json_object(line), i)
+        except InputError as e:
+            tally.bad.append(RefusedLine(i, e.reason, e.field, line.encode("utf-8", "surrogateescape")
+                                         .decode("utf-8", "replace")))
+            continue
+        finally:
+            _PLAIN_LINE.reset(token)
+        yield row
+
+
 def _parse_jsonl(text: str, name: str, parse_row: Callable[[dict[str, Any], int], Any],
                  refused: list[RefusedLine] | None) -> list[Any]:
     """parse_row(obj, line) for every line; lines it refuses (InputError) are collected, then settled."""
-    rows, bad, total = [], [], 0
-    for i, line in _jsonl_lines(text):
-        total += 1
-        try:
-            rows.append(parse_row(_json_object(line), i))
-        except InputError as e:
-            bad.append(RefusedLine(i, e.reason, e.field, line.encode("utf-8", "surrogateescape")
-                                   .decode("utf-8", "replace")))
-    _settle(name, bad, total, refused)
+    tally = _Tally()
+    rows = list(_each_row(text, parse_row, tally))
+    _settle(name, tally.bad, tally.total, refused)
     return rows
 
 
@@ -257,6 +304,8 @@ _SIZE_OF_FIELD = {"prompt": "prompt", "messages": "prompt", "turns": "prompt", "
 
 def _check_storable(value: Any, fieldname: str) -> None:
     """Refuse text the database cannot hold (checked before writing, so it refuses a line, not the file)."""
+    if _PLAIN_LINE.get():
+        return
     if fieldname in _SIZE_OF_FIELD:
         content.check_size(_SIZE_OF_FIELD[fieldname], value, field=fieldname)
     if isinstance(value, str):
@@ -376,6 +425,103 @@ def parse_prompts(text: str, name: str, *, refused: list[RefusedLine] | None = N
     return _parse_jsonl(text, name, _prompt_row, refused)
 
 
+_INSERT_BATCH = 5000  # rows of the file per write of a bulk import (lookups, then one INSERT per table)
+_JSON_COLUMNS = frozenset({"messages", "meta", "params", "response_ids", "flags"})
+_PROMPT_COLUMNS = ("project_id", "text", "messages", "source", "meta", "content_hash", "created_at")
+_RESPONSE_COLUMNS = ("prompt_id", "model_version_id", "text", "params", "sample_index", "content_hash", "created_at")
+_TASK_COLUMNS = ("project_id", "kind", "prompt_id", "response_ids", "status", "n_submitted", "dedup_key", "source",
+                 "created_at")
+_LABEL_COLUMNS = ("task_id", "user_id", "choice", "strength", "flags", "comment", "seconds", "created_at",
+                  "updated_at")
+_SLOT_COLUMNS = ("task_id", "user_id", "state", "assigned_at", "expires_at", "finished_at", "skip_reason")
+
+
+class _Bulk:
+    """Plain SQL on the session's connection for the bulk imports: rows are tuples of stored values (JSON
+    already as text, the import's one timestamp) in multi-row statements. SQLAlchemy's per-row parameter
+    processing and the ORM cost several times the INSERT itself (14k prompts per CPU-s)."""
+
+    _PARAMS_PER_STATEMENT = 30_000  # under SQLite's 32766 and PostgreSQL's 65535 bound parameters
+
+    def __init__(self, session: Session) -> None:
+        session.flush()  # what the ORM holds (a project made in this transaction) goes first
+        self.conn = session.connection()
+        dialect = self.conn.dialect
+        self.pg = dialect.name == "postgresql"
+        self.mark = "%s" if self.pg else "?"
+        # as the column type binds it: SQLite stores a string (sqlite3's own adapter would add "+00:00"),
+        # PostgreSQL takes the datetime
+        stamp = TS.dialect_impl(dialect).bind_processor(dialect)
+        self.now = stamp(utcnow()) if stamp else utcnow()
+
+    def lookup(self, sql: str, params: tuple[Any, ...], values: Sequence[Any]) -> list[Any]:
+        """Rows of `sql`, where {p} is a parameter of `params` and {IN} tests membership in `values`."""
+        out: list[Any] = []
+        step = self._PARAMS_PER_STATEMENT
+        for lo in range(0, len(values), step):
+            part = list(values[lo:lo + step])
+            if self.pg:  # one array parameter
+                q, args = sql.format(p="%s", IN="= ANY(%s)"), (*params, part)
+            else:
+                q, args = sql.format(p="?", IN=f"IN ({', '.join('?' * len(part))})"), (*params, *part)
+            out.extend(self.conn.exec_driver_sql(q, args).all())
+        return out
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]],
+               returning: str | None = None) -> list[Any]:
+        """INSERT `rows` (tuples in `columns` order), many per statement; the RETURNING rows, if asked."""
+        one = "(" + ", ".join(f"CAST({self.mark} AS JSON)" if self.pg and c in _JSON_COLUMNS else self.mark
+                              for c in columns) + ")"
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+        tail = f" RETURNING {returning}" if returning else ""
+        step = self._PARAMS_PER_STATEMENT // len(columns)
+        out: list[Any] = []
+        for lo in range(0, len(rows), step):
+            part = rows[lo:lo + step]
+            res = self.conn.exec_driver_sql(head + ", ".join([one] * len(part)) + tail,
+                                            tuple(itertools.chain.from_iterable(part)))
+            if returning:
+                out.extend(res.all())
+        return out
+
+    def update_tasks(self, rows: list[tuple[int, str, int]]) -> None:
+        """(n_submitted, status, id) of tasks that got an imported label."""
+        if rows:
+            m = self.mark
+            self.conn.exec_driver_sql(f"UPDATE tasks SET n_submitted = {m}, status = {m} WHERE id = {m}", rows)
+
+
+def _batches(rows: Iterator[Any], size: int = _INSERT_BATCH) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+_STORED_JSON = json.JSONEncoder().encode  # what SQLAlchemy's JSON type writes (json.dumps)
+# content.sha's serialization, built once: json.dumps with arguments builds an encoder per call
+_HASHED_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+
+
+def _json_text(value: Any) -> str:
+    """A JSON column's value as SQLAlchemy's JSON type writes it (None is JSON null, not SQL NULL)."""
+    return "null" if value is None else "{}" if value == {} else _STORED_JSON(value)
+
+
+def _sha(obj: Any) -> str:
+    """content.sha (the same bytes hashed), faster."""
+    data = obj if isinstance(obj, str) else _HASHED_JSON(obj)
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _prompt_hash(text: str | None, messages: list[dict[str, str]] | None) -> str:
+    return _sha({"messages": messages}) if messages else _sha({"text": text})
+
+
 def _audit_import(session: Session, result: ImportResult, project: str, actor_id: int | None) -> None:
     """The import's audit entry, in the import's transaction (rolled back with it)."""
     audit.record(session, "import", actor_id=actor_id, target=f"{result.kind} into {project}",
@@ -383,64 +529,71 @@ def _audit_import(session: Session, result: ImportResult, project: str, actor_id
                           "skipped": result.skipped, "refused": len(result.refused)})
 
 
-_INSERT_BATCH = 5000  # rows per INSERT ... RETURNING of a bulk import
-_PROMPTS = Prompt.__table__
-_RESPONSES = Response.__table__
-_TASKS = Task.__table__
-
-
-def _stored_prompt_row(r: dict[str, Any]) -> tuple[str | None, list[dict[str, str]] | None]:
-    """(text, messages) of a parsed prompt row as content.add_prompt would store it, with its checks."""
+def _prompt_record(r: dict[str, Any]) -> tuple[str, str | None, str, str]:
+    """(content hash, text, messages, meta) of a parsed prompt row as content.add_prompt stores it (a one-turn
+    chat is a plain prompt); JSON as stored text. Its checks ran in _prompt_row / _csv_prompt_rows."""
     text, messages = r["text"], r["messages"]
-    if messages:
-        messages = validate_messages(messages)
-        if len(messages) == 1 and messages[0]["role"] == "user":  # a one-turn chat is a plain prompt
-            text, messages = messages[0]["content"], None
+    if messages and len(messages) == 1 and messages[0]["role"] == "user":
+        text, messages = messages[0]["content"], None
     if not messages and not (text or "").strip():
         raise InputError("prompt is empty", field="prompt")
-    content.check_size("prompt", messages or text, field="prompt")
-    return (text if not messages else None), (messages or None)
+    text = None if messages else text
+    return _prompt_hash(text, messages), text, _json_text(messages), _json_text(r["meta"] or {})
+
+
+def _write_prompts(bulk: _Bulk, project_id: int, src: str, batch: list[tuple[str, str | None, str, str]],
+                   result: ImportResult) -> dict[str, int]:
+    """Insert the batch's prompts not in the project yet (nor earlier in the batch); {hash: id} of them all."""
+    ids = dict(bulk.lookup("SELECT content_hash, id FROM prompts WHERE project_id = {p} AND content_hash {IN}",
+                           (project_id,), list({r[0] for r in batch})))
+    new: dict[str, tuple[Any, ...]] = {}
+    for h, text, messages, meta in batch:
+        if h in ids or h in new:
+            result.skipped += 1
+            continue
+        new[h] = (project_id, text, messages, src, meta, h, bulk.now)
+    result.added += len(new)
+    ids.update(bulk.insert("prompts", _PROMPT_COLUMNS, list(new.values()), "content_hash, id"))
+    return ids
+
+
+def _demonstrate_tasks(session: Session, project_id: int, src: str, hashes: list[str], ids: dict[str, int],
+                       result: ImportResult) -> None:
+    """A demonstrate task for each prompt of the batch (tasks.create_task: one per prompt, never doubled)."""
+    for h in hashes:
+        _, created = tasks.create_task(session, project_id, "demonstrate", ids[h], source=src)
+        result.details["demonstrate tasks"] = result.details.get("demonstrate tasks", 0) + created
 
 
 def import_prompts(session: Session, source: str | Path | bytes, project: str, *,
                    filename: str | None = None, demonstrate_tasks: bool = False,
                    skip_invalid: bool = False, actor_id: int | None = None) -> ImportResult:
-    """Import prompts into `project`. With `demonstrate_tasks`, also queue a demonstrate task each."""
+    """Import prompts into `project`. With `demonstrate_tasks`, also queue a demonstrate task each.
+
+    One streaming pass: each line is checked (an error names its line) and kept only as the few values its
+    INSERT needs, written a batch at a time (a lookup of the batch's hashes, one multi-row INSERT) inside a
+    savepoint of the caller's transaction. A bad line stops the writing (skip_invalid aside); the rest of the
+    file is still read so that every bad line is listed, then the savepoint is rolled back: nothing written."""
     text, name, proj = _open_import(session, source, filename, project, actor_id)
-    refused: list[RefusedLine] = []
-    rows = parse_prompts(text, name, refused=refused if skip_invalid else None)
-    result = ImportResult(file=name, kind="prompts", rows=len(rows), refused=refused)
     src = Path(name).name
-    # Every row checked first, as content.add_prompt checks it (an error names its line; nothing is written
-    # yet), then written in bulk: one lookup per 500 hashes and one INSERT batch instead of a SELECT and a
-    # flush per row, which ran at ~2k rows/s.
-    stored = []
-    for r in rows:
-        with _located(name, r["line"]):
-            stored.append(_stored_prompt_row(r))
-    hashes = [content.prompt_hash(t, m) for t, m in stored]
-    session.flush()
-    prompt_id: dict[str, int] = {}
-    for chunk in _chunks(sorted(set(hashes))):
-        prompt_id.update(session.execute(select(Prompt.content_hash, Prompt.id).where(
-            Prompt.project_id == proj.id, Prompt.content_hash.in_(chunk))).all())
-    new: dict[str, dict[str, Any]] = {}
-    for h, (t, m), r in zip(hashes, stored, rows):
-        if h in prompt_id or h in new:
-            result.skipped += 1
-            continue
-        new[h] = {"project_id": proj.id, "text": t, "messages": m, "source": src, "meta": r["meta"] or {},
-                  "content_hash": h}
-        result.added += 1
-    values = list(new.values())
-    for lo in range(0, len(values), _INSERT_BATCH):
-        # the Core table, not the mapped class: the ORM's bulk layer cost more than the INSERT itself
-        prompt_id.update(session.execute(insert(_PROMPTS).returning(_PROMPTS.c.content_hash, _PROMPTS.c.id),
-                                         values[lo:lo + _INSERT_BATCH]).all())
-    if demonstrate_tasks:
-        for h in hashes:
-            _, t_created = tasks.create_task(session, proj.id, "demonstrate", prompt_id[h], source=src)
-            result.details["demonstrate tasks"] = result.details.get("demonstrate tasks", 0) + t_created
+    tally = _Tally()
+    if _format_of(name, text) == "csv":
+        parsed = _csv_prompt_rows(text, name, refused=tally.bad)  # CSV records may span lines: parsed whole
+        tally.total = len(parsed) + len(tally.bad)
+        records: Iterator[tuple[str, str | None, str, str]] = map(_prompt_record, parsed)
+    else:
+        records = _each_row(text, lambda obj, i: _prompt_record(_prompt_row(obj, i)), tally)
+    result = ImportResult(file=name, kind="prompts")
+    with session.begin_nested():
+        bulk = _Bulk(session)
+        for batch in _batches(records):
+            if tally.bad and not skip_invalid:
+                continue  # refused anyway: only read on, to list every bad line
+            ids = _write_prompts(bulk, proj.id, src, batch, result)
+            if demonstrate_tasks:
+                _demonstrate_tasks(session, proj.id, src, [r[0] for r in batch], ids, result)
+        _settle(name, tally.bad, tally.total, result.refused if skip_invalid else None)
+    result.rows = tally.total - len(tally.bad)
     session.flush()
     _audit_import(session, result, project, actor_id)
     return result
@@ -622,104 +775,92 @@ def _stored_prompt(messages: list[dict[str, str]]) -> tuple[str | None, list[dic
     return None, messages
 
 
-def import_preferences(session: Session, source: str | Path | bytes, project: str, *, fmt: str = "auto",
-                       filename: str | None = None, seed: int = 0, skip_invalid: bool = False,
-                       actor_id: int | None = None) -> ImportResult:
-    """Seed a project with an existing preference dataset: each row becomes a prompt, two responses,
-    a compare task (A/B randomized) and one label by the pseudo-user `import:<format>`.
+def _preference_record(row: dict[str, Any], src: str) -> tuple[Any, ...]:
+    """A parsed preference row as its writes need it: (prompt hash, text, messages, then text, hash and params
+    of the chosen and of the rejected response, label strength), JSON as stored text."""
+    text, messages = _stored_prompt(row["messages"])
+    rec: list[Any] = [_prompt_hash(text, messages), text, _json_text(messages)]
+    for side in ("chosen", "rejected"):
+        turns = row[f"{side}_turns"]
+        # several turns are kept as turns too, for exports that can write them as messages
+        params = {"source": src, **({"turns": turns} if len(turns) > 1 else {})}
+        rec += [row[side], _sha(row[side]), _json_text(params)]
+    rec.append(strength_for_margin(row["margin"]))
+    return tuple(rec)
 
-    Written in bulk (one lookup and one insert batch per table, not per row: published files have tens of
-    thousands of rows), with the same content hashes and task keys as `content.add_prompt`,
-    `content.add_response` and `tasks.create_task`, so rows they wrote are found and nothing is doubled."""
-    text, name, proj = _open_import(session, source, filename, project, actor_id)
-    refused: list[RefusedLine] = []
-    fmt_used, rows = parse_preferences(text, name, fmt, refused=refused if skip_invalid else None)
-    result = ImportResult(file=name, kind=f"preferences ({fmt_used})", rows=len(rows), refused=refused)
-    n_divergent = sum(r["divergent"] for r in rows)
-    if n_divergent:
-        result.details["pairs diverging before the last reply (prompt: their shared start)"] = n_divergent
-    who = accounts.system_user(session, f"import:{fmt_used}")
-    rng = random.Random(seed)
-    src = Path(name).name
 
-    from db.session import _unstorable  # the ORM write check, which Core inserts bypass
+def _pair_prompts(bulk: _Bulk, project_id: int, src: str, batch: list[tuple[Any, ...]]) -> tuple[list[int], set[int]]:
+    """(prompt id of each row, ids of the prompts that were there before): the new ones are inserted."""
+    ids = dict(bulk.lookup("SELECT content_hash, id FROM prompts WHERE project_id = {p} AND content_hash {IN}",
+                           (project_id,), list({r[0] for r in batch})))
+    old = set(ids.values())
+    new: dict[str, tuple[Any, ...]] = {}
+    for h, text, messages, *_ in batch:
+        if h not in ids and h not in new:
+            new[h] = (project_id, text, messages, src, "{}", h, bulk.now)
+    ids.update(bulk.insert("prompts", _PROMPT_COLUMNS, list(new.values()), "content_hash, id"))
+    return [ids[r[0]] for r in batch], old
 
-    bad_src = _unstorable(src)
-    if bad_src:
-        raise InputError(f"holds {bad_src}, which cannot be stored; remove it and try again", field="source")
-    # Every row was checked with its line above; from here on Core INSERT ... RETURNING batches on the tables
-    # (the ORM's unit of work cost ~6 statements and most of the CPU per row) in the caller's one transaction.
-    session.flush()
-    now = utcnow()
 
-    # prompts, by content hash
-    stored = [_stored_prompt(r["messages"]) for r in rows]
-    hashes = [content.prompt_hash(t, m) for t, m in stored]
-    prompt_id: dict[str, int] = {}
-    for chunk in _chunks(sorted(set(hashes))):
-        prompt_id.update(session.execute(select(Prompt.content_hash, Prompt.id).where(
-            Prompt.project_id == proj.id, Prompt.content_hash.in_(chunk))).all())
-    new_prompts: dict[str, dict[str, Any]] = {}
-    for h, (t, m) in zip(hashes, stored):
-        if h not in prompt_id and h not in new_prompts:
-            new_prompts[h] = {"project_id": proj.id, "text": t, "messages": m, "source": src, "meta": {},
-                              "content_hash": h, "created_at": now}
-    prompt_id.update(_insert_returning(session, _PROMPTS, list(new_prompts.values()), "content_hash"))
+def _pair_responses(bulk: _Bulk, pids: list[int], old_pids: set[int], batch: list[tuple[Any, ...]]
+                    ) -> tuple[list[tuple[int, int]], set[int]]:
+    """((chosen id, rejected id) of each row, ids of the responses that were there before). Human-written
+    responses (no model version, sample 0) are found by (prompt, text hash); only a prompt that was there
+    before can have any."""
+    ids: dict[tuple[int, str], int] = {(pid, h): rid for pid, h, rid in bulk.lookup(
+        "SELECT prompt_id, content_hash, id FROM responses WHERE prompt_id {IN} AND model_version_id IS NULL "
+        "AND sample_index = 0", (), sorted(old_pids))}
+    old = set(ids.values())
+    new: dict[tuple[int, str], tuple[Any, ...]] = {}
+    keys = []
+    for pid, r in zip(pids, batch):
+        for text, h, params in (r[3:6], r[6:9]):
+            key = (pid, h)
+            if key not in ids and key not in new:
+                new[key] = (pid, None, text, params, 0, h, bulk.now)
+        keys.append(((pid, r[4]), (pid, r[7])))
+    for pid, h, rid in bulk.insert("responses", _RESPONSE_COLUMNS, list(new.values()), "prompt_id, content_hash, id"):
+        ids[(pid, h)] = rid
+    return [(ids[kc], ids[kr]) for kc, kr in keys], old
 
-    # responses (human-written: no model version, sample 0), by (prompt, text hash)
-    pids = [prompt_id[h] for h in hashes]
-    response_id: dict[tuple[int, str], int] = {}
-    for chunk in _chunks(sorted(set(pids))):
-        response_id.update(((pid, h), rid) for pid, h, rid in session.execute(
-            select(Response.prompt_id, Response.content_hash, Response.id).where(
-                Response.prompt_id.in_(chunk), Response.model_version_id.is_(None), Response.sample_index == 0)))
-    new_responses: dict[tuple[int, str], dict[str, Any]] = {}
-    pairs = []
-    for pid, r in zip(pids, rows):
-        keys = []
-        for side in ("chosen", "rejected"):
-            key = (pid, content.sha(r[side]))
-            if key not in response_id and key not in new_responses:
-                turns = r[f"{side}_turns"]
-                # several turns are kept as turns too, for exports that can write them as messages
-                params = {"source": src, **({"turns": turns} if len(turns) > 1 else {})}
-                new_responses[key] = {"prompt_id": pid, "model_version_id": None, "text": r[side],
-                                      "params": params, "sample_index": 0, "content_hash": key[1],
-                                      "created_at": now}
-            keys.append(key)
-        pairs.append(keys)
-    response_id.update(_insert_returning(session, _RESPONSES, list(new_responses.values()),
-                                         "prompt_id", "content_hash"))
 
-    # compare tasks, by the order-free key tasks.create_task uses; the A/B order is drawn once, at creation
-    task_keys = []
-    for pid, (kc, kr) in zip(pids, pairs):
-        ids = [response_id[kc], response_id[kr]]
-        task_keys.append((tasks._dedup_key("compare", pid, ids), pid, ids))
-    task_of: dict[str, dict[str, Any]] = {}  # key -> {id, response_ids, n_submitted, status, new}
-    for chunk in _chunks(sorted({k for k, _, _ in task_keys})):
-        for tid, key, rids, n, status in session.execute(
-                select(Task.id, Task.dedup_key, Task.response_ids, Task.n_submitted, Task.status).where(
-                    Task.project_id == proj.id, Task.dedup_key.in_(chunk))):
-            task_of[key] = {"id": tid, "response_ids": rids, "n_submitted": n, "status": status, "new": False}
-    new_tasks: dict[str, dict[str, Any]] = {}
-    for key, pid, ids in task_keys:
+def _pair_tasks(bulk: _Bulk, project_id: int, pids: list[int], rids: list[tuple[int, int]], old_rids: set[int],
+                rng: random.Random) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """(task key of each row, {key: {id, response_ids, n_submitted, status, new}}): compare tasks by the
+    order-free key of tasks.create_task; only two responses that were both there before can have one. A new
+    task's A/B order is drawn here, in file order; new tasks are inserted later, with their label counted."""
+    # tasks._dedup_key's value
+    keys = [_sha({"kind": "compare", "prompt": pid, "responses": sorted(ids)}) for pid, ids in zip(pids, rids)]
+    maybe = sorted({k for k, ids in zip(keys, rids) if ids[0] in old_rids and ids[1] in old_rids})
+    task_of: dict[str, dict[str, Any]] = {}
+    for tid, key, order, n, status in bulk.lookup(
+            "SELECT id, dedup_key, response_ids, n_submitted, status FROM tasks WHERE project_id = {p} "
+            "AND dedup_key {IN}", (project_id,), maybe):
+        order = json.loads(order) if isinstance(order, str) else order  # SQLite hands back the JSON text
+        task_of[key] = {"id": tid, "response_ids": order, "n_submitted": n, "status": status, "new": False}
+    for key, pid, ids in zip(keys, pids, rids):
         if key not in task_of:
             ordered = list(ids)
             rng.shuffle(ordered)
-            task_of[key] = {"id": None, "response_ids": ordered, "n_submitted": 0, "status": "open", "new": True}
-            new_tasks[key] = {"project_id": proj.id, "kind": "compare", "prompt_id": pid, "response_ids": ordered,
-                              "dedup_key": key, "source": src, "created_at": now}
+            task_of[key] = {"id": None, "prompt_id": pid, "response_ids": ordered, "n_submitted": 0,
+                            "status": "open", "new": True}
+    return keys, task_of
 
-    # one label per task by the import's pseudo-user; a task it already labelled is "already present"
-    labelled: set[int] = set()
-    known = sorted(t["id"] for t in task_of.values() if not t["new"])
-    for chunk in _chunks(known):
-        labelled.update(session.scalars(select(PreferenceLabel.task_id).where(
-            PreferenceLabel.task_id.in_(chunk), PreferenceLabel.user_id == who.id)))
-    labels: list[tuple[str, dict[str, Any]]] = []
+
+def _write_pairs(bulk: _Bulk, proj: Project, who_id: int, src: str, rng: random.Random,
+                 batch: list[tuple[Any, ...]], result: ImportResult) -> list[int]:
+    """Prompts, responses, compare tasks, one label each by `who_id` and its submitted assignment, for a
+    batch of preference rows; a task that already has that user's label counts as already present.
+    Returns the ids of the tasks it labelled."""
+    pids, old_pids = _pair_prompts(bulk, proj.id, src, batch)
+    rids, old_rids = _pair_responses(bulk, pids, old_pids, batch)
+    keys, task_of = _pair_tasks(bulk, proj.id, pids, rids, old_rids, rng)
+    labelled = {tid for (tid,) in bulk.lookup(
+        "SELECT task_id FROM preference_labels WHERE user_id = {p} AND task_id {IN}", (who_id,),
+        sorted(t["id"] for t in task_of.values() if not t["new"]))}
+    labels: list[tuple[str, str, str | None]] = []
     counted: set[str] = set()
-    for r, (key, _, ids) in zip(rows, task_keys):
+    for r, key, ids in zip(batch, keys, rids):
         task = task_of[key]
         if key in counted or task["id"] in labelled:
             result.skipped += 1
@@ -729,47 +870,76 @@ def import_preferences(session: Session, source: str | Path | bytes, project: st
         task["n_submitted"] += 1
         if task["n_submitted"] >= proj.labels_per_task:
             task["status"] = "done"
-        choice = "a" if task["response_ids"][0] == ids[0] else "b"
-        labels.append((key, {"user_id": who.id, "choice": choice, "strength": strength_for_margin(r["margin"]),
-                             "flags": [], "comment": "", "seconds": None, "created_at": now,
-                             "updated_at": None}))
+        labels.append((key, "a" if task["response_ids"][0] == ids[0] else "b", r[9]))
         result.added += 1
-    for key, t in new_tasks.items():  # a new task is written with its label counted
-        t["n_submitted"], t["status"] = task_of[key]["n_submitted"], task_of[key]["status"]
-    for key, tid in _insert_returning(session, _TASKS, list(new_tasks.values()), "dedup_key").items():
+    new = [(k, t) for k, t in task_of.items() if t["new"]]
+    for key, tid in bulk.insert("tasks", _TASK_COLUMNS, [
+            (proj.id, "compare", t["prompt_id"], _json_text(t["response_ids"]), t["status"], t["n_submitted"], key,
+             src, bulk.now) for key, t in new], "dedup_key, id"):
         task_of[key]["id"] = tid
-    changed = [{"tid": task_of[k]["id"], "n": task_of[k]["n_submitted"], "st": task_of[k]["status"]}
-               for k in counted if not task_of[k]["new"]]
-    if changed:
-        session.execute(update(_TASKS).where(_TASKS.c.id == bindparam("tid")).values(
-            n_submitted=bindparam("n"), status=bindparam("st")), changed)
-    label_rows, slots = [], []
-    for key, lab in labels:
-        tid = task_of[key]["id"]
-        label_rows.append({"task_id": tid, **lab})
-        slots.append({"task_id": tid, "user_id": who.id, "state": "submitted", "assigned_at": now,
-                      "expires_at": now, "finished_at": now, "skip_reason": None})
-    _insert_labels(session, label_rows, slots)
+    bulk.update_tasks([(task_of[k]["n_submitted"], task_of[k]["status"], task_of[k]["id"])
+                       for k in counted if not task_of[k]["new"]])
+    _insert_labels(bulk, [(task_of[k]["id"], who_id, choice, strength, "[]", "", None, bulk.now, None)
+                          for k, choice, strength in labels],
+                   [(task_of[k]["id"], who_id, "submitted", bulk.now, bulk.now, bulk.now, None) for k, _, _ in labels])
+    return [task_of[k]["id"] for k, _, _ in labels]  # for summary.labels_written
+
+
+def _insert_labels(bulk: _Bulk, label_rows: list[tuple[Any, ...]], slots: list[tuple[Any, ...]]) -> None:
+    """The imported labels and their submitted assignments (the last write of a batch of preference rows)."""
+    bulk.insert("preference_labels", _LABEL_COLUMNS, label_rows)
+    bulk.insert("assignments", _SLOT_COLUMNS, slots)
+
+
+def import_preferences(session: Session, source: str | Path | bytes, project: str, *, fmt: str = "auto",
+                       filename: str | None = None, seed: int = 0, skip_invalid: bool = False,
+                       actor_id: int | None = None) -> ImportResult:
+    """Seed a project with an existing preference dataset: each row becomes a prompt, two responses,
+    a compare task (A/B randomized) and one label by the pseudo-user `import:<format>`.
+
+    One streaming pass as in import_prompts: each line is checked with its line number and kept only as the
+    values its writes need; a batch at a time is looked up and inserted (one statement per table, not per
+    row: published files have tens of thousands of rows) in a savepoint of the caller's transaction, with the
+    same content hashes and task keys as `content.add_prompt`, `content.add_response` and
+    `tasks.create_task`, so rows they wrote are found and nothing is doubled."""
+    text, name, proj = _open_import(session, source, filename, project, actor_id)
+    if fmt not in ("auto", "trl", "hh"):
+        raise InputError(f"unknown format {fmt!r}: use auto, trl or hh", field="format")
+    src = Path(name).name
+    from db.session import _unstorable  # the ORM write check, which these plain inserts bypass
+
+    bad_src = _unstorable(src)
+    tally = _Tally()
+    result = ImportResult(file=name, kind="preferences")
+    rng = random.Random(seed)
+    fmt_used, who_id, divergent = fmt, None, 0
+
+    def parse_row(obj: dict[str, Any], i: int) -> tuple[str, bool, tuple[Any, ...]]:
+        row_fmt, row = _preference_row(obj, fmt)
+        return row_fmt, row["divergent"], _preference_record(row, src)
+
+    with session.begin_nested():
+        bulk = _Bulk(session)
+        for batch in _batches(_each_row(text, parse_row, tally)):
+            if who_id is None:  # the first good row names the format, and so the pseudo-user
+                fmt_used = batch[0][0]
+                who_id = accounts.system_user(session, f"import:{fmt_used}").id
+            divergent += sum(d for _, d, _ in batch)
+            if (tally.bad and not skip_invalid) or bad_src:
+                continue  # refused anyway: only read on, to list every bad line
+            labelled = _write_pairs(bulk, proj, who_id, src, rng, [r for _, _, r in batch], result)
+            summary.labels_written(session, "compare", who_id, labelled)  # the Dashboard / Agreement sums
+        _settle(name, tally.bad, tally.total, result.refused if skip_invalid else None)
+        if bad_src:
+            raise InputError(f"holds {bad_src}, which cannot be stored; remove it and try again", field="source")
+        if who_id is None:
+            accounts.system_user(session, f"import:{fmt_used}")
+    result.kind, result.rows = f"preferences ({fmt_used})", tally.total - len(tally.bad)
+    if divergent:
+        result.details["pairs diverging before the last reply (prompt: their shared start)"] = divergent
     session.flush()
     _audit_import(session, result, project, actor_id)
     return result
-
-
-def _insert_labels(session: Session, label_rows: list[dict[str, Any]], slots: list[dict[str, Any]]) -> None:
-    """The imported labels and their submitted assignments (the last write of a preference import)."""
-    for table, values in ((PreferenceLabel.__table__, label_rows), (Assignment.__table__, slots)):
-        for lo in range(0, len(values), _INSERT_BATCH):
-            session.execute(insert(table), values[lo:lo + _INSERT_BATCH])
-
-
-def _insert_returning(session: Session, table: Any, values: list[dict[str, Any]], *key: str) -> dict[Any, int]:
-    """INSERT `values` into the Core table in batches; {key column value (a tuple for several): new id}."""
-    out: dict[Any, int] = {}
-    cols = [table.c[k] for k in key]
-    for lo in range(0, len(values), _INSERT_BATCH):
-        for row in session.execute(insert(table).returning(*cols, table.c.id), values[lo:lo + _INSERT_BATCH]):
-            out[row[0] if len(key) == 1 else tuple(row[:-1])] = row[-1]
-    return out
 
 
 # ---------------------------------------------------------------------------------- OpenAssistant
@@ -840,6 +1010,7 @@ def import_oasst(session: Session, source: str | Path | bytes, project: str, *,
     rng = random.Random(seed)
     src = Path(name).name
     details = {"rank tasks": 0, "compare tasks": 0}
+    labelled: dict[str, list[int]] = {"rank": [], "compare": []}  # task ids, for summary.labels_written
     left_out = 0  # replies that cannot be ranked apart: counted, never dropped silently
     for line, nodes in trees:
         for conv, ranked in nodes:
@@ -875,11 +1046,14 @@ def import_oasst(session: Session, source: str | Path | bytes, project: str, *,
                                             comment=""))
             details[f"{kind} tasks"] += 1
             _count_imported_label(session, task, who.id, proj)
+            labelled[kind].append(task.id)  # for summary.labels_written
             result.added += 1
     if left_out:
         details["prompts left out: identical or equally ranked replies"] = left_out
     result.details = details
     session.flush()
+    for kind, ids in labelled.items():  # the Dashboard / Agreement sums
+        summary.labels_written(session, kind, who.id, ids)
     _audit_import(session, result, project, actor_id)
     return result
 
@@ -983,6 +1157,7 @@ def import_ratings(session: Session, source: str | Path | bytes, project: str, *
         rated.update(session.execute(select(Rating.task_id, Rating.good).where(
             Rating.task_id.in_(chunk), Rating.user_id == who.id)).all())
     good = bad = conflicting = 0
+    labelled: list[int] = []  # task ids, for summary.labels_written
     for r, (key, _, rid) in zip(rows, task_keys):
         task = task_of[key]
         if task.id in rated:
@@ -992,6 +1167,7 @@ def import_ratings(session: Session, source: str | Path | bytes, project: str, *
         rated[task.id] = r["good"]
         session.add(Rating(task_id=task.id, user_id=who.id, response_id=rid, good=r["good"], flags=[], comment=""))
         _count_imported_label(session, task, who.id, proj)
+        labelled.append(task.id)  # for summary.labels_written
         result.added += 1
         good += r["good"]
         bad += not r["good"]
@@ -999,5 +1175,6 @@ def import_ratings(session: Session, source: str | Path | bytes, project: str, *
     if conflicting:
         result.details["repeats with the other label (the first one is kept)"] = conflicting
     session.flush()
+    summary.labels_written(session, "rate", who.id, labelled)  # the Dashboard / Agreement sums
     _audit_import(session, result, project, actor_id)
     return result
