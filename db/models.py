@@ -205,6 +205,11 @@ class Assignment(Base):
     task: Mapped[Task] = relationship()
 
 
+# The Dashboard counts live leases (state 'assigned', expires_at > now) and skips of a project: without an index
+# that starts with state, both read every assignment (1M rows at 1M labels).
+Index("ix_assignments_state_expires", Assignment.state, Assignment.expires_at)
+
+
 class PreferenceLabel(Base):
     __tablename__ = "preference_labels"
     __table_args__ = (UniqueConstraint("task_id", "user_id"),)
@@ -359,3 +364,55 @@ class SignInFailure(Base):
     username_hash: Mapped[str] = mapped_column(String(64))
     client: Mapped[str] = mapped_column(String(100), default="")
     at: Mapped[dt.datetime] = mapped_column(TS, default=utcnow)
+
+
+# ---------------------------------------------------------------- summaries of the labels (db.services.summary)
+# The Dashboard and Agreement pages read these instead of every label: written in the transaction of each label
+# write (db.services.summary.labels_written), rebuilt from the labels by migration 0007 and summary.rebuild.
+class LabelDay(Base):
+    """Labels per project, annotator, kind ('compare', 'rank', 'rate', 'demonstrate') and UTC day."""
+
+    __tablename__ = "label_days"
+    __table_args__ = (UniqueConstraint("project_id", "user_id", "kind", "day"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    day: Mapped[str] = mapped_column(String(10))  # 'YYYY-MM-DD' of created_at in UTC
+    n: Mapped[int] = mapped_column(Integer, default=0)
+    first_at: Mapped[dt.datetime] = mapped_column(TS)
+    last_at: Mapped[dt.datetime] = mapped_column(TS)
+
+
+class LabelSeconds(Base):
+    """How many labels of a project, annotator and kind took exactly `seconds` (medians and p90 without reading
+    every label: a multiset, as small as the distinct times)."""
+
+    __tablename__ = "label_seconds"
+    __table_args__ = (UniqueConstraint("project_id", "user_id", "kind", "seconds"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    seconds: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AgreementCount(Base):
+    """The sums the agreement report is made of, over the items (compare tasks, rank-task response pairs, rate
+    tasks) with two or more people's labels, per project and kind. `what` says which sum:
+    'profile' (x: the item's label count per category, 'n_a,n_b,...'), 'pair' (user_a < user_b by id labelled an
+    item x and y), 'compared' / 'agreed' (user_a had a leave-one-out majority / agreed with it).
+    Unused columns hold 0 and '' (a unique key with NULLs would not catch duplicates)."""
+
+    __tablename__ = "agreement_counts"
+    __table_args__ = (UniqueConstraint("project_id", "kind", "what", "user_a", "user_b", "x", "y"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    what: Mapped[str] = mapped_column(String(10))
+    user_a: Mapped[int] = mapped_column(Integer, default=0)
+    user_b: Mapped[int] = mapped_column(Integer, default=0)
+    x: Mapped[str] = mapped_column(String(60), default="")
+    y: Mapped[str] = mapped_column(String(20), default="")
+    n: Mapped[int] = mapped_column(Integer, default=0)

@@ -52,7 +52,7 @@ def populate(url: str) -> None:
             labels.submit_preference(s, u, made["compare"][0], "a", strength="clear", comment="A is right")
             t = tasks.get_task(s, made["rank"][0])
             labels.submit_ranking(s, u, t.id, [[t.response_ids[0]], t.response_ids[1:]])
-            labels.submit_rating(s, u, made["rate"][0], True, likert=6)
+            labels.submit_rating(s, u, made["rate"][0], True, likert=6, seconds=8.5)
         demo, _ = labels.submit_demonstration(s, ann[0], made["demonstrate"][0], "The answer is 2, because 2 + 0 = 2.")
         labels.review_demonstration(s, demo.id, admin.id, True, "good")
         labels.revise_preference(s, ann[0], _first_pref(s, ann[0]), "b", strength="slight")

@@ -26,6 +26,7 @@ CREATES = {
     "0004": {"jobs"},
     "0005": {"ratings"},
     "0006": {"audit_log", "sign_in_failures"},
+    "0007": {"label_days", "label_seconds", "agreement_counts"},
 }
 
 

@@ -14,18 +14,18 @@ leave-one-out majority and the disagreements to review leave them out (they are 
 from __future__ import annotations
 
 import math
-import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import combinations, groupby
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
-from db.models import CHOICES, Demonstration, PreferenceLabel, Prompt, Ranking, Rating, Response, Task, User
+from db.models import AgreementCount, LabelDay, PreferenceLabel, Prompt, Rating, Response, Task, User
 from db.services.content import prompt_as_text
+from db.services.stats import nth_value, seconds_multisets
 
 
 # ---------------------------------------------------------------- pure statistics
@@ -94,18 +94,6 @@ def _people_only(q: Any, user_col: Any, session: Session) -> Any:
     return q.where(user_col.not_in(system)) if system else q
 
 
-def _preference_votes(session: Session, project_id: int | None) -> Iterator[tuple[int, str, str]]:
-    """(task id, annotator, choice) of every preference label, by task then label: plain columns (1M ORM
-    objects took longer than the whole report), usernames from one lookup instead of a join per row."""
-    names = dict(session.execute(select(User.id, User.username)).all())
-    q = _people_only(select(PreferenceLabel.task_id, PreferenceLabel.user_id, PreferenceLabel.choice),
-                     PreferenceLabel.user_id, session)
-    if project_id is not None:
-        q = q.join(Task, Task.id == PreferenceLabel.task_id).where(Task.project_id == project_id)
-    for task_id, user_id, choice in session.execute(q.order_by(PreferenceLabel.task_id, PreferenceLabel.id)):
-        yield task_id, names[user_id], choice
-
-
 def _cohen_from_counts(conf: Counter) -> float:
     """`cohen_kappa` of two raters given the counts of their (x, y) label pairs (same value, same arithmetic)."""
     n = sum(conf.values())
@@ -121,25 +109,46 @@ def _cohen_from_counts(conf: Counter) -> float:
     return (p_o - p_e) / (1 - p_e)
 
 
-def _ranking_items(session: Session, project_id: int | None
-                   ) -> tuple[dict[tuple, list[tuple[str, str]]], Counter]:
-    """(task, x, y) → [(annotator, a|b|tie)] for every response pair of every ranking; rankings per user."""
+def _labels_per_person(session: Session, project_id: int | None, kinds: Sequence[str]) -> Counter:
+    """{annotator: their labels of `kinds`} (people only), from the LabelDay summary."""
     names = dict(session.execute(select(User.id, User.username)).all())
-    q = _people_only(select(Ranking.task_id, Ranking.ordering, Ranking.user_id, Task.response_ids)
-                     .join(Task, Task.id == Ranking.task_id), Ranking.user_id, session)
+    q = (select(LabelDay.user_id, func.sum(LabelDay.n)).join(User, User.id == LabelDay.user_id)
+         .where(User.is_system.is_(False), LabelDay.kind.in_(kinds)).group_by(LabelDay.user_id))
     if project_id is not None:
-        q = q.where(Task.project_id == project_id)
-    items: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
-    per_user: Counter = Counter()
-    for task_id, ordering, user_id, response_ids in session.execute(q.order_by(Ranking.task_id, Ranking.id)):
-        username = names[user_id]
-        per_user[username] += 1
-        rank_of = {rid: i for i, group in enumerate(ordering) for rid in group}
-        for x, y in combinations(sorted(response_ids), 2):
-            if x in rank_of and y in rank_of:
-                c = "tie" if rank_of[x] == rank_of[y] else ("a" if rank_of[x] < rank_of[y] else "b")
-                items[(task_id, x, y)].append((username, c))
-    return items, per_user
+        q = q.where(LabelDay.project_id == project_id)
+    return Counter({names[u]: int(n) for u, n in session.execute(q) if n})
+
+
+def _summed(session: Session, project_id: int | None, kinds: Sequence[str]
+            ) -> tuple[Counter, dict[tuple[str, str], Counter], Counter, Counter]:
+    """The report's sums over the items of `kinds` (db.services.summary keeps them per project and kind):
+    (items per category-count profile, per annotator pair (by name) the counts of their (x, y) labels,
+    items compared with a leave-one-out majority per annotator, agreements with it)."""
+    names = dict(session.execute(select(User.id, User.username)).all())
+    c = AgreementCount
+    q = (select(c.what, c.user_a, c.user_b, c.x, c.y, func.sum(c.n)).where(c.kind.in_(kinds))
+         .group_by(c.what, c.user_a, c.user_b, c.x, c.y))
+    if project_id is not None:
+        q = q.where(c.project_id == project_id)
+    profiles: Counter = Counter()
+    confusion: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    compared: Counter = Counter()
+    agree: Counter = Counter()
+    for what, a, b, x, y, n in session.execute(q):
+        if not n:
+            continue
+        if what == "profile":
+            profiles[tuple(int(k) for k in x.split(","))] += int(n)
+        elif what == "pair":
+            na, nb = names[a], names[b]
+            if na > nb:  # stored by user id; the report orders a pair by name
+                na, nb, x, y = nb, na, y, x
+            confusion[(na, nb)][(x, y)] += int(n)
+        elif what == "compared":
+            compared[names[a]] += int(n)
+        else:
+            agree[names[a]] += int(n)
+    return profiles, confusion, compared, agree
 
 
 def preference_agreement(session: Session, project_id: int | None = None, *,
@@ -152,41 +161,33 @@ def preference_agreement(session: Session, project_id: int | None = None, *,
     "per_annotator": DataFrame[annotator, labels, compared, agrees_with_majority]}.
     Majority is leave-one-out (the other annotators' majority), tasks where it ties are left out.
     """
-    by_task: dict[Any, list[tuple[str, str]]] = defaultdict(list)
-    for task_id, username, choice in _preference_votes(session, project_id):
-        by_task[task_id].append((username, choice))
-    counts = Counter(u for v in by_task.values() for u, _ in v)  # labels per annotator
-    if include_rankings:
-        items, rankings_per_user = _ranking_items(session, project_id)
-        by_task.update(items)
-        counts.update(rankings_per_user)
-    return _report(by_task, counts, list(CHOICES), min_shared)
+    # From the sums db.services.summary keeps at each label write: reading every label took ~50 s at 1M.
+    kinds = ["compare", "rank"] if include_rankings else ["compare"]
+    counts = _labels_per_person(session, project_id, kinds)  # labels (rankings, not pairs) per annotator
+    return _report(*_summed(session, project_id, kinds), counts, min_shared)
 
 
-def _report(by_task: dict[Any, list[tuple[str, Any]]], counts: Counter, cats: list[Any],
-            min_shared: int) -> dict[str, Any]:
-    """The agreement report of items -> [(annotator, category)] (see `preference_agreement`)."""
-    multi = {t: v for t, v in by_task.items() if len(v) >= 2}
-    table = [[sum(1 for _, c in v if c == cat) for cat in cats] for v in multi.values()]
+def _profile_stats(profiles: Counter) -> tuple[float, float]:
+    """(percent agreement, Fleiss' kappa) of items given as {category counts: how many items}: the values
+    `percent_agreement` and `fleiss_kappa` give for the items one by one (up to float rounding)."""
+    rows = {p: k for p, k in profiles.items() if sum(p) >= 2 and k}
+    if not rows:
+        return math.nan, math.nan
+    n_items = sum(rows.values())
+    share = sum(k * sum(x * (x - 1) for x in p) / (sum(p) * (sum(p) - 1)) for p, k in rows.items()) / n_items
+    total = sum(k * sum(p) for p, k in rows.items())
+    width = len(next(iter(rows)))
+    p_j = [sum(k * p[j] for p, k in rows.items()) / total for j in range(width)]
+    p_bar = sum(k * (sum(x * x for x in p) - sum(p)) / (sum(p) * (sum(p) - 1)) for p, k in rows.items()) / n_items
+    p_e = sum(p * p for p in p_j)
+    if math.isclose(p_e, 1.0):
+        return share, (1.0 if math.isclose(p_bar, 1.0) else math.nan)
+    return share, (p_bar - p_e) / (1 - p_e)
 
-    # One pass over the items. Looping over every annotator (and every pair of them) for every item cost
-    # minutes at 1M labels; per pair, the counts of (a's choice, b's choice) on shared items are all that
-    # Cohen's kappa and percent agreement need, and per annotator the leave-one-out majority is item-local.
-    confusion: dict[tuple[str, str], Counter] = defaultdict(Counter)
-    compared: Counter = Counter()
-    agree: Counter = Counter()
-    for v in multi.values():
-        last = {u: c for u, c in v}  # an annotator's label on the item (their last one, if several)
-        users = sorted(last)
-        for i, a in enumerate(users):
-            for b in users[i + 1:]:
-                confusion[(a, b)][(last[a], last[b])] += 1
-        for u in users:
-            maj = _majority([c for uu, c in v if uu != u])
-            if maj is None:
-                continue
-            compared[u] += 1
-            agree[u] += next(c for uu, c in v if uu == u) == maj  # their first label, as before
+
+def _report(profiles: Counter, confusion: dict[tuple[str, str], Counter], compared: Counter, agree: Counter,
+            counts: Counter, min_shared: int) -> dict[str, Any]:
+    """The agreement report (see `preference_agreement`) from its sums (see `_summed`)."""
     pair_rows = []
     for (a, b), conf in sorted(confusion.items()):
         shared = sum(conf.values())
@@ -198,12 +199,12 @@ def _report(by_task: dict[Any, list[tuple[str, Any]]], counts: Counter, cats: li
     ann_rows = [{"annotator": u, "labels": counts[u], "compared": compared[u],
                  "agrees_with_majority": agree[u] / compared[u] if compared[u] else math.nan}
                 for u in sorted(counts)]
-
+    share, kappa = _profile_stats(profiles)
     return {
-        "n_tasks": len(multi),
-        "n_labels": sum(len(v) for v in multi.values()),
-        "percent_agreement": percent_agreement([[c for _, c in v] for v in multi.values()]),
-        "fleiss_kappa": fleiss_kappa(table),
+        "n_tasks": sum(profiles.values()),
+        "n_labels": sum(k * sum(p) for p, k in profiles.items()),
+        "percent_agreement": share,
+        "fleiss_kappa": kappa,
         "pairs": pd.DataFrame(pair_rows, columns=["annotator_a", "annotator_b", "shared_tasks",
                                                   "percent_agreement", "cohen_kappa"]),
         "per_annotator": pd.DataFrame(ann_rows, columns=["annotator", "labels", "compared",
@@ -215,22 +216,27 @@ def rating_agreement(session: Session, project_id: int | None = None, *, min_sha
     """Agreement on rate tasks with several ratings (good / bad), in `preference_agreement`'s shape, plus
     "disagreements": DataFrame[task_id, prompt, response, labels, majority, comments] of the split tasks.
     The optional Likert scores are not compared (few annotators give them)."""
-    q = (select(Rating, User.username).join(User, User.id == Rating.user_id)
-         .join(Task, Task.id == Rating.task_id).where(User.is_system.is_(False)))
+    rep = _report(*_summed(session, project_id, ["rate"]), _labels_per_person(session, project_id, ["rate"]),
+                  min_shared)
+    # The split tasks found by the database; only their ratings are read.
+    people = (select(Rating.task_id).join(User, User.id == Rating.user_id).join(Task, Task.id == Rating.task_id)
+              .where(User.is_system.is_(False)))
     if project_id is not None:
-        q = q.where(Task.project_id == project_id)
+        people = people.where(Task.project_id == project_id)
+    split = list(session.scalars(people.group_by(Rating.task_id).having(func.count(distinct(Rating.good)) > 1)
+                                 .order_by(Rating.task_id)))
     by_task: dict[int, list[tuple[str, str]]] = defaultdict(list)
     comments: dict[int, list[str]] = defaultdict(list)
-    for r, username in session.execute(q.order_by(Rating.task_id, Rating.id)):
-        by_task[r.task_id].append((username, "good" if r.good else "bad"))
-        if r.comment:
-            comments[r.task_id].append(f"{username}: {r.comment}")
-    counts = Counter(u for v in by_task.values() for u, _ in v)
-    rep = _report(by_task, counts, ["good", "bad"], min_shared)
+    for lo in range(0, len(split), 500):
+        q = (select(Rating.task_id, Rating.good, Rating.comment, User.username).join(User, User.id == Rating.user_id)
+             .where(User.is_system.is_(False), Rating.task_id.in_(split[lo:lo + 500]))
+             .order_by(Rating.task_id, Rating.id))
+        for task_id, good, comment, username in session.execute(q):
+            by_task[task_id].append((username, "good" if good else "bad"))
+            if comment:
+                comments[task_id].append(f"{username}: {comment}")
     rows = []
     for task_id, v in by_task.items():
-        if len(v) < 2 or len({c for _, c in v}) == 1:
-            continue
         task = session.get(Task, task_id)
         text = prompt_as_text(session.get(Prompt, task.prompt_id))
         resp = session.get(Response, task.response_ids[0]).text
@@ -281,25 +287,13 @@ def disagreements(session: Session, project_id: int | None = None, *, limit: int
 
 def annotator_speed(session: Session, project_id: int | None = None) -> pd.DataFrame:
     """Median and p90 seconds per task for each annotator and kind (labels with a recorded time)."""
-    samples: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for model, kind in ((PreferenceLabel, "compare"), (Ranking, "rank"), (Rating, "rate")):
-        q = (select(User.username, model.seconds).join(User, User.id == model.user_id)
-             .join(Task, Task.id == model.task_id).where(model.seconds.is_not(None)))
-        if project_id is not None:
-            q = q.where(Task.project_id == project_id)
-        for u, s in session.execute(q):
-            samples[(u, kind)].append(float(s))
-    q = (select(User.username, Demonstration.seconds).join(User, User.id == Demonstration.user_id)
-         .join(Prompt, Prompt.id == Demonstration.prompt_id).where(Demonstration.seconds.is_not(None)))
-    if project_id is not None:
-        q = q.where(Prompt.project_id == project_id)
-    for u, s in session.execute(q):
-        samples[(u, "demonstrate")].append(float(s))
+    # From the multiset of times db.services.summary keeps (LabelSeconds), not every label.
+    names = dict(session.execute(select(User.id, User.username)).all())
     rows = []
-    for (u, kind), xs in sorted(samples.items()):
-        xs.sort()
-        rows.append({"annotator": u, "kind": kind, "labels": len(xs),
-                     "median_seconds": statistics.median(xs),
-                     "p90_seconds": xs[min(len(xs) - 1, math.ceil(0.9 * len(xs)) - 1)]})
+    for (u, kind), xs in sorted(((names[uid], kind), xs) for (uid, kind), xs
+                                in seconds_multisets(session, project_id, by_kind=True).items()):
+        n = sum(c for _, c in xs)
+        median = nth_value(xs, n // 2) if n % 2 else (nth_value(xs, n // 2 - 1) + nth_value(xs, n // 2)) / 2
+        rows.append({"annotator": u, "kind": kind, "labels": n, "median_seconds": median,
+                     "p90_seconds": nth_value(xs, min(n - 1, math.ceil(0.9 * n) - 1))})
     return pd.DataFrame(rows, columns=["annotator", "kind", "labels", "median_seconds", "p90_seconds"])
-

@@ -26,7 +26,7 @@ from db.models import (
     Task,
     utcnow,
 )
-from db.services import audit
+from db.services import audit, summary
 from db.services.assignment import live_slot
 from db.services.content import check_size, sha
 from db.services.errors import InputError, NotFound, ServiceError, check_id
@@ -123,6 +123,7 @@ def _submit_once(session: Session, model: Any, kind: str, task_id: int, user_id:
         _claim_slot(session, task, user_id, now)
         session.add(row)
         session.flush()
+        summary.labels_written(session, kind, user_id, [task_id])  # the Dashboard / Agreement sums
         return row, True
 
 
@@ -258,6 +259,10 @@ def _apply_revision(session: Session, label: Any, user_id: int, target: str, now
         label.comment = comment
     label.updated_at = now
     session.flush()
+    kind = {PreferenceLabel: "compare", Ranking: "rank", Rating: "rate"}.get(type(label))
+    if kind is not None:  # the agreement sums follow the new value
+        value = {"compare": "choice", "rank": "ordering", "rate": "good"}[kind]
+        summary.labels_written(session, kind, label.user_id, [label.task_id], before={label.task_id: before[value]})
     audit.record(session, "label.revise", actor_id=user_id, target=target,
                  details={"task": label.task_id, **{k: list(v) if k == "flags" else v for k, v in values.items()},
                           "before": before})

@@ -2,73 +2,57 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter, defaultdict
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import case, func, select, union_all
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from db.models import (
-    Assignment,
-    Demonstration,
-    ModelVersion,
-    PreferenceLabel,
-    Project,
-    Prompt,
-    Ranking,
-    Rating,
-    Task,
-    User,
-    utcnow,
-)
-
-LABEL_TABLES = ((PreferenceLabel, "compare"), (Ranking, "rank"), (Rating, "rate"))
-
-
-def _sources() -> list[tuple[Any, str, Any, tuple[Any, Any]]]:
-    """(label table, kind, its project column, the join that reaches it) of each kind of label."""
-    return [*((table, kind, Task.project_id, (Task, Task.id == table.task_id)) for table, kind in LABEL_TABLES),
-            (Demonstration, "demonstrate", Prompt.project_id, (Prompt, Prompt.id == Demonstration.prompt_id))]
-
-
-def _utc_day(session: Session, col: Any) -> Any:
-    """The UTC calendar day of a timestamp column, as 'YYYY-MM-DD' text."""
-    if session.get_bind().dialect.name == "postgresql":
-        return func.to_char(func.timezone("UTC", col), "YYYY-MM-DD")
-    return func.date(col)  # SQLite stores UTC text 'YYYY-MM-DD HH:MM:SS.ffffff'
+from db.models import Assignment, LabelDay, LabelSeconds, ModelVersion, Project, Prompt, Task, User, utcnow
+from db.services.summary import _day
 
 
 def _day_start(now: dt.datetime) -> dt.datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+# Every count of labels below reads the summaries db.services.summary keeps in the transaction of each label
+# write (LabelDay: per project, annotator, kind and UTC day; LabelSeconds: the multiset of times): reading the
+# labels themselves took 75 s for the Dashboard at 1M labels.
 def label_counts(session: Session, project_id: int, *, user_id: int | None = None,
                  now: dt.datetime | None = None, kind: str | None = None) -> dict[str, int]:
     """Labels (preferences, rankings, ratings, demonstrations) in a project, optionally one user's own and of
     one task kind only: {"total", "today"} (today = since 00:00 UTC). Each labeling page shows its own kind's."""
-    today = _day_start(now or utcnow())
-    total = n_today = 0
-    for table, source_kind, project_col, join in _sources():
-        if kind is not None and source_kind != kind:
-            continue
-        # total and today in one scan (two counts read the project's labels twice: 1M rows each)
-        q = (select(func.count(), func.sum(case((table.created_at >= today, 1), else_=0)))
-             .select_from(table).join(*join).where(project_col == project_id))
-        if user_id is not None:
-            q = q.where(table.user_id == user_id)
-        n, t = session.execute(q).one()
-        total, n_today = total + (n or 0), n_today + (t or 0)
-    return {"total": total, "today": n_today}
+    today = _day(_day_start(now or utcnow()))
+    # created_at >= today's 00:00 UTC is the same as its UTC day >= today's ('YYYY-MM-DD' sorts as dates)
+    q = (select(func.sum(LabelDay.n), func.sum(case((LabelDay.day >= today, LabelDay.n), else_=0)))
+         .where(LabelDay.project_id == project_id))
+    if user_id is not None:
+        q = q.where(LabelDay.user_id == user_id)
+    if kind is not None:
+        q = q.where(LabelDay.kind == kind)
+    n, t = session.execute(q).one()
+    return {"total": int(n or 0), "today": int(t or 0)}
+
+
+def _task_counts(session: Session, project_id: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Tasks by state and by kind: one pass over the (project, status, kind) prefix of ix_tasks_queue_kind."""
+    by_state: dict[str, int] = {}
+    by_kind: dict[str, int] = {}
+    for status, kind, n in session.execute(select(Task.status, Task.kind, func.count())
+                                           .where(Task.project_id == project_id).group_by(Task.status, Task.kind)):
+        by_state[status] = by_state.get(status, 0) + n
+        by_kind[kind] = by_kind.get(kind, 0) + n
+    return dict(sorted(by_state.items())), dict(sorted(by_kind.items()))
 
 
 def progress(session: Session, project_id: int, *, user_id: int | None = None,
              now: dt.datetime | None = None) -> dict[str, Any]:
     """Counts for one project (optionally one user's own): tasks by state and kind, labels total/today."""
     now = now or utcnow()
-    by_state = dict(session.execute(select(Task.status, func.count()).where(Task.project_id == project_id)
-                                    .group_by(Task.status)).all())
-    by_kind = dict(session.execute(select(Task.kind, func.count()).where(Task.project_id == project_id)
-                                   .group_by(Task.kind)).all())
+    by_state, by_kind = _task_counts(session, project_id)
+    # both assignment counts start from ix_assignments_state_expires (live leases and skips are few)
     live = session.scalar(select(func.count()).select_from(Assignment).join(Task, Task.id == Assignment.task_id)
                           .where(Task.project_id == project_id, Assignment.state == "assigned",
                                  Assignment.expires_at > now)) or 0
@@ -82,18 +66,12 @@ def progress(session: Session, project_id: int, *, user_id: int | None = None,
 
 def labels_over_time(session: Session, project_id: int | None = None) -> pd.DataFrame:
     """Labels per day: columns day, project, annotator, kind, n."""
-    # Counted by the database (GROUP BY day, project, annotator): loading every label into a frame took
-    # ~40 s at 1M labels.
     names = dict(session.execute(select(User.id, User.username)).all())
     pnames = dict(session.execute(select(Project.id, Project.name)).all())
-    rows = []
-    for table, kind, project_col, join in _sources():
-        day = _utc_day(session, table.created_at)
-        q = (select(day, project_col, table.user_id, func.count()).select_from(table).join(*join)
-             .group_by(day, project_col, table.user_id))
-        if project_id is not None:
-            q = q.where(project_col == project_id)
-        rows += [(d, pnames[p], names[u], kind, n) for d, p, u, n in session.execute(q)]
+    q = select(LabelDay.day, LabelDay.project_id, LabelDay.user_id, LabelDay.kind, LabelDay.n).where(LabelDay.n > 0)
+    if project_id is not None:
+        q = q.where(LabelDay.project_id == project_id)
+    rows = [(d, pnames[p], names[u], kind, n) for d, p, u, kind, n in session.execute(q)]
     if not rows:
         return pd.DataFrame(columns=["day", "project", "annotator", "kind", "n"])
     df = pd.DataFrame(rows, columns=["day", "project", "annotator", "kind", "n"])
@@ -102,36 +80,43 @@ def labels_over_time(session: Session, project_id: int | None = None) -> pd.Data
     return df.sort_values(["day", "project", "annotator", "kind"], ignore_index=True)
 
 
+def seconds_multisets(session: Session, project_id: int | None, by_kind: bool
+                      ) -> dict[tuple[int, str], list[tuple[float, int]]]:
+    """{(user id, kind or ''): [(seconds, how many labels took them)] sorted by seconds} from LabelSeconds."""
+    q = select(LabelSeconds.user_id, LabelSeconds.kind, LabelSeconds.seconds, func.sum(LabelSeconds.n)).where(
+        LabelSeconds.n > 0)
+    if project_id is not None:
+        q = q.where(LabelSeconds.project_id == project_id)
+    q = q.group_by(LabelSeconds.user_id, LabelSeconds.kind, LabelSeconds.seconds)
+    out: dict[tuple[int, str], Counter] = defaultdict(Counter)
+    for uid, kind, sec, n in session.execute(q):
+        out[(uid, kind if by_kind else "")][float(sec)] += int(n)
+    return {k: sorted(c.items()) for k, c in out.items()}
+
+
+def nth_value(values: list[tuple[float, int]], i: int) -> float:
+    """The i-th (0-based) of the sorted multiset [(value, count)]."""
+    for v, n in values:
+        if i < n:
+            return v
+        i -= n
+    raise IndexError(i)
+
+
 def per_annotator(session: Session, project_id: int | None = None) -> pd.DataFrame:
     """Per annotator: labels, median seconds per task, first and last label."""
-    # Counts, first/last and the median are computed by the database (the median as the mean of the middle
-    # one or two of each annotator's sorted times, as pandas takes it): a frame of every label took ~40 s at 1M.
     names = dict(session.execute(select(User.id, User.username)).all())
-    agg: dict[int, list[Any]] = {}
-    parts = []
-    for table, _, project_col, join in _sources():
-        q = (select(table.user_id, func.count(), func.min(table.created_at), func.max(table.created_at))
-             .select_from(table).join(*join).group_by(table.user_id))
-        part = select(table.user_id.label("uid"), table.seconds.label("sec")).select_from(table).join(*join)
-        if project_id is not None:
-            q, part = q.where(project_col == project_id), part.where(project_col == project_id)
-        parts.append(part)
-        for uid, n, first, last in session.execute(q):
-            if uid in agg:
-                a = agg[uid]
-                a[0], a[1], a[2] = a[0] + n, min(a[1], first), max(a[2], last)
-            else:
-                agg[uid] = [n, first, last]
+    q = select(LabelDay.user_id, func.sum(LabelDay.n), func.min(LabelDay.first_at), func.max(LabelDay.last_at)
+               ).where(LabelDay.n > 0)
+    if project_id is not None:
+        q = q.where(LabelDay.project_id == project_id)
+    agg = {uid: (int(n), first, last) for uid, n, first, last in session.execute(q.group_by(LabelDay.user_id))}
     if not agg:
         return pd.DataFrame(columns=["annotator", "labels", "median_seconds", "first", "last"])
-    times = union_all(*parts).subquery()
-    ranked = (select(times.c.uid, times.c.sec,
-                     func.row_number().over(partition_by=times.c.uid, order_by=times.c.sec).label("rn"),
-                     func.count().over(partition_by=times.c.uid).label("n"))
-              .where(times.c.sec.is_not(None)).subquery())
-    median = dict(session.execute(
-        select(ranked.c.uid, func.avg(ranked.c.sec))
-        .where(ranked.c.rn.in_([(ranked.c.n + 1) // 2, (ranked.c.n + 2) // 2])).group_by(ranked.c.uid)).all())
+    median = {}
+    for (uid, _), xs in seconds_multisets(session, project_id, by_kind=False).items():
+        n = sum(c for _, c in xs)  # the mean of the middle one or two, as pandas takes the median
+        median[uid] = (nth_value(xs, (n + 1) // 2 - 1) + nth_value(xs, (n + 2) // 2 - 1)) / 2
     rows = sorted((names[uid], n, median.get(uid), first, last) for uid, (n, first, last) in agg.items())
     out = pd.DataFrame(rows, columns=["annotator", "labels", "median_seconds", "first", "last"])
     out["median_seconds"] = out["median_seconds"].astype("float64")

@@ -1,0 +1,237 @@
+"""The label summaries the Dashboard and Agreement pages read (db.models LabelDay, LabelSeconds, AgreementCount).
+
+Both pages used to read every label of a project: 75 s (Dashboard) and 57 s (Agreement) at 1M labels. They now
+read these sums, which are as small as (annotators x days), (annotators x distinct times) and (annotator pairs x
+categories). `labels_written` keeps them right: every service that writes or revises a label calls it in the
+same transaction, after the write is flushed. `rebuild` computes them from the labels (migration 0007, and
+databases filled by raw SQL such as the benchmarks' fixtures).
+
+Labels are never deleted (no service removes one), so day counts and first/last only grow; a revision changes
+only the labelled value, which is all the agreement sums depend on.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import combinations, groupby
+from typing import Any
+
+from sqlalchemy import delete, func, insert, literal, select
+from sqlalchemy.orm import Session
+
+from db.models import (
+    CHOICES,
+    AgreementCount,
+    Demonstration,
+    LabelDay,
+    LabelSeconds,
+    PreferenceLabel,
+    Prompt,
+    Ranking,
+    Rating,
+    Task,
+    User,
+)
+
+MODELS: dict[str, Any] = {"compare": PreferenceLabel, "rank": Ranking, "rate": Rating,
+                          "demonstrate": Demonstration}
+# The categories of an agreement item of each kind (a rank task's response pairs are first / second / tie).
+CATEGORIES: dict[str, tuple[str, ...]] = {"compare": CHOICES, "rank": CHOICES, "rate": ("good", "bad")}
+_CHUNK = 500
+_BATCH = 1000
+# A counter's key in AgreementCount: (what, user_a, user_b, x, y).
+Key = tuple[str, int, int, str, str]
+
+
+def utc_day(session: Session, col: Any) -> Any:
+    """The UTC calendar day of a timestamp column, as 'YYYY-MM-DD' text (the same as `_day` in Python)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", col), "YYYY-MM-DD")
+    return func.date(col)  # SQLite stores UTC text 'YYYY-MM-DD HH:MM:SS.ffffff'
+
+
+def _day(ts: dt.datetime) -> str:
+    return (ts if ts.tzinfo is None else ts.astimezone(dt.UTC)).strftime("%Y-%m-%d")
+
+
+def _project_join(kind: str) -> tuple[Any, tuple[Any, Any]]:
+    """(the project column, the join reaching it) of a label kind; a demonstration's project is its prompt's."""
+    if kind == "demonstrate":
+        return Prompt.project_id, (Prompt, Prompt.id == Demonstration.prompt_id)
+    model = MODELS[kind]
+    return Task.project_id, (Task, Task.id == model.task_id)
+
+
+def _value_columns(kind: str) -> list[Any]:
+    return [getattr(MODELS[kind], {"compare": "choice", "rank": "ordering", "rate": "good"}[kind])]
+
+
+def category(kind: str, value: Any) -> Any:
+    """A label's value as the agreement report compares it: a choice, an ordering, or 'good' / 'bad'."""
+    if kind == "rate":
+        return "good" if value else "bad"
+    return value
+
+
+def items_of(kind: str, response_ids: Sequence[int], labels: Sequence[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
+    """The agreement items of one task given its people's labels [(user id, category(value))]: the task itself,
+    or for a rank task each pair of its responses both ranked (first better 'a', second 'b', or 'tie')."""
+    if kind != "rank":
+        return [list(labels)]
+    ranks = [(u, {rid: i for i, group in enumerate(ordering) for rid in group}) for u, ordering in labels]
+    items = []
+    for x, y in combinations(sorted(response_ids), 2):
+        items.append([(u, "tie" if r[x] == r[y] else ("a" if r[x] < r[y] else "b"))
+                      for u, r in ranks if x in r and y in r])
+    return items
+
+
+def add_item_counts(kind: str, items: Iterable[Sequence[tuple[int, Any]]], out: Counter, sign: int = 1) -> None:
+    """Add (sign=1) or take away (-1) what items with two or more labels contribute to the report's sums."""
+    from db.services.agreement import _majority  # agreement reads the sums; the rule stays in one place
+
+    cats = CATEGORIES[kind]
+    for v in items:
+        if len(v) < 2:
+            continue
+        out[("profile", 0, 0, ",".join(str(sum(1 for _, c in v if c == cat)) for cat in cats), "")] += sign
+        last = dict(v)  # one label per annotator and task (unique key)
+        users = sorted(last)
+        for i, a in enumerate(users):
+            for b in users[i + 1:]:
+                out[("pair", a, b, last[a], last[b])] += sign
+        for u in users:
+            maj = _majority([c for uu, c in v if uu != u])
+            if maj is None:
+                continue
+            out[("compared", u, 0, "", "")] += sign
+            if last[u] == maj:
+                out[("agreed", u, 0, "", "")] += sign
+
+
+def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    for lo in range(0, len(ids), _CHUNK):
+        yield ids[lo:lo + _CHUNK]
+
+
+def _upsert(session: Session, model: Any, keys: Sequence[str], rows: list[dict[str, Any]],
+            least: Sequence[str] = (), greatest: Sequence[str] = ()) -> None:
+    """INSERT rows, or add their n to the row with the same key (and keep the least / greatest of columns).
+    Rows go in key order, so concurrent writers lock shared counters in one order (no deadlock)."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        lo, hi = func.least, func.greatest
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        lo, hi = func.min, func.max  # SQLite's two-argument min/max are scalar
+    table = model.__table__
+    stmt = dialect_insert(table)
+    ex = stmt.excluded
+    values = {"n": table.c.n + ex.n, **{c: lo(table.c[c], ex[c]) for c in least},
+              **{c: hi(table.c[c], ex[c]) for c in greatest}}
+    stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_=values)
+    rows = sorted(rows, key=lambda r: tuple(r[k] for k in keys))
+    for i in range(0, len(rows), _BATCH):
+        session.execute(stmt, rows[i:i + _BATCH])
+
+
+def _agreement_rows(project_id: int, kind: str, counts: Counter) -> list[dict[str, Any]]:
+    return [{"project_id": project_id, "kind": kind, "what": w, "user_a": a, "user_b": b, "x": x, "y": y, "n": n}
+            for (w, a, b, x, y), n in counts.items() if n]
+
+
+_AGREEMENT_KEY = ("project_id", "kind", "what", "user_a", "user_b", "x", "y")
+
+
+def labels_written(session: Session, kind: str, user_id: int, task_ids: Iterable[int], *,
+                   before: dict[int, Any] | None = None) -> None:
+    """Bring the summaries up to date after `user_id`'s labels of `kind` on `task_ids` were written (flushed,
+    same transaction). `before`: this was a revision, {task id: the label's old choice / ordering / good}; else
+    the labels are new. Called by every label writer (labels.py, importers.py)."""
+    model = MODELS[kind]
+    ids = sorted(set(task_ids))
+    if not ids:
+        return
+    session.flush()
+    if before is None:
+        project_col, join = _project_join(kind)
+        days: dict[tuple[int, str], list[Any]] = {}
+        secs: Counter = Counter()
+        for chunk in _chunks(ids):
+            for pid, created, seconds in session.execute(
+                    select(project_col, model.created_at, model.seconds).select_from(model).join(*join)
+                    .where(model.user_id == user_id, model.task_id.in_(chunk))):
+                d = days.get((pid, _day(created)))
+                if d is None:
+                    days[(pid, _day(created))] = [1, created, created]
+                else:
+                    d[0], d[1], d[2] = d[0] + 1, min(d[1], created), max(d[2], created)
+                if seconds is not None:
+                    secs[(pid, float(seconds))] += 1
+        _upsert(session, LabelDay, ("project_id", "user_id", "kind", "day"),
+                [{"project_id": p, "user_id": user_id, "kind": kind, "day": day, "n": n, "first_at": f, "last_at": la}
+                 for (p, day), (n, f, la) in days.items()], least=("first_at",), greatest=("last_at",))
+        _upsert(session, LabelSeconds, ("project_id", "user_id", "kind", "seconds"),
+                [{"project_id": p, "user_id": user_id, "kind": kind, "seconds": s, "n": n}
+                 for (p, s), n in secs.items()])
+    if kind not in CATEGORIES or session.scalar(select(User.is_system).where(User.id == user_id)):
+        return  # an import pseudo-user's labels are not in agreement (db.services.agreement)
+    delta: dict[int, Counter] = defaultdict(Counter)
+    for chunk in _chunks(ids):
+        for pid, task_id, rids, group in _people_labels(session, kind, chunk):
+            after = [(u, category(kind, v)) for u, v in group]
+            if before is None:
+                prior = [(u, c) for u, c in after if u != user_id]
+            else:
+                prior = [(u, category(kind, before[task_id]) if u == user_id else c) for u, c in after]
+            add_item_counts(kind, items_of(kind, rids, after), delta[pid], 1)
+            add_item_counts(kind, items_of(kind, rids, prior), delta[pid], -1)
+    _upsert(session, AgreementCount, _AGREEMENT_KEY,
+            [r for pid, c in delta.items() for r in _agreement_rows(pid, kind, c)])
+
+
+def _people_labels(session: Session, kind: str, task_ids: Sequence[int] | None = None,
+                   ) -> Iterator[tuple[int, int, list[int], list[tuple[int, Any]]]]:
+    """(project id, task id, response ids, [(user id, value)] in label order) per task of people's labels of
+    `kind`: of `task_ids`, or of every task (streamed, for rebuild)."""
+    model = MODELS[kind]
+    q = (select(Task.project_id, model.task_id, Task.response_ids, model.user_id, *_value_columns(kind))
+         .join(Task, Task.id == model.task_id).join(User, User.id == model.user_id)
+         .where(User.is_system.is_(False)).order_by(model.task_id, model.id))
+    if task_ids is not None:
+        q = q.where(model.task_id.in_(task_ids))
+    rows = session.execute(q, execution_options={"yield_per": 5000})
+    for (pid, task_id, rids), group in groupby(rows, key=lambda r: (r[0], r[1], tuple(r[2]))):
+        yield pid, task_id, list(rids), [(r[3], r[4]) for r in group]
+
+
+def rebuild(session: Session) -> dict[str, int]:
+    """Compute every summary from the labels (replacing what is there); the caller commits. Returns rows per
+    summary table."""
+    for model in (LabelDay, LabelSeconds, AgreementCount):
+        session.execute(delete(model))
+    for kind, model in MODELS.items():
+        project_col, join = _project_join(kind)
+        day = utc_day(session, model.created_at)
+        session.execute(insert(LabelDay).from_select(
+            ["project_id", "user_id", "kind", "day", "n", "first_at", "last_at"],
+            select(project_col, model.user_id, literal(kind), day, func.count(), func.min(model.created_at),
+                   func.max(model.created_at)).select_from(model).join(*join)
+            .group_by(project_col, model.user_id, day)))
+        session.execute(insert(LabelSeconds).from_select(
+            ["project_id", "user_id", "kind", "seconds", "n"],
+            select(project_col, model.user_id, literal(kind), model.seconds, func.count()).select_from(model)
+            .join(*join).where(model.seconds.is_not(None)).group_by(project_col, model.user_id, model.seconds)))
+        if kind not in CATEGORIES:
+            continue
+        counts: dict[int, Counter] = defaultdict(Counter)
+        for pid, _, rids, group in _people_labels(session, kind):
+            add_item_counts(kind, items_of(kind, rids, [(u, category(kind, v)) for u, v in group]), counts[pid])
+        rows = [r for pid, c in counts.items() for r in _agreement_rows(pid, kind, c)]
+        for i in range(0, len(rows), _BATCH):
+            session.execute(insert(AgreementCount), rows[i:i + _BATCH])
+    return {m.__tablename__: session.scalar(select(func.count()).select_from(m))
+            for m in (LabelDay, LabelSeconds, AgreementCount)}
