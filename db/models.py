@@ -416,3 +416,16 @@ class AgreementCount(Base):
     x: Mapped[str] = mapped_column(String(60), default="")
     y: Mapped[str] = mapped_column(String(20), default="")
     n: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ProjectCount(Base):
+    """Tasks per project, kind and status, and prompts per project (kind 'prompt', status ''): the Dashboard's
+    task and prompt counts, which otherwise read every task and prompt of the project."""
+
+    __tablename__ = "project_counts"
+    __table_args__ = (UniqueConstraint("project_id", "kind", "status"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))
+    n: Mapped[int] = mapped_column(Integer, default=0)

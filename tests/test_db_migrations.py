@@ -27,6 +27,7 @@ CREATES = {
     "0005": {"ratings"},
     "0006": {"audit_log", "sign_in_failures"},
     "0007": {"label_days", "label_seconds", "agreement_counts"},
+    "0008": {"project_counts"},
 }
 
 

@@ -20,6 +20,7 @@ from db.models import (
     LabelDay,
     LabelSeconds,
     PreferenceLabel,
+    ProjectCount,
     Ranking,
     Rating,
     Task,
@@ -182,7 +183,8 @@ def summary_rows(s) -> dict[str, list[tuple]]:
     """The summaries' contents without ids or empty counters, in a fixed order."""
     cols = {LabelDay: ("project_id", "user_id", "kind", "day", "n", "first_at", "last_at"),
             LabelSeconds: ("project_id", "user_id", "kind", "seconds", "n"),
-            AgreementCount: ("project_id", "kind", "what", "user_a", "user_b", "x", "y", "n")}
+            AgreementCount: ("project_id", "kind", "what", "user_a", "user_b", "x", "y", "n"),
+            ProjectCount: ("project_id", "kind", "status", "n")}
     return {m.__tablename__: sorted(tuple(getattr(r, c) for c in cs) for r in s.scalars(select(m)) if r.n)
             for m, cs in cols.items()}
 
@@ -223,6 +225,12 @@ def test_a_new_label_moves_every_page(sqlite_session):
     assert stats.per_annotator(s, pid)["median_seconds"].max() >= ref.per_annotator(s, pid)["median_seconds"].max()
     labels.revise_preference(s, who, lab.id, "a", strength="slight")
     s.commit()
+    check_pages(s, made["projects"], made["people"])
+    # a new overlap re-decides which tasks are done (a bulk UPDATE): the counts follow
+    done = stats.progress(s, pid)["tasks_by_state"].get("done", 0)
+    projects.update_project(s, "other", labels_per_task=1)
+    s.commit()
+    assert stats.progress(s, pid)["tasks_by_state"]["done"] > done
     check_pages(s, made["projects"], made["people"])
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from db import settings
 from db.models import Prompt, Response
+from db.services import summary
 from db.services.errors import InputError
 
 CHAT_ROLES = ("system", "user", "assistant")
@@ -84,6 +85,7 @@ def add_prompt(session: Session, project_id: int, *, text: str | None = None,
                source=source, meta=meta or {}, content_hash=h)
     session.add(p)
     session.flush()
+    summary.count_change(session, project_id, "prompt", None, "")  # the Dashboard's counts
     return p, True
 
 

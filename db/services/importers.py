@@ -595,6 +595,7 @@ def import_prompts(session: Session, source: str | Path | bytes, project: str, *
         _settle(name, tally.bad, tally.total, result.refused if skip_invalid else None)
     result.rows = tally.total - len(tally.bad)
     session.flush()
+    summary.recount(session, proj.id)  # the Dashboard's task and prompt counts
     _audit_import(session, result, project, actor_id)
     return result
 
@@ -938,6 +939,7 @@ def import_preferences(session: Session, source: str | Path | bytes, project: st
     if divergent:
         result.details["pairs diverging before the last reply (prompt: their shared start)"] = divergent
     session.flush()
+    summary.recount(session, proj.id)  # the Dashboard's task and prompt counts
     _audit_import(session, result, project, actor_id)
     return result
 
@@ -1054,6 +1056,7 @@ def import_oasst(session: Session, source: str | Path | bytes, project: str, *,
     session.flush()
     for kind, ids in labelled.items():  # the Dashboard / Agreement sums
         summary.labels_written(session, kind, who.id, ids)
+    summary.recount(session, proj.id)  # the Dashboard's task and prompt counts
     _audit_import(session, result, project, actor_id)
     return result
 
@@ -1176,5 +1179,6 @@ def import_ratings(session: Session, source: str | Path | bytes, project: str, *
         result.details["repeats with the other label (the first one is kept)"] = conflicting
     session.flush()
     summary.labels_written(session, "rate", who.id, labelled)  # the Dashboard / Agreement sums
+    summary.recount(session, proj.id)  # the Dashboard's task and prompt counts
     _audit_import(session, result, project, actor_id)
     return result

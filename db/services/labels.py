@@ -89,6 +89,7 @@ def _claim_slot(session: Session, task: Task, user_id: int, now: dt.datetime) ->
     a.state, a.finished_at = "submitted", now
     task.n_submitted += 1
     if task.n_submitted >= project.labels_per_task:
+        summary.count_change(session, task.project_id, task.kind, task.status, "done")  # the Dashboard's counts
         task.status = "done"
 
 

@@ -7,7 +7,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db.models import Project, Task
-from db.services import audit
+from db.services import audit, summary
 from db.services.errors import InputError, NotFound, ServiceError
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -77,6 +77,7 @@ def update_project(session: Session, name: str, *, guidelines: str | None = None
                                                Task.n_submitted >= need).values(status="done"))
             session.execute(update(Task).where(Task.project_id == pid, Task.status.in_(("open", "done")),
                                                Task.n_submitted < need).values(status="open"))
+            summary.recount(session, pid)  # the Dashboard's task counts
     if settings is not None:
         project.settings = {**project.settings, **settings}
     session.flush()

@@ -9,7 +9,17 @@ import pandas as pd
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from db.models import Assignment, LabelDay, LabelSeconds, ModelVersion, Project, Prompt, Task, User, utcnow
+from db.models import (
+    Assignment,
+    LabelDay,
+    LabelSeconds,
+    ModelVersion,
+    Project,
+    ProjectCount,
+    Task,
+    User,
+    utcnow,
+)
 from db.services.summary import _day
 
 
@@ -37,11 +47,12 @@ def label_counts(session: Session, project_id: int, *, user_id: int | None = Non
 
 
 def _task_counts(session: Session, project_id: int) -> tuple[dict[str, int], dict[str, int]]:
-    """Tasks by state and by kind: one pass over the (project, status, kind) prefix of ix_tasks_queue_kind."""
+    """Tasks by state and by kind, from the counts db.services.summary keeps (counting the tasks read all of
+    them: 1M rows on PostgreSQL)."""
     by_state: dict[str, int] = {}
     by_kind: dict[str, int] = {}
-    for status, kind, n in session.execute(select(Task.status, Task.kind, func.count())
-                                           .where(Task.project_id == project_id).group_by(Task.status, Task.kind)):
+    for status, kind, n in session.execute(select(ProjectCount.status, ProjectCount.kind, ProjectCount.n).where(
+            ProjectCount.project_id == project_id, ProjectCount.kind != "prompt", ProjectCount.n != 0)):
         by_state[status] = by_state.get(status, 0) + n
         by_kind[kind] = by_kind.get(kind, 0) + n
     return dict(sorted(by_state.items())), dict(sorted(by_kind.items()))
@@ -130,8 +141,8 @@ def per_project(session: Session) -> pd.DataFrame:
     for p in session.scalars(select(Project).order_by(Project.id)):
         pr = progress(session, p.id)
         rows.append({"project": p.name, "labels_per_task": p.labels_per_task,
-                     "prompts": session.scalar(select(func.count()).select_from(Prompt)
-                                               .where(Prompt.project_id == p.id)) or 0,
+                     "prompts": session.scalar(select(func.sum(ProjectCount.n)).where(
+                         ProjectCount.project_id == p.id, ProjectCount.kind == "prompt")) or 0,
                      "tasks": pr["tasks"], "open": pr["tasks_by_state"].get("open", 0),
                      "done": pr["tasks_by_state"].get("done", 0), "leased": pr["leased"],
                      "labels": pr["labels"], "labels_today": pr["labels_today"], "skipped": pr["skipped"]})

@@ -4,7 +4,8 @@ Both pages used to read every label of a project: 75 s (Dashboard) and 57 s (Agr
 read these sums, which are as small as (annotators x days), (annotators x distinct times) and (annotator pairs x
 categories). `labels_written` keeps them right: every service that writes or revises a label calls it in the
 same transaction, after the write is flushed. `rebuild` computes them from the labels (migration 0007, and
-databases filled by raw SQL such as the benchmarks' fixtures).
+databases filled by raw SQL such as the benchmarks' fixtures). ProjectCount (tasks by kind and status, prompts)
+is kept by `count_change` where one task or prompt is written and `recount` after bulk writes.
 
 Labels are never deleted (no service removes one), so day counts and first/last only grow; a revision changes
 only the labelled value, which is all the agreement sums depend on.
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import combinations, groupby
 from typing import Any
 
-from sqlalchemy import delete, func, insert, literal, select
+from sqlalchemy import delete, func, insert, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -27,6 +28,7 @@ from db.models import (
     LabelDay,
     LabelSeconds,
     PreferenceLabel,
+    ProjectCount,
     Prompt,
     Ranking,
     Rating,
@@ -208,9 +210,60 @@ def _people_labels(session: Session, kind: str, task_ids: Sequence[int] | None =
         yield pid, task_id, list(rids), [(r[3], r[4]) for r in group]
 
 
-def rebuild(session: Session) -> dict[str, int]:
-    """Compute every summary from the labels (replacing what is there); the caller commits. Returns rows per
-    summary table."""
+_COUNT_KEY = ("project_id", "kind", "status")
+
+
+def count_change(session: Session, project_id: int, kind: str, old: str | None, new: str | None) -> None:
+    """One task of `kind` changed status from `old` to `new` (None: it did not exist / no longer does), or a
+    prompt was added (kind 'prompt', new ''). Called by the services that write one task or prompt at a time."""
+    if old == new:
+        return
+    _upsert(session, ProjectCount, _COUNT_KEY,
+            [{"project_id": project_id, "kind": kind, "status": st, "n": d}
+             for st, d in ((old, -1), (new, 1)) if st is not None])
+
+
+def _counted(session: Session, project_id: int | None) -> Any:
+    """The statement of (project, kind, status, n) as the tasks and prompts have them."""
+    t = select(Task.project_id.label("project_id"), Task.kind.label("kind"), Task.status.label("status"),
+               func.count().label("n")).group_by(Task.project_id, Task.kind, Task.status)
+    p = select(Prompt.project_id, literal("prompt"), literal(""), func.count()).group_by(Prompt.project_id)
+    if project_id is not None:
+        t, p = t.where(Task.project_id == project_id), p.where(Prompt.project_id == project_id)
+    return t, p
+
+
+def recount(session: Session, project_id: int) -> None:
+    """Bring a project's task and prompt counts up to date after a bulk write (imports, a new overlap).
+    The difference between the rows and the counts is read in one statement and added: a submit committing
+    meanwhile is either in both or in neither, and its own +1 still lands."""
+    session.flush()
+    t, p = _counted(session, project_id)
+    kept = select(ProjectCount.project_id, ProjectCount.kind, ProjectCount.status, -ProjectCount.n).where(
+        ProjectCount.project_id == project_id)
+    u = union_all(t, p, kept).subquery()
+    diff = session.execute(select(u.c.kind, u.c.status, func.sum(u.c.n)).group_by(u.c.kind, u.c.status)).all()
+    _upsert(session, ProjectCount, _COUNT_KEY,
+            [{"project_id": project_id, "kind": k, "status": st, "n": int(d)} for k, st, d in diff if d])
+
+
+def rebuild(session: Session, *, labels: bool = True, counts: bool = True) -> dict[str, int]:
+    """Compute the summaries from the labels (`labels`: LabelDay, LabelSeconds, AgreementCount) and the task and
+    prompt counts (`counts`: ProjectCount) from the tables, replacing what is there; the caller commits.
+    Returns rows per summary table."""
+    built = []
+    if counts:
+        built.append(ProjectCount)
+        session.execute(delete(ProjectCount))
+        for q in _counted(session, None):
+            session.execute(insert(ProjectCount).from_select(["project_id", "kind", "status", "n"], q))
+    if labels:
+        built += [LabelDay, LabelSeconds, AgreementCount]
+        _rebuild_labels(session)
+    return {m.__tablename__: session.scalar(select(func.count()).select_from(m)) for m in built}
+
+
+def _rebuild_labels(session: Session) -> None:
     for model in (LabelDay, LabelSeconds, AgreementCount):
         session.execute(delete(model))
     for kind, model in MODELS.items():
@@ -233,5 +286,3 @@ def rebuild(session: Session) -> dict[str, int]:
         rows = [r for pid, c in counts.items() for r in _agreement_rows(pid, kind, c)]
         for i in range(0, len(rows), _BATCH):
             session.execute(insert(AgreementCount), rows[i:i + _BATCH])
-    return {m.__tablename__: session.scalar(select(func.count()).select_from(m))
-            for m in (LabelDay, LabelSeconds, AgreementCount)}

@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Demonstration, Prompt, Response, Task
+from db.services import summary
 from db.services.content import sha
 from db.services.errors import InputError, NotFound
 
@@ -49,6 +50,7 @@ def create_task(session: Session, project_id: int, kind: str, prompt_id: int,
                 dedup_key=key, source=source)
     session.add(task)
     session.flush()
+    summary.count_change(session, project_id, kind, None, task.status)  # the Dashboard's counts
     return task, True
 
 

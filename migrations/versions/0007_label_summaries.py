@@ -80,7 +80,7 @@ def upgrade() -> None:
 
     from db.services import summary  # here, not at import: alembic loads every revision to walk them
 
-    summary.rebuild(Session(bind=op.get_bind()))
+    summary.rebuild(Session(bind=op.get_bind()), counts=False)  # project_counts come with 0008
 
 
 def downgrade() -> None:
