@@ -263,9 +263,9 @@ def test_postgresql_next_task_unlocks_a_candidate_it_found_full_at_once(tmp_path
     s = session_factory(url)()
     (u,) = make_users(s, 1)
     pid, (t1, t2) = make_compare_project(s, n_tasks=2)
-    real = assignment.slots_taken
-    monkeypatch.setattr(assignment, "slots_taken",  # t1 "filled up" just before we locked it
-                        lambda sess, tid, now: 99 if tid == t1 else real(sess, tid, now))
+    real = assignment._lease  # the lease upsert recounts t1's slots under the lock: t1 "filled up" meanwhile
+    monkeypatch.setattr(assignment, "_lease",
+                        lambda sess, tid, *a: None if tid == t1 else real(sess, tid, *a))
     with write_transaction(s):  # the caller's transaction stays open after next_task returns
         assert assignment.next_task(s, u, pid).task_id == t2
         with get_engine(url).connect() as other:

@@ -14,12 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, exists, func, literal, or_, select, true, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from db import settings
-from db.models import Assignment, Project, Prompt, Response, Task, utcnow
+from db.models import TS, Assignment, Project, Prompt, Response, Task, utcnow
 from db.services.content import check_size, prompt_messages
 from db.services.errors import NotFound, ServiceError, check_id
 from db.session import write_transaction
@@ -74,24 +78,32 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
     A live lease the user already holds is returned again (a page reload shows the same task).
     `now` (tests) fixes the clock; otherwise it is read once the lock is held (see `_next_task_pg`), so
     lease times follow the order in which transactions took the task.
+
+    The hot path of every annotator: Core statements of plain columns, no ORM objects (the project and a held
+    lease in one statement, the lease written by one upsert, the view's prompt and responses in one).
     """
     clock = (lambda: now) if now is not None else utcnow
     lease = dt.timedelta(minutes=lease_minutes if lease_minutes is not None else settings.lease_minutes())
     with write_transaction(session):
         now_ = clock()  # SQLite: after BEGIN IMMEDIATE took the write lock
-        project = session.get(Project, project_id, populate_existing=True)  # labels_per_task may have changed
-        if project is None:
-            raise NotFound(f"no project with id {project_id}")
-        held_q = (select(Assignment).join(Task, Task.id == Assignment.task_id)
+        held_q = (select(Assignment.id.label("assignment_id"), Assignment.assigned_at, Assignment.expires_at,
+                         *_TASK_COLUMNS)
+                  .join(Task, Task.id == Assignment.task_id)
                   .where(Assignment.user_id == user_id, Task.project_id == project_id,
                          Assignment.state == "assigned", Assignment.expires_at > now_))
         if kind:
             held_q = held_q.where(Task.kind == kind)
-        held = session.scalars(held_q.order_by(Assignment.assigned_at, Assignment.id).limit(1)).first()
-        if held is not None:
-            return task_view(session, session.get(Task, held.task_id), held)
+        held = held_q.order_by(Assignment.assigned_at, Assignment.id).limit(1).subquery()
+        # labels_per_task read fresh each call (it may have changed); the held lease, if any, beside it
+        first = session.execute(select(Project.name, Project.labels_per_task, held).select_from(Project)
+                                .outerjoin(held, true()).where(Project.id == project_id)).first()
+        if first is None:
+            raise NotFound(f"no project with id {project_id}")
+        if first.assignment_id is not None:
+            return _view(session, project_id, first.name, first, first.assignment_id, first.assigned_at,
+                         first.expires_at)
 
-        overlap = project.labels_per_task
+        overlap = first.labels_per_task
         done_by_me = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user_id,
                                     Assignment.state.in_(("submitted", "skipped")))
 
@@ -99,16 +111,76 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
             """The best open task with a free slot at time `at` that this user has not done."""
             taken = (select(func.count()).select_from(Assignment)
                      .where(Assignment.task_id == Task.id, live_slot(at)).correlate(Task).scalar_subquery())
-            q = select(Task).where(Task.project_id == project_id, Task.status == "open", ~done_by_me,
-                                   taken < overlap)
+            q = select(*_TASK_COLUMNS).where(Task.project_id == project_id, Task.status == "open", ~done_by_me,
+                                             taken < overlap)
             if kind:
                 q = q.where(Task.kind == kind)
             return q.order_by(Task.n_submitted.desc(), Task.id).limit(1)
 
         if session.get_bind().dialect.name != "postgresql":
-            task = session.scalars(candidates(now_)).first()  # the write lock is ours: nobody else can claim
-            return None if task is None else _claim(session, task, user_id, now_, lease)
-        return _next_task_pg(session, candidates, user_id, overlap, clock, lease)
+            task = session.execute(candidates(now_)).first()  # the write lock is ours: nobody else can claim
+            if task is None:
+                return None
+            aid = _lease(session, task.task_id, user_id, now_, lease, None)
+            return _view(session, project_id, first.name, task, aid, now_, now_ + lease)
+        return _next_task_pg(session, candidates, project_id, first.name, user_id, overlap, clock, lease)
+
+
+# What a TaskView needs of the task row (the candidate and held-lease statements select these).
+_TASK_COLUMNS = (Task.id.label("task_id"), Task.kind, Task.prompt_id, Task.response_ids)
+
+
+def _lease(session: Session, task_id: int, user_id: int, now: dt.datetime, lease: dt.timedelta,
+           overlap: int | None) -> int | None:
+    """Write the user's lease on the task (a new assignment row, or their old one, expired or released, taken
+    again) in one statement; returns its id. With `overlap` the row is written only while submitted labels plus
+    live leases leave room (the count runs in this statement, so on PostgreSQL it sees everything committed
+    before the caller's row lock was granted); None when the task turned out full."""
+    pg = session.get_bind().dialect.name == "postgresql"
+    rows = select(literal(task_id), literal(user_id), literal("assigned"), literal(now, TS),
+                  literal(now + lease, TS))
+    if overlap is not None:
+        rows = rows.where(select(func.count()).select_from(Assignment)
+                          .where(Assignment.task_id == task_id, live_slot(now)).scalar_subquery() < overlap)
+    else:
+        rows = rows.where(true())  # SQLite: an INSERT ... SELECT upsert needs a WHERE (parsing ambiguity)
+    ins = (pg_insert if pg else sqlite_insert)(Assignment.__table__).from_select(
+        ["task_id", "user_id", "state", "assigned_at", "expires_at"], rows)
+    ins = ins.on_conflict_do_update(index_elements=["task_id", "user_id"], set_={
+        "state": ins.excluded.state, "assigned_at": ins.excluded.assigned_at, "expires_at": ins.excluded.expires_at,
+        "finished_at": None, "skip_reason": None})
+    aid = session.execute(ins.returning(Assignment.__table__.c.id)).scalar()
+    if aid is not None:
+        sync_loaded(session, Assignment, aid, state="assigned", assigned_at=now, expires_at=now + lease,
+                    finished_at=None, skip_reason=None)
+    return aid
+
+
+def sync_loaded(session: Session, model: type, pk: int, **values: Any) -> None:
+    """Values a Core statement just wrote, set on the session's copy of the row if it holds one (a page or a
+    test may keep the ORM object; sessions here do not expire objects on commit)."""
+    obj = session.identity_map.get(identity_key(model, pk))
+    if obj is not None:
+        for k, v in values.items():
+            set_committed_value(obj, k, v)
+
+
+def _view(session: Session, project_id: int, project_name: str, task: Any, assignment_id: int | None,
+          assigned_at: dt.datetime | None, expires_at: dt.datetime | None) -> TaskView:
+    """The TaskView of a task row (_TASK_COLUMNS): its prompt and responses in one statement."""
+    rids = list(task.response_ids or [])
+    rows = session.execute(select(Prompt.text, Prompt.messages, Response.id, Response.text.label("response"))
+                           .select_from(Prompt).outerjoin(Response, Response.id.in_(rids))
+                           .where(Prompt.id == task.prompt_id)).all()
+    by_id = {r.id: r.response for r in rows if r.id is not None}
+    p = rows[0]
+    return TaskView(
+        task_id=task.task_id, kind=task.kind, project_id=project_id, project_name=project_name,
+        prompt_id=task.prompt_id, prompt_text=p.text,
+        messages=list(p.messages) if p.messages else [{"role": "user", "content": p.text or ""}],
+        # Model names stay out of the view: annotators judge blind.
+        responses=[{"id": rid, "text": by_id[rid]} for rid in rids],
+        assignment_id=assignment_id, assigned_at=assigned_at, expires_at=expires_at)
 
 
 def _is_deadlock(e: OperationalError) -> bool:
@@ -119,16 +191,18 @@ def _is_deadlock(e: OperationalError) -> bool:
 PG_WAIT_SECONDS = 30.0
 
 
-def _next_task_pg(session: Session, candidates: Callable[[dt.datetime], Any], user_id: int, overlap: int,
-                  clock: Callable[[], dt.datetime], lease: dt.timedelta) -> TaskView | None:
-    """PostgreSQL: lock a candidate task row, recount its slots, claim it.
+def _next_task_pg(session: Session, candidates: Callable[[dt.datetime], Any], project_id: int, project_name: str,
+                  user_id: int, overlap: int, clock: Callable[[], dt.datetime],
+                  lease: dt.timedelta) -> TaskView | None:
+    """PostgreSQL: lock a candidate task row, then write the lease if the task still has a free slot.
 
     The candidate query runs on a snapshot taken before the row lock, so the slot count is redone once the
-    row is ours. A candidate that turns out full is released at once (its SAVEPOINT is rolled back, which
-    drops the row lock) so no row stays locked for the rest of the transaction. SKIP LOCKED spreads
-    concurrent callers over different tasks; when every candidate is locked by someone else, the first one
-    is waited for with a plain FOR UPDATE instead of reporting "no tasks left": None is returned only when
-    the committed data holds no candidate for this user.
+    row is ours: by the lease upsert itself, a later statement with a fresh snapshot (READ COMMITTED). A
+    candidate that turns out full is released at once (its SAVEPOINT is rolled back, which drops the row
+    lock) so no row stays locked for the rest of the transaction. SKIP LOCKED spreads concurrent callers over
+    different tasks; when every candidate is locked by someone else, the first one is waited for with a plain
+    FOR UPDATE instead of reporting "no tasks left": None is returned only when the committed data holds no
+    candidate for this user.
     """
     deadline = time.monotonic() + PG_WAIT_SECONDS
     full: list[int] = []  # candidates found full once locked: left out of this call's later looks
@@ -138,12 +212,12 @@ def _next_task_pg(session: Session, candidates: Callable[[dt.datetime], Any], us
         for wait in (False, True):
             try:
                 with session.begin_nested() as sp:
-                    task = session.scalars(cand.with_for_update(skip_locked=not wait, of=Task)
-                                           .execution_options(populate_existing=True)).first()
+                    task = session.execute(cand.with_for_update(skip_locked=not wait, of=Task)).first()
                     if task is not None:
                         now = clock()  # read under the row lock: no later lease of this task is older
-                        if slots_taken(session, task.id, now) < overlap:
-                            return _claim(session, task, user_id, now, lease)
+                        aid = _lease(session, task.task_id, user_id, now, lease, overlap)
+                        if aid is not None:
+                            return _view(session, project_id, project_name, task, aid, now, now + lease)
                     sp.rollback()  # full after all (or nothing lockable): release the row lock at once
             except OperationalError as e:
                 # The blocking wait can close a cycle with callers that hold rows from earlier in their
@@ -154,25 +228,14 @@ def _next_task_pg(session: Session, candidates: Callable[[dt.datetime], Any], us
                 time.sleep(random.uniform(0.005, 0.05))
                 break
             if task is not None:
-                full.append(task.id)
+                full.append(task.task_id)
                 break  # start over with SKIP LOCKED on a fresh snapshot
-            if not wait and session.scalars(cand).first() is None:
+            if not wait and session.execute(cand).first() is None:
                 return None  # nothing for this user in the committed data, locked or not
             # else: every candidate is held by someone else right now; wait for the first one (wait=True)
         if time.monotonic() > deadline:
             raise ServiceError("the task queue is very busy: no task could be taken for "
                                f"{PG_WAIT_SECONDS:.0f} s; try again in a moment")
-
-
-def _claim(session: Session, task: Task, user_id: int, now: dt.datetime, lease: dt.timedelta) -> TaskView:
-    mine = session.scalar(select(Assignment).where(Assignment.task_id == task.id, Assignment.user_id == user_id))
-    if mine is None:
-        mine = Assignment(task_id=task.id, user_id=user_id)
-        session.add(mine)
-    mine.state, mine.assigned_at, mine.expires_at = "assigned", now, now + lease
-    mine.finished_at, mine.skip_reason = None, None
-    session.flush()
-    return task_view(session, task, mine)
 
 
 def open_task(session: Session, user_id: int, task_id: int) -> TaskView:
