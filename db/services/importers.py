@@ -14,7 +14,6 @@ import contextlib
 import csv
 import hashlib
 import io
-import itertools
 import json
 import math
 import random
@@ -426,7 +425,6 @@ def parse_prompts(text: str, name: str, *, refused: list[RefusedLine] | None = N
 
 
 _INSERT_BATCH = 5000  # rows of the file per write of a bulk import (lookups, then one INSERT per table)
-_JSON_COLUMNS = frozenset({"messages", "meta", "params", "response_ids", "flags"})
 _PROMPT_COLUMNS = ("project_id", "text", "messages", "source", "meta", "content_hash", "created_at")
 _RESPONSE_COLUMNS = ("prompt_id", "model_version_id", "text", "params", "sample_index", "content_hash", "created_at")
 _TASK_COLUMNS = ("project_id", "kind", "prompt_id", "response_ids", "status", "n_submitted", "dedup_key", "source",
@@ -438,17 +436,16 @@ _SLOT_COLUMNS = ("task_id", "user_id", "state", "assigned_at", "expires_at", "fi
 
 class _Bulk:
     """Plain SQL on the session's connection for the bulk imports: rows are tuples of stored values (JSON
-    already as text, the import's one timestamp) in multi-row statements. SQLAlchemy's per-row parameter
-    processing and the ORM cost several times the INSERT itself (14k prompts per CPU-s)."""
+    already as text, the import's one timestamp). SQLAlchemy's per-row parameter processing and the ORM cost
+    several times the INSERT itself (14k prompts per CPU-s)."""
 
-    _PARAMS_PER_STATEMENT = 30_000  # under SQLite's 32766 and PostgreSQL's 65535 bound parameters
+    _PARAMS_PER_STATEMENT = 30_000  # under SQLite's 32766 bound parameters
 
     def __init__(self, session: Session) -> None:
         session.flush()  # what the ORM holds (a project made in this transaction) goes first
         self.conn = session.connection()
         dialect = self.conn.dialect
         self.pg = dialect.name == "postgresql"
-        self.mark = "%s" if self.pg else "?"
         # as the column type binds it: SQLite stores a string (sqlite3's own adapter would add "+00:00"),
         # PostgreSQL takes the datetime
         stamp = TS.dialect_impl(dialect).bind_processor(dialect)
@@ -467,27 +464,40 @@ class _Bulk:
             out.extend(self.conn.exec_driver_sql(q, args).all())
         return out
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]],
-               returning: str | None = None) -> list[Any]:
-        """INSERT `rows` (tuples in `columns` order), many per statement; the RETURNING rows, if asked."""
-        one = "(" + ", ".join(f"CAST({self.mark} AS JSON)" if self.pg and c in _JSON_COLUMNS else self.mark
-                              for c in columns) + ")"
-        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-        tail = f" RETURNING {returning}" if returning else ""
-        step = self._PARAMS_PER_STATEMENT // len(columns)
-        out: list[Any] = []
-        for lo in range(0, len(rows), step):
-            part = rows[lo:lo + step]
-            res = self.conn.exec_driver_sql(head + ", ".join([one] * len(part)) + tail,
-                                            tuple(itertools.chain.from_iterable(part)))
-            if returning:
-                out.extend(res.all())
-        return out
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], *,
+               with_ids: bool = False) -> list[int]:
+        """INSERT `rows` (tuples in `columns` order); with_ids: their new ids, in order. The ids are taken
+        first (the ones the database would give, in the same order), so that the rows load without RETURNING:
+        executemany on SQLite, COPY on PostgreSQL (psycopg parses a many-row VALUES statement in Python, which
+        cost more than the whole import on SQLite)."""
+        if not rows:
+            return []
+        ids: list[int] = []
+        if with_ids:
+            ids = self._new_ids(table, len(rows))
+            columns, rows = ("id", *columns), [(i, *r) for i, r in zip(ids, rows)]
+        if self.pg:
+            with self.conn.connection.driver_connection.cursor() as cur, \
+                    cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            self.conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                                      f"({', '.join('?' * len(columns))})", rows)
+        return ids
+
+    def _new_ids(self, table: str, n: int) -> list[int]:
+        if self.pg:  # drawn from the column's sequence, as a default would
+            return sorted(i for (i,) in self.conn.exec_driver_sql(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", (table, n)))
+        # SQLite gives max(rowid) + 1; this transaction writes, so no other connection inserts before it commits
+        (top,) = self.conn.exec_driver_sql(f"SELECT coalesce(max(id), 0) FROM {table}").one()
+        return list(range(top + 1, top + 1 + n))
 
     def update_tasks(self, rows: list[tuple[int, str, int]]) -> None:
         """(n_submitted, status, id) of tasks that got an imported label."""
         if rows:
-            m = self.mark
+            m = "%s" if self.pg else "?"
             self.conn.exec_driver_sql(f"UPDATE tasks SET n_submitted = {m}, status = {m} WHERE id = {m}", rows)
 
 
@@ -502,9 +512,22 @@ def _batches(rows: Iterator[Any], size: int = _INSERT_BATCH) -> Iterator[list[An
         yield batch
 
 
-_STORED_JSON = json.JSONEncoder().encode  # what SQLAlchemy's JSON type writes (json.dumps)
-# content.sha's serialization, built once: json.dumps with arguments builds an encoder per call
-_HASHED_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+def _encoder(**options: Any) -> Callable[[Any], str]:
+    """json.JSONEncoder(**options).encode, with the C encoder built once: encode() builds one per call, which
+    for the small objects of a row cost more than the encoding."""
+    enc = json.JSONEncoder(**options)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None or enc.indent is not None or not enc.check_circular:
+        return enc.encode
+    strings = json.encoder.encode_basestring_ascii if enc.ensure_ascii else json.encoder.encode_basestring
+    # no markers: the values come from json.loads, which cannot build a cycle
+    chunks = make(None, enc.default, strings, None, enc.key_separator, enc.item_separator, enc.sort_keys,
+                  enc.skipkeys, enc.allow_nan)
+    return lambda value: "".join(chunks(value, 0))
+
+
+_STORED_JSON = _encoder()  # what SQLAlchemy's JSON type writes (json.dumps)
+_HASHED_JSON = _encoder(sort_keys=True, ensure_ascii=False)  # what content.sha hashes
 
 
 def _json_text(value: Any) -> str:
@@ -553,7 +576,7 @@ def _write_prompts(bulk: _Bulk, project_id: int, src: str, batch: list[tuple[str
             continue
         new[h] = (project_id, text, messages, src, meta, h, bulk.now)
     result.added += len(new)
-    ids.update(bulk.insert("prompts", _PROMPT_COLUMNS, list(new.values()), "content_hash, id"))
+    ids.update(zip(new, bulk.insert("prompts", _PROMPT_COLUMNS, list(new.values()), with_ids=True)))
     return ids
 
 
@@ -799,7 +822,7 @@ def _pair_prompts(bulk: _Bulk, project_id: int, src: str, batch: list[tuple[Any,
     for h, text, messages, *_ in batch:
         if h not in ids and h not in new:
             new[h] = (project_id, text, messages, src, "{}", h, bulk.now)
-    ids.update(bulk.insert("prompts", _PROMPT_COLUMNS, list(new.values()), "content_hash, id"))
+    ids.update(zip(new, bulk.insert("prompts", _PROMPT_COLUMNS, list(new.values()), with_ids=True)))
     return [ids[r[0]] for r in batch], old
 
 
@@ -820,8 +843,7 @@ def _pair_responses(bulk: _Bulk, pids: list[int], old_pids: set[int], batch: lis
             if key not in ids and key not in new:
                 new[key] = (pid, None, text, params, 0, h, bulk.now)
         keys.append(((pid, r[4]), (pid, r[7])))
-    for pid, h, rid in bulk.insert("responses", _RESPONSE_COLUMNS, list(new.values()), "prompt_id, content_hash, id"):
-        ids[(pid, h)] = rid
+    ids.update(zip(new, bulk.insert("responses", _RESPONSE_COLUMNS, list(new.values()), with_ids=True)))
     return [(ids[kc], ids[kr]) for kc, kr in keys], old
 
 
@@ -874,10 +896,10 @@ def _write_pairs(bulk: _Bulk, proj: Project, who_id: int, src: str, rng: random.
         labels.append((key, "a" if task["response_ids"][0] == ids[0] else "b", r[9]))
         result.added += 1
     new = [(k, t) for k, t in task_of.items() if t["new"]]
-    for key, tid in bulk.insert("tasks", _TASK_COLUMNS, [
+    for (key, t), tid in zip(new, bulk.insert("tasks", _TASK_COLUMNS, [
             (proj.id, "compare", t["prompt_id"], _json_text(t["response_ids"]), t["status"], t["n_submitted"], key,
-             src, bulk.now) for key, t in new], "dedup_key, id"):
-        task_of[key]["id"] = tid
+             src, bulk.now) for key, t in new], with_ids=True)):
+        t["id"] = tid
     bulk.update_tasks([(task_of[k]["n_submitted"], task_of[k]["status"], task_of[k]["id"])
                        for k in counted if not task_of[k]["new"]])
     _insert_labels(bulk, [(task_of[k]["id"], who_id, choice, strength, "[]", "", None, bulk.now, None)
