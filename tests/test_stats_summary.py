@@ -249,3 +249,18 @@ def test_upgrade_backfills_a_populated_database(empty_db_url):
         assert summary_rows(s) == kept
         pid = projects.get_project(s, "every-table").id
         check_pages(s, [pid], list(s.scalars(select(User.id))))
+
+
+def test_summaries_stay_exact_under_concurrent_annotators(db_url):
+    """16 annotators submitting, skipping and double-submitting at once (threads): the sums the writes kept are
+    the ones the labels give (a lost update or a deadlock between counter rows shows here)."""
+    from bench.annotators_load import Behaviour, run_annotators, seed
+
+    pid, users = seed(db_url, n_tasks=30, n_users=16, overlap=3)
+    run_annotators(db_url, pid, users, "threads", Behaviour(skip=0.1, double_submit=0.1), timeout=120)
+    with session_factory(db_url)() as s:
+        kept = summary_rows(s)
+        assert kept["agreement_counts"] and kept["project_counts"]
+        summary.rebuild(s)
+        assert summary_rows(s) == kept
+        s.rollback()
