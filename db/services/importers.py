@@ -2,11 +2,13 @@
 unpaired preferences).
 
 Files are read as published: UTF-8 JSONL (or CSV for prompts), optionally gzip-compressed (HH and OASST ship
-`.jsonl.gz`). Every line is checked before anything is written. A line that cannot be read is refused with
-its line number, field and reason: by default the whole file is then refused (`InvalidRowsError` lists the
-bad lines); with `skip_invalid=True` every good row is imported and the refused lines come back in
+`.jsonl.gz`). Every line is checked. A line that cannot be read is refused with its line number, field and
+reason: by default the whole file is then refused (`InvalidRowsError` lists the bad lines) and nothing it wrote
+is kept; with `skip_invalid=True` every good row is imported and the refused lines come back in
 `ImportResult.refused` for a report. Either way the caller commits once (one transaction per import), and
-content hashes make a re-import of the same file add nothing.
+content hashes make a re-import of the same file add nothing. Prompt and preference imports stream: rows are
+written a batch at a time as the file is read, in a savepoint rolled back when the file is refused (on
+PostgreSQL the ids that refused import drew from the sequences are not given back, as after any rollback).
 """
 from __future__ import annotations
 
@@ -501,11 +503,11 @@ class _Bulk:
             self.conn.exec_driver_sql(f"UPDATE tasks SET n_submitted = {m}, status = {m} WHERE id = {m}", rows)
 
 
-def _batches(rows: Iterator[Any], size: int = _INSERT_BATCH) -> Iterator[list[Any]]:
+def _batches(rows: Iterator[Any]) -> Iterator[list[Any]]:
     batch: list[Any] = []
     for row in rows:
         batch.append(row)
-        if len(batch) >= size:
+        if len(batch) >= _INSERT_BATCH:  # read here, so that a test can make batches small
             yield batch
             batch = []
     if batch:
