@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -21,11 +22,11 @@ import math
 import random
 import re
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -196,6 +197,16 @@ def _open_import(session: Session, source: str | Path | bytes, filename: str | N
     return text, name, projects.get_project(session, project)
 
 
+@contextlib.contextmanager
+def _open_streamed_import(session: Session, source: str | Path | bytes, filename: str | None, project: str,
+                          actor_id: int | None) -> Iterator[tuple[IO[str], str, Project]]:
+    """_open_import with the text as a stream (see _text_stream), closed when the import is done."""
+    audit.require_admin(session, actor_id, "importing")
+    stream, name = _text_stream(source, filename)
+    with stream:
+        yield stream, name, projects.get_project(session, project)
+
+
 def _read_text(source: str | Path | bytes, filename: str | None) -> tuple[str, str]:
     """(text, display name). Bytes come from uploads; paths from the CLI. Gzip is unpacked. Files over the
     upload limit are refused before reading, and gzip files that unpack to more (a zip bomb) while unpacking."""
@@ -220,25 +231,78 @@ def _read_text(source: str | Path | bytes, filename: str | None) -> tuple[str, s
     return raw.decode("utf-8-sig", errors="surrogateescape"), name
 
 
+class _Gunzipped(io.RawIOBase):
+    """A gzip stream's unpacked bytes (every member), refused past `limit` bytes (a zip bomb) and with a
+    located InputError for a broken file, as _read_text / _gunzip do for a file read whole."""
+
+    def __init__(self, raw: IO[bytes], limit: int, name: str) -> None:
+        self._gz, self._limit, self._name, self._n = gzip.GzipFile(fileobj=raw), limit, name, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        try:
+            n = self._gz.readinto(buf)
+        except (OSError, EOFError, zlib.error) as e:
+            raise InputError(f"broken gzip file ({e}); download it again", file=self._name) from e
+        self._n += n
+        if self._n > self._limit:
+            raise _too_big(self._name, self._n, unpacked=True)
+        return n
+
+
+def _text_stream(source: str | Path | bytes, filename: str | None) -> tuple[IO[str], str]:
+    """(text, display name) as _read_text gives them, but as a stream read while the import goes: a 1M-row
+    file is never held whole, nor its list of lines. Only "\n" ends a line (see _jsonl_lines)."""
+    limit = settings.upload_limit_bytes()
+    raw: IO[bytes]
+    if isinstance(source, (bytes, bytearray)):
+        name = filename or "upload"
+        if len(source) > limit:
+            raise _too_big(name, len(source))
+        raw = io.BytesIO(source)
+    else:
+        path = Path(source)
+        name = filename or str(path)
+        if not path.is_file():
+            raise InputError("file not found", file=name)
+        if path.stat().st_size > limit:
+            raise _too_big(name, path.stat().st_size)
+        raw = path.open("rb")
+    if raw.read(2) == b"\x1f\x8b":
+        raw.seek(0)
+        raw = io.BufferedReader(_Gunzipped(raw, limit, name), 1 << 16)
+    else:
+        raw.seek(0)
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="\n"), name
+
+
 def _undecodable(m: re.Match[str]) -> str:
     return (f"not valid UTF-8 (byte 0x{ord(m.group()) - 0xDC00:02x} at column {m.start() + 1}); "
             "save the file as UTF-8")
 
 
-def _jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+def _jsonl_lines(text: str | Iterable[str]) -> Iterator[tuple[int, str]]:
+    """(line number, line) of each non-blank line of a text, or of a text stream's lines."""
     # Only "\n" ends a JSONL line: str.splitlines() would also cut at U+2028, U+2029 or U+0085, which JSON
-    # allows unescaped inside strings (our own exports write them so). Found one at a time: a list of every
-    # line of a 1M-row file would hold it twice.
-    start, i, end_of_text = 0, 0, len(text)
+    # allows unescaped inside strings (our own exports write them so).
+    pieces = _pieces(text) if isinstance(text, str) else text
+    for i, piece in enumerate(pieces, start=1):
+        line = piece.removesuffix("\n").removesuffix("\r")
+        if line.strip():
+            yield i, line
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """text.split("\n"), one piece at a time: the list of every line of a 1M-row file would hold it twice."""
+    start, end_of_text = 0, len(text)
     while start <= end_of_text:
         end = text.find("\n", start)
         if end < 0:
             end = end_of_text
-        i += 1
-        line = text[start:end].removesuffix("\r")
+        yield text[start:end]
         start = end + 1
-        if line.strip():
-            yield i, line
 
 
 def _json_object(line: str) -> dict[str, Any]:
@@ -272,7 +336,7 @@ class _Tally:
 _PLAIN_LINE: ContextVar[bool] = ContextVar("_PLAIN_LINE", default=False)
 
 
-def _each_row(text: str, parse_row: Callable[[dict[str, Any], int], Any], tally: _Tally) -> Iterator[Any]:
+def _each_row(text: str | Iterable[str], parse_row: Callable[[dict[str, Any], int], Any], tally: _Tally) -> Iterator[Any]:
     """parse_row(obj, line) of every line, one at a time; the lines it refuses (InputError) go to `tally`."""
     plain_max = min(settings.size_limit("prompt"), settings.size_limit("response"))
     for i, line in _jsonl_lines(text):
@@ -335,13 +399,17 @@ def _located(name: str, line: int) -> Iterator[None]:
         raise InputError(e.reason, file=name, line=line, field=e.field) from e
 
 
-def _format_of(name: str, text: str) -> str:
+def _format_by_name(name: str) -> str | None:
     lower = name.lower().removesuffix(".gz")
     if lower.endswith(".csv"):
         return "csv"
     if lower.endswith((".jsonl", ".json", ".ndjson")):
         return "jsonl"
-    return "jsonl" if text.lstrip().startswith("{") else "csv"
+    return None
+
+
+def _format_of(name: str, text: str) -> str:
+    return _format_by_name(name) or ("jsonl" if text.lstrip().startswith("{") else "csv")
 
 
 # ---------------------------------------------------------------------------------------- prompts
@@ -599,15 +667,31 @@ def import_prompts(session: Session, source: str | Path | bytes, project: str, *
     INSERT needs, written a batch at a time (a lookup of the batch's hashes, one multi-row INSERT) inside a
     savepoint of the caller's transaction. A bad line stops the writing (skip_invalid aside); the rest of the
     file is still read so that every bad line is listed, then the savepoint is rolled back: nothing written."""
-    text, name, proj = _open_import(session, source, filename, project, actor_id)
+    with _open_streamed_import(session, source, filename, project, actor_id) as (stream, name, proj):
+        return _import_prompt_stream(session, stream, name, proj, project, demonstrate_tasks, skip_invalid,
+                                     actor_id)
+
+
+def _prompt_records(stream: IO[str], name: str, tally: _Tally) -> Iterator[tuple[str, str | None, str, str]]:
+    """The file's prompt records (see _prompt_record), one at a time for JSONL."""
+    text: str | IO[str] = stream
+    fmt = _format_by_name(name)
+    if fmt is None:  # told by the content
+        text = stream.read()
+        fmt = _format_of(name, text)
+    if fmt == "jsonl":
+        return _each_row(text, lambda obj, i: _prompt_record(_prompt_row(obj, i)), tally)
+    text = text if isinstance(text, str) else text.read()  # CSV records may span lines: parsed whole
+    parsed = _csv_prompt_rows(text, name, refused=tally.bad)
+    tally.total = len(parsed) + len(tally.bad)
+    return map(_prompt_record, parsed)
+
+
+def _import_prompt_stream(session: Session, stream: IO[str], name: str, proj: Project, project: str,
+                          demonstrate_tasks: bool, skip_invalid: bool, actor_id: int | None) -> ImportResult:
     src = Path(name).name
     tally = _Tally()
-    if _format_of(name, text) == "csv":
-        parsed = _csv_prompt_rows(text, name, refused=tally.bad)  # CSV records may span lines: parsed whole
-        tally.total = len(parsed) + len(tally.bad)
-        records: Iterator[tuple[str, str | None, str, str]] = map(_prompt_record, parsed)
-    else:
-        records = _each_row(text, lambda obj, i: _prompt_record(_prompt_row(obj, i)), tally)
+    records = _prompt_records(stream, name, tally)
     result = ImportResult(file=name, kind="prompts")
     with session.begin_nested():
         bulk = _Bulk(session)
@@ -927,7 +1011,12 @@ def import_preferences(session: Session, source: str | Path | bytes, project: st
     row: published files have tens of thousands of rows) in a savepoint of the caller's transaction, with the
     same content hashes and task keys as `content.add_prompt`, `content.add_response` and
     `tasks.create_task`, so rows they wrote are found and nothing is doubled."""
-    text, name, proj = _open_import(session, source, filename, project, actor_id)
+    with _open_streamed_import(session, source, filename, project, actor_id) as (text, name, proj):
+        return _import_preference_stream(session, text, name, proj, project, fmt, seed, skip_invalid, actor_id)
+
+
+def _import_preference_stream(session: Session, text: IO[str], name: str, proj: Project, project: str, fmt: str,
+                              seed: int, skip_invalid: bool, actor_id: int | None) -> ImportResult:
     if fmt not in ("auto", "trl", "hh"):
         raise InputError(f"unknown format {fmt!r}: use auto, trl or hh", field="format")
     src = Path(name).name
