@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -510,6 +510,9 @@ class _Bulk:
     several times the INSERT itself (14k prompts per CPU-s)."""
 
     _PARAMS_PER_STATEMENT = 30_000  # under SQLite's 32766 bound parameters
+    # SQLite's page cache while importing (KiB; the default is 2 MB): the pages of the indexes on random
+    # content hashes stay in memory instead of being read back each row (1M prompts: 1.4x fewer CPU-s)
+    _SQLITE_CACHE_KIB = 65_536
 
     def __init__(self, session: Session) -> None:
         session.flush()  # what the ORM holds (a project made in this transaction) goes first
@@ -520,6 +523,18 @@ class _Bulk:
         # PostgreSQL takes the datetime
         stamp = TS.dialect_impl(dialect).bind_processor(dialect)
         self.now = stamp(utcnow()) if stamp else utcnow()
+        self._cache_size: int | None = None
+
+    def __enter__(self) -> Self:
+        if not self.pg:
+            (self._cache_size,) = self.conn.exec_driver_sql("PRAGMA cache_size").one()
+            self.conn.exec_driver_sql(f"PRAGMA cache_size = -{self._SQLITE_CACHE_KIB}")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._cache_size is not None:  # the pooled connection gets its own size back
+            with contextlib.suppress(Exception):  # a lost connection has nothing to restore
+                self.conn.exec_driver_sql(f"PRAGMA cache_size = {int(self._cache_size)}")
 
     def lookup(self, sql: str, params: tuple[Any, ...], values: Sequence[Any]) -> list[Any]:
         """Rows of `sql`, where {p} is a parameter of `params` and {IN} tests membership in `values`."""
@@ -693,8 +708,7 @@ def _import_prompt_stream(session: Session, stream: IO[str], name: str, proj: Pr
     tally = _Tally()
     records = _prompt_records(stream, name, tally)
     result = ImportResult(file=name, kind="prompts")
-    with session.begin_nested():
-        bulk = _Bulk(session)
+    with session.begin_nested(), _Bulk(session) as bulk:
         for batch in _batches(records):
             if tally.bad and not skip_invalid:
                 continue  # refused anyway: only read on, to list every bad line
@@ -1032,8 +1046,7 @@ def _import_preference_stream(session: Session, text: IO[str], name: str, proj: 
         row_fmt, row = _preference_row(obj, fmt)
         return row_fmt, row["divergent"], _preference_record(row, src)
 
-    with session.begin_nested():
-        bulk = _Bulk(session)
+    with session.begin_nested(), _Bulk(session) as bulk:
         for batch in _batches(_each_row(text, parse_row, tally)):
             if who_id is None:  # the first good row names the format, and so the pseudo-user
                 fmt_used = batch[0][0]
