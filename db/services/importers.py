@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import gzip
 import hashlib
 import io
@@ -899,6 +900,12 @@ def _stored_prompt(messages: list[dict[str, str]]) -> tuple[str | None, list[dic
     return None, messages
 
 
+@functools.lru_cache(maxsize=8)
+def _source_params(src: str) -> str:
+    """The params of a one-turn response of the file `src`, as stored: the same text for every row."""
+    return _json_text({"source": src})
+
+
 def _preference_record(row: dict[str, Any], src: str) -> tuple[Any, ...]:
     """A parsed preference row as its writes need it: (prompt hash, text, messages, then text, hash and params
     of the chosen and of the rejected response, label strength), JSON as stored text."""
@@ -907,8 +914,8 @@ def _preference_record(row: dict[str, Any], src: str) -> tuple[Any, ...]:
     for side in ("chosen", "rejected"):
         turns = row[f"{side}_turns"]
         # several turns are kept as turns too, for exports that can write them as messages
-        params = {"source": src, **({"turns": turns} if len(turns) > 1 else {})}
-        rec += [row[side], _sha(row[side]), _json_text(params)]
+        params = _json_text({"source": src, "turns": turns}) if len(turns) > 1 else _source_params(src)
+        rec += [row[side], _sha(row[side]), params]
     rec.append(strength_for_margin(row["margin"]))
     return tuple(rec)
 
