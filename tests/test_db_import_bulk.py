@@ -195,3 +195,29 @@ def test_fast_hashes_and_json_are_the_services():
     assert importers._prompt_hash("x", None) == content.prompt_hash("x", None)
     assert importers._sha({"kind": "compare", "prompt": 4, "responses": [2, 9]}) == tasks._dedup_key(
         "compare", 4, [9, 2])
+
+
+def test_the_streamed_file_has_the_lines_of_the_file_read_whole(tmp_path):
+    """_text_stream (the streaming imports) and _read_text (the others) give the same numbered lines: a BOM,
+    CRLF, a lone CR, U+2028 / U+0085 inside a string, blank lines, a byte that is not UTF-8, gzip with two
+    members and zero padding; from bytes and from a path. A cut gzip file is refused by both."""
+    import gzip
+
+    body = ('\ufeff{"prompt": "a\u2028b\u0085c"}\r\n\n  \n{"prompt": "x"}\rstill line 4\n'.encode()
+            + b'{"prompt": "\xff"}\n{"prompt": "last"}')
+    gz = gzip.compress(body[:20]) + gzip.compress(body[20:]) + b"\x00" * 8
+    for data in (body, gz):
+        path = tmp_path / "f.jsonl"
+        path.write_bytes(data)
+        whole = list(importers._jsonl_lines(importers._read_text(data, "f.jsonl")[0]))
+        assert [n for n, _ in whole] == [1, 4, 5, 6]
+        for source in (data, path):
+            stream, _ = importers._text_stream(source, "f.jsonl")
+            with stream:
+                assert list(importers._jsonl_lines(stream)) == whole
+    cut = gzip.compress(body * 50)[:-30]
+    with pytest.raises(importers.InputError, match="broken gzip file"):
+        importers._read_text(cut, "cut.gz")
+    stream, _ = importers._text_stream(cut, "cut.gz")
+    with pytest.raises(importers.InputError, match="cut.gz: broken gzip file"):
+        list(importers._jsonl_lines(stream))
