@@ -9,7 +9,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -27,7 +27,7 @@ from db.models import (
     utcnow,
 )
 from db.services import audit, summary
-from db.services.assignment import live_slot
+from db.services.assignment import live_slot, sync_loaded
 from db.services.content import check_size, sha
 from db.services.errors import InputError, NotFound, ServiceError, check_id
 from db.services.projects import setting
@@ -57,7 +57,7 @@ class TaskReassigned(ServiceError):
     The UI keeps what the annotator entered (they may copy it) and offers Skip."""
 
 
-def _claim_slot(session: Session, task: Task, user_id: int, now: dt.datetime) -> None:
+def _claim_slot(session: Session, task: Any, user_id: int, now: dt.datetime) -> None:
     """Mark the user's assignment submitted and count it, if the task still has room for this label.
 
     A label is kept only while submitted labels plus *other* annotators' live leases leave room under
@@ -65,61 +65,100 @@ def _claim_slot(session: Session, task: Task, user_id: int, now: dt.datetime) ->
     (next_task only hands out free slots); a lease that ran out (or was released) keeps its room until
     next_task gives that slot to someone else, and then the late submit is refused with TaskReassigned.
     The caller holds the task row lock (PostgreSQL) or the database write lock (SQLite), so the count and
-    the counter update cannot interleave with another submit or claim.
+    the counter update cannot interleave with another submit or claim. `task` is `_task`'s row: the counts
+    and the user's assignment were read after the lock was granted; the writes are two Core statements.
     """
-    project = session.get(Project, task.project_id, populate_existing=True)
-    a = session.scalar(select(Assignment).where(Assignment.task_id == task.id, Assignment.user_id == user_id)
-                       .execution_options(populate_existing=True))
-    if a is not None and a.state == "skipped":
+    if task.a_state == "skipped":
         raise ServiceError(f"task {task.id} was skipped by this user")
-    others = session.scalar(select(func.count()).select_from(Assignment).where(
-        Assignment.task_id == task.id, Assignment.user_id != user_id, live_slot(now))) or 0
-    if others >= project.labels_per_task:
-        lease_ended = a is not None and (a.state != "assigned" or a.expires_at <= now)
+    if (task.others or 0) >= task.labels_per_task:
+        lease_ended = task.a_id is not None and (task.a_state != "assigned" or task.a_expires_at <= now)
         if lease_ended:
             raise TaskReassigned(
-                f"task {task.id} was reassigned: your lease ran out at {a.expires_at:%Y-%m-%d %H:%M} UTC and "
-                "the task went to another annotator, so this answer was NOT saved. Copy anything you want to "
-                "keep, then skip to get the next task.")
-        raise ServiceError(f"task {task.id} already has all its labels ({project.labels_per_task}); "
+                f"task {task.id} was reassigned: your lease ran out at {task.a_expires_at:%Y-%m-%d %H:%M} UTC "
+                "and the task went to another annotator, so this answer was NOT saved. Copy anything you want "
+                "to keep, then skip to get the next task.")
+        raise ServiceError(f"task {task.id} already has all its labels ({task.labels_per_task}); "
                            "nothing was saved")
-    if a is None:  # no lease (a direct service or script submit) into a free slot
-        a = Assignment(task_id=task.id, user_id=user_id, assigned_at=now, expires_at=now)
-        session.add(a)
-    a.state, a.finished_at = "submitted", now
-    task.n_submitted += 1
-    if task.n_submitted >= project.labels_per_task:
+    assignments = Assignment.__table__
+    if task.a_id is None:  # no lease (a direct service or script submit) into a free slot
+        session.execute(insert(assignments).values(task_id=task.id, user_id=user_id, state="submitted",
+                                                   assigned_at=now, expires_at=now, finished_at=now))
+    else:
+        session.execute(update(assignments).where(assignments.c.id == task.a_id)
+                        .values(state="submitted", finished_at=now))
+        sync_loaded(session, Assignment, task.a_id, state="submitted", finished_at=now)
+    n, status = task.n_submitted + 1, task.status
+    if n >= task.labels_per_task:
         summary.count_change(session, task.project_id, task.kind, task.status, "done")  # the Dashboard's counts
-        task.status = "done"
+        status = "done"
+    tasks_ = Task.__table__
+    session.execute(update(tasks_).where(tasks_.c.id == task.id).values(n_submitted=n, status=status))
+    sync_loaded(session, Task, task.id, n_submitted=n, status=status)
 
 
-def _task(session: Session, task_id: int, kind: str) -> Task:
-    # Row lock on PostgreSQL (a no-op on SQLite, already serialized by BEGIN IMMEDIATE): two
-    # annotators submitting the same task at once must not both write n_submitted = old + 1.
-    task = session.get(Task, check_id(task_id, "task"), with_for_update=True, populate_existing=True)
+def _task(session: Session, task_id: int, kind: str, model: Any, user_id: int,
+          now: Callable[[], dt.datetime]) -> tuple[Any, dt.datetime]:
+    """The task's row, locked, with its project's overlap and settings, and what a submit decides on: the
+    user's label of `model` (`existing`), their assignment (`a_id`, `a_state`, `a_expires_at`) and the other
+    annotators' slots (`others`: labels plus live leases at the returned time, `now()` read after the lock).
+
+    Row lock on PostgreSQL: two annotators submitting the same task at once must not both write
+    n_submitted = old + 1. The rest is read by a second statement there, whose snapshot is taken after the
+    lock was granted (READ COMMITTED); on SQLite, already serialized by BEGIN IMMEDIATE, one statement reads
+    everything."""
+    check_id(task_id, "task")
+    row = (select(Task.id, Task.kind, Task.project_id, Task.prompt_id, Task.response_ids, Task.status,
+                  Task.n_submitted, Project.labels_per_task, Project.settings)
+           .join(Project, Project.id == Task.project_id).where(Task.id == task_id))
+
+    def state(at: dt.datetime) -> list[Any]:
+        mine = (Assignment.task_id == task_id, Assignment.user_id == user_id)
+        return [select(model.id).where(model.task_id == task_id, model.user_id == user_id)
+                .scalar_subquery().label("existing"),
+                *(select(c).where(*mine).scalar_subquery().label(name) for c, name in (
+                    (Assignment.id, "a_id"), (Assignment.state, "a_state"), (Assignment.expires_at, "a_expires_at"))),
+                select(func.count()).select_from(Assignment).where(
+                    Assignment.task_id == task_id, Assignment.user_id != user_id, live_slot(at))
+                .scalar_subquery().label("others")]
+
+    if session.get_bind().dialect.name != "postgresql":
+        at = now()
+        task = session.execute(row.add_columns(*state(at))).first()
+    else:
+        task = session.execute(row.with_for_update(of=Task)).first()
+        at = now()  # read under the row lock
+        if task is not None:
+            task = _Joined(task, session.execute(select(*state(at))).one())
     if task is None:
         raise NotFound(f"no task {task_id}")
     if task.kind != kind:
         raise ServiceError(f"task {task_id} is a {task.kind} task, not {kind}")
-    return task
+    return task, at
+
+
+class _Joined:
+    """Two result rows read as one (attribute access)."""
+
+    def __init__(self, *rows: Any) -> None:
+        for r in rows:
+            self.__dict__.update(r._mapping)
 
 
 def _submit_once(session: Session, model: Any, kind: str, task_id: int, user_id: int, now: dt.datetime | None,
-                 build: Callable[[Task, dt.datetime], Any]) -> tuple[Any, bool]:
+                 build: Callable[[Any, dt.datetime], Any]) -> tuple[Any, bool]:
     """The idempotent submit every label kind shares, in one write transaction (see write_transaction).
 
     A repeat submit by the same user (double click, retry) returns the first row before the new input is
     even validated: a retry must not fail because, say, the project's minimum length changed since. Only a
-    first submit goes through `build(task, now)`, which validates and returns the new, unsaved row.
-    The clock is read once the task is locked: a time taken before waiting for the lock could be older than
-    a lease another transaction just wrote, and count that lapsed lease as live.
+    first submit goes through `build(task, now)` (task: `_task`'s row), which validates and returns the new,
+    unsaved row. The clock is read once the task is locked: a time taken before waiting for the lock could be
+    older than a lease another transaction just wrote, and count that lapsed lease as live.
     """
     with write_transaction(session):
-        task = _task(session, task_id, kind)
-        now = now or utcnow()
-        existing = session.scalar(select(model).where(model.task_id == task_id, model.user_id == user_id))
-        if existing is not None:
-            return existing, False
+        fixed = now
+        task, now = _task(session, task_id, kind, model, user_id, (lambda: fixed) if fixed else utcnow)
+        if task.existing is not None:
+            return session.get(model, task.existing), False
         row = build(task, now)
         _claim_slot(session, task, user_id, now)
         session.add(row)
@@ -133,7 +172,7 @@ def submit_preference(session: Session, user_id: int, task_id: int, choice: str,
                       seconds: float | None = None, now: dt.datetime | None = None
                       ) -> tuple[PreferenceLabel, bool]:
     """Record a pairwise judgement. Returns (label, created); created is False on a repeat submit."""
-    def build(task: Task, now: dt.datetime) -> PreferenceLabel:
+    def build(task: Any, now: dt.datetime) -> PreferenceLabel:
         _check_preference(choice, strength)
         check_size("comment", comment, field="comment")
         return PreferenceLabel(task_id=task_id, user_id=user_id, choice=choice,
@@ -161,7 +200,7 @@ def submit_ranking(session: Session, user_id: int, task_id: int, ordering: Seque
                    flags: Sequence[str] | None = None, comment: str = "", seconds: float | None = None,
                    now: dt.datetime | None = None) -> tuple[Ranking, bool]:
     """Record an ordering, best first; responses in one inner list tie."""
-    def build(task: Task, now: dt.datetime) -> Ranking:
+    def build(task: Any, now: dt.datetime) -> Ranking:
         check_size("comment", comment, field="comment")
         return Ranking(task_id=task_id, user_id=user_id, ordering=_check_ordering(task, ordering),
                        flags=_check_flags(flags), comment=comment or "", seconds=seconds, created_at=now)
@@ -186,7 +225,7 @@ def submit_rating(session: Session, user_id: int, task_id: int, good: bool, *, l
                   flags: Sequence[str] | None = None, comment: str = "", seconds: float | None = None,
                   now: dt.datetime | None = None) -> tuple[Rating, bool]:
     """Record a good/bad judgement of a rate task's one response (optionally a 1-7 Likert score)."""
-    def build(task: Task, now: dt.datetime) -> Rating:
+    def build(task: Any, now: dt.datetime) -> Rating:
         ok, score = _check_rating(good, likert)
         check_size("comment", comment, field="comment")
         return Rating(task_id=task_id, user_id=user_id, response_id=task.response_ids[0], good=ok, likert=score,
@@ -195,10 +234,11 @@ def submit_rating(session: Session, user_id: int, task_id: int, good: bool, *, l
     return _submit_once(session, Rating, "rate", task_id, user_id, now, build)
 
 
-def _check_demonstration(session: Session, project_id: int, text: str) -> str:
+def _check_demonstration(project: Any, text: str) -> str:
+    """`project`: anything with the project's `settings` (the Project, or a submit's task row)."""
     text = (text or "").strip()
     check_size("demonstration", text, field="text")
-    minimum = int(setting(session.get(Project, project_id), "min_demonstration_chars") or 1)
+    minimum = int(setting(project, "min_demonstration_chars") or 1)
     if len(text) < minimum:
         raise InputError(f"the demonstration has {len(text)} characters; write at least {minimum}", field="text")
     return text
@@ -223,8 +263,8 @@ def submit_demonstration(session: Session, user_id: int, task_id: int, text: str
                          seconds: float | None = None, now: dt.datetime | None = None
                          ) -> tuple[Demonstration, bool]:
     """Record an ideal response written by the annotator (minimum length from project settings)."""
-    def build(task: Task, now: dt.datetime) -> Demonstration:
-        clean = _check_demonstration(session, task.project_id, text)
+    def build(task: Any, now: dt.datetime) -> Demonstration:
+        clean = _check_demonstration(task, text)  # the task row holds its project's settings
         _check_not_written_before(session, task.prompt_id, user_id, clean)
         return Demonstration(prompt_id=task.prompt_id, task_id=task_id, user_id=user_id, text=clean,
                              content_hash=sha(clean), seconds=seconds, created_at=now)
@@ -320,7 +360,7 @@ def revise_demonstration(session: Session, user_id: int, demo_id: int, text: str
             raise ServiceError(f"demonstration {demo_id} was already {d.status} by a reviewer")
         if d.task_id is not None:
             _check_revision_window(session, d.task_id, d.created_at, now)
-        text = _check_demonstration(session, d.prompt.project_id, text)
+        text = _check_demonstration(session.get(Project, d.prompt.project_id), text)
         _check_not_written_before(session, d.prompt_id, user_id, text, exclude_id=d.id)
         before = {"chars": len(d.text)}  # lengths only: the audit log holds no label text
         d.text, d.content_hash, d.updated_at = text, sha(text), now
