@@ -8,13 +8,14 @@ both take the last slot.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, exists, func, literal, or_, select, true, update
+from sqlalchemy import Integer, and_, bindparam, exists, func, literal, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
@@ -84,50 +85,83 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
     """
     clock = (lambda: now) if now is not None else utcnow
     lease = dt.timedelta(minutes=lease_minutes if lease_minutes is not None else settings.lease_minutes())
+    by_kind = bool(kind)
+    params = {"user_id": user_id, "project_id": project_id, **({"kind": kind} if by_kind else {})}
     with write_transaction(session):
         now_ = clock()  # SQLite: after BEGIN IMMEDIATE took the write lock
-        held_q = (select(Assignment.id.label("assignment_id"), Assignment.assigned_at, Assignment.expires_at,
-                         *_TASK_COLUMNS)
-                  .join(Task, Task.id == Assignment.task_id)
-                  .where(Assignment.user_id == user_id, Task.project_id == project_id,
-                         Assignment.state == "assigned", Assignment.expires_at > now_))
-        if kind:
-            held_q = held_q.where(Task.kind == kind)
-        held = held_q.order_by(Assignment.assigned_at, Assignment.id).limit(1).subquery()
         # labels_per_task read fresh each call (it may have changed); the held lease, if any, beside it
-        first = session.execute(select(Project.name, Project.labels_per_task, held).select_from(Project)
-                                .outerjoin(held, true()).where(Project.id == project_id)).first()
+        first = session.execute(_project_and_held(by_kind), {**params, "now": now_}).first()
         if first is None:
             raise NotFound(f"no project with id {project_id}")
         if first.assignment_id is not None:
             return _view(session, project_id, first.name, first, first.assignment_id, first.assigned_at,
                          first.expires_at)
-
-        overlap = first.labels_per_task
-        done_by_me = exists().where(Assignment.task_id == Task.id, Assignment.user_id == user_id,
-                                    Assignment.state.in_(("submitted", "skipped")))
-
-        def candidates(at: dt.datetime) -> Any:
-            """The best open task with a free slot at time `at` that this user has not done."""
-            taken = (select(func.count()).select_from(Assignment)
-                     .where(Assignment.task_id == Task.id, live_slot(at)).correlate(Task).scalar_subquery())
-            q = select(*_TASK_COLUMNS).where(Task.project_id == project_id, Task.status == "open", ~done_by_me,
-                                             taken < overlap)
-            if kind:
-                q = q.where(Task.kind == kind)
-            return q.order_by(Task.n_submitted.desc(), Task.id).limit(1)
-
+        params["overlap"] = first.labels_per_task
         if session.get_bind().dialect.name != "postgresql":
-            task = session.execute(candidates(now_)).first()  # the write lock is ours: nobody else can claim
-            if task is None:
+            task = session.execute(_candidate(by_kind), {**params, "at": now_}).first()
+            if task is None:  # the write lock is ours: nobody else can claim
                 return None
             aid = _lease(session, task.task_id, user_id, now_, lease, None)
             return _view(session, project_id, first.name, task, aid, now_, now_ + lease)
-        return _next_task_pg(session, candidates, project_id, first.name, user_id, overlap, clock, lease)
+        return _next_task_pg(session, by_kind, params, first.name, clock, lease)
 
 
 # What a TaskView needs of the task row (the candidate and held-lease statements select these).
 _TASK_COLUMNS = (Task.id.label("task_id"), Task.kind, Task.prompt_id, Task.response_ids)
+
+# next_task's statements are built once, with bound parameters: building and cache-keying a statement cost more
+# client CPU than running it (32 annotators on 2 cores are limited by exactly that).
+
+
+@functools.cache
+def _project_and_held(by_kind: bool) -> Any:
+    """The project's name and overlap, and the user's oldest live lease in it (its task's columns), if any."""
+    held = (select(Assignment.id.label("assignment_id"), Assignment.assigned_at, Assignment.expires_at,
+                   *_TASK_COLUMNS)
+            .join(Task, Task.id == Assignment.task_id)
+            .where(Assignment.user_id == bindparam("user_id"), Task.project_id == bindparam("project_id"),
+                   Assignment.state == "assigned", Assignment.expires_at > bindparam("now")))
+    if by_kind:
+        held = held.where(Task.kind == bindparam("kind"))
+    held = held.order_by(Assignment.assigned_at, Assignment.id).limit(1).subquery()
+    return (select(Project.name, Project.labels_per_task, held).select_from(Project).outerjoin(held, true())
+            .where(Project.id == bindparam("project_id")))
+
+
+@functools.cache
+def _candidate(by_kind: bool, lock: str = "", skip_full: bool = False) -> Any:
+    """The best open task with a free slot at time `at` that this user has not done (`lock`: "skip" for FOR
+    UPDATE SKIP LOCKED, "wait" for FOR UPDATE; `skip_full`: not one of the ids in `full`)."""
+    done_by_me = exists().where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"),
+                                Assignment.state.in_(("submitted", "skipped")))
+    taken = (select(func.count()).select_from(Assignment)
+             .where(Assignment.task_id == Task.id, live_slot(bindparam("at"))).correlate(Task).scalar_subquery())
+    q = select(*_TASK_COLUMNS).where(Task.project_id == bindparam("project_id"), Task.status == "open",
+                                     ~done_by_me, taken < bindparam("overlap"))
+    if by_kind:
+        q = q.where(Task.kind == bindparam("kind"))
+    if skip_full:
+        q = q.where(Task.id.not_in(bindparam("full", expanding=True)))
+    q = q.order_by(Task.n_submitted.desc(), Task.id).limit(1)
+    return q.with_for_update(skip_locked=lock == "skip", of=Task) if lock else q
+
+
+@functools.cache
+def _lease_statement(dialect: str, counted: bool) -> Any:
+    rows = select(bindparam("task_id", type_=Integer), bindparam("user_id", type_=Integer), literal("assigned"),
+                  bindparam("now", type_=TS), bindparam("expires", type_=TS))
+    if counted:
+        rows = rows.where(select(func.count()).select_from(Assignment)
+                          .where(Assignment.task_id == bindparam("task_id"), live_slot(bindparam("now")))
+                          .scalar_subquery() < bindparam("overlap"))
+    else:
+        rows = rows.where(true())  # SQLite: an INSERT ... SELECT upsert needs a WHERE (parsing ambiguity)
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(Assignment.__table__).from_select(
+        ["task_id", "user_id", "state", "assigned_at", "expires_at"], rows)
+    ins = ins.on_conflict_do_update(index_elements=["task_id", "user_id"], set_={
+        "state": ins.excluded.state, "assigned_at": ins.excluded.assigned_at, "expires_at": ins.excluded.expires_at,
+        "finished_at": None, "skip_reason": None})
+    return ins.returning(Assignment.__table__.c.id)
 
 
 def _lease(session: Session, task_id: int, user_id: int, now: dt.datetime, lease: dt.timedelta,
@@ -136,20 +170,9 @@ def _lease(session: Session, task_id: int, user_id: int, now: dt.datetime, lease
     again) in one statement; returns its id. With `overlap` the row is written only while submitted labels plus
     live leases leave room (the count runs in this statement, so on PostgreSQL it sees everything committed
     before the caller's row lock was granted); None when the task turned out full."""
-    pg = session.get_bind().dialect.name == "postgresql"
-    rows = select(literal(task_id), literal(user_id), literal("assigned"), literal(now, TS),
-                  literal(now + lease, TS))
-    if overlap is not None:
-        rows = rows.where(select(func.count()).select_from(Assignment)
-                          .where(Assignment.task_id == task_id, live_slot(now)).scalar_subquery() < overlap)
-    else:
-        rows = rows.where(true())  # SQLite: an INSERT ... SELECT upsert needs a WHERE (parsing ambiguity)
-    ins = (pg_insert if pg else sqlite_insert)(Assignment.__table__).from_select(
-        ["task_id", "user_id", "state", "assigned_at", "expires_at"], rows)
-    ins = ins.on_conflict_do_update(index_elements=["task_id", "user_id"], set_={
-        "state": ins.excluded.state, "assigned_at": ins.excluded.assigned_at, "expires_at": ins.excluded.expires_at,
-        "finished_at": None, "skip_reason": None})
-    aid = session.execute(ins.returning(Assignment.__table__.c.id)).scalar()
+    stmt = _lease_statement(session.get_bind().dialect.name, overlap is not None)
+    aid = session.execute(stmt, {"task_id": task_id, "user_id": user_id, "now": now, "expires": now + lease,
+                                 **({"overlap": overlap} if overlap is not None else {})}).scalar()
     if aid is not None:
         sync_loaded(session, Assignment, aid, state="assigned", assigned_at=now, expires_at=now + lease,
                     finished_at=None, skip_reason=None)
@@ -165,13 +188,16 @@ def sync_loaded(session: Session, model: type, pk: int, **values: Any) -> None:
             set_committed_value(obj, k, v)
 
 
+_VIEW = (select(Prompt.text, Prompt.messages, Response.id, Response.text.label("response")).select_from(Prompt)
+         .outerjoin(Response, Response.id.in_(bindparam("rids", expanding=True)))
+         .where(Prompt.id == bindparam("prompt_id")))
+
+
 def _view(session: Session, project_id: int, project_name: str, task: Any, assignment_id: int | None,
           assigned_at: dt.datetime | None, expires_at: dt.datetime | None) -> TaskView:
     """The TaskView of a task row (_TASK_COLUMNS): its prompt and responses in one statement."""
     rids = list(task.response_ids or [])
-    rows = session.execute(select(Prompt.text, Prompt.messages, Response.id, Response.text.label("response"))
-                           .select_from(Prompt).outerjoin(Response, Response.id.in_(rids))
-                           .where(Prompt.id == task.prompt_id)).all()
+    rows = session.execute(_VIEW, {"rids": rids, "prompt_id": task.prompt_id}).all()
     by_id = {r.id: r.response for r in rows if r.id is not None}
     p = rows[0]
     return TaskView(
@@ -191,9 +217,8 @@ def _is_deadlock(e: OperationalError) -> bool:
 PG_WAIT_SECONDS = 30.0
 
 
-def _next_task_pg(session: Session, candidates: Callable[[dt.datetime], Any], project_id: int, project_name: str,
-                  user_id: int, overlap: int, clock: Callable[[], dt.datetime],
-                  lease: dt.timedelta) -> TaskView | None:
+def _next_task_pg(session: Session, by_kind: bool, params: dict[str, Any], project_name: str,
+                  clock: Callable[[], dt.datetime], lease: dt.timedelta) -> TaskView | None:
     """PostgreSQL: lock a candidate task row, then write the lease if the task still has a free slot.
 
     The candidate query runs on a snapshot taken before the row lock, so the slot count is redone once the
@@ -206,13 +231,13 @@ def _next_task_pg(session: Session, candidates: Callable[[dt.datetime], Any], pr
     """
     deadline = time.monotonic() + PG_WAIT_SECONDS
     full: list[int] = []  # candidates found full once locked: left out of this call's later looks
+    user_id, project_id, overlap = params["user_id"], params["project_id"], params["overlap"]
     while True:
-        cand = candidates(clock())
-        cand = cand.where(Task.id.not_in(full)) if full else cand
+        look = {**params, "at": clock(), **({"full": full} if full else {})}
         for wait in (False, True):
             try:
                 with session.begin_nested() as sp:
-                    task = session.execute(cand.with_for_update(skip_locked=not wait, of=Task)).first()
+                    task = session.execute(_candidate(by_kind, "wait" if wait else "skip", bool(full)), look).first()
                     if task is not None:
                         now = clock()  # read under the row lock: no later lease of this task is older
                         aid = _lease(session, task.task_id, user_id, now, lease, overlap)
@@ -230,7 +255,7 @@ def _next_task_pg(session: Session, candidates: Callable[[dt.datetime], Any], pr
             if task is not None:
                 full.append(task.task_id)
                 break  # start over with SKIP LOCKED on a fresh snapshot
-            if not wait and session.execute(cand).first() is None:
+            if not wait and session.execute(_candidate(by_kind, "", bool(full)), look).first() is None:
                 return None  # nothing for this user in the committed data, locked or not
             # else: every candidate is held by someone else right now; wait for the first one (wait=True)
         if time.monotonic() > deadline:
