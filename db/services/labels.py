@@ -6,10 +6,11 @@ label and writes nothing (double clicks, retries after a network error).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -79,21 +80,50 @@ def _claim_slot(session: Session, task: Any, user_id: int, now: dt.datetime) -> 
                 "to keep, then skip to get the next task.")
         raise ServiceError(f"task {task.id} already has all its labels ({task.labels_per_task}); "
                            "nothing was saved")
-    assignments = Assignment.__table__
     if task.a_id is None:  # no lease (a direct service or script submit) into a free slot
-        session.execute(insert(assignments).values(task_id=task.id, user_id=user_id, state="submitted",
-                                                   assigned_at=now, expires_at=now, finished_at=now))
+        session.execute(_NEW_SUBMITTED, {"b_task": task.id, "b_user": user_id, "at": now})
     else:
-        session.execute(update(assignments).where(assignments.c.id == task.a_id)
-                        .values(state="submitted", finished_at=now))
+        session.execute(_SUBMITTED, {"a_id": task.a_id, "at": now})
         sync_loaded(session, Assignment, task.a_id, state="submitted", finished_at=now)
     n, status = task.n_submitted + 1, task.status
     if n >= task.labels_per_task:
         summary.count_change(session, task.project_id, task.kind, task.status, "done")  # the Dashboard's counts
         status = "done"
-    tasks_ = Task.__table__
-    session.execute(update(tasks_).where(tasks_.c.id == task.id).values(n_submitted=n, status=status))
+    session.execute(_COUNTED, {"t_id": task.id, "n": n, "st": status})
     sync_loaded(session, Task, task.id, n_submitted=n, status=status)
+
+
+# The submit path's statements, built once with bound parameters (building them per call cost more client CPU
+# than running them).
+_A, _T = Assignment.__table__, Task.__table__
+_NEW_SUBMITTED = insert(_A).values(task_id=bindparam("b_task"), user_id=bindparam("b_user"), state="submitted",
+                                   assigned_at=bindparam("at"), expires_at=bindparam("at"),
+                                   finished_at=bindparam("at"))
+_SUBMITTED = update(_A).where(_A.c.id == bindparam("a_id")).values(state="submitted", finished_at=bindparam("at"))
+_COUNTED = update(_T).where(_T.c.id == bindparam("t_id")).values(n_submitted=bindparam("n"), status=bindparam("st"))
+_TASK_ROW = (select(Task.id, Task.kind, Task.project_id, Task.prompt_id, Task.response_ids, Task.status,
+                    Task.n_submitted, Project.labels_per_task, Project.settings)
+             .join(Project, Project.id == Task.project_id).where(Task.id == bindparam("task_id")))
+
+
+@functools.cache
+def _state_columns(model: Any) -> tuple[Any, ...]:
+    mine = (Assignment.task_id == bindparam("task_id"), Assignment.user_id == bindparam("user_id"))
+    return (select(model.id).where(model.task_id == bindparam("task_id"), model.user_id == bindparam("user_id"))
+            .scalar_subquery().label("existing"),
+            *(select(c).where(*mine).scalar_subquery().label(name) for c, name in (
+                (Assignment.id, "a_id"), (Assignment.state, "a_state"), (Assignment.expires_at, "a_expires_at"))),
+            select(func.count()).select_from(Assignment).where(
+                Assignment.task_id == bindparam("task_id"), Assignment.user_id != bindparam("user_id"),
+                live_slot(bindparam("at"))).scalar_subquery().label("others"))
+
+
+@functools.cache
+def _task_statements(model: Any, pg: bool) -> tuple[Any, Any]:
+    """PostgreSQL: (the locked task row, then the state); SQLite: (both in one, None)."""
+    if pg:
+        return _TASK_ROW.with_for_update(of=Task), select(*_state_columns(model))
+    return _TASK_ROW.add_columns(*_state_columns(model)), None
 
 
 def _task(session: Session, task_id: int, kind: str, model: Any, user_id: int,
@@ -107,28 +137,16 @@ def _task(session: Session, task_id: int, kind: str, model: Any, user_id: int,
     lock was granted (READ COMMITTED); on SQLite, already serialized by BEGIN IMMEDIATE, one statement reads
     everything."""
     check_id(task_id, "task")
-    row = (select(Task.id, Task.kind, Task.project_id, Task.prompt_id, Task.response_ids, Task.status,
-                  Task.n_submitted, Project.labels_per_task, Project.settings)
-           .join(Project, Project.id == Task.project_id).where(Task.id == task_id))
-
-    def state(at: dt.datetime) -> list[Any]:
-        mine = (Assignment.task_id == task_id, Assignment.user_id == user_id)
-        return [select(model.id).where(model.task_id == task_id, model.user_id == user_id)
-                .scalar_subquery().label("existing"),
-                *(select(c).where(*mine).scalar_subquery().label(name) for c, name in (
-                    (Assignment.id, "a_id"), (Assignment.state, "a_state"), (Assignment.expires_at, "a_expires_at"))),
-                select(func.count()).select_from(Assignment).where(
-                    Assignment.task_id == task_id, Assignment.user_id != user_id, live_slot(at))
-                .scalar_subquery().label("others")]
-
-    if session.get_bind().dialect.name != "postgresql":
+    params = {"task_id": task_id, "user_id": user_id}
+    first, state = _task_statements(model, session.get_bind().dialect.name == "postgresql")
+    if state is None:
         at = now()
-        task = session.execute(row.add_columns(*state(at))).first()
+        task = session.execute(first, {**params, "at": at}).first()
     else:
-        task = session.execute(row.with_for_update(of=Task)).first()
+        task = session.execute(first, params).first()
         at = now()  # read under the row lock
         if task is not None:
-            task = _Joined(task, session.execute(select(*state(at))).one())
+            task = _Joined(task, session.execute(state, {**params, "at": at}).one())
     if task is None:
         raise NotFound(f"no task {task_id}")
     if task.kind != kind:
