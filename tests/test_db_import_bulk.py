@@ -93,11 +93,13 @@ def reference_preferences(s, data: bytes, name: str, project: str, seed: int = 0
         s.flush()
 
 
-def reference_prompts(s, data: bytes, name: str, project: str) -> None:
+def reference_prompts(s, data: bytes, name: str, project: str, demonstrate: bool = False) -> None:
     proj = projects.get_project(s, project)
     for r in importers.parse_prompts(data.decode(), name):
-        content.add_prompt(s, proj.id, text=r["text"], messages=r["messages"], source=Path(name).name,
-                           meta=r["meta"])
+        prompt, _ = content.add_prompt(s, proj.id, text=r["text"], messages=r["messages"], source=Path(name).name,
+                                       meta=r["meta"])
+        if demonstrate:
+            tasks.create_task(s, proj.id, "demonstrate", prompt.id, source=Path(name).name)
 
 
 def contents(s) -> dict[str, list[tuple]]:
@@ -156,6 +158,10 @@ def test_bulk_prompts_write_what_the_services_write(new_db, monkeypatch, batch):
     importers.import_prompts(fast, csv, "p", filename="more.csv")
     reference_prompts(ref, csv, "more.csv", "p")
     assert contents(fast) == contents(ref)
+    more = lines([*PROMPTS, {"prompt": "with a task"}])  # demonstrate tasks: for new and known prompts
+    r = importers.import_prompts(fast, more, "p", filename="tasks.jsonl", demonstrate_tasks=True)
+    reference_prompts(ref, more, "tasks.jsonl", "p", demonstrate=True)
+    assert contents(fast) == contents(ref) and r.details == {"demonstrate tasks": 8}
 
 
 @pytest.mark.parametrize("new_db", KINDS, indirect=True)

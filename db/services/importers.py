@@ -666,6 +666,18 @@ def _write_prompts(bulk: _Bulk, project_id: int, src: str, batch: list[tuple[str
     return ids
 
 
+def _add_prompts(bulk: _Bulk, project_id: int, src: str, batch: list[tuple[str, str | None, str, str]],
+                 result: ImportResult) -> None:
+    """_write_prompts when no id is needed, on SQLite: the unique (project, hash) index skips what is there
+    (ON CONFLICT DO NOTHING) instead of a lookup first; SQLite gives the same ids, as skipped rows take none."""
+    cur = bulk.conn.exec_driver_sql(
+        f"INSERT INTO prompts ({', '.join(_PROMPT_COLUMNS)}) VALUES ({', '.join('?' * len(_PROMPT_COLUMNS))}) "
+        "ON CONFLICT (project_id, content_hash) DO NOTHING",
+        [(project_id, text, messages, src, meta, h, bulk.now) for h, text, messages, meta in batch])
+    result.added += cur.rowcount
+    result.skipped += len(batch) - cur.rowcount
+
+
 def _demonstrate_tasks(session: Session, project_id: int, src: str, hashes: list[str], ids: dict[str, int],
                        result: ImportResult) -> None:
     """A demonstrate task for each prompt of the batch (tasks.create_task: one per prompt, never doubled)."""
@@ -713,6 +725,9 @@ def _import_prompt_stream(session: Session, stream: IO[str], name: str, proj: Pr
         for batch in _batches(records):
             if tally.bad and not skip_invalid:
                 continue  # refused anyway: only read on, to list every bad line
+            if not demonstrate_tasks and not bulk.pg:
+                _add_prompts(bulk, proj.id, src, batch, result)
+                continue
             ids = _write_prompts(bulk, proj.id, src, batch, result)
             if demonstrate_tasks:
                 _demonstrate_tasks(session, proj.id, src, [r[0] for r in batch], ids, result)
