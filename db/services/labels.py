@@ -58,7 +58,7 @@ class TaskReassigned(ServiceError):
     The UI keeps what the annotator entered (they may copy it) and offers Skip."""
 
 
-def _claim_slot(session: Session, task: Any, user_id: int, now: dt.datetime) -> None:
+def _claim_slot(session: Session, task: Any, user_id: int, now: dt.datetime) -> bool:
     """Mark the user's assignment submitted and count it, if the task still has room for this label.
 
     A label is kept only while submitted labels plus *other* annotators' live leases leave room under
@@ -68,6 +68,7 @@ def _claim_slot(session: Session, task: Any, user_id: int, now: dt.datetime) -> 
     The caller holds the task row lock (PostgreSQL) or the database write lock (SQLite), so the count and
     the counter update cannot interleave with another submit or claim. `task` is `_task`'s row: the counts
     and the user's assignment were read after the lock was granted; the writes are two Core statements.
+    Returns whether this label finished the task (its status changed to done).
     """
     if task.a_state == "skipped":
         raise ServiceError(f"task {task.id} was skipped by this user")
@@ -87,10 +88,10 @@ def _claim_slot(session: Session, task: Any, user_id: int, now: dt.datetime) -> 
         sync_loaded(session, Assignment, task.a_id, state="submitted", finished_at=now)
     n, status = task.n_submitted + 1, task.status
     if n >= task.labels_per_task:
-        summary.count_change(session, task.project_id, task.kind, task.status, "done")  # the Dashboard's counts
         status = "done"
     session.execute(_COUNTED, {"t_id": task.id, "n": n, "st": status})
     sync_loaded(session, Task, task.id, n_submitted=n, status=status)
+    return status != task.status
 
 
 # The submit path's statements, built once with bound parameters (building them per call cost more client CPU
@@ -178,10 +179,12 @@ def _submit_once(session: Session, model: Any, kind: str, task_id: int, user_id:
         if task.existing is not None:
             return session.get(model, task.existing), False
         row = build(task, now)
-        _claim_slot(session, task, user_id, now)
+        finished = _claim_slot(session, task, user_id, now)
         session.add(row)
         session.flush()
         summary.labels_written(session, kind, user_id, [task_id])  # the Dashboard / Agreement sums
+        if finished:  # last: the project's count rows are shared by every submit, so their lock is held briefly
+            summary.count_change(session, task.project_id, task.kind, task.status, "done")  # the Dashboard's counts
         return row, True
 
 
