@@ -419,8 +419,9 @@ class AgreementCount(Base):
 
 
 class ProjectCount(Base):
-    """Tasks per project, kind and status, and prompts per project (kind 'prompt', status ''): the Dashboard's
-    task and prompt counts, which otherwise read every task and prompt of the project."""
+    """Tasks per project, kind and status, prompts per project (kind 'prompt', status '') and skipped assignments
+    (kind 'skipped', status ''): the Dashboard's counts, which otherwise read every task, prompt and assignment of
+    the project."""
 
     __tablename__ = "project_counts"
     __table_args__ = (UniqueConstraint("project_id", "kind", "status"),)

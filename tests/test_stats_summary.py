@@ -35,6 +35,7 @@ from db.services import (
     importers,
     labels,
     projects,
+    skips,
     stats,
     summary,
     tasks,
@@ -127,10 +128,14 @@ def build(s, shared_data=None) -> dict[str, Any]:
             labels.revise_ranking(s, u, lid, [[x] for x in reversed([x for g in r.ordering for x in g])], now=later)
         elif kind == "rate":
             labels.revise_rating(s, u, lid, not s.get(Rating, lid).good, now=later)
-    for u in people[:3]:  # skips: leased, then given back
+    skipped = []
+    for u in people[:3]:  # skips: leased, then given back; one taken back
         v = assignment.next_task(s, u, mix.id, kind="compare")
         if v is not None:
             assignment.skip_task(s, u, v.task_id, "unsure")
+            skipped.append((u, v.task_id))
+    assert len(skipped) >= 2
+    skips.undo_skip(s, *skipped[0])
     assignment.next_task(s, people[4], other.id)  # a live lease
     s.commit()
     return {"projects": [mix.id, other.id], "people": people}

@@ -25,6 +25,7 @@ from sqlalchemy.orm.util import identity_key
 
 from db import settings
 from db.models import TS, Assignment, Project, Prompt, Response, Task, utcnow
+from db.services import summary
 from db.services.content import check_size, prompt_messages
 from db.services.errors import NotFound, ServiceError, check_id
 from db.session import write_transaction
@@ -293,7 +294,7 @@ def skip_task(session: Session, user_id: int, task_id: int, reason: str = "",
     with write_transaction(session):
         # Lock the task row as submits do (PostgreSQL): a skip racing this user's own submit must not leave a
         # 'skipped' assignment beside a real label (the slot would be handed out again).
-        session.get(Task, task_id, with_for_update=True, populate_existing=True)
+        task = session.get(Task, task_id, with_for_update=True, populate_existing=True)
         a = session.scalar(select(Assignment).where(Assignment.task_id == task_id,
                                                     Assignment.user_id == user_id).execution_options(
                                                         populate_existing=True))
@@ -303,6 +304,7 @@ def skip_task(session: Session, user_id: int, task_id: int, reason: str = "",
             raise ServiceError(f"task {task_id} is already labelled; revise it from the history instead")
         if a.state != "skipped":
             a.state, a.finished_at, a.skip_reason = "skipped", now, (reason or "").strip() or "no reason given"
+            summary.count_change(session, task.project_id, "skipped", None, "")  # the Dashboard's skip count
         session.flush()
         return a
 

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from db import settings
 from db.models import Assignment, Project, Task, utcnow
+from db.services import summary
 from db.services.assignment import slots_taken
 from db.services.errors import ServiceError, check_id
 from db.session import write_transaction
@@ -50,6 +51,7 @@ def undo_skip(session: Session, user_id: int, task_id: int, *, now: dt.datetime 
         if task.status != "open" or slots_taken(session, task_id, now) >= project.labels_per_task:
             raise ServiceError(f"task {task_id} has all the labels it needs now, so the skip cannot be undone")
         a.state, a.assigned_at, a.expires_at = "assigned", now, now + lease
+        summary.count_change(session, task.project_id, "skipped", "", None)  # the Dashboard's skip count
         a.finished_at, a.skip_reason = None, None
         session.flush()
         return a

@@ -51,8 +51,9 @@ def _task_counts(session: Session, project_id: int) -> tuple[dict[str, int], dic
     them: 1M rows on PostgreSQL)."""
     by_state: dict[str, int] = {}
     by_kind: dict[str, int] = {}
-    for status, kind, n in session.execute(select(ProjectCount.status, ProjectCount.kind, ProjectCount.n).where(
-            ProjectCount.project_id == project_id, ProjectCount.kind != "prompt", ProjectCount.n != 0)):
+    counts = select(ProjectCount.status, ProjectCount.kind, ProjectCount.n).where(
+        ProjectCount.project_id == project_id, ProjectCount.kind.not_in(("prompt", "skipped")), ProjectCount.n != 0)
+    for status, kind, n in session.execute(counts):
         by_state[status] = by_state.get(status, 0) + n
         by_kind[kind] = by_kind.get(kind, 0) + n
     return dict(sorted(by_state.items())), dict(sorted(by_kind.items()))
@@ -63,14 +64,18 @@ def progress(session: Session, project_id: int, *, user_id: int | None = None,
     """Counts for one project (optionally one user's own): tasks by state and kind, labels total/today."""
     now = now or utcnow()
     by_state, by_kind = _task_counts(session, project_id)
-    # both assignment counts start from ix_assignments_state_expires (live leases and skips are few)
+    # live leases are few: ix_assignments_state_expires finds them
     live = session.scalar(select(func.count()).select_from(Assignment).join(Task, Task.id == Assignment.task_id)
                           .where(Task.project_id == project_id, Assignment.state == "assigned",
                                  Assignment.expires_at > now)) or 0
     counts = label_counts(session, project_id, user_id=user_id, now=now)
-    skipped = session.scalar(select(func.count()).select_from(Assignment).join(Task, Task.id == Assignment.task_id)
-                             .where(Task.project_id == project_id, Assignment.state == "skipped",
-                                    *( [Assignment.user_id == user_id] if user_id is not None else [])))
+    if user_id is None:  # kept with the task counts: SQLite's planner read every assignment to count them
+        skipped = session.scalar(select(func.sum(ProjectCount.n)).where(ProjectCount.project_id == project_id,
+                                                                        ProjectCount.kind == "skipped"))
+    else:  # one user's: ix_assignments_user_state
+        skipped = session.scalar(select(func.count()).select_from(Assignment).join(Task, Task.id == Assignment.task_id)
+                                 .where(Task.project_id == project_id, Assignment.state == "skipped",
+                                        Assignment.user_id == user_id))
     return {"tasks": sum(by_state.values()), "tasks_by_state": by_state, "tasks_by_kind": by_kind,
             "leased": live, "labels": counts["total"], "labels_today": counts["today"], "skipped": skipped or 0}
 

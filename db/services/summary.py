@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from db.models import (
     CHOICES,
     AgreementCount,
+    Assignment,
     Demonstration,
     LabelDay,
     LabelSeconds,
@@ -241,21 +242,26 @@ def _people_labels(session: Session, kind: str, task_ids: Sequence[int] | None =
 
 def count_change(session: Session, project_id: int, kind: str, old: str | None, new: str | None) -> None:
     """One task of `kind` changed status from `old` to `new` (None: it did not exist / no longer does), or a
-    prompt was added (kind 'prompt', new ''). Called by the services that write one task or prompt at a time."""
+    prompt was added (kind 'prompt', new ''), or an assignment was skipped (kind 'skipped', new '') or the skip
+    undone (old ''). Called by the services that write one task, prompt or skip at a time."""
     if old == new:
         return
     _upsert(session, ProjectCount, [{"project_id": project_id, "kind": kind, "status": st, "n": d}
                                     for st, d in ((old, -1), (new, 1)) if st is not None])
 
 
-def _counted(session: Session, project_id: int | None) -> Any:
-    """The statement of (project, kind, status, n) as the tasks and prompts have them."""
+def _counted(session: Session, project_id: int | None, *, skips: bool) -> list[Any]:
+    """The statements of (project, kind, status, n) as the tasks and prompts (and, with `skips`, the skipped
+    assignments: kind 'skipped') have them."""
     t = select(Task.project_id.label("project_id"), Task.kind.label("kind"), Task.status.label("status"),
                func.count().label("n")).group_by(Task.project_id, Task.kind, Task.status)
     p = select(Prompt.project_id, literal("prompt"), literal(""), func.count()).group_by(Prompt.project_id)
+    k = (select(Task.project_id, literal("skipped"), literal(""), func.count()).select_from(Assignment)
+         .join(Task, Task.id == Assignment.task_id).where(Assignment.state == "skipped").group_by(Task.project_id))
     if project_id is not None:
-        t, p = t.where(Task.project_id == project_id), p.where(Prompt.project_id == project_id)
-    return t, p
+        t, p, k = t.where(Task.project_id == project_id), p.where(Prompt.project_id == project_id), k.where(
+            Task.project_id == project_id)
+    return [t, p, k] if skips else [t, p]
 
 
 def recount(session: Session, project_id: int) -> None:
@@ -263,10 +269,9 @@ def recount(session: Session, project_id: int) -> None:
     The difference between the rows and the counts is read in one statement and added: a submit committing
     meanwhile is either in both or in neither, and its own +1 still lands."""
     session.flush()
-    t, p = _counted(session, project_id)
     kept = select(ProjectCount.project_id, ProjectCount.kind, ProjectCount.status, -ProjectCount.n).where(
-        ProjectCount.project_id == project_id)
-    u = union_all(t, p, kept).subquery()
+        ProjectCount.project_id == project_id, ProjectCount.kind != "skipped")  # bulk writes skip nothing
+    u = union_all(*_counted(session, project_id, skips=False), kept).subquery()
     diff = session.execute(select(u.c.kind, u.c.status, func.sum(u.c.n)).group_by(u.c.kind, u.c.status)).all()
     _upsert(session, ProjectCount, [{"project_id": project_id, "kind": k, "status": st, "n": int(d)}
                                     for k, st, d in diff if d])
@@ -280,7 +285,7 @@ def rebuild(session: Session, *, labels: bool = True, counts: bool = True) -> di
     if counts:
         built.append(ProjectCount)
         session.execute(delete(ProjectCount))
-        for q in _counted(session, None):
+        for q in _counted(session, None, skips=True):
             session.execute(insert(ProjectCount).from_select(["project_id", "kind", "status", "n"], q))
     if labels:
         built += [LabelDay, LabelSeconds, AgreementCount]

@@ -1,10 +1,11 @@
-"""project counts for the Dashboard (tasks by kind and status, prompts), counted from the tables
+"""project counts for the Dashboard (tasks by kind and status, prompts, skips), counted from the tables
 
 Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-02
 
-Counting a project's tasks and prompts read all of them (1M rows each on PostgreSQL, twice per Dashboard view).
+Counting a project's tasks and prompts read all of them (1M rows each on PostgreSQL, twice per Dashboard view);
+counting its skips read every assignment on SQLite.
 """
 from collections.abc import Sequence
 
