@@ -178,7 +178,7 @@ def test_kill_mid_export_leaves_no_file_and_the_rerun_writes_the_same_one(db_url
 
 # ------------------------------------------------------------------ the PostgreSQL server itself killed
 
-N_TASKS, N_IMPORT = 50, 5000
+N_TASKS, N_IMPORT = 50, 200_000  # the bulk import writes ~50k rows per CPU-s: big enough to be mid-write at the crash
 PG_OPTS = "-c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200"
 
 
