@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,12 +153,17 @@ def _wait_generated(page, url: str) -> None:
         gid = g.id
         assert g.kind == "generate" and g.args["models"] == ["ppo-ui", "sft-ui"], (g.kind, g.args)
     page.get_by_text(f"Job {gid} · Generate responses and tasks").wait_for()  # the page shows the new job
-    try:
-        page.locator("strong").filter(has_text=re.compile("^succeeded$")).first.wait_for(timeout=JOB_TIMEOUT_MS)
-    finally:
+    # The earlier jobs' panels also say "succeeded": wait for this job's own state in the database first.
+    deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
+    while True:
         with session_scope(url) as s:
             g = jobs.get_job(s, gid)
-            assert g.state == "succeeded", (g.state, g.error)
+            state, error = g.state, g.error
+        if state not in ("queued", "running") or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert state == "succeeded", (state, error)
+    page.locator("strong").filter(has_text=re.compile("^succeeded$")).first.wait_for(timeout=JOB_TIMEOUT_MS)
 
 
 def test_admin_runs_sft_reward_ppo_from_the_jobs_page_then_annotators_compare_the_new_version(loop_app, browser):
