@@ -176,20 +176,6 @@ def _too_big(name: str, size: int, unpacked: bool = False) -> InputError:
                       f"{settings.SIZE_LIMITS['upload'][0]}); split it into smaller files", file=name)
 
 
-def _gunzip(raw: bytes, limit: int, name: str) -> bytes:
-    """gzip.decompress (every member) that stops at `limit` bytes of output instead of filling the memory."""
-    out, data = bytearray(), raw
-    while data.strip(b"\x00"):
-        unpack = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        out += unpack.decompress(data, limit + 1 - len(out))
-        if len(out) > limit:
-            raise _too_big(name, len(out), unpacked=True)
-        if not unpack.eof:
-            raise EOFError("Compressed file ended before the end-of-stream marker was reached")
-        data = unpack.unused_data
-    return bytes(out)
-
-
 def _open_import(session: Session, source: str | Path | bytes, filename: str | None, project: str,
                  actor_id: int | None) -> tuple[str, str, Project]:
     """(text, display name, project) of an import: the admin check first, so nothing is read for anyone else."""
@@ -209,32 +195,16 @@ def _open_streamed_import(session: Session, source: str | Path | bytes, filename
 
 
 def _read_text(source: str | Path | bytes, filename: str | None) -> tuple[str, str]:
-    """(text, display name). Bytes come from uploads; paths from the CLI. Gzip is unpacked. Files over the
-    upload limit are refused before reading, and gzip files that unpack to more (a zip bomb) while unpacking."""
-    limit = settings.upload_limit_bytes()
-    if isinstance(source, (bytes, bytearray)):
-        name, raw = filename or "upload", bytes(source)
-        if len(raw) > limit:
-            raise _too_big(name, len(raw))
-    else:
-        path = Path(source)
-        name = filename or str(path)
-        if not path.is_file():
-            raise InputError("file not found", file=name)
-        if path.stat().st_size > limit:
-            raise _too_big(name, path.stat().st_size)
-        raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = _gunzip(raw, limit, name)
-        except (OSError, EOFError, zlib.error) as e:
-            raise InputError(f"broken gzip file ({e}); download it again", file=name) from e
-    return raw.decode("utf-8-sig", errors="surrogateescape"), name
+    """(text, display name) of a file read whole (CSV, and files told apart by their content): _text_stream's
+    checks, read to the end."""
+    stream, name = _text_stream(source, filename)
+    with stream:
+        return stream.read(), name
 
 
 class _Gunzipped(io.RawIOBase):
     """A gzip stream's unpacked bytes (every member), refused past `limit` bytes (a zip bomb) and with a
-    located InputError for a broken file, as _read_text / _gunzip do for a file read whole."""
+    located InputError for a broken file."""
 
     def __init__(self, raw: IO[bytes], limit: int, name: str) -> None:
         self._gz, self._limit, self._name, self._n = gzip.GzipFile(fileobj=raw), limit, name, 0
@@ -254,8 +224,10 @@ class _Gunzipped(io.RawIOBase):
 
 
 def _text_stream(source: str | Path | bytes, filename: str | None) -> tuple[IO[str], str]:
-    """(text, display name) as _read_text gives them, but as a stream read while the import goes: a 1M-row
-    file is never held whole, nor its list of lines. Only "\n" ends a line (see _jsonl_lines)."""
+    """(text, display name) as a stream read while the import goes: a 1M-row file is never held whole, nor its
+    list of lines. Bytes come from uploads, paths from the CLI; gzip is unpacked; files over the upload limit
+    are refused before reading, gzip files that unpack to more (a zip bomb) while unpacking. Only "\n" ends a
+    line (see _jsonl_lines)."""
     limit = settings.upload_limit_bytes()
     raw: IO[bytes]
     if isinstance(source, (bytes, bytearray)):
