@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> None:
                                              "(pretrain.tasks), a few minutes on 2 CPU cores. --preset small: "
                                              "6 layers x 256 wide, 512-token context, on CPython's and the "
                                              "installed packages' docs and docstrings (permissive licences, "
-                                             "English, deduplicated); ~50 min at the 800 tokens/s measured on 2 CPU cores "
-                                             "at load ~7 (pass --threads 1 on a busier machine). "
+                                             "English, deduplicated); 23 min end to end with --threads 2 on a quiet "
+                                             "2-core machine (~2,100 tokens/s; pass --threads 1 on a busy one). "
                                              "Larger presets (gpt2-124m) take the same corpus on a GPU.")
     ap.add_argument("--out", default=None,
                     help="work directory (default $INSTRUCTLOOP_HOME/pretrain/demo-<attention> for tiny, "
