@@ -1,5 +1,5 @@
 """Good/bad ratings of single responses (rate tasks) end to end: services on SQLite and PostgreSQL, the Rate
-page (AppTest) -> database -> TRL unpaired export -> datasets -> KTOTrainer, and the pointwise reward model."""
+page (AppTest) -> database -> TRL unpaired export -> datasets -> KTOTrainer, the pointwise reward model and PPO on it."""
 from __future__ import annotations
 
 import json
@@ -407,3 +407,82 @@ def test_kto_help_says_how_it_truncates_and_what_the_flags_do():
     assert "truncated from the right" not in text and "cut from the left" in text
     assert "--aggregate {majority,all,unanimous}" in text
     assert "--no_balance, --no-balance Keep --desirable_weight and --undesirable_weight as given" in text
+
+
+def test_agreement_page_shows_the_rating_figures(sqlite_url, monkeypatch):
+    """Two annotators rate three responses, one split: the page shows the service's figures (2/3, Fleiss 1/3,
+    Cohen 0.40; worked out in test_ratings_submit_revise_export_pairs_and_agreement)."""
+    from streamlit.testing.v1 import AppTest
+
+    from db.session import session_scope
+    from labeling_ui.seed import seed
+
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    info = seed(sqlite_url, n_compare=0, n_rank=0, n_demonstrate=0, create_tables=False)
+    with session_scope(sqlite_url) as s:
+        projects.update_project(s, "demo", labels_per_task=2, actor_id=info["admin_id"])
+        tids = []
+        for i in range(3):
+            pr, _ = content.add_prompt(s, info["project_id"], text=f"rate me {i}")
+            r, _ = content.add_response(s, pr.id, f"reply {i}")
+            tids.append(tasks.create_task(s, info["project_id"], "rate", pr.id, [r.id])[0].id)
+        for user, verdicts in ((info["alice_id"], (True, True, False)), (info["bob_id"], (True, False, False))):
+            for tid, good in zip(tids, verdicts):
+                labels.submit_rating(s, user, tid, good)
+    adm = AppTest.from_file(str(Path(APP).parent / "views" / "agreement.py"), default_timeout=60)
+    adm.session_state["user"] = {"id": info["admin_id"], "username": "admin", "display_name": "admin",
+                                 "role": "admin"}
+    adm.run()
+    assert not adm.exception, [e.value for e in adm.exception]
+    shown = [(m.label, m.value) for m in adm.metric]
+    for want in (("Rated responses with ≥ 2 ratings", "3"), ("Ratings on them", "6"),
+                 ("Percent agreement", "67%"), ("Fleiss' kappa", "0.33")):
+        assert want in shown, (want, shown)
+    (cohen,) = [t.value for t in adm.table if "Cohen's kappa" in " ".join(map(str, t.value.columns))]
+    assert list(cohen["Cohen's kappa"]) == ["0.40"], cohen
+
+
+def test_ppo_trains_on_a_registered_pointwise_reward_model(tiny, sqlite_url, home, tmp_path):
+    """train_reward --from_ratings --project registers a reward version (parent, rating ids); train_ppo takes it
+    by name as its reward model and value initialisation, and scores as rlhf.evaluate scores with it."""
+    from db.services import registry
+    from db.session import session_scope
+    from rlhf import evaluate, train_ppo, train_reward
+
+    H.make_project(sqlite_url, "pw")
+    rows = []
+    for prompt, good, bad in H.polite_pairs(40, seed=4):
+        rows += [{"prompt": prompt, "completion": good, "label": True},
+                 {"prompt": prompt, "completion": bad, "label": False}]
+    f = H.write_jsonl(tmp_path / "ratings.jsonl", rows)
+    with session_scope(sqlite_url) as s:
+        assert importers.import_ratings(s, f, "pw").added == 80
+        registry.register_model_version(s, "base-tiny", "base", str(tiny))
+    rm = train_reward.main(["--from_ratings", "--model", "base-tiny", "--project", "pw", "--name", "rm-pw",
+                            "--database_url", sqlite_url, "--max_steps", "10", "--learning_rate", "1e-3",
+                            "--per_device_train_batch_size", "16", "--save_strategy", "no", "--disable_tqdm", "true",
+                            "--seed", "0", "--report_to", "none"])
+    assert rm["metrics"]["objective"] == "pointwise_bce"
+    with session_scope(sqlite_url) as s:
+        mv = registry.resolve(s, "rm-pw")
+        assert mv.kind == "reward" and registry.resolve(s, mv.parent_id).name == "base-tiny"
+        assert mv.config["objective"] == "pointwise_bce" and mv.label_snapshot["label_table"] == "ratings"
+        assert mv.label_snapshot["ids"]["ratings"] == sorted(s.scalars(select(Rating.id)))
+
+    ppo = train_ppo.main(["--model", "base-tiny", "--reward_model", "rm-pw", "--project", "pw", "--name", "ppo-pw",
+                          "--database_url", sqlite_url, "--max_steps", "2", "--per_device_train_batch_size", "8",
+                          "--num_mini_batches", "2", "--max_new_tokens", "8", "--seed", "0"])
+    m = ppo["metrics"]
+    assert m["global_step"] == 2 and m["held_out_prompts"] > 0
+    for k in ("objective/scores", "objective/kl", "loss/value", "eval/score", "eval/reference_score"):
+        assert math.isfinite(m[k]), (k, m)
+    assert (Path(ppo["run_dir"]) / "value" / "config.json").is_file()  # the value model, from the reward model
+    with session_scope(sqlite_url) as s:
+        pv = registry.resolve(s, "ppo-pw")
+        assert pv.kind == "policy" and pv.config["reward_model"]["name"] == "rm-pw"
+        assert pv.config["value_init"]["name"] == "rm-pw"
+    # the reference's held-out samples repeat under the same seed: PPO scored them as evaluate does
+    res = evaluate.main(["policy", "--model", "base-tiny", "--reference", "base-tiny", "--reward", "rm-pw",
+                         "--project", "pw", "--database_url", sqlite_url, "--max_new_tokens", "8"])
+    assert res["prompts"] == m["held_out_prompts"]
+    assert res["reference_score"] == pytest.approx(m["eval/reference_score"], abs=1e-4), (res, m)
