@@ -1,5 +1,6 @@
 """Good/bad ratings of single responses (rate tasks) end to end: services on SQLite and PostgreSQL, the Rate
-page (AppTest) -> database -> TRL unpaired export -> datasets -> KTOTrainer, the pointwise reward model and PPO on it."""
+page (AppTest) -> database -> TRL unpaired export -> datasets -> KTOTrainer, the pointwise reward model and PPO
+on it."""
 from __future__ import annotations
 
 import json
