@@ -271,7 +271,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     t = lb.table.copy()
     for col in ("score", "lower", "upper"):
         t[col] = t[col].round(0)
-    for col in ("wins", "win_rate", "win_rate_vs_parent", *leaderboard.RM_METRICS):
+    for col in ("rm_judged", "wins", "win_rate", "win_rate_vs_parent", *leaderboard.RM_METRICS):
         t[col] = t[col].astype(float).round(3)
     pd.set_option("display.width", 200)
     print(f"{lb.battles} votes between versions; Bradley-Terry on the Elo scale, 95% bootstrap interval over "

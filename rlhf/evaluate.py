@@ -2,6 +2,7 @@
 
     python -m rlhf.evaluate reward --model DIR|VERSION --dataset prefs.jsonl [--out metrics.json]
     python -m rlhf.evaluate policy --model ppo-v1 --reference sft-v1 --reward rm-v1 --project P|--dataset F
+    python -m rlhf.evaluate responses --reward rm-v1 --project P [--models base-v1 sft-v1 ppo-v1]
 
 ``policy``: on held-out prompts (the same split PPO holds out, or every prompt of a file with ``--split all``)
 sample one response per prompt from the policy and from the reference, score both with the reward model, and
@@ -9,6 +10,11 @@ print the mean reward-model score of each, the policy's win rate against the ref
 the KL of the policy to the reference on its own samples (nats per response), mean lengths, and, when the
 prompts carry an ``answer`` (verifiable tasks), the share of responses whose first line is it
 (``pretrain.tasks.is_correct``, the simulated annotator's rule).
+
+``responses``: score every stored response of each model version to the project's prompts (what the annotators
+compared) with one reward model, rendered as in reward training; prints each version's mean score, how many
+responses and, on verifiable prompts, the share that is correct, and records them on the versions (the
+leaderboard's RM-judged column beside the human score; ``--no_record`` only prints).
 
 ``reward``: score every pair of a preference file (TRL explicit/implicit prompt or Anthropic HH) with any
 sequence-classification reward model; prints pairwise accuracy (ties count as wrong), mean margin, ECE of
@@ -155,6 +161,62 @@ def evaluate_policy_cli(args: argparse.Namespace) -> dict[str, Any]:
             "split": args.split, "prompts_truncated": cut, **res}
 
 
+def evaluate_responses_cli(args: argparse.Namespace) -> dict[str, Any]:
+    """`evaluate responses`: the reward model's mean score of each version's stored responses in a project."""
+    from db.services import leaderboard
+    from db.session import session_scope
+    from db.settings import database_url
+    from pretrain.tasks import is_correct
+    from rlhf import reward
+    from rlhf.formatting import format_sft_row
+    from rlhf.modeling import (
+        device,
+        load_reward_model,
+        load_tokenizer,
+        pad_problem,
+        require_reward_model,
+        resolve_model,
+    )
+
+    url = args.database_url or database_url()
+    m = resolve_model(args.reward, url, field="reward")
+    require_reward_model(m, field="reward")
+    with session_scope(url) as s:
+        rows = leaderboard.version_responses(s, args.project, args.models or None)
+    if not rows:
+        raise InputError(f"project {args.project!r} has no responses of model versions"
+                         + (f" {', '.join(args.models)}" if args.models else "")
+                         + ": generate some first (python -m rlhf.generate)", field="project")
+    tok = load_tokenizer(m.path)
+    if pad_problem(tok):
+        raise InputError(f"--reward {args.reward!r}: {pad_problem(tok)}", field="reward")
+    model = load_reward_model(m.path).to(device()).eval()
+    model.config.pad_token_id = tok.pad_token_id
+    chat = reward.trained_with_chat(model, tok)
+    formatted = [format_sft_row({"prompt": r["prompt"], "completion": r["response"]}, chat) for r in rows]
+    stats: dict[str, int] = {}
+    scores = reward.score(model, tok, [f["prompt"] for f in formatted], [f["completion"] for f in formatted],
+                          batch_size=args.batch_size, stats=stats)
+    by_version: dict[str, dict[str, list[Any]]] = {}
+    for r, sc in zip(rows, scores):
+        e = by_version.setdefault(r["version"], {"scores": [], "hits": []})
+        e["scores"].append(sc)
+        if r.get("answer") is not None:
+            e["hits"].append(is_correct(r["answer"], r["response"]))  # the simulated annotator's rule
+    versions: dict[str, dict[str, Any]] = {}
+    for v, e in by_version.items():
+        versions[v] = {"score": sum(e["scores"]) / len(e["scores"]), "responses": len(e["scores"])}
+        if e["hits"]:
+            versions[v]["accuracy"] = sum(e["hits"]) / len(e["hits"])
+    judge = m.version_name or m.path
+    if not args.no_record:
+        with session_scope(url) as s:
+            leaderboard.record_rm_scores(s, args.project, judge, versions)
+    return {"reward": judge, "project": args.project, "chat_template": chat, "versions": versions,
+            "truncated": stats.get("truncated", 0), "too_long": stats.get("too_long", 0),
+            "recorded": not args.no_record}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m rlhf.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,6 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--batch_size", "--batch-size", type=int, default=16, help="prompts per generate call")
     pp.add_argument("--database_url", "--database-url", default=None, help="database URL (None: $DATABASE_URL)")
     pp.add_argument("--out", default=None, help="also write the metrics JSON here")
+
+    rs = sub.add_parser("responses", help="every version's stored responses in a project, judged by a reward "
+                                          "model (the leaderboard's RM column)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rs.add_argument("--reward", required=True, help="reward model that judges (version name/id or directory)")
+    rs.add_argument("--project", required=True, help="project whose prompts' responses are scored")
+    rs.add_argument("--models", nargs="+", default=None, help="only these versions (default: every version with "
+                                                              "responses in the project)")
+    rs.add_argument("--batch_size", "--batch-size", type=int, default=16, help="sequences per forward pass")
+    rs.add_argument("--no_record", "--no-record", action="store_true",
+                    help="print only: leave the versions' recorded RM-judged scores as they are")
+    rs.add_argument("--database_url", "--database-url", default=None, help="database URL (None: $DATABASE_URL)")
+    rs.add_argument("--out", default=None, help="also write the metrics JSON here")
     return ap
 
 
@@ -207,6 +282,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         if args.what == "policy":
             res = evaluate_policy_cli(args)
+        elif args.what == "responses":
+            res = evaluate_responses_cli(args)
         else:
             res = evaluate_reward(args.model, args.dataset, chat_format=args.chat_format, batch_size=args.batch_size,
                                   database_url=args.database_url, attn=args.attn_implementation, dtype=args.dtype)

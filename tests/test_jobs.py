@@ -99,6 +99,14 @@ def test_command_lines(tmp_path):
                         tmp_path, "py")
     assert e.command == ["py", "-m", "rlhf.evaluate", "reward", "--model", "rm", "--dataset", "d.jsonl", "--out",
                          str(tmp_path / "jobs/8/result.json")]
+    r = W.build_command(Job(id=11, kind="evaluate", args={"what": "responses", "reward": "rm", "project": "p",
+                                                           "models": ["a", "b"], "no_record": True}), tmp_path, "py")
+    assert r.command == ["py", "-m", "rlhf.evaluate", "responses", "--reward", "rm", "--project", "p", "--models", "a",
+                         "b", "--no_record", "--out", str(tmp_path / "jobs/11/result.json")]
+    from rlhf.evaluate import build_parser  # the flags as the worker writes them are the ones evaluate reads
+
+    parsed = build_parser().parse_args(r.command[3:])
+    assert (parsed.what, parsed.reward, parsed.models, parsed.no_record) == ("responses", "rm", ["a", "b"], True)
     p = W.build_command(Job(id=9, kind="pretrain", name="base-2", args={"steps": 5, "vocab_size": 512,
                                                                          "no_progress": True}), tmp_path, "py")
     assert p.command == ["py", "-m", "pretrain.pipeline", "--steps", "5", "--vocab-size", "512", "--no-progress",
@@ -475,6 +483,10 @@ def test_jobs_page_renders_every_kind_form(seeded):
     assert not at.exception
     # No reward model registered yet: the policy evaluation says so instead of offering an empty choice.
     assert at.selectbox(key="job_eval_judge_none").disabled
+    at.radio(key="job_eval_what").set_value("responses").run()
+    assert not at.exception
+    assert at.selectbox(key="job_eval_resp_judge_none").disabled
+    assert at.selectbox(key="job_project_evaluate").value == "demo"
 
 
 def test_db_jobs_cli(sqlite_url, tmp_path, capsys):

@@ -205,3 +205,91 @@ def test_cli_json_has_nulls_for_missing(sqlite_url, capsys):
     base = json.loads(capsys.readouterr().out)["versions"][-1]
     assert base["version"] == "base-v1" and base["parent"] is None and base["votes_vs_parent"] is None
     assert base["lower"] is None and base["rm_score"] is None
+
+
+# ------------------------------------------------------------------------------------------ RM-judged scores
+
+def test_rm_judged_scores_sit_beside_the_human_score(db_url):
+    _seed(db_url)
+    with session_scope(db_url) as s:
+        rows = leaderboard.version_responses(s, "lb")
+        # every response a version wrote (the human-written one left out): base 10 votes + the ranking, sft 20 + 1,
+        # ppo 10 + 1 against a person + 2 against itself + 1
+        by = pd.Series([r["version"] for r in rows]).value_counts().to_dict()
+        assert by == {"sft-v1": 21, "ppo-v1": 14, "base-v1": 11}
+        assert [r["version"] for r in leaderboard.version_responses(s, "lb", ["base-v1"])] == ["base-v1"] * 11
+        assert {"w1", "l1"} <= {r["response"] for r in rows} and all("answer" not in r for r in rows)
+        leaderboard.record_rm_scores(s, "lb", "rm-x", {"base-v1": {"score": -1.0, "responses": 11},
+                                                       "ppo-v1": {"score": 2.0, "responses": 14, "accuracy": 0.5}})
+        projects.create_project(s, "other")
+        leaderboard.record_rm_scores(s, "other", "rm-y", {"base-v1": {"score": 5.0, "responses": 3}})
+        with pytest.raises(InputError, match="numeric score"):
+            leaderboard.record_rm_scores(s, "lb", "rm-x", {"sft-v1": {"score": "high", "responses": 1}})
+        with pytest.raises(ServiceError):
+            leaderboard.record_rm_scores(s, "lb", "rm-x", {"nope": {"score": 1.0, "responses": 1}})
+        t = leaderboard.leaderboard(s, "lb", rounds=0).table.set_index("version")
+        everywhere = leaderboard.leaderboard(s, rounds=0).table.set_index("version")
+        stored = registry.resolve(s, "ppo-v1").metrics[leaderboard.RM_JUDGED]["lb"]
+    assert (t.loc["ppo-v1", "rm_judged"], t.loc["ppo-v1", "rm_judge"]) == (2.0, "rm-x")
+    assert (t.loc["base-v1", "rm_judged"], t.loc["base-v1", "rm_judge"]) == (-1.0, "rm-x")  # this project's
+    assert pd.isna(t.loc["sft-v1", "rm_judged"]) and pd.isna(t.loc["sft-v1", "rm_judge"])
+    assert everywhere.loc["base-v1", "rm_judged"] == 5.0  # all projects: its newest entry
+    assert (stored["responses"], stored["accuracy"]) == (14, 0.5)
+    assert t.loc["ppo-v1", "rm_score"] == 1.25  # PPO's own held-out evaluation is still there
+
+
+def test_evaluate_responses_scores_every_version_and_records_it(sqlite_url, tmp_path, capsys):
+    """`python -m rlhf.evaluate responses`: each version's mean RM score over its stored responses, as
+    reward.score gives it, the share correct on verifiable prompts, recorded for the leaderboard."""
+    from sqlalchemy import select
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from db.models import Prompt
+    from rlhf import evaluate, reward
+    from rlhf.formatting import format_sft_row
+    from tests import rlhf_helpers as H
+
+    lm = H.build_tiny_lm(tmp_path / "lm", texts=H.corpus(60) + [f"w{i} l{i} prompt {i}" for i in range(40)])
+    rm_dir = tmp_path / "rm"  # a random reward head on the tiny LM: any fixed scorer does
+    AutoModelForSequenceClassification.from_pretrained(lm, num_labels=1).save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(lm).save_pretrained(rm_dir)
+    _seed(sqlite_url)
+    with session_scope(sqlite_url) as s:
+        registry.register_model_version(s, "rm-t", "reward", str(rm_dir))
+        p1 = s.scalars(select(Prompt).where(Prompt.text == "prompt 1")).one()  # sft's w1 against base's l1
+        p1.meta = {"answer": "w1"}
+    out = tmp_path / "res.json"
+    res = evaluate.main(["responses", "--reward", "rm-t", "--project", "lb", "--database_url", sqlite_url,
+                         "--batch_size", "5", "--out", str(out)])
+    assert json.loads(out.read_text())["versions"] == res["versions"]
+    v = res["versions"]
+    assert {k: e["responses"] for k, e in v.items()} == {"base-v1": 11, "sft-v1": 21, "ppo-v1": 14}
+    assert (v["sft-v1"]["accuracy"], v["base-v1"]["accuracy"]) == (1.0, 0.0) and "accuracy" not in v["ppo-v1"]
+
+    model = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    tok = AutoTokenizer.from_pretrained(rm_dir)
+    model.config.pad_token_id = tok.pad_token_id
+    chat = reward.trained_with_chat(model, tok)
+    with session_scope(sqlite_url) as s:
+        rows = leaderboard.version_responses(s, "lb", ["sft-v1"])
+    f = [format_sft_row({"prompt": r["prompt"], "completion": r["response"]}, chat) for r in rows]
+    expect = reward.score(model, tok, [x["prompt"] for x in f], [x["completion"] for x in f])
+    assert v["sft-v1"]["score"] == pytest.approx(sum(expect) / len(expect), abs=1e-4)
+    assert len({round(x, 4) for x in expect}) > 1  # the scorer tells responses apart: the mean means something
+    with session_scope(sqlite_url) as s:
+        t = leaderboard.leaderboard(s, "lb", rounds=0).table.set_index("version")
+    assert t.loc["sft-v1", "rm_judged"] == pytest.approx(v["sft-v1"]["score"]) and t.loc["sft-v1", "rm_judge"] == "rm-t"
+
+    # --no_record leaves what is recorded; a language model is no judge; a project without model responses
+    with session_scope(sqlite_url) as s:
+        leaderboard.record_rm_scores(s, "lb", "rm-t", {"sft-v1": {"score": 9.0, "responses": 1}})
+    evaluate.main(["responses", "--reward", "rm-t", "--project", "lb", "--database_url", sqlite_url, "--no_record"])
+    with session_scope(sqlite_url) as s:
+        assert registry.resolve(s, "sft-v1").metrics[leaderboard.RM_JUDGED]["lb"]["score"] == 9.0
+        projects.create_project(s, "empty")
+    capsys.readouterr()
+    for argv, why in ((["--reward", "sft-v1", "--project", "lb"], "not a reward model"),
+                      (["--reward", "rm-t", "--project", "empty"], "no responses of model versions")):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(["responses", *argv, "--database_url", sqlite_url])
+        assert e.value.code == 2 and why in capsys.readouterr().err, argv

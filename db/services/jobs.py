@@ -29,7 +29,7 @@ from db.session import write_transaction
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = tuple(s for s in JOB_STATES if s not in ACTIVE_STATES)
-EVALUATE_WHAT = ("reward", "policy")
+EVALUATE_WHAT = ("reward", "policy", "responses")
 # Flags the worker sets itself: the database and run folder must be the ones it watches and reports.
 RESERVED_ARGS = ("database_url", "output_dir", "out", "config", "name", "help")
 _FLAG = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")

@@ -10,6 +10,11 @@ fit is the maximum of the log-likelihood (ties as half wins) with a weak Gaussia
 (`prior`, in natural log-odds units; 0 = plain maximum likelihood), which keeps an unbeaten version finite.
 The 95% interval is the 2.5-97.5 percentile of the scores refitted on `rounds` bootstrap resamples of the
 battles (fixed `seed`: the same labels give the same table).
+
+Beside the human score, the reward model's: `rm_judged` is the mean score one reward model gives a version's stored
+responses to the project's prompts (``python -m rlhf.evaluate responses``, recorded here by
+:func:`record_rm_scores`), so every version (base, SFT, policy) is judged by the same RM on the same prompts the
+people voted on; `rm_score` / `rm_win_rate` are a policy's own held-out evaluation against its reference (PPO's).
 """
 from __future__ import annotations
 
@@ -22,15 +27,18 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import ModelVersion, PreferenceLabel, Ranking, Response, Task
+from db.models import ModelVersion, PreferenceLabel, Prompt, Ranking, Response, Task, utcnow
 from db.services.errors import InputError
+from db.session import write_transaction
 
 ELO_BASE, ELO_SCALE = 1000.0, 400.0 / math.log(10)  # natural log-odds -> Elo points
 DEFAULT_PRIOR = 0.1
 DEFAULT_ROUNDS = 200
 RM_METRICS = {"rm_score": "eval/score", "rm_reference_score": "eval/reference_score", "rm_win_rate": "eval/win_rate"}
-COLUMNS = ["rank", "version", "kind", "score", "lower", "upper", "votes", "wins", "win_rate", "parent",
-           "votes_vs_parent", "win_rate_vs_parent", "lineage", *RM_METRICS]
+# ModelVersion.metrics key of the RM-judged scores: {project name: {"reward", "score", "responses"[, "accuracy"], "at"}}
+RM_JUDGED = "rm_judged"
+COLUMNS = ["rank", "version", "kind", "score", "lower", "upper", "rm_judged", "rm_judge", "votes", "wins",
+           "win_rate", "parent", "votes_vs_parent", "win_rate_vs_parent", "lineage", *RM_METRICS]
 
 
 @dataclass
@@ -89,6 +97,63 @@ def battles(session: Session, project: str | int | None = None, *, include_ranki
     return pd.DataFrame(rows, columns=["a", "b", "score", "source", "label_id"])
 
 
+def version_responses(session: Session, project: str | int, versions: list[str | int] | None = None
+                      ) -> list[dict[str, Any]]:
+    """Every stored response of a model version (not a person's) to the project's prompts, by id:
+    {version, response_id, response, prompt_id, prompt (text or chat turns)[, answer]}. What
+    ``rlhf.evaluate responses`` scores; `versions` (names or ids) narrows it."""
+    from db.services import projects, registry
+
+    pid = projects.get_project(session, project).id
+    q = (select(Response.id, Response.text, Response.model_version_id, Prompt.id, Prompt.text, Prompt.messages,
+                Prompt.meta)
+         .join(Prompt, Prompt.id == Response.prompt_id)
+         .where(Prompt.project_id == pid, Response.model_version_id.is_not(None)).order_by(Response.id))
+    if versions:
+        q = q.where(Response.model_version_id.in_([registry.resolve(session, v).id for v in versions]))
+    names = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
+    out = []
+    for rid, text, vid, prompt_id, ptext, messages, meta in session.execute(q):
+        row: dict[str, Any] = {"version": names[vid], "response_id": rid, "response": text, "prompt_id": prompt_id,
+                               "prompt": list(messages) if messages else ptext}
+        if (meta or {}).get("answer") is not None:
+            row["answer"] = str(meta["answer"])
+        out.append(row)
+    return out
+
+
+def record_rm_scores(session: Session, project: str | int, reward: str, scores: dict[str, dict[str, Any]]) -> None:
+    """Record what reward model `reward` (its name) made of each version's responses in `project`:
+    `scores` maps a version name to {"score": mean RM score, "responses": how many[, "accuracy"]}. Replaces
+    that project's earlier entry of each version (one judge per project at a time: the numbers must compare)."""
+    from db.services import projects, registry
+
+    name = projects.get_project(session, project).name
+    with write_transaction(session):
+        for version, entry in scores.items():
+            if not isinstance(entry.get("score"), int | float) or not isinstance(entry.get("responses"), int):
+                raise InputError(f"{version!r}: needs a numeric score and a response count, not {entry!r}",
+                                 field="scores")
+            mv = registry.resolve(session, version)
+            judged = dict((mv.metrics or {}).get(RM_JUDGED) or {})
+            judged[name] = {"reward": reward, "at": utcnow().isoformat(),
+                            **{k: entry[k] for k in ("score", "responses", "accuracy") if k in entry}}
+            mv.metrics = {**(mv.metrics or {}), RM_JUDGED: judged}
+        session.flush()
+
+
+def _rm_judged(mv: ModelVersion, project: str | None) -> dict[str, Any] | None:
+    """The version's RM-judged entry for `project` (None: its newest one, any project)."""
+    judged = (mv.metrics or {}).get(RM_JUDGED) or {}
+    if not isinstance(judged, dict) or not judged:
+        return None
+    if project is not None:
+        entry = judged.get(project)
+    else:
+        entry = max(judged.values(), key=lambda e: str(e.get("at", "")) if isinstance(e, dict) else "")
+    return entry if isinstance(entry, dict) and isinstance(entry.get("score"), int | float) else None
+
+
 def fit_bradley_terry(a: np.ndarray, b: np.ndarray, score: np.ndarray, n: int, *, prior: float = DEFAULT_PRIOR,
                       weights: np.ndarray | None = None, iters: int = 100) -> np.ndarray:
     """Strengths (natural log-odds, mean 0) of `n` players from battles a[k] vs b[k] with a's score in [0, 1]
@@ -126,6 +191,9 @@ def leaderboard(session: Session, project: str | int | None = None, *, rounds: i
         raise InputError("rounds must be >= 0", field="rounds")
     if prior < 0:
         raise InputError("prior must be >= 0", field="prior")
+    from db.services import projects
+
+    project_name = projects.get_project(session, project).name if project is not None else None
     df = battles(session, project, include_rankings=include_rankings)
     if not len(df):
         return Leaderboard(pd.DataFrame(columns=COLUMNS), 0, rounds=rounds, seed=seed)
@@ -168,8 +236,11 @@ def leaderboard(session: Session, project: str | int | None = None, *, rounds: i
         metrics = mv.metrics or {}
         rm = {col: (float(metrics[key]) if isinstance(metrics.get(key), int | float) else None)
               for col, key in RM_METRICS.items()}
+        judged = _rm_judged(mv, project_name)
         rows.append({"version": mv.name, "kind": mv.kind, "score": float(point[i]), "lower": float(lower[i]),
-                     "upper": float(upper[i]), "votes": int(votes[i]), "wins": float(wins[i]),
+                     "upper": float(upper[i]), "rm_judged": float(judged["score"]) if judged else None,
+                     "rm_judge": str(judged.get("reward")) if judged else None,
+                     "votes": int(votes[i]), "wins": float(wins[i]),
                      "win_rate": float(wins[i] / votes[i]) if votes[i] else None,
                      "parent": parent.name if parent else None, "votes_vs_parent": vs_parent,
                      "win_rate_vs_parent": vs_parent_rate, "lineage": " → ".join(reversed(chain)), **rm})

@@ -85,9 +85,11 @@ def new_job_form(kind: str) -> None:
     if needs_project and not project_names:
         st.info("No projects yet: create one on the Projects page first.")
         return
-    what = st.radio("Evaluate", ["reward", "policy"], horizontal=True, key="job_eval_what",
+    what = st.radio("Evaluate", list(jobs.EVALUATE_WHAT), horizontal=True, key="job_eval_what",
                     format_func={"reward": "a reward model on a preference file",
-                                 "policy": "a policy against its reference, judged by a reward model"}.get) \
+                                 "policy": "a policy against its reference, judged by a reward model",
+                                 "responses": "every version's responses in a project, judged by a reward model "
+                                              "(the Leaderboard's RM column)"}.get) \
         if kind == "evaluate" else None
     with st.form(f"new_job_{kind}"):
         f: dict[str, Any] = {}
@@ -95,7 +97,7 @@ def new_job_form(kind: str) -> None:
         if kind in jobs.TRAINING_JOB_KINDS:
             name = st.text_input("Name of the new model version", key=f"job_name_{kind}",
                                  placeholder=f"default: {kind.removeprefix('train_')}-job<id>")
-        if needs_project or what == "policy":
+        if needs_project or what in ("policy", "responses"):
             f["project"] = st.selectbox("Project", project_names, key=f"job_project_{kind}")
         if kind == "generate":
             f["models"] = st.multiselect("Models", lms, default=lms[-1:], key="job_gen_models",
@@ -134,6 +136,10 @@ def new_job_form(kind: str) -> None:
             f["model"] = pick("Reward model", reward_models, "job_eval_rm")
             f["dataset"] = st.text_input("Preference file (JSONL, on the worker's machine)", key="job_eval_data",
                                          help="e.g. one written by `python -m db export preferences`")
+        elif kind == "evaluate" and what == "responses":
+            f["reward"] = pick("Reward model (the judge)", reward_models, "job_eval_resp_judge",
+                               "scores the stored responses of every model version in the project; the Leaderboard "
+                               "shows each version's mean beside its human score")
         elif kind == "evaluate":
             f["model"] = pick("Policy", lms, "job_eval_policy")
             f["reference"] = pick("Reference (usually its SFT parent)", lms, "job_eval_ref")
@@ -244,7 +250,12 @@ def job_panel(job_id: int) -> None:
     mv = d["model_version"]
     if d["state"] == "succeeded" and mv:
         st.success(f"Registered model version **{mv['name']}** ({mv['kind']}).", icon=":material/new_releases:")
-        st.page_link("views/models.py", label="Model versions", icon=":material/model_training:")
+        l1, l2 = st.columns(2)
+        l1.page_link("views/models.py", label=f"{mv['name']} among the model versions",
+                     icon=":material/model_training:")
+        if mv["kind"] != "reward":
+            l2.page_link("views/leaderboard.py", label="Leaderboard (once its responses are voted on)",
+                         icon=":material/leaderboard:")
         if mv["kind"] != "reward" and project_names:
             c1, c2 = st.columns([2, 1])
             default = d["args"].get("project")
@@ -267,6 +278,9 @@ def job_panel(job_id: int) -> None:
                     st.rerun()
     elif d["state"] == "succeeded" and d["result"]:
         st.json(d["result"], expanded=False)
+        if d["kind"] == "evaluate" and d["args"].get("what") == "responses":
+            st.page_link("views/leaderboard.py", label="Leaderboard: these scores beside the human ones",
+                         icon=":material/leaderboard:")
     if d["error"]:
         # the error quotes the job's own output (model text, file names): shown as text, never as Markdown
         st.error(safe_markdown(d["error"].split("\n--- last log lines ---")[0]), icon=":material/error:")

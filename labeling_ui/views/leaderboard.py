@@ -15,8 +15,10 @@ user = auth.require_user("admin")
 st.subheader("Leaderboard")
 st.caption("Human votes between responses of different model versions (compare labels; rankings as their pairs; "
            "ties and 'both bad' as half a win each), fitted with Bradley-Terry on the Elo scale (mean 1000), "
-           "with 95% bootstrap intervals — as Chatbot Arena ranks models. The reward-model columns are what PPO's "
-           "held-out evaluation measured (`eval/score`, `eval/win_rate` against its reference), for comparison.")
+           "with 95% bootstrap intervals — as Chatbot Arena ranks models. Beside it, *RM-judged*: the mean score "
+           "one reward model gives each version's responses in the project (Jobs → Evaluate → every version's "
+           "responses), so the two judges can be compared; the *RM score* columns are a policy's own held-out "
+           "evaluation against its reference (PPO's `eval/score`, `eval/win_rate`).")
 with db() as s:
     names = [p.name for p in projects.list_projects(s)]
 c1, c2, c3 = st.columns([2, 1, 1])
@@ -45,6 +47,15 @@ chart = base.mark_point(filled=True, size=90).encode(
 if not t["lower"].isna().all():
     chart = base.mark_rule(strokeWidth=2).encode(x="lower:Q", x2="upper:Q", y=y, color="kind:N") + chart
 st.altair_chart(chart.properties(height=max(120, 40 * len(t))), width="stretch")
+judged = t[t["rm_judged"].notna()]
+if len(judged):
+    st.markdown("##### Human score against the reward model's")
+    st.altair_chart(alt.Chart(judged).mark_point(filled=True, size=90).encode(
+        x=alt.X("score:Q", title="Bradley-Terry score (humans)", scale=alt.Scale(zero=False)),
+        y=alt.Y("rm_judged:Q", title="mean RM score of its responses", scale=alt.Scale(zero=False)),
+        color=alt.Color("kind:N"), tooltip=["version", "rm_judge", alt.Tooltip("score:Q", format=".0f"),
+                                            alt.Tooltip("rm_judged:Q", format=".3f")])
+        .properties(height=220), width="stretch")
 
 def _pct(label: str) -> object:
     return st.column_config.NumberColumn(label, format="percent")
@@ -53,6 +64,7 @@ def _pct(label: str) -> object:
 st.dataframe(t, hide_index=True, width="stretch", column_config={
     "score": st.column_config.NumberColumn(format="%.0f"), "lower": st.column_config.NumberColumn(format="%.0f"),
     "upper": st.column_config.NumberColumn(format="%.0f"), "wins": st.column_config.NumberColumn(format="%.1f"),
+    "rm_judged": st.column_config.NumberColumn("RM-judged", format="%.3f"), "rm_judge": "judged by",
     "win_rate": _pct("win rate"), "win_rate_vs_parent": _pct("win rate vs parent"), "rm_win_rate": _pct("RM win rate"),
     "votes_vs_parent": st.column_config.NumberColumn("votes vs parent"),
     "rm_score": st.column_config.NumberColumn("RM score", format="%.3f"),
