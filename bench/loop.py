@@ -40,7 +40,7 @@ def main() -> int:
     print("checks: " + ("all met" if not fails else "NOT met:\n  " + "\n  ".join(fails)))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2, default=str))
-    return 0
+    return 1 if fails else 0  # a run whose checks fail is no figure to quote
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """InstructGPT's whole loop on verifiable prompts, through the jobs table and a worker, with a simulated annotator.
 
     pretrain (tasks in the corpus) -> generate -> labels -> SFT -> reward -> PPO -> generate again -> labels
+    -> the reward model judges every version's responses (the leaderboard's RM column)
 
 Every model stage is a job queued with ``db.services.jobs.enqueue`` and run by ``rlhf.worker.Worker`` as its own
 process, exactly as from the Jobs page; the labels come from ``rlhf.simulate.SimulatedAnnotator`` through the
 labeling services. :func:`run_loop` returns the per-stage table (accuracy of each version's responses, the reward
-model's held-out accuracy, PPO's held-out score / accuracy / KL against SFT, the leaderboard, wall times).
+model's held-out accuracy, PPO's held-out score / accuracy / KL against SFT, the leaderboard with the RM-judged
+score beside each version's human one, wall times).
 ``tests/test_loop_e2e.py`` runs it small and asserts what each stage must move; ``bench/loop.py`` runs it bigger.
 """
 from __future__ import annotations
@@ -161,6 +163,8 @@ def run_loop(url: str, home: str | Path, cfg: LoopConfig | None = None, log: Any
     job("generate", {**gen, "models": ["ppo", "sft", "base"], "num_samples": cfg.final_samples, "tasks": "compare",
                      "pairs_per_prompt": cfg.final_pairs})
     annotator.label("compare")
+    # 9. the reward model's view of the same responses, beside the human leaderboard
+    job("evaluate", {"what": "responses", "reward": "rm", "project": PROJECT}, None)
 
     with session_scope(url) as s:
         rm_metrics = registry.resolve(s, "rm").metrics or {}
@@ -177,7 +181,8 @@ def run_loop(url: str, home: str | Path, cfg: LoopConfig | None = None, log: Any
         "ppo": {k.removeprefix("eval/"): ppo_metrics.get(k) for k in
                 ("eval/score", "eval/reference_score", "eval/accuracy", "eval/reference_accuracy", "eval/kl",
                  "eval/win_rate", "eval/kl_under_target", "held_out_prompts")} | {"target_kl": cfg.target_kl},
-        "leaderboard": [{k: r[k] for k in ("rank", "version", "score", "lower", "upper", "votes")} for r in table],
+        "leaderboard": [{k: r[k] for k in ("rank", "version", "score", "lower", "upper", "votes", "rm_judged")}
+                        for r in table],
         "labels": dict(annotator.counts),
         "job_wall_s": times,
         "wall_s": time.monotonic() - t_all,
@@ -214,7 +219,15 @@ def check(res: dict[str, Any]) -> list[str]:
         b, q = board["base"], board["ppo"]
         fails.append(f"leaderboard: PPO {q['score']:.0f} [{q['lower']:.0f}, {q['upper']:.0f}] is not above base "
                      f"{b['score']:.0f} [{b['lower']:.0f}, {b['upper']:.0f}] with non-overlapping intervals")
+    unjudged = [v for v, r in board.items() if not isinstance(r.get("rm_judged"), int | float)]
+    if unjudged:
+        fails.append(f"leaderboard: no RM-judged score beside {', '.join(sorted(unjudged))} (the evaluate "
+                     "responses job recorded none)")
     return fails
+
+
+def _num(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, int | float) else "none"
 
 
 def format_table(res: dict[str, Any]) -> str:
@@ -229,7 +242,8 @@ def format_table(res: dict[str, Any]) -> str:
                  f"{p['reference_score']}, accuracy {p['accuracy']} vs {p['reference_accuracy']}, KL {p['kl']} "
                  f"(target {p['target_kl']}), win rate {p['win_rate']}")
     lines.append("leaderboard: " + "; ".join(f"{b['rank']}. {b['version']} {b['score']:.0f} "
-                                              f"[{b['lower']:.0f}, {b['upper']:.0f}] ({b['votes']} votes)"
+                                              f"[{b['lower']:.0f}, {b['upper']:.0f}] ({b['votes']} votes, RM-judged "
+                                              f"{_num(b.get('rm_judged'))})"
                                               for b in res["leaderboard"]))
     lines.append(f"labels: {res['labels']}")
     lines.append("jobs: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["job_wall_s"].items())

@@ -6,7 +6,8 @@ every model stage a job in the jobs table run by the real worker as its own proc
 labeling services. Each stage must move what it is for (rlhf.loop.check): SFT accuracy above the base model's,
 the reward model's held-out pairwise accuracy >= 0.9, PPO's held-out RM score and task accuracy above SFT's with
 KL under the target, and the human (simulated) leaderboard ranking PPO above base with non-overlapping 95%
-intervals. A failure names the stage and its numbers, then prints the whole table.
+intervals, with the reward model's score of every version's responses beside it. A failure names the stage and its
+numbers, then prints the whole table.
 """
 from __future__ import annotations
 
@@ -30,4 +31,4 @@ def test_each_stage_of_the_loop_moves_what_it_is_for(tmp_path, monkeypatch):
     with session_scope(url) as s:  # all through the jobs table and the worker, in the loop's order
         done = [(j.kind, j.state) for j in s.scalars(select(Job).order_by(Job.id))]
     assert done == [(k, "succeeded") for k in ("pretrain", "generate", "train_sft", "train_reward", "train_ppo",
-                                                "generate")], done
+                                                "generate", "evaluate")], done
