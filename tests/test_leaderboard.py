@@ -183,6 +183,13 @@ def test_leaderboard_page(sqlite_url, monkeypatch):
     assert list(df["version"])[:3] == ["ppo-v1", "sft-v1", "base-v1"]
     at.selectbox(key="lb_project").set_value("lb").run()
     assert not at.exception
+    with session_scope(sqlite_url) as s:  # once a reward model judged the responses: its score beside, and a plot
+        leaderboard.record_rm_scores(s, "lb", "rm-x", {"ppo-v1": {"score": 2.0, "responses": 14},
+                                                       "base-v1": {"score": -1.0, "responses": 11}})
+    at.run()
+    assert not at.exception and len(at.get("vega_lite_chart")) == 2
+    df = at.dataframe[0].value.set_index("version")
+    assert (df.loc["ppo-v1", "rm_judged"], df.loc["ppo-v1", "rm_judge"]) == (2.0, "rm-x")
 
 
 def test_leaderboard_page_refuses_annotators(sqlite_url, monkeypatch):
