@@ -65,13 +65,15 @@ if user is None:
                           for u in paths], position="hidden")
 else:
     with st.sidebar:
-        # the role under the name, unless it would only say the name again ("annotator / annotator")
+        # the role beside the name (one line: Sign out stays on a 720 px screen under an admin's links), unless it
+        # would only say the name again ("annotator / annotator")
         name, role = user["display_name"], user["role"]
-        st.markdown(f"**{safe_markdown(name)}**" + (f"  \n:gray[{role}]" if name.strip().lower() != role else ""),
+        st.markdown(f"**{safe_markdown(name)}**" + (f" · :gray[{role}]" if name.strip().lower() != role else ""),
                     help=f"signed in as {user['username']} ({role})")
         if st.button("Sign out", icon=":material/logout:", key="signout_btn"):
             auth.sign_out("You have signed out.")
             st.rerun()
+        style.page_script()
 
     def to_compare() -> None:
         st.switch_page(ANNOTATOR_PAGES[0])

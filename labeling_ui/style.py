@@ -4,6 +4,8 @@ Containers are found by their Streamlit keys (class `st-key-<key>`): `prompt_box
 """
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from labeling_ui.text import TEXT_CSS
@@ -26,9 +28,60 @@ _LAYOUT_CSS = """
 [data-testid="stLayoutWrapper"]:has(> .st-key-action_bar) { position: sticky; bottom: 0; z-index: 99; }
 .st-key-action_bar { background: #fff; box-shadow: 0 -6px 12px -10px rgba(0, 0, 0, .35); }
 @media (prefers-color-scheme: dark) { .st-key-action_bar { background: #0e1117; } }
+/* A script-only st.html (style.page_script, common.scroll_to_top) has no height but took a gap in its column. */
+[data-testid="stElementContainer"]:has(> [data-testid="stHtml"] > script:only-child) { display: none; }
+/* An admin's 16 links pushed "Sign out" below a 720 px window (y = 762): on short windows the links sit closer
+   together (no gap between them, 26 px rows), so the name and Sign out under them stay on screen. */
+@media (max-height: 800px) {
+  [data-testid="stSidebarNav"] li { margin-top: 0; margin-bottom: 0; }
+  [data-testid="stSidebarNavLink"] { height: 26px; line-height: 26px; }
+  [data-testid="stSidebarUserContent"] { padding-top: .5rem; }
+}
+"""
+
+# Script for every signed-in page (app.py puts it in the sidebar, where its empty element takes no room in a
+# labeling layout). Once per browser tab:
+# - a copy of displayed text leaves out the word joiners (U+2060) that labeling_ui.text puts in so Streamlit keeps
+#   the characters; a model's own invisible characters are shown as ⟦U+…⟧ tokens, so every joiner is the page's.
+#   A copy from a field (a demonstration being written) is left alone.
+# - the "Raw" switch gives its focus back after a mouse click: Streamlit ignores shortcut keys while an <input> has focus,
+#   so after showing one response raw, 1/2/Enter did nothing until the annotator clicked elsewhere.
+_PAGE_JS = """
+if (!window.__instructloopPage) {
+  window.__instructloopPage = true;
+  const J = /\u2060/g;
+  document.addEventListener('copy', (e) => {
+    // a copy from a field has the field as its target: what was typed there is copied as typed
+    const t = e.target instanceof Element ? e.target : e.target.parentElement, sel = document.getSelection();
+    if (!sel || sel.rangeCount === 0 || (t && t.closest('input, textarea, [contenteditable="true"]'))) return;
+    const text = sel.toString();
+    if (!text.includes('\u2060')) return;
+    const box = document.createElement('div');
+    for (let i = 0; i < sel.rangeCount; i++) box.appendChild(sel.getRangeAt(i).cloneContents());
+    e.clipboardData.setData('text/plain', text.replace(J, ''));
+    e.clipboardData.setData('text/html', box.innerHTML.replace(J, ''));
+    e.preventDefault();
+  });
+  // the switch focuses its hidden input itself, after the click (no change event): blur once the click is done
+  const RAW = '[class*="st-key-raw_"]';
+  document.addEventListener('click', (e) => {
+    if (!(e.target instanceof Element && e.target.closest(RAW))) return;
+    setTimeout(() => { const a = document.activeElement; if (a && a.closest(RAW)) a.blur(); }, 0);
+  }, true);
+}
 """
 
 
 def apply() -> None:
     """Once per page run (app.py)."""
     st.html(f"<style>{TEXT_CSS}{_LAYOUT_CSS}</style>")
+
+
+def page_script() -> None:
+    """Once per signed-in page run, in the sidebar (app.py): see _PAGE_JS."""
+    # The browser's sanitizer (DOMPurify) silently drops a script whose text has "<" before a letter, "/" or "!"
+    # (as a tag would): say so here rather than lose the script.
+    bad = re.search(r"<[/\w!]", _PAGE_JS)
+    if bad:
+        raise RuntimeError(f"labeling_ui/style.py _PAGE_JS: {bad.group()!r} would make the browser drop the script")
+    st.html(f"<script>{_PAGE_JS}</script>", unsafe_allow_javascript=True)

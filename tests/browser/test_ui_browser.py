@@ -314,7 +314,8 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
 
     # 5. Annotator pages and own history; one ranking with the keyboard alone: response numbers best first
     #    (the last one ranks itself), Enter submits.
-    for link, name in (("Rank", "rank"), ("Demonstrate", "demonstrate"), ("My history", "history")):
+    for link, name in (("Rank", "rank"), ("Rate", "rate"), ("Demonstrate", "demonstrate"),
+                       ("My history", "history")):
         _nav(page, link)
         _shot(page, name)
         if name == "rank":
@@ -337,6 +338,9 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     # 6. The admin (in Tokyo) sees them on the dashboard, in words and local time, and exports them.
     ctx, page = _page(browser, timezone="Asia/Tokyo")
     sign_in(page, base, "admin", "password123")
+    page.get_by_role("heading", name="Compare · demo").wait_for()
+    _settle(page)
+    _in_view(page, page.get_by_role("button", name="Sign out"))  # under the 16 admin links, still at 1280x720
     _nav(page, "Dashboard")
     page.get_by_text("Labels over time").wait_for()
     _settle(page)
@@ -355,7 +359,7 @@ def test_new_annotator_labels_with_mouse_and_keyboard_then_admin_exports(app_ser
     _shot(page, "dashboard")
     for link, path in (("Agreement", "agreement"), ("Review demonstrations", "review"), ("Projects", "projects"),
                        ("Users", "users"), ("Import", "import"), ("Model versions", "models"), ("Jobs", "jobs"),
-                       ("Leaderboard", "leaderboard")):
+                       ("Leaderboard", "leaderboard"), ("Audit log", "audit")):
         _nav(page, link)
         _shot(page, f"admin_{path}")
     _nav(page, "Export")
@@ -402,20 +406,35 @@ def test_responses_show_exactly_what_the_model_wrote(app_server, browser):
     b = page.locator(f".st-key-mt_resp_{tid}_B")
     assert _visible(b) == "(empty response)"
     _shot(page, "compare_exact_text")
-    # The raw switch shows the source itself (a code block, nothing inserted).
+    # What a copy of the shown text puts on the clipboard has none of the page's word joiners. (A synthetic copy
+    # event: it runs the page's own copy handler, with no clipboard permission needed.)
+    copied = a.evaluate("""el => { const sel = document.getSelection(); sel.removeAllRanges();
+        const r = document.createRange(); r.selectNodeContents(el); sel.addRange(r);
+        const ev = new ClipboardEvent('copy', {clipboardData: new DataTransfer(), bubbles: true, cancelable: true});
+        el.dispatchEvent(ev);
+        const out = [sel.toString(), ev.clipboardData.getData('text/plain'), ev.clipboardData.getData('text/html')];
+        sel.removeAllRanges(); return out; }""")
+    assert "\u2060" in copied[0]  # the selection itself has them (else this checks nothing)
+    assert copied[1] == copied[0].replace("\u2060", "") and ">>> import os" in copied[1], copied
+    assert copied[2] and "\u2060" not in copied[2]
+    # The raw switch shows the source itself (a code block, nothing inserted), and leaves the shortcuts working
+    # (a focused switch is an <input>, and Streamlit ignores shortcut keys while one has focus).
     page.locator(f".st-key-raw_{tid}_A").get_by_text("Raw").click()
     _settle(page)
     assert a.locator("code").inner_text() == EXACT_TEXT
+    page.keyboard.press("1")
+    _settle(page)
+    page.locator(f".st-key-btn_a_{tid}").get_by_test_id("stBaseButton-primary").wait_for(timeout=10_000)
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("textbox", name="Username").wait_for()
     ctx.close()
 
 
-ANNOTATOR_URLS = {"compare": "Compare · demo", "rank": "Rank · demo", "demonstrate": "Demonstrate · demo",
-                  "history": "My history · demo"}
+ANNOTATOR_URLS = {"compare": "Compare · demo", "rank": "Rank · demo", "rate": "Rate · demo",
+                  "demonstrate": "Demonstrate · demo", "history": "My history · demo"}
 ADMIN_URLS = {"dashboard": "Dashboard", "agreement": "Agreement", "review": "Review demonstrations",
               "projects": "Projects", "users": "Users", "import": "Import", "models": "Model versions",
-              "jobs": "Jobs", "export": "Export"}
+              "jobs": "Jobs", "leaderboard": "Leaderboard", "export": "Export", "audit": "Audit log"}
 
 
 def _body_text(page) -> str:
@@ -511,7 +530,7 @@ def test_skip_asks_why_and_is_undone_from_history(app_server, browser):
 def test_ranking_revised_from_history_keeps_the_on_screen_order(app_server, browser):
     base, url, info = app_server
     tid, (r0, r1, r2) = info["order_task_id"], info["order_ids"]
-    ctx, page = _page(browser)
+    ctx, page = _page(browser, timezone="America/New_York")  # history's times in the viewer's zone
     sign_in(page, base, "ranker", "password123")
     _pick_project(page, "order")
     _nav(page, "Rank")
@@ -530,6 +549,13 @@ def test_ranking_revised_from_history_keeps_the_on_screen_order(app_server, brow
     page.get_by_text("Best first: 2 > 3 > 1").first.wait_for(state="attached")
     assert "Best first: 2 > 3 > 1" in _picked(page)
     _shot(page, "history_ranking")
+    with session_scope(url) as s:
+        when = s.scalar(select(Ranking.created_at).where(Ranking.task_id == tid))
+    local = (when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when).astimezone(ZoneInfo("America/New_York"))
+    grid = page.get_by_test_id("stDataFrame").first
+    grid.get_by_text(local.strftime("%Y-%m-%d %H:%M")).first.wait_for(state="attached")
+    cells = grid.evaluate("el => el.textContent")
+    assert "+00:00" not in cells and "UTC" not in cells, cells
     # the revise form shows the responses in the order they were on screen, with their ranks
     texts = page.locator('[class*="st-key-mt_hist_"]').all_inner_texts()
     assert [t.replace("\u2060", "") for t in texts[1:]] == ["answer number 2", "answer number 0", "answer number 1"]
