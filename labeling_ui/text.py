@@ -34,8 +34,8 @@ _ICON = re.compile(r"(:[A-Za-z_]+)/")  # :material/home: icons (only an escaped 
 # Streamlit rewrites some text after parsing, where no Markdown escape reaches: ` -> ` becomes an arrow,
 # ` -- ` a dash, `:smile:` an emoji. And Markdown drops the spaces at the start and end of a line. A word joiner
 # (U+2060, zero width, no glyph) between the characters splits those patterns, and one before a line's
-# indentation (or after its trailing spaces) keeps them, so the characters show as typed. Copying from the page
-# carries the joiners; the "raw" toggle shows the text without them.
+# indentation (or after its trailing spaces) keeps them, so the characters show as typed. A copy from the page
+# leaves them out (labeling_ui.style's copy handler); the "raw" toggle shows the text without them.
 JOINER = "\u2060"
 _TYPOGRAPHIC = re.compile(r"(?<!\S)(<->|->|<-|--|>=|<=|~=)(?!\S)")
 _EMOJI = re.compile(r":(?=[\w+-]+:)")
