@@ -3,7 +3,8 @@ beside the database's own dump of the same query (the ceiling), at each --export
 
     python bench/db_throughput.py                       # SQLite (temp file)
     python bench/db_throughput.py --url postgresql+psycopg://…   # a PostgreSQL database you own (tables are created)
-    python bench/db_throughput.py --export-only --export-sizes 100000 1000000 --baseline-rev HEAD~1
+    python bench/db_throughput.py --export-only --export-sizes 100000 1000000 --baseline-rev HEAD~1 \
+        --baseline-max-rows 1000000 --export-repeat 3
     python bench/db_throughput.py --import-only --import-sizes 100000 1000000 [--import-baseline-rev REV]
 
 Each export and each ceiling dump runs in its own process, so its peak RSS is its own (seeding 1M rows in the
@@ -302,15 +303,28 @@ def _in_child(what: str, url: str, out: Path, rev: str | None = None) -> dict[st
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def bench_export(url: str, n: int, out: Path, baseline_rev: str | None = None) -> None:
-    """Export n preference rows (--aggregate all) beside the ceiling, each in a fresh process."""
+def _median_run(results: list[dict[str, float]]) -> dict[str, float]:
+    """The run of median wall time, its CPU replaced by the median CPU of all runs (on a shared machine one
+    run's wall or CPU can be doubled by a neighbour)."""
+    mid = dict(sorted(results, key=lambda r: r["seconds"])[len(results) // 2])
+    mid["cpu"] = statistics.median(r["cpu"] for r in results)
+    return mid
+
+
+def bench_export(url: str, n: int, out: Path, baseline_rev: str | None = None, repeat: int = 1) -> None:
+    """Export n preference rows (--aggregate all) beside the ceiling, each in a fresh process; with `repeat`,
+    the three runs interleaved that many times and each figure the median."""
     seed_labels(url, n)
     _in_child("ceiling", url, out.with_suffix(".dump"))  # warm-up: no run below pays for a cold page cache
-    runs = {"ceiling (database dump)": _in_child("ceiling", url, out.with_suffix(".dump"))}
-    runs["export preferences"] = _in_child("export", url, out)
-    if baseline_rev:
-        runs[f"export at {baseline_rev}"] = _in_child("export", url, out.with_suffix(".base.jsonl"), baseline_rev)
-        same = out.read_bytes() == out.with_suffix(".base.jsonl").read_bytes()
+    results: dict[str, list[dict[str, float]]] = {}
+    for _ in range(repeat):
+        results.setdefault("ceiling (database dump)", []).append(_in_child("ceiling", url, out.with_suffix(".dump")))
+        results.setdefault("export preferences", []).append(_in_child("export", url, out))
+        if baseline_rev:
+            results.setdefault(f"export at {baseline_rev}", []).append(
+                _in_child("export", url, out.with_suffix(".base.jsonl"), baseline_rev))
+            same = out.read_bytes() == out.with_suffix(".base.jsonl").read_bytes()
+    runs = {label: _median_run(rs) for label, rs in results.items()}
     ceiling = runs["ceiling (database dump)"]
     for label, r in runs.items():
         rate = r["rows"] / r["seconds"]
@@ -335,6 +349,8 @@ def main() -> None:
                     help="preference rows to export, one database each (default: --tasks)")
     ap.add_argument("--export-only", action="store_true", help="skip the next_task figures")
     ap.add_argument("--baseline-rev", help="also time db/services/export.py at this git revision (same rows)")
+    ap.add_argument("--export-repeat", type=int, default=1,
+                    help="run the ceiling, the export and the baseline this many times, interleaved; print medians")
     ap.add_argument("--baseline-max-rows", type=int, default=100_000,
                     help="time the baseline only up to this many rows (default 100000)")
     ap.add_argument("--import-only", action="store_true", help="only the import figures")
@@ -374,7 +390,7 @@ def main() -> None:
             for n in args.export_sizes or [args.tasks]:
                 seed(url, n)
                 bench_export(url, n, tmp / "prefs.jsonl",
-                             args.baseline_rev if n <= args.baseline_max_rows else None)
+                             args.baseline_rev if n <= args.baseline_max_rows else None, args.export_repeat)
             dispose_engines()
             continue
         pid = seed(url, args.tasks, rank_share=0.1 if args.compare_kind_index else 0.0)
@@ -397,7 +413,8 @@ def main() -> None:
         for n in args.export_sizes or [args.tasks]:
             if n != args.tasks:
                 seed(url, n)
-            bench_export(url, n, tmp / "prefs.jsonl", args.baseline_rev if n <= args.baseline_max_rows else None)
+            bench_export(url, n, tmp / "prefs.jsonl", args.baseline_rev if n <= args.baseline_max_rows else None,
+                         args.export_repeat)
         dispose_engines()
 
 
