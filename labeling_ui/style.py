@@ -20,6 +20,15 @@ _LAYOUT_CSS = """
 /* Labeling panes are as tall as their text, up to what leaves the action bar in view, and scroll inside. */
 .st-key-prompt_box { max-height: 22vh; overflow-y: auto; }
 [class*="st-key-resp_"] { max-height: max(150px, calc(100vh - 520px)); overflow-y: auto; }
+/* A pane whose text runs past its bottom says so (the page script sets data-more): headless and overlay
+   scrollbars are invisible, and an annotator who does not know there is more judges half a response. */
+.st-key-prompt_box[data-more]::after, [class*="st-key-resp_"][data-more]::after {
+  content: "\25BC  more below: scroll this box"; position: sticky; bottom: 0; display: block; flex: none;
+  margin-top: -.25rem; padding: .6rem 0 .1rem; text-align: center; font-size: .8rem; color: #555;
+  background: linear-gradient(rgba(255, 255, 255, 0), #fff 55%); pointer-events: none; }
+@media (prefers-color-scheme: dark) {
+  .st-key-prompt_box[data-more]::after, [class*="st-key-resp_"][data-more]::after {
+    color: #bbb; background: linear-gradient(rgba(14, 17, 23, 0), #0e1117 55%); } }
 /* Rank: four ordinals (1st..4th) fit a quarter of a 1280 px window. */
 [class*="st-key-rank_"]:not([class*="st-key-rank_flags"]) [data-testid="stButtonGroup"] button { padding-left: .3rem; padding-right: .3rem;
                                                               min-width: 0; }
@@ -62,6 +71,15 @@ if (!window.__instructloopPage) {
     e.clipboardData.setData('text/html', box.innerHTML.replace(J, ''));
     e.preventDefault();
   });
+  // panes that scroll inside say "more below" until their end is in view (style.py's [data-more]); checked on
+  // every scroll and twice a second, as Streamlit redraws panes without an event a page script could hear
+  const PANES = '.st-key-prompt_box, [class*="st-key-resp_"]';
+  const mark = () => document.querySelectorAll(PANES).forEach((el) => {
+    const more = el.scrollHeight - el.clientHeight - el.scrollTop > 4;
+    if (more !== el.hasAttribute('data-more')) el.toggleAttribute('data-more', more);
+  });
+  document.addEventListener('scroll', mark, true);
+  setInterval(mark, 500);
   // the switch focuses its hidden input itself, after the click (no change event): blur once the click is done
   const RAW = '[class*="st-key-raw_"]';
   document.addEventListener('click', (e) => {

@@ -494,7 +494,14 @@ def test_skip_asks_why_and_is_undone_from_history(app_server, browser):
         _in_view(page, page.get_by_role("button", name=re.compile("^" + re.escape(name))).first)
     pane = page.locator(".st-key-resp_A")
     assert pane.evaluate("el => el.scrollHeight > el.clientHeight + 100")
+    # ... and says so (a hidden scrollbar let a trial annotator judge half of a response), until its end is in view
+    page.locator(".st-key-resp_A[data-more]").wait_for()
+    assert "more below" in pane.evaluate("el => getComputedStyle(el, '::after').content")
+    assert page.locator(".st-key-prompt_box[data-more]").count() == 0  # the short prompt fits its box
     _shot(page, "compare_long_response")
+    pane.evaluate("el => { el.scrollTop = el.scrollHeight; }")
+    page.locator(".st-key-resp_A[data-more]").wait_for(state="detached")
+    pane.evaluate("el => { el.scrollTop = 0; }")
     page.evaluate("() => document.activeElement && document.activeElement.blur()")
     page.keyboard.press("s")  # step one: asks why, skips nothing
     page.get_by_text("Skip this task?").wait_for()
