@@ -253,8 +253,17 @@ def check_preference_rows(rows: list[dict[str, Any]], where: str) -> list[dict[s
 
 # ------------------------------------------------------------------------------- split and Dataset
 
+def conversation_start(prompt: Any) -> Any:
+    """What the held-out split hashes for a row without a ``split_key``: a plain prompt itself, and for a
+    conversation its opening turn, so every branch of one conversation (an OpenAssistant tree imported into a
+    project keeps no tree id) lands on one side. A one-turn chat hashes as the same text prompt."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+        return prompt[0].get("content")
+    return prompt
+
+
 def _split_key(row: dict[str, Any]) -> float:
-    return _prompt_key(row["split_key"] if row.get("split_key") is not None else row["prompt"])
+    return _prompt_key(row["split_key"] if row.get("split_key") is not None else conversation_start(row["prompt"]))
 
 
 def _prompt_key(prompt: Any) -> float:
@@ -262,13 +271,14 @@ def _prompt_key(prompt: Any) -> float:
     return int(h[:12], 16) / 16 ** 12
 
 
-def split_by_prompt(rows: list[dict[str, Any]], eval_fraction: float
+def split_by_prompt(rows: list[dict[str, Any]], eval_fraction: float, keys: list[float] | None = None
                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Deterministic split on a hash of the prompt (or of ``split_key`` when a row has one: an OpenAssistant
-    tree): all pairs of one prompt land on the same side."""
+    """Deterministic split on a hash of the prompt's opening turn (``conversation_start``; or of ``split_key``
+    when a row has one: an OpenAssistant tree): all pairs of one conversation land on the same side. ``keys``:
+    the rows' keys computed beforehand (from the rows before formatting)."""
     if eval_fraction <= 0:
         return rows, []
-    keys = [_split_key(r) for r in rows]
+    keys = keys if keys is not None else [_split_key(r) for r in rows]
     train = [r for r, k in zip(rows, keys) if k >= eval_fraction]
     held = [r for r, k in zip(rows, keys) if k < eval_fraction]
     distinct = sorted(set(keys))
@@ -297,8 +307,8 @@ def formatted_datasets(rows: list[dict[str, Any]], fmt: Callable[[dict[str, Any]
     formatted = [fmt(r, chat) for r in rows]
     if eval_rows is not None:
         train, held = formatted, [fmt(r, chat) for r in eval_rows]
-    else:
-        train, held = split_by_prompt(formatted, eval_fraction)
+    else:  # keyed on the raw rows: a plain rendering has lost the conversation's turns
+        train, held = split_by_prompt(formatted, eval_fraction, keys=[_split_key(r) for r in rows])
     if max_rows:
         train = train[:max_rows]
     return Dataset.from_list(train), (Dataset.from_list(held) if held else None)

@@ -182,6 +182,7 @@ class PointwiseRewardJob(runs.HFTrainerJob):
             add_pad_token(tok, model)
         model.config.pad_token_id = tok.pad_token_id
         cfg.finalize_for_model(model)
+        cfg.finalize_learning_rate(model)  # the size-dependent default, as the pairwise reward model's
         cfg.max_length = resolve_max_length(cfg.max_length, model)
         cols, self.truncated, self.too_long = tokenize_rows(tok, self.train_ds.to_list(), cfg.max_length)
         if self.truncated:

@@ -366,10 +366,11 @@ def test_pointwise_reward_from_ratings_learns_the_rule_and_scores_like_a_reward_
              {"prompt": long_prompt + " again", "completion": "sit", "label": False}]
     f = H.write_jsonl(tmp_path / "ratings.jsonl", rows)
     out = train_reward.main(["--from_ratings", "--model", str(tiny), "--dataset", str(f), "--no_register",
-                             "--eval_fraction", "0.3", "--max_steps", "40", "--learning_rate", "1e-3",
+                             "--eval_fraction", "0.3", "--max_steps", "40",
                              "--per_device_train_batch_size", "16", "--logging_steps", "20", "--save_strategy",
                              "no", "--disable_tqdm", "true", "--seed", "0", "--report_to", "none"])
     m = out["metrics"]
+    assert out["trainer"].args.learning_rate == 1e-3  # the size-dependent default (--help), as the pairwise RM's
     assert m["objective"] == "pointwise_bce" and m["eval_rows"] >= 60
     assert m["train_rows"] + m["eval_rows"] == 302 and m["max_length"] == 256
     # the long prompts were cut from the left (their responses kept), not dropped

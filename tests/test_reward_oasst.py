@@ -48,3 +48,34 @@ def test_reward_model_with_default_settings_beats_chance_on_held_out_oasst_trees
     acc, lo, hi = m["eval_accuracy"], m["eval_accuracy_low"], m["eval_accuracy_high"]
     print(f"held-out accuracy {acc:.3f} [{lo:.3f}, {hi:.3f}] on {m['eval_pairs_scored']} pairs")
     assert lo < acc < hi and lo > 0.5, m
+
+
+def test_an_oasst_project_is_held_out_by_conversation(sqlite_url, shared_data):
+    """`train_reward --project` on imported trees: a project keeps no tree id, so the split hashes each prompt's
+    opening turn; no conversation may have branches on both sides (a new user's run had 16 of 21 held-out trees
+    in training too, so its held-out accuracy was optimistic)."""
+    from db.services import importers, projects
+    from db.session import session_scope
+    from rlhf import data
+    from rlhf.formatting import format_preference_row
+
+    with session_scope(sqlite_url) as s:
+        projects.create_project(s, "oa")
+        importers.import_oasst(s, shared_data / "oasst_en_100_tree.jsonl", "oa")
+    rows = data.preference_rows_from_db(sqlite_url, "oa").rows
+
+    def opening(prompt):
+        return prompt if isinstance(prompt, str) else prompt[0]["content"]
+
+    for split in (data.split_by_prompt(rows, 0.2),  # raw rows (PPO, evaluate reward)
+                  data.build_datasets(rows, data.PREF_KIND, False, 0.2)):  # rendered rows (reward training)
+        train, held = (list(x) for x in split)
+        assert held and train
+        if not isinstance(split[0], list):  # datasets hold rendered prompts: mapped back by their text
+            by_render = {format_preference_row(r, False)["prompt"]: opening(r["prompt"]) for r in rows}
+            train_open = {by_render[r["prompt"]] for r in train}
+            held_open = {by_render[r["prompt"]] for r in held}
+        else:
+            train_open = {opening(r["prompt"]) for r in train}
+            held_open = {opening(r["prompt"]) for r in held}
+        assert len(held_open) >= 10 and not train_open & held_open, sorted(train_open & held_open)[:3]
