@@ -352,3 +352,16 @@ def test_prompt_import_skips_invalid_lines(session, tmp_path):
     csv.write_text('prompt,topic\nfine,a\n"",b\nalso fine,c\n')
     r = importers.import_prompts(session, csv, "p", skip_invalid=True)
     assert r.added == 2 and [(x.line, x.field) for x in r.refused] == [(3, "prompt")]
+
+
+def test_summary_puts_what_was_added_beside_added_and_counts_refused_lines_in_words():
+    from db.services.importers import ImportResult, RefusedLine
+
+    r = ImportResult(file="hh.jsonl", kind="preferences", rows=5, added=5, skipped=0,
+                     details={"pairs diverging before the last reply (prompt: their shared start)": 1},
+                     refused=[RefusedLine(line=4, field=None, reason="malformed JSON")])
+    # the diverging pair was imported, the broken line refused: the details must not read as the refused lines'
+    assert r.summary() == ("hh.jsonl: 5 rows read, 5 added (pairs diverging before the last reply (prompt: their "
+                           "shared start): 1), 0 already present, 1 line refused")
+    r.refused.append(RefusedLine(line=6, field="chosen", reason="missing field"))
+    assert r.summary().endswith(", 2 lines refused")

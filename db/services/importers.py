@@ -154,10 +154,13 @@ class ImportResult:
     refused: list[RefusedLine] = field(default_factory=list)  # only with skip_invalid
 
     def summary(self) -> str:
+        # the details say what was added (task kinds, rows read in a special way): they follow "added", and the
+        # refused lines (a different thing: see the report) come last
         extra = ", ".join(f"{k}: {v}" for k, v in self.details.items())
-        refused = f", {len(self.refused)} lines refused" if self.refused else ""
-        return (f"{self.file}: {self.rows} rows read, {self.added} added, {self.skipped} already present"
-                + refused + (f" ({extra})" if extra else ""))
+        n = len(self.refused)
+        refused = f", {n} line{'' if n == 1 else 's'} refused" if n else ""
+        return (f"{self.file}: {self.rows} rows read, {self.added} added" + (f" ({extra})" if extra else "")
+                + f", {self.skipped} already present" + refused)
 
 
 # ---------------------------------------------------------------------------------- reading
