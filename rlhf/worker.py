@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -190,6 +191,26 @@ class Running:
     started: float = field(default_factory=time.monotonic)
     last_beat: float = field(default_factory=time.monotonic)
     cancelling_since: float | None = None
+
+
+# The line train_sft / train_reward log about their data ("SFT sft-1: 3 train / 1 eval rows (...)").
+_DATA_LINE = re.compile(r"\b(SFT|reward) \S+: (\d+) train / (\d+) eval (rows|pairs)")
+
+
+def small_data_warning(log_path: str | Path | None, *, limit: int = jobs.SMALL_DATA_ROWS) -> str:
+    """A warning (or "") when a training job's log says it trained on fewer than `limit` rows: not a refusal
+    (a demo or a smoke test may mean it), but the result is no model to rely on."""
+    try:
+        with Path(log_path or "").open("rb") as fh:
+            head = fh.read(1 << 20).decode("utf-8", errors="replace")  # the data line comes early
+    except OSError:
+        return ""
+    m = _DATA_LINE.search(head)
+    if m is None or int(m.group(2)) >= limit:
+        return ""
+    what = "demonstrations" if m.group(4) == "rows" else "preference pairs"
+    return (f"trained on only {m.group(2)} {what} ({m.group(2)} train / {m.group(3)} eval {m.group(4)}): too few "
+            f"to learn much beyond those examples; collect at least {limit} before relying on this model")
 
 
 class Worker:
@@ -364,12 +385,18 @@ class Worker:
         self.running.pop(r.job_id, None)
         with contextlib.suppress(OSError):
             r.log_fh.write(f"\n[worker] exit status {rc}\n".encode())
-            r.log_fh.close()
+            r.log_fh.flush()
         try:
             version_id, result, error = self._outcome(r, rc)
+            if rc == 0 and (warning := small_data_warning(r.launch.log_path)):
+                result["warning"] = warning
+                with contextlib.suppress(OSError):
+                    r.log_fh.write(f"[worker] warning: {warning}\n".encode())
         except Exception as e:  # record why rather than lose the job
             log.exception("job %d: could not read its outcome", r.job_id)
             version_id, result, error = None, {}, f"the worker could not record its outcome: {e}"
+        with contextlib.suppress(OSError):
+            r.log_fh.close()
         with session_scope(self.url) as s:
             job = jobs.finish(s, r.job_id, exit_status=rc, model_version_id=version_id, result=result, error=error)
         log.info("job %d: %s (exit status %d)", r.job_id, job.state, rc)

@@ -276,6 +276,8 @@ def test_cancel(db_url, tmp_path, tiny):
         t.join(60)
     j = job(db_url, jid)
     assert j.state == "cancelled" and j.exit_status == -signal.SIGTERM
+    # the SIGTERM was the cancel, not a crash: no error, and who asked (here the command line)
+    assert j.error == "" and j.result["cancelled_by"] == "the command line"
     assert not W.process_alive(pid, j.pid_start)
     assert "exit status" in Path(j.log_path).read_text()
 
@@ -509,3 +511,110 @@ def test_db_jobs_cli(sqlite_url, tmp_path, capsys):
     assert "what: reward or policy" in capsys.readouterr().err
     assert cli.main(["--url", sqlite_url, "jobs", "submit", "generate", "--arg", "novalue"]) == 2
     assert "FLAG=VALUE" in capsys.readouterr().err
+
+
+def test_jobs_page_forms_start_from_the_newest_sft_and_say_how_much_data_there_is(seeded):
+    """Reward / PPO forms start from the newest SFT version (and PPO from the newest reward model), as the README's
+    loop does; the SFT and reward forms say how many rows the job would train on, warning when very few."""
+    url = seeded["url"]
+    with session_scope(url) as s:
+        registry.register_model_version(s, "sft-v2", "sft", "runs/sft-v2", parent="sft-v1")
+        registry.register_model_version(s, "rm-a", "reward", "runs/rm-a", parent="sft-v1")
+        registry.register_model_version(s, "rm-b", "reward", "runs/rm-b", parent="sft-v2")
+        registry.register_model_version(s, "base-v2", "base", "runs/base-v2")  # newer, but no SFT model
+        from db.services import labels
+        for tid in seeded["compare_task_ids"]:  # the seed's 2 compare tasks: 2 decisive pairs
+            labels.submit_preference(s, seeded["alice_id"], tid, "a")
+    at = page_as(seeded, "admin", "admin")
+    at.selectbox(key="job_kind").set_value("train_sft").run()
+    assert at.selectbox(key="job_model_train_sft").value == "base-v1"  # SFT starts from a base model
+    assert "has no accepted demonstrations yet" in shown(at)
+    at.selectbox(key="job_kind").set_value("train_reward").run()
+    assert at.selectbox(key="job_model_train_reward").value == "sft-v2"
+    assert "has only **2** decisive preference pairs" in shown(at) and "The job still runs" in shown(at)
+    at.selectbox(key="job_kind").set_value("train_ppo").run()
+    assert (at.selectbox(key="job_model_ppo").value, at.selectbox(key="job_rm_ppo").value) == ("sft-v2", "rm-b")
+    at.selectbox(key="job_kind").set_value("train_grpo").run()
+    assert (at.selectbox(key="job_model_grpo").value, at.selectbox(key="job_rm_grpo").value) == ("sft-v2", "rm-b")
+    next(b for b in at.button if b.label == "Queue job").click().run()
+    assert not at.exception
+    with session_scope(url) as s:
+        assert jobs.list_jobs(s)[0].args["model"] == "sft-v2"
+
+
+def test_a_training_job_on_tiny_data_says_so_in_its_result_and_log(sqlite_url, tmp_path):
+    tiny_job = script_job(sqlite_url, "print('SFT sft-x: 3 train / 1 eval rows (project p), chat template: False')")
+    fine_job = script_job(sqlite_url, "print('reward rm-x: 400 train / 40 eval pairs in 0 / 0 rankings')")
+    ScriptWorker(sqlite_url, root=tmp_path / "runs", poll_seconds=0.05).run(until_idle=True)
+    tiny, fine = job(sqlite_url, tiny_job), job(sqlite_url, fine_job)
+    assert tiny.state == "succeeded"  # a warning, not a refusal
+    assert tiny.result["warning"].startswith("trained on only 3 demonstrations (3 train / 1 eval rows)")
+    assert "[worker] warning: trained on only 3 demonstrations" in Path(tiny.log_path).read_text()
+    assert fine.state == "succeeded" and "warning" not in fine.result
+    assert W.small_data_warning(None) == ""
+    assert "only 9 preference pairs" in W.small_data_warning(
+        _write(tmp_path / "l.txt", "reward r: 9 train / 1 eval pairs in 0 / 0 rankings\n"))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_a_cancelled_job_says_who_cancelled_it_and_when_not_a_signal(seeded, tmp_path):
+    url = seeded["url"]
+    with session_scope(url) as s:
+        queued = jobs.enqueue(s, "generate", {"project": "demo", "models": ["sft-v1"]}).id
+        running = jobs.enqueue(s, "train_sft", {"project": "demo", "model": "base-v1"}, name="sft-c").id
+        jobs.cancel(s, queued, actor_id=seeded["admin_id"])
+        jobs.claim_next(s, "h:1:1/1", "vm")
+        jobs.mark_started(s, running, pid=4242, pid_start=None, command=["python"], log_path=str(tmp_path / "l"),
+                          run_dir=None)
+    at = page_as(seeded, "admin", "admin")
+    at.selectbox(key="job_pick").set_value(running).run()
+    assert "host vm, process 4242" in shown(at)
+    at.button(key=f"job_cancel_{running}").click().run()
+    assert not at.exception
+    assert "(cancelling…)" in shown(at)
+    assert not [b for b in at.button if b.key == f"job_cancel_{running}"]  # drawn once, then gone
+    with session_scope(url) as s:  # the worker's SIGTERM ends it
+        j = jobs.finish(s, running, exit_status=-15, error="the job's process ended with killed by signal 15")
+        assert (j.state, j.error, j.result["cancelled_by"]) == ("cancelled", "", "admin")
+        assert jobs.get_job(s, queued).result["cancelled_by"] == "admin"
+    at.run()
+    text = shown(at)
+    assert "Cancelled by admin at " in text
+    assert "signal" not in text and "exit status -15" not in text
+    with session_scope(url) as s:  # from the command line (no acting user)
+        cli = jobs.enqueue(s, "generate", {"project": "demo", "models": ["sft-v1"]}).id
+        jobs.cancel(s, cli)
+        who, when = jobs.cancel_note(jobs.get_job(s, cli))
+        assert who == "the command line" and when is not None
+
+
+def test_jobs_page_shows_results_and_progress_in_words(seeded, tmp_path):
+    url = seeded["url"]
+    log = tmp_path / "log.txt"
+    log.write_text("loading\n 31%|###       | 940/3000 [01:02<02:10, 15.1it/s]\n")
+    with session_scope(url) as s:
+        gen = jobs.enqueue(s, "generate", {"project": "demo", "models": ["ppo-job3", "sft-job1"]}).id
+        ev = jobs.enqueue(s, "evaluate", {"what": "responses", "project": "demo", "reward": "rm-x"}).id
+        run = jobs.enqueue(s, "train_reward", {"project": "demo", "model": "sft-v1"}, name="rm-run").id
+        for jid, result in ((gen, {"project": "demo", "prompts": 30, "models": ["ppo-job3", "sft-job1"],
+                                   "responses": {"generated": 120, "reused": 0},
+                                   "tasks": {"compare": {"created": 60, "existing": 0}}}),
+                            (ev, {"reward": "rm-x", "project": "demo", "recorded": True,
+                                  "versions": {"sft-v1": {"score": -2.5, "responses": 60, "accuracy": 0.25}}})):
+            jobs.claim_next(s, "h:1:1/1", "vm")
+            jobs.finish(s, jid, exit_status=0, result=result)
+        jobs.claim_next(s, "h:1:1/1", "vm")
+        jobs.mark_started(s, run, pid=1, pid_start=None, command=["python"], log_path=str(log), run_dir=None)
+    at = page_as(seeded, "admin", "admin")
+    kinds = list(at.dataframe[0].value["kind"])
+    assert kinds == ["reward model training", "evaluate", "generate"]
+    assert at.get("progress")[0].proto.text == "940 / 3000 steps"
+    at.selectbox(key="job_pick").set_value(gen).run()
+    assert "60 compare tasks created from ppo-job3 and sft-job1 in project demo" in shown(at)
+    at.selectbox(key="job_pick").set_value(ev).run()
+    assert "rm-x judged the responses of 1 version in project demo: mean score sft-v1 -2.5 (60 responses, 25% correct)" \
+        in shown(at)

@@ -300,3 +300,33 @@ def test_evaluate_responses_scores_every_version_and_records_it(sqlite_url, tmp_
         with pytest.raises(SystemExit) as e:
             evaluate.main(["responses", *argv, "--database_url", sqlite_url])
         assert e.value.code == 2 and why in capsys.readouterr().err, argv
+
+
+def _display(df) -> pd.DataFrame:
+    """A data grid's cells as the page shows them (the Styler's display values), by row and column."""
+    import pyarrow as pa
+
+    shown = pa.ipc.open_stream(df.proto.arrow_data.styler.display_values).read_pandas()
+    shown.columns = list(df.value.columns)
+    return shown
+
+
+def test_leaderboard_page_shows_a_dash_for_missing_numbers_and_names_only_its_columns(sqlite_url, monkeypatch):
+    at = _page(sqlite_url, monkeypatch, "admin")
+    _seed(sqlite_url)
+    at.switch_page("views/leaderboard.py").run()
+    assert not at.exception
+    intro = at.caption[0].value
+    assert "eval/score" not in intro and "RM score" not in intro  # the intro names no column the table may lack
+    shown = _display(at.dataframe[0]).set_index("version")
+    assert (shown.loc["base-v1", "parent"], shown.loc["base-v1", "votes_vs_parent"]) == ("—", "—")
+    assert (shown.loc["base-v1", "rm_judged"], shown.loc["base-v1", "rm_judge"]) == ("—", "—")
+    assert shown.loc["ppo-v1", "rm_score"] == "1.250" and shown.loc["ppo-v1", "rm_win_rate"] == "80%"
+    assert "None" not in shown.to_string()
+    assert any("PPO's `eval/score`" in c.value for c in at.caption[1:])  # said under the table, as it has them
+    with session_scope(sqlite_url) as s:  # no version with a policy evaluation: neither the columns nor the words
+        registry.update_metrics(s, "ppo-v1", {"eval/score": None, "eval/reference_score": None, "eval/win_rate": None})
+    at.run()
+    assert not at.exception
+    assert "rm_score" not in at.dataframe[0].value.columns
+    assert not any("eval/score" in c.value for c in at.caption)

@@ -810,3 +810,24 @@ def test_project_choice_survives_a_visit_to_an_admin_page(seeded):
     at.switch_page("views/compare.py").run()
     no_exception(at)
     assert "Compare · second" in texts(at)
+
+
+def test_model_versions_page_reads_as_words(seeded):
+    """A dash, not "None", for a missing parent / label count; RM-judged scores as a sentence, not a raw dict."""
+    from db.services import leaderboard, registry
+
+    with session_scope(seeded["url"]) as s:
+        leaderboard.record_rm_scores(s, "demo", "rm-x", {"sft-v1": {"score": -2.734, "responses": 60}})
+        registry.update_metrics(s, "sft-v1", {"eval_loss": 0.5})
+    at = app_as("admin", seeded, role="admin")
+    at.switch_page("views/models.py").run()
+    no_exception(at)
+    (df,) = at.dataframe
+    import pyarrow as pa
+
+    shown = pa.ipc.open_stream(df.proto.arrow_data.styler.display_values).read_pandas()
+    shown.columns = list(df.value.columns)
+    shown = shown.set_index("name")
+    assert (shown.loc["base-v1", "parent"], shown.loc["base-v1", "trained on labels"]) == ("—", "—")
+    assert shown.loc["sft-v1", "metrics"] == "RM-judged in demo: -2.73 by rm-x (60 responses); eval_loss=0.5"
+    assert "None" not in shown.to_string() and "{" not in shown.to_string()

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import JOB_KINDS, JOB_STATES, TRAINING_JOB_KINDS, Job, ModelVersion, utcnow
+from db.models import JOB_KINDS, JOB_STATES, TRAINING_JOB_KINDS, Job, ModelVersion, User, utcnow
 from db.services.errors import InputError, NotFound, ServiceError
 from db.session import write_transaction
 
@@ -35,6 +35,10 @@ RESERVED_ARGS = ("database_url", "output_dir", "out", "config", "name", "help")
 _FLAG = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 METRICS_FILE = "metrics.jsonl"
 LOG_TAIL_LINES = 20
+CANCEL_KEYS = ("cancelled_by", "cancelled_at")  # in Job.result: set by cancel(), kept by finish()
+# Below this many training rows (demonstrations, decisive pairs) a fine-tune mostly memorises them: the Jobs page
+# and the worker warn (a smoke test may mean it, so it is no refusal).
+SMALL_DATA_ROWS = 50
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -207,8 +211,10 @@ def finish(session: Session, job_id: int, *, exit_status: int | None, model_vers
         else:
             job.state = "succeeded" if exit_status == 0 and not error else "failed"
         job.exit_status, job.model_version_id = exit_status, model_version_id
-        job.result = json.loads(json.dumps(dict(result or {}), default=str))
-        job.error, job.ended_at = error, utcnow()
+        kept = {k: v for k, v in (job.result or {}).items() if k in CANCEL_KEYS}  # who cancelled it, and when
+        job.result = {**json.loads(json.dumps(dict(result or {}), default=str)), **kept}
+        # A cancelled job's process ends by the worker's SIGTERM: that is the cancel, not a crash to report.
+        job.error, job.ended_at = ("" if job.state == "cancelled" else error), utcnow()
         if job.state == "succeeded":
             job.progress = 1.0
         session.flush()
@@ -225,6 +231,9 @@ def cancel(session: Session, job_id: int, *, actor_id: int | None = None) -> Job
         job = _locked(session, job_id)
         if job.state in FINAL_STATES:
             raise ServiceError(f"job {job_id} is already {job.state}: nothing to cancel")
+        who = session.get(User, actor_id) if actor_id is not None else None
+        job.result = {**(job.result or {}), "cancelled_by": who.username if who else "the command line",
+                      "cancelled_at": utcnow().isoformat()}
         if job.state == "queued":
             job.state, job.ended_at = "cancelled", utcnow()
         else:
@@ -266,8 +275,10 @@ def fail_dead(session: Session, is_dead: Callable[[Job], str | None], *, stale_a
                 job.state, job.model_version_id = "succeeded", mv.id
                 job.error = f"{reason}; it had registered {mv.name!r} before that, so it counts as done"
                 job.progress = 1.0
+            elif job.cancel_requested:  # it was being stopped anyway
+                job.state, job.error = "cancelled", ""
             else:
-                job.state = "cancelled" if job.cancel_requested else "failed"
+                job.state = "failed"
                 job.error = reason + (f"\n--- last log lines ---\n{tail}" if tail else "")
             job.ended_at = now
             ended.append(job.id)
@@ -372,6 +383,20 @@ def job_view(session: Session, job: Job, *, log_lines: int = 40) -> dict[str, An
                           if mv is not None else None),
         "log_tail": tail, "metrics": read_metrics(job.run_dir),
     }
+
+
+def cancel_note(job: Job | Mapping[str, Any]) -> tuple[str, dt.datetime | None] | None:
+    """(who, when) of a cancelled job, from what cancel() recorded; None when it was not cancelled."""
+    state = job["state"] if isinstance(job, Mapping) else job.state
+    result = (job["result"] if isinstance(job, Mapping) else job.result) or {}
+    if state != "cancelled":
+        return None
+    at = result.get("cancelled_at")
+    try:
+        when = dt.datetime.fromisoformat(at) if isinstance(at, str) else None
+    except ValueError:
+        when = None
+    return str(result.get("cancelled_by") or "someone"), when
 
 
 def job_detail(session: Session, job_id: int, *, log_lines: int = 40) -> dict[str, Any]:

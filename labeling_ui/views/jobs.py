@@ -7,6 +7,7 @@ refreshed every few seconds while it runs.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import altair as alt
@@ -14,8 +15,9 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from db.services import jobs, projects, registry
+from db.services import export, jobs, projects, registry
 from db.services.errors import ServiceError
+from db.settings import database_url
 from labeling_ui import auth
 from labeling_ui.common import db, local_time, safe_markdown, show_error
 
@@ -25,6 +27,10 @@ KIND_TITLES = {"train_sft": "SFT (demonstrations)", "train_reward": "Reward mode
                "train_grpo": "GRPO (TRL, policy against a reward model)",
                "train_kto": "KTO (TRL, policy from good/bad ratings)", "generate": "Generate responses and tasks",
                "evaluate": "Evaluate", "pretrain": "Pretrain a base model"}
+# The jobs table and picker say what a job does, not its internal kind.
+KIND_WORDS = {"train_sft": "SFT training", "train_reward": "reward model training", "train_ppo": "PPO training",
+              "train_rloo": "RLOO training", "train_grpo": "GRPO training", "train_kto": "KTO training",
+              "generate": "generate", "evaluate": "evaluate", "pretrain": "pretraining"}
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "succeeded": ":material/check_circle:",
                "failed": ":material/error:", "cancelled": ":material/cancel:"}
 # Metric groups plotted per job kind (keys of metrics.jsonl; groups with no data are left out).
@@ -52,12 +58,15 @@ if flash:
 with db() as s:
     project_names = [p.name for p in projects.list_projects(s)]
     versions = [(mv.name, mv.kind) for mv in registry.list_versions(s)]
-    recent = [{"id": j.id, "kind": j.kind, "name": j.name or "", "state": j.state,
+    recent = [{"id": j.id, "kind": KIND_WORDS.get(j.kind, j.kind), "name": j.name or "", "state": j.state,
                "progress": j.progress, "created": j.created_at, "started": j.started_at, "ended": j.ended_at,
                "version": j.model_version.name if j.model_version else ""} for j in jobs.list_jobs(s, limit=50)]
 
 lms = [n for n, k in versions if k != "reward"]
 reward_models = [n for n, k in versions if k == "reward"]
+# The README's loop starts reward, KTO and RL training from the SFT model: the newest SFT version by default.
+newest_sft = next((n for n, k in reversed(versions) if k == "sft"), None)
+newest_rm = reward_models[-1] if reward_models else None
 
 
 # ------------------------------------------------------------------------------------------ new job
@@ -73,11 +82,44 @@ def job_args(fields: dict[str, Any], advanced: str) -> dict[str, Any]:
     return {**args, **{str(k).removeprefix("--"): v for k, v in extra.items()}}
 
 
-def pick(label: str, options: list[str], key: str, help_: str | None = None) -> str | None:
+def pick(label: str, options: list[str], key: str, help_: str | None = None, default: str | None = None
+         ) -> str | None:
     if not options:
         st.selectbox(label, ["(none registered yet)"], disabled=True, key=key + "_none", help=help_)
         return None
-    return st.selectbox(label, options, key=key, help=help_)
+    return st.selectbox(label, options, key=key, help=help_,
+                        index=options.index(default) if default in options else 0)
+
+
+@st.cache_data(ttl=20, show_spinner=False)
+def training_rows(url: str, project: str, what: str) -> int:
+    """How many rows a training job on `project` would read with its default filters (`what`: "sft" accepted
+    demonstrations, "reward" decisive preference pairs): the exporters the training modules read. Cached a
+    few seconds: the form reruns on every click."""
+    with db() as s:
+        rows = (export.iter_sft_rows(s, project=project, statuses=("accepted",)) if what == "sft"
+                else export.iter_preference_rows(s, project=project))
+        return sum(1 for _ in rows)
+
+
+def data_note(kind: str, project: str | None) -> None:
+    """Say how much data the job will train on before it is queued: a warning (not a refusal) when very little."""
+    if not project or kind not in ("train_sft", "train_reward"):
+        return
+    what = "sft" if kind == "train_sft" else "reward"
+    n = training_rows(database_url(), project, what)
+    words = "accepted demonstrations" if what == "sft" else "decisive preference pairs (ties and both-bad left out)"
+    if n == 0:
+        st.warning(f"Project {project} has no {words} yet: the job would fail. "
+                   + ("Accept demonstrations on the Review page first." if what == "sft"
+                      else "Let annotators compare responses first (or train from ratings)."),
+                   icon=":material/warning:")
+    elif n < jobs.SMALL_DATA_ROWS:
+        st.warning(f"Project {project} has only **{n}** {words}: enough for a smoke test, too few for a model to "
+                   f"learn much beyond them (aim for {jobs.SMALL_DATA_ROWS} or more). The job still runs.",
+                   icon=":material/warning:")
+    else:
+        st.caption(f"Project {project}: {n} {words}; a share of them is held out for evaluation.")
 
 
 def new_job_form(kind: str) -> None:
@@ -91,14 +133,16 @@ def new_job_form(kind: str) -> None:
                                  "responses": "every version's responses in a project, judged by a reward model "
                                               "(the Leaderboard's RM column)"}.get) \
         if kind == "evaluate" else None
+    f: dict[str, Any] = {}
+    if needs_project or what in ("policy", "responses"):
+        # outside the form: a form's widgets do not rerun the page, and the data note below follows the project
+        f["project"] = st.selectbox("Project", project_names, key=f"job_project_{kind}")
+    data_note(kind, f.get("project"))
     with st.form(f"new_job_{kind}"):
-        f: dict[str, Any] = {}
         name = None
         if kind in jobs.TRAINING_JOB_KINDS:
             name = st.text_input("Name of the new model version", key=f"job_name_{kind}",
                                  placeholder=f"default: {kind.removeprefix('train_')}-job<id>")
-        if needs_project or what in ("policy", "responses"):
-            f["project"] = st.selectbox("Project", project_names, key=f"job_project_{kind}")
         if kind == "generate":
             f["models"] = st.multiselect("Models", lms, default=lms[-1:], key="job_gen_models",
                                          help="each samples responses for every prompt of the project")
@@ -110,7 +154,7 @@ def new_job_form(kind: str) -> None:
         elif kind in ("train_sft", "train_reward", "train_kto"):
             f["model"] = pick("Start from", lms, f"job_model_{kind}",
                               "the model version to fine-tune (SFT: a base model; reward and KTO: usually the SFT "
-                              "model)")
+                              "model)", default=None if kind == "train_sft" else newest_sft)
             if kind == "train_reward" and st.checkbox(
                     "From good/bad ratings (pointwise)", key="job_rm_ratings",
                     help="train on the project's rate tasks with binary cross-entropy instead of on comparisons"):
@@ -120,13 +164,13 @@ def new_job_form(kind: str) -> None:
             f["num_train_epochs"] = c2.number_input("Epochs", 0.0, 1000.0, 3.0 if kind == "train_sft" else 1.0,
                                                     key=f"job_epochs_{kind}")
         elif kind == "train_ppo":
-            f["model"] = pick("Policy to start from (the SFT model)", lms, "job_model_ppo")
-            f["reward_model"] = pick("Reward model", reward_models, "job_rm_ppo")
+            f["model"] = pick("Policy to start from (the SFT model)", lms, "job_model_ppo", default=newest_sft)
+            f["reward_model"] = pick("Reward model", reward_models, "job_rm_ppo", default=newest_rm)
             f["max_steps"] = st.number_input("PPO updates (steps)", 1, 10 ** 7, 100, key="job_steps_ppo")
         elif kind in ("train_rloo", "train_grpo"):
             algo = kind.removeprefix("train_")
-            f["model"] = pick("Policy to start from (the SFT model)", lms, f"job_model_{algo}")
-            f["reward_model"] = pick("Reward model", reward_models, f"job_rm_{algo}")
+            f["model"] = pick("Policy to start from (the SFT model)", lms, f"job_model_{algo}", default=newest_sft)
+            f["reward_model"] = pick("Reward model", reward_models, f"job_rm_{algo}", default=newest_rm)
             c1, c2 = st.columns(2)
             f["max_steps"] = c1.number_input("Steps", 1, 10 ** 7, 100, key=f"job_steps_{algo}")
             f["num_generations"] = c2.number_input(
@@ -139,7 +183,7 @@ def new_job_form(kind: str) -> None:
         elif kind == "evaluate" and what == "responses":
             f["reward"] = pick("Reward model (the judge)", reward_models, "job_eval_resp_judge",
                                "scores the stored responses of every model version in the project; the Leaderboard "
-                               "shows each version's mean beside its human score")
+                               "shows each version's mean beside its human score", default=newest_rm)
         elif kind == "evaluate":
             f["model"] = pick("Policy", lms, "job_eval_policy")
             f["reference"] = pick("Reference (usually its SFT parent)", lms, "job_eval_ref")
@@ -191,7 +235,8 @@ if not recent:
 
 table = pd.DataFrame([{**r, **{c: local_time(r[c]) for c in ("created", "started", "ended")}} for r in recent])
 st.dataframe(table, hide_index=True, width="stretch",
-             column_config={"progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0)})
+             column_config={"progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
+                                                                        format="percent")})
 
 
 # ------------------------------------------------------------------------------------------ one job
@@ -216,6 +261,59 @@ def metric_charts(kind: str, rows: list[dict[str, Any]]) -> int:
     return drawn
 
 
+_STEPS = re.compile(r"(\d+)/(\d+) \[")
+
+
+def progress_words(text: str | None) -> str:
+    """A tqdm bar's text ("31%|###   | 940/3000 [01:02<02:10, ...]") as "940 / 3000 steps"; other text as is."""
+    found = list(_STEPS.finditer(text or ""))
+    if found:
+        return f"{found[-1].group(1)} / {found[-1].group(2)} steps"
+    return text or "running"
+
+
+def _n(x: Any) -> str:
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+
+def result_sentence(kind: str, args: dict[str, Any], r: dict[str, Any]) -> str | None:
+    """What a generate or evaluate job did, in a sentence (None: the page shows its result as data only)."""
+    if kind == "generate" and isinstance(r.get("tasks"), dict):
+        models = " and ".join(map(str, r.get("models") or args.get("models") or [])) or "no model"
+        made = [f"{v.get('created', 0)} {k} tasks created" + (f" ({v['existing']} already there)"
+                                                                if v.get("existing") else "")
+                for k, v in r["tasks"].items() if isinstance(v, dict)]
+        resp = r.get("responses") or {}
+        return (f"{'; '.join(made) or 'No tasks created'} from {models} in project {r.get('project', '?')}"
+                f" ({r.get('prompts', '?')} prompts; {resp.get('generated', 0)} responses generated, "
+                f"{resp.get('reused', 0)} reused).")
+    if kind == "evaluate" and isinstance(r.get("versions"), dict):  # responses
+        parts = [f"{v} {_n(e.get('score'))} ({e.get('responses', '?')} responses"
+                 + (f", {e['accuracy']:.0%} correct" if isinstance(e.get("accuracy"), float) else "") + ")"
+                 for v, e in r["versions"].items() if isinstance(e, dict)]
+        return (f"{r.get('reward', 'The reward model')} judged the responses of {len(parts)} version"
+                f"{'' if len(parts) == 1 else 's'} in project "
+                f"{r.get('project', '?')}: mean score " + "; ".join(parts) + "."
+                + ("" if r.get("recorded", True) else " Not recorded (--no_record)."))
+    if kind == "evaluate" and "win_rate" in r:  # policy against its reference
+        return (f"{r.get('model', 'The policy')} against {r.get('reference', 'its reference')} on "
+                f"{r.get('prompts', '?')} held-out prompts, judged by {r.get('reward', 'the reward model')}: "
+                f"score {_n(r.get('score'))} vs {_n(r.get('reference_score'))}, win rate {r['win_rate']:.0%}, "
+                f"KL {_n(r.get('kl'))}.")
+    if kind == "evaluate" and "accuracy" in r:  # a reward model on a preference file
+        return (f"{r.get('model_version') or r.get('model', 'The reward model')} ranks the chosen response first "
+                f"in {r['accuracy']:.0%} of {r.get('pairs', '?')} pairs of {r.get('dataset', 'the file')}.")
+    return None
+
+
+def cancel_job(job_id: int) -> None:
+    try:
+        with db() as s:
+            jobs.cancel(s, job_id, actor_id=user["id"])
+    except ServiceError as e:
+        st.session_state[f"_job_cancel_error_{job_id}"] = e
+
+
 def job_panel(job_id: int) -> None:
     try:
         with db() as s:
@@ -227,26 +325,30 @@ def job_panel(job_id: int) -> None:
         st.rerun()  # it moved on (started, ended): refresh the table too, and stop refreshing once it ended
     title = f"Job {d['id']} · {KIND_TITLES.get(d['kind'], d['kind'])}" + (f" · {d['name']}" if d["name"] else "")
     st.markdown(f"#### {title}")
+    cancelled = jobs.cancel_note(d)
     st.markdown(f"{STATE_ICONS.get(d['state'], '')} **{d['state']}**"
                 + (" (cancelling…)" if d["cancel_requested"] and d["state"] == "running" else "")
-                + (f" · exit status {d['exit_status']}" if d["exit_status"] is not None else "")
+                # a cancelled job's exit status is the worker's SIGTERM: the note below says what happened
+                + (f" · exit status {d['exit_status']}" if d["exit_status"] is not None and not cancelled else "")
                 + (f" · started {local_time(d['started_at'])}" if d["started_at"] else "")
                 + (f" · ended {local_time(d['ended_at'])}" if d["ended_at"] else "")
-                + (f" · {d['host']} pid {d['pid']}" if d["pid"] else ""))
+                + (f" · host {d['host']}, process {d['pid']}" if d["pid"] else ""))
+    if cancelled:
+        who, when = cancelled
+        st.info(f"Cancelled by {who}" + (f" at {local_time(when)}" if when else "") + ".",
+                icon=":material/cancel:")
     if d["state"] == "running":
-        st.progress(d["progress"] or 0.0, text=d["progress_text"] or "running")
+        st.progress(d["progress"] or 0.0, text=progress_words(d["progress_text"]))
     elif d["state"] == "queued":
         st.caption("Waiting for a worker (`python -m rlhf.worker`).")
     cancellable = d["state"] in ("queued", "running") and not d["cancel_requested"]
-    if cancellable and st.button("Cancel job", icon=":material/stop_circle:", key=f"job_cancel_{job_id}"):
-        try:
-            with db() as s:
-                jobs.cancel(s, job_id, actor_id=user["id"])
-        except ServiceError as e:
-            show_error(e)
-        else:
-            st.session_state["_flash_jobs"] = f"Job {job_id}: cancel requested"
-            st.rerun()
+    # A callback runs before the panel is drawn again, so the panel shows the cancel at once; cancelling in the
+    # script and then rerunning the page from inside this fragment drew the button and the panel twice.
+    if cancellable:
+        st.button("Cancel job", icon=":material/stop_circle:", key=f"job_cancel_{job_id}", on_click=cancel_job,
+                  args=(job_id,))
+    if (err := st.session_state.pop(f"_job_cancel_error_{job_id}", None)) is not None:
+        show_error(err)
     mv = d["model_version"]
     if d["state"] == "succeeded" and mv:
         st.success(f"Registered model version **{mv['name']}** ({mv['kind']}).", icon=":material/new_releases:")
@@ -277,10 +379,16 @@ def job_panel(job_id: int) -> None:
                     st.session_state["_job_pick_next"] = gid
                     st.rerun()
     elif d["state"] == "succeeded" and d["result"]:
-        st.json(d["result"], expanded=False)
+        sentence = result_sentence(d["kind"], d["args"], d["result"])
+        if sentence:
+            st.success(safe_markdown(sentence), icon=":material/check_circle:")
+        with st.expander("Full result", icon=":material/data_object:", expanded=not sentence):
+            st.json(d["result"])
         if d["kind"] == "evaluate" and d["args"].get("what") == "responses":
             st.page_link("views/leaderboard.py", label="Leaderboard: these scores beside the human ones",
                          icon=":material/leaderboard:")
+    if d["result"].get("warning"):
+        st.warning(safe_markdown(f"Warning: {d['result']['warning']}."), icon=":material/warning:")
     if d["error"]:
         # the error quotes the job's own output (model text, file names): shown as text, never as Markdown
         st.error(safe_markdown(d["error"].split("\n--- last log lines ---")[0]), icon=":material/error:")

@@ -17,8 +17,8 @@ st.caption("Human votes between responses of different model versions (compare l
            "ties and 'both bad' as half a win each), fitted with Bradley-Terry on the Elo scale (mean 1000), "
            "with 95% bootstrap intervals — as Chatbot Arena ranks models. Beside it, *RM-judged*: the mean score "
            "one reward model gives each version's responses in the project (Jobs → Evaluate → every version's "
-           "responses), so the two judges can be compared; the *RM score* columns are a policy's own held-out "
-           "evaluation against its reference (PPO's `eval/score`, `eval/win_rate`).")
+           "responses), so the two judges can be compared. A dash in the table: no such number for that version "
+           "(no RM has judged it, it has no parent, or no votes against its parent).")
 with db() as s:
     names = [p.name for p in projects.list_projects(s)]
 c1, c2, c3 = st.columns([2, 1, 1])
@@ -57,18 +57,32 @@ if len(judged):
                                             alt.Tooltip("rm_judged:Q", format=".3f")])
         .properties(height=220), width="stretch")
 
-def _pct(label: str) -> object:
-    return st.column_config.NumberColumn(label, format="percent")
-
-
-st.dataframe(t, hide_index=True, width="stretch", column_config={
-    "score": st.column_config.NumberColumn(format="%.0f"), "lower": st.column_config.NumberColumn(format="%.0f"),
-    "upper": st.column_config.NumberColumn(format="%.0f"), "wins": st.column_config.NumberColumn(format="%.1f"),
-    "rm_judged": st.column_config.NumberColumn("RM-judged", format="%.3f"), "rm_judge": "judged by",
-    "win_rate": _pct("win rate"), "win_rate_vs_parent": _pct("win rate vs parent"), "rm_win_rate": _pct("RM win rate"),
-    "votes_vs_parent": st.column_config.NumberColumn("votes vs parent"),
-    "rm_score": st.column_config.NumberColumn("RM score", format="%.3f"),
-    "rm_reference_score": st.column_config.NumberColumn("RM score of reference", format="%.3f")})
+# A policy's own held-out evaluation (PPO's eval/score, eval/win_rate): shown only when some version has one, and
+# then said under the table, so the intro never names columns the table lacks.
+POLICY_EVAL = [c for c in leaderboard.RM_METRICS if c in t]
+shown = t.drop(columns=[c for c in POLICY_EVAL if t[c].isna().all()])
+# Numbers formatted here, with a dash for a missing one (Streamlit would print "None"); values stay numbers.
+FORMATS = {"score": "{:.0f}", "lower": "{:.0f}", "upper": "{:.0f}", "wins": "{:.1f}", "rm_judged": "{:.3f}",
+           "win_rate": "{:.0%}", "win_rate_vs_parent": "{:.0%}", "votes_vs_parent": "{:.0f}", "rm_score": "{:.3f}",
+           "rm_reference_score": "{:.3f}", "rm_win_rate": "{:.0%}"}
+styled = shown.style.format({c: f for c, f in FORMATS.items() if c in shown}, na_rep="—").format(
+    na_rep="—", subset=[c for c in shown if c not in FORMATS])
+C = st.column_config.Column
+st.dataframe(styled, hide_index=True, width="stretch", column_config={
+    "rm_judged": C("RM-judged", help="mean score the reward model gives this version's responses in the project; "
+                                     "— when no reward model has judged them (Jobs → Evaluate)"),
+    "rm_judge": C("judged by", help="the reward model behind RM-judged; — when none has judged this version"),
+    "win_rate": C("win rate"), "parent": C("parent", help="the version it was trained from; — for a base model"),
+    "votes_vs_parent": C("votes vs parent", help="votes between this version's and its parent's responses; — when "
+                                                 "it has no parent or none were voted on"),
+    "win_rate_vs_parent": C("win rate vs parent", help="— when there are no votes against its parent"),
+    "rm_score": C("RM score", help="the policy's own held-out score (PPO's eval/score); — for other versions"),
+    "rm_reference_score": C("RM score of reference", help="its reference's score on the same prompts"),
+    "rm_win_rate": C("RM win rate", help="how often the RM preferred it to its reference (eval/win_rate)")})
+if any(c in shown for c in POLICY_EVAL):
+    st.caption("*RM score*, *RM score of reference*, *RM win rate*: a policy's own held-out evaluation against its "
+               "reference, judged by its training reward model (PPO's `eval/score`, `eval/win_rate`).")
 with st.expander("Head to head", icon=":material/swap_horiz:"):
     st.dataframe(lb.head_to_head, hide_index=True, width="stretch", column_config={
-        "version_a": "version A", "version_b": "version B", "a_win_rate": _pct("A's win rate")})
+        "version_a": "version A", "version_b": "version B",
+        "a_win_rate": st.column_config.NumberColumn("A's win rate", format="percent")})
