@@ -206,6 +206,8 @@ def child_ceiling(url: str, out: Path) -> dict[str, float]:
         if eng.dialect.name == "postgresql":
             import psycopg
             sql = psycopg.ClientCursor(raw).mogrify(str(comp), bound)
+            # the sort memory the export gives the same query (else the export could beat its "ceiling")
+            raw.execute(f"SET work_mem = '{export.EXPORT_WORK_MEM_KB}kB'")
             with raw.cursor().copy(f"COPY ({sql}) TO STDOUT") as cp:
                 for block in cp:
                     data = bytes(block)

@@ -45,6 +45,7 @@ PREF_FORMATS = ("trl", "hh")
 SFT_FORMATS = ("prompt_completion", "messages")
 CHUNK = 1000
 STREAM_ROWS = 2000  # rows per fetch of a streamed query
+EXPORT_WORK_MEM_KB = 65_536  # PostgreSQL work_mem (at least) while a preference export's query runs
 
 
 # --------------------------------------------------------------------------------------- filters
@@ -277,10 +278,22 @@ def _plain_rows(session: Session, query: Select) -> tuple[Iterator[Any], bool]:
             proc = bind.type.bind_processor(conn.dialect)
             if proc is not None and key in params:
                 params[key] = proc(params[key])
+        # The export reads every row, so plan the cursor for all of them (PostgreSQL plans a cursor for its
+        # first tenth), and give its sort of all the labels room in memory (4 MB spilled it to disk): 100k rows
+        # fetched in 1.5-2.2 s wall instead of 2.8-3.0 (load ~4). Both transaction-local, restored at the end.
+        prev = conn.exec_driver_sql("SELECT current_setting('cursor_tuple_fraction'), "
+                                    "current_setting('work_mem')").one()
+        conn.exec_driver_sql(f"SELECT set_config('cursor_tuple_fraction', '1', true), set_config('work_mem', "
+                             f"greatest(setting::int, {EXPORT_WORK_MEM_KB})::text || 'kB', true) "
+                             "FROM pg_settings WHERE name = 'work_mem'")
         cursor = conn.connection.driver_connection.cursor(name=f"export_{secrets.token_hex(4)}", binary=True)
         cursor.itersize = STREAM_ROWS
         cursor.execute(str(comp), params)
-        close_it = cursor.close
+
+        def close_it() -> None:
+            cursor.close()
+            conn.exec_driver_sql("SELECT set_config('cursor_tuple_fraction', %s, true), "
+                                 "set_config('work_mem', %s, true)", tuple(prev))
 
     def close() -> Iterator[Any]:
         close_it()
