@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import shlex
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from db.session import session_scope
 
 # re-exported: model text is shown through common.show_text on every page
 from labeling_ui.text import render_mode, safe_markdown, show_text  # noqa: F401
+from labeling_ui.vocab import plural
 
 PROJECT_KEY = "project_id"
 
@@ -150,8 +152,9 @@ def progress_line(user_id: int, project_id: int, kind: str | None = None) -> Non
     with db() as s:
         mine = stats.label_counts(s, project_id, user_id=user_id, kind=kind)  # this page's kind only
         left = assignment.tasks_left(s, user_id, project_id, kind=kind)
+    what = plural(left, f"{kind} task" if kind else "task").split(" ", 1)[1]
     st.caption(f":material/check_circle: **{mine['today']}** done today · **{mine['total']}** in total · "
-               f"**{left}** {kind + ' ' if kind else ''}tasks left")
+               f"**{left}** {what} left")
 
 
 # ------------------------------------------------------------------ current task per page
@@ -208,29 +211,44 @@ def empty_state(message: str) -> None:
     st.success(message, icon=":material/celebration:")
 
 
-_HOW_TASKS_COME = {
-    "compare": "An admin creates them from model outputs: "
-               "`python -m rlhf.generate --project {p} --models MODEL --num_samples 2 --tasks compare`.",
-    "rank": "An admin creates them from model outputs "
-            "(`python -m rlhf.generate --project {p} --models MODEL --num_samples 4 --tasks rank`) or imports "
-            "ranked conversations on the Import page.",
-    "demonstrate": "An admin queues them on the Projects page, when importing prompts on the Import page, or "
-                   "with `python -m rlhf.generate --project {p} --tasks demonstrate`.",
-    "rate": "An admin creates them from model outputs "
-            "(`python -m rlhf.generate --project {p} --models MODEL --tasks rate`) or imports rated responses "
-            "(`python -m db import ratings FILE --project {p}`).",
+# Where tasks of each kind come from: in words for annotators (they cannot add tasks), the action for admins.
+_ADMIN_HOW = {
+    "compare": "Generate them from a model version: a **Generate responses and tasks** job on the Jobs page (tasks: compare, 2 responses "
+               "per prompt), or `python -m rlhf.generate --project {p} --models MODEL --num_samples 2 --tasks compare`.",
+    "rank": "Generate them from a model version: a **Generate responses and tasks** job on the Jobs page (tasks: rank, 4 responses per "
+            "prompt), or `python -m rlhf.generate --project {p} --models MODEL --num_samples 4 --tasks rank`; "
+            "ranked conversations (OASST) imported on the Import page make rank tasks too.",
+    # importing ratings makes rate tasks that already have their rating (for reward training), not work to do
+    "rate": "Generate them from a model version: a **Generate responses and tasks** job on the Jobs page (tasks: rate), or "
+            "`python -m rlhf.generate --project {p} --models MODEL --tasks rate`.",
+    "demonstrate": "Queue them on the Projects page, when importing prompts on the Import page, or with "
+                   "`python -m rlhf.generate --project {p} --tasks demonstrate`.",
 }
 
 
-def no_tasks_state(user_id: int, project: dict[str, Any], kind: str) -> None:
-    """Nothing to label: either the project has no such tasks yet (say who adds them), or this user is done."""
-    from db.services import tasks
+def no_tasks_state(user: dict[str, Any], project: dict[str, Any], kind: str) -> None:
+    """Nothing to label: the project has no such tasks (say who adds them: words for an annotator, the action
+    for an admin), none of them needs this user (all labelled, e.g. imported with their labels), or this user
+    labelled or skipped them all."""
+    from db.services import skips, tasks
 
     with db() as s:
         total = tasks.count_tasks(s, project["id"], kind)
+        mine = stats.label_counts(s, project["id"], user_id=user["id"], kind=kind)["total"] if total else 0
+        skipped = (sum(1 for t in skips.skipped_tasks(s, user["id"], project_id=project["id"], limit=500)
+                       if t["kind"] == kind) if total and not mine else 0)
+    admin = user.get("role") == "admin"
     if total == 0:
-        st.info(f"No {kind} tasks in **{project['name']}** yet. " + _HOW_TASKS_COME[kind].format(p=project["name"]),
+        how = (_ADMIN_HOW[kind].format(p=shlex.quote(project["name"])) if admin
+               else f"An admin adds them: ask one to create {kind} tasks for this project.")
+        st.info(f"No {kind} tasks in **{project['name']}** yet. " + how,
                 icon=":material/hourglass_empty:")
+    elif not mine and not skipped:
+        st.info(f"No {kind} tasks in **{project['name']}** need a label from you: "
+                + ("the only one has the labels it needs" if total == 1 else f"all {total} have the labels they need")
+                + " (imported tasks come with theirs), or other annotators hold them now. "
+                + ("More come from a generate job on the Jobs page." if admin
+                   else f"Ask an admin for new {kind} tasks."), icon=":material/hourglass_empty:")
     else:
         empty_state(f"No {kind} tasks left for you in this project — thanks! Your labels and skips are in My "
                     "history.")
@@ -334,7 +352,7 @@ def task_header(kind: str, project: dict[str, Any], title: str) -> tuple[dict[st
         scroll_to_top(f"{kind}:{time.time()}")
     view = current_task(user["id"], project["id"], kind, notify=lambda m, i: _note(note, m, i))
     if view is None:
-        no_tasks_state(user["id"], project, kind)
+        no_tasks_state(user, project, kind)
         return None
     return user, view
 

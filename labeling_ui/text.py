@@ -2,9 +2,10 @@
 
 Two renderings, chosen per project (`settings["render"]`, `markdown` by default):
 
-- `markdown`: code fences, code spans, `*emphasis*`/`**bold**`, bullet lists and tables render; everything
-  else Markdown (or Streamlit's own extensions) would turn into something else is escaped, so what shows is
-  what the model wrote. Nothing acts on the page: raw HTML, maths, links, images, colours, icons show as text.
+- `markdown`: code fences, code spans, `*emphasis*`/`**bold**` and tables render; everything else Markdown (or
+  Streamlit's own extensions) would turn into something else is escaped, so what shows is what the model wrote:
+  a `- item` line keeps its `-` (a rendered list shows a bullet glyph instead, and indents), and blank lines
+  stay as many as were written (Markdown merges any run of them into one paragraph break). Nothing acts on the page: raw HTML, maths, links, images, colours, icons show as text.
 - `plain`: the text as it is (`st.text`), no formatting at all.
 
 Every response also has a "raw" toggle that shows its source in a code block, character for character.
@@ -27,7 +28,8 @@ _INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 # no link or image; `&` no entity (`&amp;` shows as typed); `~` no strikethrough; `_` no emphasis (`__init__`
 # stays `__init__`); `*` between letters or digits no emphasis (`2*3*4`).
 _ESCAPE = re.compile(r"([<$\[&~_])")
-_INTRAWORD_STAR = re.compile(r"(?<=[0-9A-Za-z])\*(?=[0-9A-Za-z*])")
+# (a run of stars between letters or digits, `2**3`; a run closing a word, `**bold** x`, still closes the emphasis)
+_INTRAWORD_STAR = re.compile(r"(?<=[0-9A-Za-z])\*+(?=[0-9A-Za-z])")
 _DIRECTIVE = re.compile(r":(?=[A-Za-z_])")  # :red[...] colours (a URL's :// is left alone)
 _ICON = re.compile(r"(:[A-Za-z_]+)/")  # :material/home: icons (only an escaped slash stops them)
 
@@ -41,9 +43,9 @@ _TYPOGRAPHIC = re.compile(r"(?<!\S)(<->|->|<-|--|>=|<=|~=)(?!\S)")
 _EMOJI = re.compile(r":(?=[\w+-]+:)")
 
 # Block structure at the start of a line: a quote (`>>> code` would lose its `>>>`), a heading (`# comment`), a
-# lone bullet, a rule or setext underline (`---` vanishes, the line above becomes a heading); ordered lists would
-# be renumbered.
-_LINE_START = re.compile(r"^(?:>|#|[-*+](?=[ \t]*$)|[-*_=](?=[-*_= \t]*$))")
+# bullet (`- a dash line` would lose its `-` to a bullet glyph; a lone `-` would be an empty bullet), a rule or
+# setext underline (`---` vanishes, the line above becomes a heading); ordered lists would be renumbered.
+_LINE_START = re.compile(r"^(?:>|#|[-*+](?=[ \t]|$)|[-*_=](?=[-*_= \t]*$))")
 _ORDERED = re.compile(r"^(\d{1,9})([.)])(?=\s|$)")
 _LEAD_WS = re.compile(r"^[ \t]+")
 _TRAIL_WS = re.compile(r"[ \t]+$")
@@ -63,7 +65,7 @@ def _escape_inline(text: str) -> str:
     text = _no_autolink(text)
     text = text.replace("\\", "\\\\")
     text = _ESCAPE.sub(r"\\\1", text)
-    text = _INTRAWORD_STAR.sub(r"\\*", text)
+    text = _INTRAWORD_STAR.sub(lambda m: "\\*" * len(m.group()), text)
     text = _ICON.sub(r"\1\\/", text)
     return _DIRECTIVE.sub(r"\\:", text)
 
@@ -96,7 +98,22 @@ def _escape_segment(text: str, at_line_start: bool, at_line_end: bool) -> str:
                      for i, line in enumerate(lines))
 
 
+def _keep_blank_lines(text: str) -> str:
+    """A blank line between two lines of prose holds a word joiner, so it is a line of the paragraph (shown
+    empty, as pre-wrap keeps line breaks) instead of a paragraph break: three line breaks show as three, not
+    as one gap. Blank lines at the start or end (next to a code block) stay paragraph breaks."""
+    lines = text.split("\n")
+    filled = [i for i, line in enumerate(lines) if line.strip()]
+    if len(filled) < 2:
+        return text
+    for i in range(filled[0] + 1, filled[-1]):
+        if not lines[i].strip():
+            lines[i] = JOINER + lines[i]
+    return "\n".join(lines)
+
+
 def _escape_prose(text: str) -> str:
+    text = _keep_blank_lines(text)
     out, last = [], 0
     for m in _INLINE_CODE.finditer(text):
         out.append(_escape_segment(text[last:m.start()], last == 0 or text[last - 1] == "\n", False))

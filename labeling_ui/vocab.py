@@ -27,3 +27,8 @@ LIKERT_HELP = "Overall quality, 1 (very bad) to 7 (excellent). Optional: leave i
 def ordinal(n: int) -> str:
     """1st, 2nd, 3rd, 4th, ... 11th, 12th: ranks that never read like response numbers."""
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """"1 line", "2 lines", "0 lines" ("1 rate task", "3 rate tasks"); `many` for an irregular plural."""
+    return f"{n} {word if n == 1 else many or word + 's'}"

@@ -313,10 +313,34 @@ def test_compare_empty_state(seeded):
         projects.create_project(s, "fresh")
     at.run()
     _pick_project(at, "fresh")
-    assert "No compare tasks in **fresh** yet" in texts(at) and "rlhf.generate --project fresh" in texts(at)
-    assert "thanks" not in texts(at)
+    # an annotator is told in words whom to ask; no command line they cannot run
+    assert "No compare tasks in **fresh** yet" in texts(at) and "ask one to create compare tasks" in texts(at)
+    assert "thanks" not in texts(at) and "python -m" not in texts(at)
+    at.switch_page("views/rate.py").run()
+    assert "ask one to create rate tasks" in texts(at) and "import ratings" not in texts(at)
     at.switch_page("views/demonstrate.py").run()
-    assert "No demonstrate tasks in **fresh** yet" in texts(at) and "Projects page" in texts(at)
+    assert "No demonstrate tasks in **fresh** yet" in texts(at) and "python -m" not in texts(at)
+    # an admin is given the action: the generate job (rate tasks come from a model, not from importing ratings)
+    admin = app_as("admin", seeded, role="admin")
+    _pick_project(admin, "fresh")
+    admin.switch_page("views/rate.py").run()
+    assert "**Generate responses and tasks** job on the Jobs page" in texts(admin) and "--tasks rate" in texts(admin)
+    assert "import ratings" not in texts(admin)
+
+
+def test_a_project_whose_tasks_need_no_labels_says_so_not_thanks(seeded):
+    """Compare tasks that came with their labels (an imported preference set, one label per task): an annotator
+    who never saw one is not thanked for finishing them; the progress line counts in words ("1 compare task")."""
+    from db.services import importers, projects
+    with session_scope(seeded["url"]) as s:
+        projects.create_project(s, "pairs", labels_per_task=1)
+        importers.import_preferences(s, b'{"prompt": "2+2?", "chosen": "4", "rejected": "5"}\n', "pairs",
+                                     filename="pairs.jsonl")
+    at = app_as("alice", seeded)
+    _pick_project(at, "pairs")
+    no_exception(at)
+    assert "No compare tasks in **pairs** need a label from you: the only one has the labels" in texts(at)
+    assert "thanks" not in texts(at) and "**0** compare tasks left" in texts(at)
 
 
 # ------------------------------------------------------------------ rank, demonstrate, history
@@ -373,8 +397,10 @@ def test_demonstrate_validation_then_submit(seeded):
     at = app_as("alice", seeded)
     at.switch_page("views/demonstrate.py").run()
     view = at.session_state[f"task:demonstrate:{seeded['project_id']}"]
+    assert "At least 20 characters: checked when you submit." in texts(at)
     at.text_area(key=f"demo_text_{view.task_id}").input("Too short").run()
-    assert "minimum 20" in texts(at)
+    # no count drawn from the server's copy of the text (stale until the field loses focus): none is shown
+    assert "characters ·" not in texts(at) and "9 characters" not in texts(at)
     at.button(key=f"demo_submit_{view.task_id}").click().run()
     # in words, not "field 'text': the demonstration has 9 characters..."
     assert [e.value for e in at.error] == ["The demonstration has 9 characters; write at least 20."]
@@ -405,6 +431,31 @@ def test_history_lists_and_revises(seeded):
     assert "B is better (clear)" in pick.format_func(pick.value)
     assert at.dataframe[0].value.iloc[0]["Your label"] == "B is better (clear)"
     assert at.radio(key=f"hist_choice_{lab.id}").value == "b"
+    # the confirmation is beside Save revision (where the annotator is looking), not above the table at the top
+    done = next(e for e in at.success if e.value == "Revision saved.")
+    save = next(b for b in at.button if b.label == "Save revision")
+    assert _at(at, at.dataframe[0]) < _at(at, save) < _at(at, done)
+
+
+def _at(at: AppTest, node) -> int:
+    """`node`'s place in the page, top to bottom."""
+    return next(i for i, n in enumerate(at.main) if n is node)
+
+
+def test_history_says_a_skip_is_undone_where_its_button_was(seeded):
+    at = app_as("alice", seeded)
+    btn(at, "btn_a").click().run()
+    btn(at, "cmp_submit").click().run()  # a label too, so the table stays after the undo
+    tid = at.session_state[f"task:compare:{seeded['project_id']}"].task_id
+    btn(at, "cmp_skip").click().run()
+    at.button(key=f"cmp_skipwhy_0_{tid}").click().run()
+    at.switch_page("views/history.py").run()
+    assert "Skipped:" in at.dataframe[0].value.iloc[0]["Your label"]
+    at.button(key=f"hist_unskip_{tid}").click().run()
+    no_exception(at)
+    done = next(e for e in at.success if "Skip undone" in e.value)
+    heading = next(m for m in at.markdown if m.value == "#### Revise a label or undo a skip")
+    assert _at(at, at.dataframe[0]) < _at(at, heading) < _at(at, done)
 
 
 def _label_id(seeded: dict, model) -> int:
@@ -660,9 +711,18 @@ def test_safe_markdown_keeps_what_the_model_wrote():
     assert "\\_\\_init\\_\\_" in out and "2\\*3\\*4" in out and "\\&amp;" in out
     assert ":\u2060smile:" in out and "-\u2060>" in out and "-\u2060-" in out  # no emoji, arrow or dash
     assert safe_markdown("trailing  \nnext") == "trailing  \u2060\nnext"  # no hard break, spaces kept
-    # Real formatting still renders: bold, bullet lists, code fences and spans are left alone.
-    real = "**Answer.** About it:\n\n- point one\n- point two\n\n```python\n>>> x = 1\n```\nuse `a -> b`"
+    # Real formatting still renders: bold, code fences and spans are left alone.
+    real = "**Answer.** About it:\n```python\n>>> x = 1\n```\nuse `a -> b`"
     assert safe_markdown(real) == real
+    # A "- " line keeps its "-" (a list would show a bullet glyph instead), and a run of blank lines stays that
+    # many lines (Markdown merges it into one paragraph break): each blank line holds a word joiner. Blank lines
+    # next to a code fence stay paragraph breaks.
+    assert safe_markdown("Steps:\n- a dash line\n* star\n+ plus\n*emphasis* stays") == (
+        "Steps:\n\\- a dash line\n\\* star\n\\+ plus\n*emphasis* stays")
+    assert safe_markdown("one\n\n\nfour") == "one\n\u2060\n\u2060\nfour"
+    # bold closed right after a word still closes (its stars were escaped as intraword: "*bold*" showed)
+    assert safe_markdown("a **bold** word, 2**3") == "a **bold** word, 2\\*\\*3"
+    assert safe_markdown("a\n\n```\nx\n\n\ny\n```\n\nb") == "a\n\n```\nx\n\n\ny\n```\n\nb"
     # Nothing but the joiners is added: removing them and the escapes gives the text back.
     import re
     assert re.sub(r"\\(.)", r"\1", safe_markdown(TRICKY).replace("\u2060", "")) == TRICKY

@@ -43,7 +43,7 @@ def report_data(at: AppTest) -> list[dict]:
     """The refused lines offered for download (the button's file is the page's kept report)."""
     (dl,) = at.get("download_button")
     report = at.session_state["imp_report"]
-    assert dl.label == f"Download the report of {report['count']} refused line(s)"
+    assert dl.label == f"Download the report of {report['count']} refused line{'s' if report['count'] != 1 else ''}"
     return [json.loads(line) for line in report["data"].decode().splitlines()]
 
 
@@ -69,8 +69,14 @@ def test_skip_invalid_rows_imports_the_good_ones_and_offers_the_report(admin):
     at.button(key="imp_go").click().run()
     assert not at.exception and not at.error
     assert "3 rows read, 3 added, 0 already present, 3 lines refused" in at.success[0].value
-    assert "3 line(s) of hh.jsonl were refused" in at.warning[0].value
+    assert "3 lines of hh.jsonl were refused" in at.warning[0].value
     assert labels(url) == before + 3
+    # the toast says 3 new *what*, and the page says what the pairs are for and whether annotators see them
+    assert [t.value for t in at.toast] == ["Imported 3 new preference pairs"]
+    panel = "\n".join(m.value for m in at.get("markdown"))
+    assert "#### What happens next" in panel and "added 3 preference pairs to" in panel
+    assert "**Reward model (preferences)** job on the Jobs page" in panel and "Annotators see none of them" in panel
+    assert any("rlhf.train_reward --model" in c.value for c in at.code)
     rows = report_data(at)
     assert [(o["line"], o["field"]) for o in rows] == [(2, None), (4, None), (6, "rejected")]
     assert rows[2]["text"] == '{"chosen": "<b>no rejected</b>"}'
@@ -115,3 +121,16 @@ def test_bad_setting_is_a_message_not_a_traceback(sqlite_url, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     (err,) = [e.value for e in at.error]
     assert "INSTRUCTLOOP_MAX_PROMPT_CHARS='abc' must be a whole number" in err
+
+
+def test_a_ratings_import_says_what_the_ratings_are_for(admin):
+    at, _ = admin
+    at.radio(key="imp_kind").set_value("ratings").run()
+    row = {"prompt": "2+2?", "completion": "4", "label": True}
+    at.file_uploader(key="imp_file").upload("kto.jsonl", (json.dumps(row) + "\n").encode(), "application/jsonl").run()
+    at.button(key="imp_go").click().run()
+    assert not at.exception and not at.error
+    assert [t.value for t in at.toast] == ["Imported 1 new rating"]
+    panel = "\n".join(m.value for m in at.get("markdown"))
+    assert "added 1 rating to" in panel and "*From good/bad ratings* ticked" in panel
+    assert any("rlhf.train_reward --from_ratings" in c.value for c in at.code)

@@ -15,6 +15,7 @@ from labeling_ui.common import (
     task_action,
     task_header,
 )
+from labeling_ui.vocab import plural
 
 KIND = "demonstrate"
 
@@ -38,8 +39,9 @@ def demonstrate_body(project: dict) -> None:
     key = f"demo_text_{tid}"
     st.text_area("Your ideal response (Markdown)", key=key, height=300,
                  placeholder="Write the response you would want the assistant to give.")
-    n = len((st.session_state.get(key) or "").strip())
-    st.caption(f"{n} characters · minimum {minimum}" + (" ✓" if n >= minimum else ""))
+    # No live count: the browser sends a text area's value only on blur or Ctrl+Enter, so a count drawn here read
+    # "0 characters" with 61 typed. The length is checked at Submit, with the count in the message.
+    st.caption(f"At least {plural(minimum, 'character')}: checked when you submit.")
     submit, skip_reason = submit_skip_row("demo", tid, keys=False)  # Enter and S belong to the text area
     if submit:
         text = st.session_state.get(key) or ""

@@ -36,15 +36,17 @@ hours = project["settings"].get("revision_window_hours", projects.DEFAULT_SETTIN
 st.subheader(f"My history · {project['name']}")
 st.caption(f"Your labels and skips in this project, newest first, as you saw them. You can revise a label for "
            f"{hours:g} hours after submitting it, and undo a skip while the task still needs labels.")
+# A save's confirmation is shown beside the button that made it (flashed() below), not at the top of the page,
+# ~1,100 px above the button and out of view.
 flash = st.session_state.pop("_flash_hist", None)
-if flash:
-    st.success(flash, icon=":material/check:")
 
 with db() as s:
     rows = labels.history(s, user["id"], project_id=pid, limit=500)
     skipped = skips.skipped_tasks(s, user["id"], project_id=pid, limit=500)
     orders = skips.display_orders(s, [r["task_id"] for r in rows if r["kind"] in ("compare", "rank")])
 if not rows and not skipped:
+    if flash:  # the skip just undone was the only entry
+        st.success(flash[1], icon=":material/check:")
     st.info("You have not labelled or skipped anything in this project yet.")
     st.stop()
 
@@ -83,10 +85,13 @@ table = pd.DataFrame([{
     "Time spent": r.get("seconds"),
     "Revised": bool(r.get("updated_at")),
 } for r in (items[k] for k in ordered)])
-st.dataframe(table, hide_index=True, width="stretch", placeholder="—",  # a skip has no time spent (not "None")
+# at most 6 rows high (the table scrolls itself), so the revise form and its Save button start higher on the page
+st.dataframe(table, hide_index=True, width="stretch", placeholder="—", height=min(len(table), 6) * 35 + 38,  # a skip has no time spent (not "None")
              column_config={"Time spent": st.column_config.NumberColumn(format="%.1f s")})
 
 st.markdown("#### Revise a label or undo a skip")
+if flash and flash[0] not in items:  # an undone skip leaves the list: its confirmation goes where its button was
+    st.success(flash[1], icon=":material/check:")
 # The browser keeps showing an option's old text when only its text changes (a revised answer), so each save
 # gives the picker a new key; the choice itself is carried over.
 version = st.session_state.get("_hist_version", 0)
@@ -99,9 +104,15 @@ st.session_state["_hist_picked"] = key
 
 
 def _saved(message: str) -> None:
-    st.session_state["_flash_hist"] = message
+    st.session_state["_flash_hist"] = (key, message)
     st.session_state["_hist_version"] = version + 1
     st.rerun()
+
+def flashed(where: Any) -> None:
+    """The last save's confirmation, at `where` (beside its button), when it was about the label picked now."""
+    if flash and flash[0] == key:
+        where.success(flash[1], icon=":material/check:")
+
 
 r = items[key]
 view = None
@@ -133,7 +144,9 @@ if r["kind"] == "skip":
         _show_task(letters=r["task_kind"] == "compare")
     if r["undoable"]:
         st.caption("Undo the skip to get this task back: it is the next one its page shows you.")
-        if st.button("Undo skip", key=f"hist_unskip_{r['task_id']}", icon=":material/undo:"):
+        row = st.columns([1, 3], vertical_alignment="center")
+        flashed(row[1])
+        if row[0].button("Undo skip", key=f"hist_unskip_{r['task_id']}", icon=":material/undo:"):
             held = st.session_state.get(held_key(r["task_kind"], pid))
             try:
                 with db() as s:
@@ -147,38 +160,47 @@ if r["kind"] == "skip":
                 done_with(r["task_kind"], pid)
                 _saved(f"Skip undone: task #{r['task_id']} is back on the {KIND_NAMES[r['task_kind']]} page.")
     else:
+        flashed(st)
         st.caption("This task has all the labels it needs now, so the skip stays.")
     st.stop()
 
 with st.form(f"revise_{key}"):
     if view is not None and r["kind"] in ("compare", "rank", "rate"):
         _show_task(letters=r["kind"] == "compare")
+    # two controls a row, so Save sits ~170 px higher (it was below the fold at 1280x720)
     if r["kind"] == "compare":
-        choice = st.radio("Your choice", list(CHOICE_NAMES), format_func=CHOICE_NAMES.get, horizontal=True,
+        c1, c2 = st.columns([3, 2])
+        choice = c1.radio("Your choice", list(CHOICE_NAMES), format_func=CHOICE_NAMES.get, horizontal=True,
                           index=list(CHOICE_NAMES).index(r["choice"]), key=f"hist_choice_{r['id']}")
-        strength = st.radio("Strength (A/B only)", list(STRENGTHS), horizontal=True, format_func=str.capitalize,
+        strength = c2.radio("Strength (A/B only)", list(STRENGTHS), horizontal=True, format_func=str.capitalize,
                             index=list(STRENGTHS).index(r.get("strength") or "clear"), key=f"hist_str_{r['id']}")
-        flags = st.multiselect("Flags", list(FLAGS), default=r.get("flags") or [], format_func=FLAG_NAMES.get,
+        c1, c2 = st.columns(2)
+        flags = c1.multiselect("Flags", list(FLAGS), default=r.get("flags") or [], format_func=FLAG_NAMES.get,
                                key=f"hist_flags_{r['id']}")
-        comment = st.text_input("Comment", value=r.get("comment") or "", key=f"hist_comment_{r['id']}")
+        comment = c2.text_input("Comment", value=r.get("comment") or "", key=f"hist_comment_{r['id']}")
     elif r["kind"] == "rank":
         flags = st.multiselect("Flags", list(FLAGS), default=r.get("flags") or [], format_func=FLAG_NAMES.get,
                                key=f"hist_flags_{r['id']}")
     elif r["kind"] == "rate":
-        good = st.radio("Your rating", [True, False], format_func=RATING_NAMES.get, horizontal=True,
+        c1, c2 = st.columns([1, 2])
+        good = c1.radio("Your rating", [True, False], format_func=RATING_NAMES.get, horizontal=True,
                         index=0 if r["good"] else 1, key=f"hist_good_{r['id']}")
-        likert = st.segmented_control("Score (optional)", list(range(LIKERT_RANGE[0], LIKERT_RANGE[1] + 1)),
+        likert = c2.segmented_control("Score (optional)", list(range(LIKERT_RANGE[0], LIKERT_RANGE[1] + 1)),
                                       default=r.get("likert"), key=f"hist_likert_{r['id']}")
-        flags = st.multiselect("Flags", list(FLAGS), default=r.get("flags") or [], format_func=FLAG_NAMES.get,
+        c1, c2 = st.columns(2)
+        flags = c1.multiselect("Flags", list(FLAGS), default=r.get("flags") or [], format_func=FLAG_NAMES.get,
                                key=f"hist_flags_{r['id']}")
-        comment = st.text_input("Comment", value=r.get("comment") or "", key=f"hist_comment_{r['id']}")
+        comment = c2.text_input("Comment", value=r.get("comment") or "", key=f"hist_comment_{r['id']}")
     else:
         if view is not None:
             render_prompt(view, mode, key="hist_prompt")
         text = st.text_area("Demonstration", value=r["text"], height=240)
         if r.get("review_note"):
             st.caption(f"Reviewer's note: {r['review_note']}")
-    save = st.form_submit_button("Save revision", type="primary")
+    row = st.columns([1, 3], vertical_alignment="center")
+    save = row[0].form_submit_button("Save revision", type="primary")
+    note = row[1].empty()
+    flashed(note)
 if save:
     try:
         with db() as s:
@@ -198,6 +220,6 @@ if save:
             else:
                 labels.revise_demonstration(s, user["id"], r["id"], text)
     except ServiceError as e:
-        show_error(e)
+        show_error(e, note)
     else:
         _saved("Revision saved.")

@@ -19,7 +19,11 @@ from db.services import importers, jobs, registry
 from db.services.errors import InputError, ServiceError
 from labeling_ui import auth
 from labeling_ui.common import db, in_words, project_picker, safe_markdown, show_error
+from labeling_ui.vocab import plural
 
+# what an import's "added" counts, by file kind (the toast says "Imported 3 new preference pairs", not "3 new")
+ADDED = {"prompts": ("prompt", "prompts"), "preferences": ("preference pair", "preference pairs"),
+         "oasst": ("ranked conversation", "ranked conversations"), "ratings": ("rating", "ratings")}
 REPORT_KEY = "imp_report"  # the last import's refused lines, kept across reruns for the download button
 NEXT_KEY = "imp_next"  # the last prompt import (file and counts), for the "what happens next" panel
 
@@ -95,22 +99,62 @@ if st.button("Import", type="primary", disabled=upload is None, key="imp_go", ic
         st.caption("Nothing was imported: fix the file and upload it again.")
     else:
         st.success(r.summary(), icon=":material/check:")
-        st.toast(f"Imported {r.added} new", icon=":material/check:")
+        st.toast(f"Imported {plural(r.added, 'new ' + ADDED[kind][0], 'new ' + ADDED[kind][1])}",
+                 icon=":material/check:")
         if r.refused:
-            st.warning(f"{len(r.refused)} line(s) of {name} were refused and not imported; the report lists "
+            st.warning(f"{plural(len(r.refused), 'line')} of {name} {'was' if len(r.refused) == 1 else 'were'} "
+                       "refused and not imported; the report lists "
                        "each with its line number and reason.", icon=":material/warning:")
             _keep_report(name, r.refused)
         if kind == "prompts":
             st.session_state[NEXT_KEY] = {"project_id": project["id"], "name": name, "data": data,
                                           "rows": r.rows, "added": r.added,
                                           "demonstrate": r.details.get("demonstrate tasks", 0) if demo_tasks else None}
+        else:  # labelled data: say what it is for, and whether annotators see any of it
+            st.session_state[NEXT_KEY] = {"project_id": project["id"], "kind": kind, "name": name, "added": r.added,
+                                          "details": dict(r.details)}
 
 report = st.session_state.get(REPORT_KEY)
 if report:
-    st.download_button(f"Download the report of {report['count']} refused line(s)", report["data"],
+    st.download_button(f"Download the report of {plural(report['count'], 'refused line')}", report["data"],
                        file_name=f"{Path(report['name']).name.removesuffix('.gz')}.refused.jsonl",
                        mime="application/jsonl", key="imp_report_dl", icon=":material/download:",
                        on_click="ignore")
+
+
+def labelled_next_steps(last: dict) -> None:
+    """After importing labelled data (pairs, ratings, ranked trees): its tasks come with their labels, for
+    reward training; annotators see them only where the project asks for more labels per task than one."""
+    n, name, per = last["added"], project["name"], project["labels_per_task"]
+    sft = "SFT_MODEL"
+    with db() as s:  # the reward model starts from a policy: the newest registered one, when there is one
+        versions = [mv.name for mv in registry.list_versions(s) if mv.kind != "reward"]
+    if versions:
+        sft = versions[-1]
+    with st.container(border=True, key="imp_next_panel"):
+        st.markdown("#### What happens next")
+        if last["kind"] == "ratings":
+            st.markdown(f"**{last['name']}** added {plural(n, 'rating')} to **{name}**, each on a rate task "
+                        "with its imported good/bad label. A reward model learns from them: a **Reward model** job on "
+                        "the Jobs page with *From good/bad ratings* ticked, or the command below.")
+            cmd = f"python -m rlhf.train_reward --from_ratings --model {shlex.quote(sft)} --project {shlex.quote(name)}"
+            page = "Rate"
+        else:
+            what = ("preference pair" if last["kind"] == "preferences" else "ranked conversation")
+            st.markdown(f"**{last['name']}** added {plural(n, what)} to **{name}**, each on a "
+                        f"{'compare' if last['kind'] == 'preferences' else 'compare or rank'} task with its imported "
+                        "label. A reward model learns from them: a **Reward model (preferences)** job on the Jobs page, or the "
+                        "command below.")
+            cmd = f"python -m rlhf.train_reward --model {shlex.quote(sft)} --project {shlex.quote(name)}"
+            page = "Compare" if last["kind"] == "preferences" else "Compare and Rank"
+        st.code(cmd, language="bash", wrap_lines=True)
+        if per > 1:
+            st.markdown(f"This project asks for {plural(per, 'label')} per task, so annotators label each of these "
+                        f"{per - 1} more {'time' if per == 2 else 'times'} on the {page} page.")
+        else:
+            st.markdown("Annotators see none of them: this project asks for 1 label per task, and each has it. "
+                        "(Raise *labels per task* on the Projects page to have annotators label them too.)")
+        st.page_link("views/jobs.py", label="Jobs page", icon=":material/play_circle:")
 
 
 def next_steps(last: dict) -> None:
@@ -180,4 +224,4 @@ if flash:
     st.success(flash, icon=":material/check:")
 last = st.session_state.get(NEXT_KEY)
 if last and last["project_id"] == project["id"]:
-    next_steps(last)
+    (next_steps if last.get("kind", "prompts") == "prompts" else labelled_next_steps)(last)
