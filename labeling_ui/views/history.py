@@ -197,10 +197,13 @@ with st.form(f"revise_{key}"):
         text = st.text_area("Demonstration", value=r["text"], height=240)
         if r.get("review_note"):
             st.caption(f"Reviewer's note: {r['review_note']}")
-    row = st.columns([1, 3], vertical_alignment="center")
-    save = row[0].form_submit_button("Save revision", type="primary")
-    note = row[1].empty()
-    flashed(note)
+    # the labeling pages' sticky action bar (style.py's `action_bar` key): Save revision and its confirmation
+    # stay at the bottom of the window while the form is in view (Save sat below the fold at 1280x720)
+    with st.container(key="action_bar"):
+        row = st.columns([1, 3], vertical_alignment="center")
+        save = row[0].form_submit_button("Save revision", type="primary")
+        note = row[1].empty()
+        flashed(note)
 if save:
     try:
         with db() as s:
