@@ -891,3 +891,15 @@ def test_model_versions_page_reads_as_words(seeded):
     assert (shown.loc["base-v1", "parent"], shown.loc["base-v1", "trained on labels"]) == ("—", "—")
     assert shown.loc["sft-v1", "metrics"] == "RM-judged in demo: -2.73 by rm-x (60 responses); eval_loss=0.5"
     assert "None" not in shown.to_string() and "{" not in shown.to_string()
+
+
+def test_counts_read_in_words_one_task_many_tasks(seeded):
+    from labeling_ui.vocab import plural
+    assert [plural(n, "line") for n in (0, 1, 2)] == ["0 lines", "1 line", "2 lines"]
+    at = app_as("alice", seeded)
+    assert "**4** compare tasks left" in texts(at)
+    for _ in range(3):
+        btn(at, "btn_a").click().run()
+        btn(at, "cmp_submit").click().run()
+    no_exception(at)
+    assert "**1** compare task left" in texts(at) and "compare tasks left" not in texts(at)
