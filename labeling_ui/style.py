@@ -23,7 +23,7 @@ _LAYOUT_CSS = """
 /* A pane whose text runs past its bottom says so (the page script sets data-more): headless and overlay
    scrollbars are invisible, and an annotator who does not know there is more judges half a response. */
 .st-key-prompt_box[data-more]::after, [class*="st-key-resp_"][data-more]::after {
-  content: "\25BC  more below: scroll this box"; position: sticky; bottom: 0; display: block; flex: none;
+  content: "\\25BC  more below: scroll this box"; position: sticky; bottom: 0; display: block; flex: none;
   margin-top: -.25rem; padding: .6rem 0 .1rem; text-align: center; font-size: .8rem; color: #555;
   background: linear-gradient(rgba(255, 255, 255, 0), #fff 55%); pointer-events: none; }
 @media (prefers-color-scheme: dark) {

@@ -496,8 +496,11 @@ def test_skip_asks_why_and_is_undone_from_history(app_server, browser):
     assert pane.evaluate("el => el.scrollHeight > el.clientHeight + 100")
     # ... and says so (a hidden scrollbar let a trial annotator judge half of a response), until its end is in view
     page.locator(".st-key-resp_A[data-more]").wait_for()
-    assert "more below" in pane.evaluate("el => getComputedStyle(el, '::after').content")
-    assert page.locator(".st-key-prompt_box[data-more]").count() == 0  # the short prompt fits its box
+    assert "\u25bc more below" in pane.evaluate("el => getComputedStyle(el, '::after').content")
+    # marked exactly when text runs past a pane's bottom (a pane that fits says nothing)
+    page.wait_for_function("() => [...document.querySelectorAll('.st-key-prompt_box, [class*=\"st-key-resp_\"]')]"
+                           ".every(el => (el.scrollHeight - el.clientHeight - el.scrollTop > 4) === "
+                           "el.hasAttribute('data-more'))")
     _shot(page, "compare_long_response")
     pane.evaluate("el => { el.scrollTop = el.scrollHeight; }")
     page.locator(".st-key-resp_A[data-more]").wait_for(state="detached")
