@@ -258,7 +258,11 @@ def conversation_start(prompt: Any) -> Any:
     conversation its opening turn, so every branch of one conversation (an OpenAssistant tree imported into a
     project keeps no tree id) lands on one side. A one-turn chat hashes as the same text prompt."""
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
-        return prompt[0].get("content")
+        # a shared system message says nothing about the conversation: with it, the first user turn
+        opening = next((i for i, m in enumerate(prompt) if m.get("role") != "system"), len(prompt) - 1)
+        if opening == 0:
+            return prompt[0].get("content")
+        return [[m.get("role"), m.get("content")] for m in prompt[:opening + 1]]
     return prompt
 
 

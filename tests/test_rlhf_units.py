@@ -319,3 +319,28 @@ def test_score_left_truncates_sequences_longer_than_the_context(tmp_path):
     assert m["pairs"] == 2 and m["truncated_pairs"] == 1
     norm = reward.normalize(rm, tok, ["hi\n", long_prompt], ["cat", "the cat"])
     assert norm["normalize_truncated"] == 1 and abs(norm["demo_mean_reward_after"]) < 1e-3
+
+
+def test_split_groups_a_conversation_by_its_opening_turn_past_a_shared_system_message():
+    from rlhf import data
+
+    system = {"role": "system", "content": "You are a helpful assistant."}
+
+    def chat(opening, *more):
+        turns = [system, {"role": "user", "content": opening}]
+        for m in more:
+            turns += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": m}]
+        return turns
+
+    rows = [{"prompt": chat(f"question {i}", *(["and then?"] * (i % 3))), "chosen": "a", "rejected": "b"}
+            for i in range(60)]
+    train, held = data.split_by_prompt(rows, 0.3)
+    # one system prompt shared by every row must not put them all on one side
+    assert 5 < len(held) < 40 and train
+    opening = {id(r): r["prompt"][1]["content"] for r in rows}
+    assert not {opening[id(r)] for r in train} & {opening[id(r)] for r in held}
+    # branches of one conversation (same opening, more turns) stay together
+    branches = [{"prompt": chat("question 7", "b1"), "chosen": "a", "rejected": "b"},
+                {"prompt": chat("question 7"), "chosen": "a", "rejected": "b"}]
+    assert len({data._split_key(r) for r in branches}) == 1
+    assert data.conversation_start("plain") == data.conversation_start([{"role": "user", "content": "plain"}])
