@@ -243,6 +243,14 @@ def test_rm_judged_scores_sit_beside_the_human_score(db_url):
     assert everywhere.loc["base-v1", "rm_judged"] == 5.0  # all projects: its newest entry
     assert (stored["responses"], stored["accuracy"]) == (14, 0.5)
     assert t.loc["ppo-v1", "rm_score"] == 1.25  # PPO's own held-out evaluation is still there
+    # another judge for one version: the project's other numbers (another scale) go; other projects' stay
+    with session_scope(db_url) as s:
+        leaderboard.record_rm_scores(s, "lb", "rm-z", {"ppo-v1": {"score": 7.0, "responses": 14}})
+        t = leaderboard.leaderboard(s, "lb", rounds=0).table.set_index("version")
+        base_judged = registry.resolve(s, "base-v1").metrics[leaderboard.RM_JUDGED]
+    assert (t.loc["ppo-v1", "rm_judged"], t.loc["ppo-v1", "rm_judge"]) == (7.0, "rm-z")
+    assert pd.isna(t.loc["base-v1", "rm_judged"])
+    assert "lb" not in base_judged and base_judged["other"]["score"] == 5.0
 
 
 def test_evaluate_responses_scores_every_version_and_records_it(sqlite_url, tmp_path, capsys):

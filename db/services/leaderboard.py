@@ -125,7 +125,8 @@ def version_responses(session: Session, project: str | int, versions: list[str |
 def record_rm_scores(session: Session, project: str | int, reward: str, scores: dict[str, dict[str, Any]]) -> None:
     """Record what reward model `reward` (its name) made of each version's responses in `project`:
     `scores` maps a version name to {"score": mean RM score, "responses": how many[, "accuracy"]}. Replaces
-    that project's earlier entry of each version (one judge per project at a time: the numbers must compare)."""
+    that project's earlier entry of each version, and drops the project's entries of other versions scored by another
+    judge (one judge per project at a time: the numbers must compare)."""
     from db.services import projects, registry
 
     name = projects.get_project(session, project).name
@@ -139,6 +140,11 @@ def record_rm_scores(session: Session, project: str | int, reward: str, scores: 
             judged[name] = {"reward": reward, "at": utcnow().isoformat(),
                             **{k: entry[k] for k in ("score", "responses", "accuracy") if k in entry}}
             mv.metrics = {**(mv.metrics or {}), RM_JUDGED: judged}
+        # another judge's numbers for this project are on another scale: they go, so the column never mixes judges
+        for mv in session.scalars(select(ModelVersion)):
+            judged = (mv.metrics or {}).get(RM_JUDGED)
+            if isinstance(judged, dict) and isinstance(judged.get(name), dict) and judged[name].get("reward") != reward:
+                mv.metrics = {**mv.metrics, RM_JUDGED: {k: v for k, v in judged.items() if k != name}}
         session.flush()
 
 
