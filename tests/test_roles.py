@@ -112,9 +112,10 @@ def _service_calls(view: Path) -> set[str]:
 READ_ONLY = {
     "accounts.list_users", "agreement.annotator_speed", "agreement.disagreements", "agreement.preference_agreement",
     "agreement.rating_agreement",
-    "audit.entries", "export.iter_rows", "importers.fill_hint", "importers.report_bytes", "jobs.job_detail", "jobs.list_jobs",
+    "audit.entries", "export.iter_preference_rows", "export.iter_rows", "export.iter_sft_rows",
+    "importers.fill_hint", "importers.report_bytes", "jobs.cancel_note", "jobs.job_detail", "jobs.list_jobs",
     "labels.list_demonstrations", "leaderboard.leaderboard", "projects.list_projects", "registry.list_versions",
-    "stats.labels_over_time", "stats.model_versions_table", "stats.per_annotator", "stats.per_project",
+    "stats.labels_over_time", "stats.metrics_summary", "stats.model_versions_table", "stats.per_annotator", "stats.per_project",
     "stats.progress",
 }
 # The acting user's own work, open to every signed-in user as on the labeling pages (a lease on a task).

@@ -7,6 +7,7 @@ refreshed every few seconds while it runs.
 """
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -91,6 +92,9 @@ def pick(label: str, options: list[str], key: str, help_: str | None = None, def
                         index=options.index(default) if default in options else 0)
 
 
+COUNT_CAP = 10_000
+
+
 @st.cache_data(ttl=20, show_spinner=False)
 def training_rows(url: str, project: str, what: str) -> int:
     """How many rows a training job on `project` would read with its default filters (`what`: "sft" accepted
@@ -99,7 +103,9 @@ def training_rows(url: str, project: str, what: str) -> int:
     with db() as s:
         rows = (export.iter_sft_rows(s, project=project, statuses=("accepted",)) if what == "sft"
                 else export.iter_preference_rows(s, project=project))
-        return sum(1 for _ in rows)
+        # counted up to a cap: the note only needs "none / few / plenty", and a big project must not stream
+        # its whole export on every visit to the form
+        return sum(1 for _ in itertools.islice(rows, COUNT_CAP))
 
 
 def data_note(kind: str, project: str | None) -> None:
@@ -119,7 +125,8 @@ def data_note(kind: str, project: str | None) -> None:
                    f"learn much beyond them (aim for {jobs.SMALL_DATA_ROWS} or more). The job still runs.",
                    icon=":material/warning:")
     else:
-        st.caption(f"Project {project}: {n} {words}; a share of them is held out for evaluation.")
+        many = f"{COUNT_CAP:,} or more" if n >= COUNT_CAP else f"{n:,}"
+        st.caption(f"Project {project}: {many} {words}; a share of them is held out for evaluation.")
 
 
 def new_job_form(kind: str) -> None:
