@@ -12,6 +12,7 @@ Every response also has a "raw" toggle that shows its source in a code block, ch
 """
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -101,14 +102,17 @@ def _escape_segment(text: str, at_line_start: bool, at_line_end: bool) -> str:
 def _keep_blank_lines(text: str) -> str:
     """A blank line between two lines of prose holds a word joiner, so it is a line of the paragraph (shown
     empty, as pre-wrap keeps line breaks) instead of a paragraph break: three line breaks show as three, not
-    as one gap. Blank lines at the start or end (next to a code block) stay paragraph breaks."""
+    as one gap. Blank lines at the start or end (next to a code block) stay paragraph breaks, and so do those
+    beside a table row (a line with "|"): a table cannot start inside a paragraph, and a filled line after one
+    would be read as another row."""
     lines = text.split("\n")
     filled = [i for i, line in enumerate(lines) if line.strip()]
     if len(filled) < 2:
         return text
-    for i in range(filled[0] + 1, filled[-1]):
-        if not lines[i].strip():
-            lines[i] = JOINER + lines[i]
+    for before, after in itertools.pairwise(filled):
+        if after - before > 1 and "|" not in lines[before] and "|" not in lines[after]:
+            for i in range(before + 1, after):
+                lines[i] = JOINER + lines[i]
     return "\n".join(lines)
 
 

@@ -720,6 +720,10 @@ def test_safe_markdown_keeps_what_the_model_wrote():
     assert safe_markdown("Steps:\n- a dash line\n* star\n+ plus\n*emphasis* stays") == (
         "Steps:\n\\- a dash line\n\\* star\n\\+ plus\n*emphasis* stays")
     assert safe_markdown("one\n\n\nfour") == "one\n\u2060\n\u2060\nfour"
+    # ... except beside a table, which must start its own block and end at a blank line (else no table renders,
+    # or the filled line reads as one more row)
+    table = "Scores:\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nafter"
+    assert safe_markdown(table).split("\n")[1] == "" and safe_markdown(table).split("\n")[5] == ""
     # bold closed right after a word still closes (its stars were escaped as intraword: "*bold*" showed)
     assert safe_markdown("a **bold** word, 2**3") == "a **bold** word, 2\\*\\*3"
     assert safe_markdown("a\n\n```\nx\n\n\ny\n```\n\nb") == "a\n\n```\nx\n\n\ny\n```\n\nb"
