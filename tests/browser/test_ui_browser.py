@@ -50,6 +50,18 @@ def _need_browser() -> None:
         pytest.fail(f"{CHROMIUM} not found: run `make test` (installs it) or apt-get install -y chromium")
 
 
+def fresh_app_db(tmp_path_factory, name: str) -> tuple[Path, str]:
+    """(folder, URL) of a new SQLite database with the schema, for a module's own app server (Chromium checked
+    first, so a missing browser fails before any seeding)."""
+    from db.migrate import create_schema
+
+    _need_browser()
+    d = tmp_path_factory.mktemp(name)
+    url = f"sqlite:///{d / 'ui.sqlite3'}"
+    create_schema(url)
+    return d, url
+
+
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
     _need_browser()

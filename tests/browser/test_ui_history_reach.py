@@ -11,7 +11,7 @@ import pytest
 from db.services import accounts, assignment, content, labels, projects, tasks
 from db.session import session_scope
 from labeling_ui.devserver import launch_chromium, settle, sign_in, streamlit_server
-from tests.browser.test_ui_browser import _nav, _need_browser, _page
+from tests.browser.test_ui_browser import _nav, _page, fresh_app_db
 
 IN_VIEW_JS = """el => { const r = el.getBoundingClientRect();
                         return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }"""
@@ -19,12 +19,7 @@ IN_VIEW_JS = """el => { const r = el.getBoundingClientRect();
 
 @pytest.fixture(scope="module")
 def history_app(tmp_path_factory):
-    _need_browser()
-    d = tmp_path_factory.mktemp("history")
-    url = f"sqlite:///{d / 'ui.sqlite3'}"
-    from db.migrate import create_schema
-
-    create_schema(url)
+    d, url = fresh_app_db(tmp_path_factory, "history")
     with session_scope(url) as s:
         ann = accounts.create_user(s, "ann", "ann-pass-1")
         p = projects.create_project(s, "hist")

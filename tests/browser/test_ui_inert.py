@@ -14,7 +14,7 @@ import pytest
 from db.services import accounts, content, jobs, labels, projects, registry, tasks
 from db.session import session_scope
 from labeling_ui.devserver import launch_chromium, sign_in, streamlit_server
-from tests.browser.test_ui_browser import _nav, _need_browser, _page
+from tests.browser.test_ui_browser import _nav, _page, fresh_app_db
 
 PAYLOAD = ('<img src=x onerror="window.__pwn=1"> <script>window.__pwn=2</script> '
            '[click me](javascript:window.__pwn=3) ![pic](http://evil.example/p.png) '
@@ -32,12 +32,7 @@ FORBIDDEN_JS = """() => ({
 
 @pytest.fixture(scope="module")
 def hostile_app(tmp_path_factory):
-    _need_browser()
-    d = tmp_path_factory.mktemp("inert")
-    url = f"sqlite:///{d / 'ui.sqlite3'}"
-    from db.migrate import create_schema
-
-    create_schema(url)
+    d, url = fresh_app_db(tmp_path_factory, "inert")
     with session_scope(url) as s:
         boss = accounts.create_user(s, "boss", "boss-pass-1", role="admin", display_name="Boss " + PAYLOAD[:40])
         ann = accounts.create_user(s, "ann", "ann-pass-1", display_name="Ann " + PAYLOAD)

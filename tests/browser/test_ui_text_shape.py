@@ -11,7 +11,7 @@ import pytest
 from db.services import accounts, content, projects, tasks
 from db.session import session_scope
 from labeling_ui.devserver import launch_chromium, sign_in, streamlit_server
-from tests.browser.test_ui_browser import _need_browser, _page, _pick_project, _visible
+from tests.browser.test_ui_browser import _page, _pick_project, _visible, fresh_app_db
 
 SHAPE = ("Steps:\n- a dash line\n- another one\n* a star line\n\n\nthree line breaks above\n\n"
          "one blank line above, **bold** stays bold")
@@ -19,12 +19,7 @@ SHAPE = ("Steps:\n- a dash line\n- another one\n* a star line\n\n\nthree line br
 
 @pytest.fixture(scope="module")
 def shape_app(tmp_path_factory):
-    _need_browser()
-    d = tmp_path_factory.mktemp("shape")
-    url = f"sqlite:///{d / 'ui.sqlite3'}"
-    from db.migrate import create_schema
-
-    create_schema(url)
+    d, url = fresh_app_db(tmp_path_factory, "shape")
     with session_scope(url) as s:
         accounts.create_user(s, "ann", "ann-pass-1")
         p = projects.create_project(s, "shape")
