@@ -68,8 +68,13 @@ def create_schema(url: str | None = None) -> str | None:
     for a fresh database. Same tables as the revisions (a test checks autogenerate finds no difference)."""
     from db.models import Base
 
+    from db import pg_functions
+
     url = url or database_url()
-    Base.metadata.create_all(get_engine(url))
+    engine = get_engine(url)
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        pg_functions.install(conn)  # what migration 0009 adds beside the tables (PostgreSQL only)
     return _run(command.stamp, url, "head")
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
-from db import settings
+from db import pg_functions, settings
 from db.models import TS, Assignment, Project, Prompt, Response, Task, utcnow
 from db.services import summary
 from db.services.content import check_size, prompt_messages
@@ -87,6 +87,10 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
     clock = (lambda: now) if now is not None else utcnow
     lease = dt.timedelta(minutes=lease_minutes if lease_minutes is not None else settings.lease_minutes())
     by_kind = bool(kind)
+    if pg_functions.usable(session):
+        view = _next_task_fn(session, user_id, project_id, kind or None, now, lease)
+        if view is not _NO_FUNCTION:
+            return view
     params = {"user_id": user_id, "project_id": project_id, **({"kind": kind} if by_kind else {})}
     with write_transaction(session):
         now_ = clock()  # SQLite: after BEGIN IMMEDIATE took the write lock
@@ -105,6 +109,33 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
             aid = _lease(session, task.task_id, user_id, now_, lease, None)
             return _view(session, project_id, first.name, task, aid, now_, now_ + lease)
         return _next_task_pg(session, by_kind, params, first.name, clock, lease)
+
+
+_NO_FUNCTION = object()
+
+
+def _next_task_fn(session: Session, user_id: int, project_id: int, kind: str | None, now: dt.datetime | None,
+                  lease: dt.timedelta) -> Any:
+    """PostgreSQL: the same rules in one statement, il_next_task (db/pg_functions.py), with no client round trips
+    between the lock and the lease. _NO_FUNCTION when the database lacks it."""
+    try:
+        rows = pg_functions.call(session, pg_functions.NEXT_TASK_CALL,
+                                 (user_id, project_id, kind, lease, now, PG_WAIT_SECONDS))
+    except pg_functions.FunctionFailed as e:
+        raise (NotFound if e.code == "IL404" else ServiceError)(e.message) from None
+    if rows is None:
+        return _NO_FUNCTION
+    if not rows:
+        return None
+    r = rows[0]
+    sync_loaded(session, Assignment, r.assignment_id, state="assigned", assigned_at=r.assigned_at,
+                expires_at=r.expires_at, finished_at=None, skip_reason=None)
+    return TaskView(
+        task_id=r.task_id, kind=r.kind, project_id=project_id, project_name=r.project_name, prompt_id=r.prompt_id,
+        prompt_text=r.prompt_text,
+        messages=list(r.messages) if r.messages else [{"role": "user", "content": r.prompt_text or ""}],
+        responses=[{"id": x["id"], "text": x["text"]} for x in r.responses],
+        assignment_id=r.assignment_id, assigned_at=r.assigned_at, expires_at=r.expires_at)
 
 
 # What a TaskView needs of the task row (the candidate and held-lease statements select these).

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from db.models import (
     CHOICES,
@@ -27,12 +28,13 @@ from db.models import (
     Task,
     utcnow,
 )
+from db import pg_functions
 from db.services import audit, summary
 from db.services.assignment import live_slot, sync_loaded
 from db.services.content import check_size, sha
 from db.services.errors import InputError, NotFound, ServiceError, check_id
 from db.services.projects import setting
-from db.session import write_transaction
+from db.session import _unstorable, write_transaction
 
 
 def _check_flags(flags: Sequence[str] | None) -> list[str]:
@@ -164,7 +166,8 @@ class _Joined:
 
 
 def _submit_once(session: Session, model: Any, kind: str, task_id: int, user_id: int, now: dt.datetime | None,
-                 build: Callable[[Any, dt.datetime], Any]) -> tuple[Any, bool]:
+                 build: Callable[[Any, dt.datetime], Any], fn_args: Callable[[], dict[str, Any]] | None = None,
+                 ) -> tuple[Any, bool]:
     """The idempotent submit every label kind shares, in one write transaction (see write_transaction).
 
     A repeat submit by the same user (double click, retry) returns the first row before the new input is
@@ -172,7 +175,14 @@ def _submit_once(session: Session, model: Any, kind: str, task_id: int, user_id:
     first submit goes through `build(task, now)` (task: `_task`'s row), which validates and returns the new,
     unsaved row. The clock is read once the task is locked: a time taken before waiting for the lock could be
     older than a lease another transaction just wrote, and count that lapsed lease as live.
+
+    PostgreSQL runs the same steps in one statement (il_submit, db/pg_functions.py) when `fn_args()` gives the
+    input checked as far as it can be without the task (see _submit_fn).
     """
+    if fn_args is not None and pg_functions.usable(session):
+        done = _submit_fn(session, model, kind, task_id, user_id, now, fn_args)
+        if done is not None:
+            return done
     with write_transaction(session):
         fixed = now
         task, now = _task(session, task_id, kind, model, user_id, (lambda: fixed) if fixed else utcnow)
@@ -188,6 +198,61 @@ def _submit_once(session: Session, model: Any, kind: str, task_id: int, user_id:
         return row, True
 
 
+_FN_DEFAULTS = {"choice": None, "strength": None, "flags": None, "comment": None, "seconds": None,
+                "ordering": None, "good": None, "likert": None, "text": None, "hash": None}
+# The columns each kind's new label holds beyond id, task, user, seconds and times (the ORM row returned).
+_FN_COLUMNS = {"compare": ("choice", "strength", "flags", "comment"), "rank": ("ordering", "flags", "comment"),
+               "rate": ("good", "likert", "flags", "comment"), "demonstrate": ("text",)}
+
+
+def _submit_fn(session: Session, model: Any, kind: str, task_id: int, user_id: int, now: dt.datetime | None,
+               fn_args: Callable[[], dict[str, Any]]) -> tuple[Any, bool] | None:
+    """PostgreSQL's one-statement submit, or None where it does not apply and the Python path runs instead:
+    the input fails a check that needs no task (the Python path then returns a repeat submit's first label,
+    or raises the same error), or the database lacks the function. The returned label is the row it wrote,
+    attached to the session without reading it back."""
+    try:
+        args = {**_FN_DEFAULTS, **fn_args()}
+    except InputError:
+        return None
+    if any(_unstorable(v) for v in args.values()):
+        return None  # the ORM path names the field
+    try:
+        rows = pg_functions.call(session, pg_functions.SUBMIT_CALL, (
+            kind, task_id, user_id, now, args["choice"], args["strength"],
+            None if args["flags"] is None else json.dumps(args["flags"]), args["comment"],
+            args["seconds"], None if args["ordering"] is None else json.dumps(args["ordering"]), args["good"],
+            args["likert"], args["text"], args["hash"]))
+    except pg_functions.FunctionFailed as e:
+        error = {"IL404": NotFound, "IL410": TaskReassigned}.get(e.code)
+        if error is not None:
+            raise error(e.message) from None
+        if e.code == "IL422":
+            raise InputError(e.message, field=e.field) from None
+        raise ServiceError(e.message) from None
+    if rows is None:
+        return None
+    r = rows[0]
+    if not r.created:
+        return session.get(model, r.label_id), False
+    sync_loaded(session, Task, task_id, n_submitted=r.n_submitted, status=r.status)
+    if r.assignment_id is not None:
+        sync_loaded(session, Assignment, r.assignment_id, state="submitted", finished_at=r.created_at)
+    values = {k: args[k] for k in _FN_COLUMNS[kind]}
+    if kind == "compare" and values["choice"] not in ("a", "b"):
+        values["strength"] = None
+    if kind == "rate":
+        values["response_id"] = r.response_id
+    if kind == "demonstrate":
+        values.update(prompt_id=r.prompt_id, content_hash=args["hash"], status="submitted", review_note="",
+                      reviewed_by=None)
+    label = model(id=r.label_id, task_id=task_id, user_id=user_id, seconds=args["seconds"], created_at=r.created_at,
+                  updated_at=None, **values)
+    make_transient_to_detached(label)
+    session.add(label)  # persistent, unchanged: nothing to flush
+    return label, True
+
+
 def submit_preference(session: Session, user_id: int, task_id: int, choice: str, *,
                       strength: str | None = None, flags: Sequence[str] | None = None, comment: str = "",
                       seconds: float | None = None, now: dt.datetime | None = None
@@ -200,7 +265,24 @@ def submit_preference(session: Session, user_id: int, task_id: int, choice: str,
                                strength=strength if choice in ("a", "b") else None, flags=_check_flags(flags),
                                comment=comment or "", seconds=seconds, created_at=now)
 
-    return _submit_once(session, PreferenceLabel, "compare", task_id, user_id, now, build)
+    def fn_args() -> dict[str, Any]:
+        _check_preference(choice, strength)
+        check_size("comment", comment, field="comment")
+        return {"choice": choice, "strength": strength, "flags": _check_flags(flags), "comment": comment or "",
+                "seconds": seconds}
+
+    return _submit_once(session, PreferenceLabel, "compare", task_id, user_id, now, build, fn_args)
+
+
+def _ordering_shape(ordering: Sequence[Sequence[int]]) -> list[list[int]]:
+    """What an ordering must be whatever the task: two or more non-empty groups of response ids."""
+    try:
+        groups = [[int(x) for x in g] for g in ordering]
+    except (TypeError, ValueError) as e:
+        raise InputError("ordering must be a list of lists of response ids", field="ordering") from e
+    if any(not g for g in groups) or len(groups) < 2:
+        raise InputError("(checked with the task)", field="ordering")  # the Python path says which
+    return groups
 
 
 def _check_ordering(task: Task, ordering: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -226,7 +308,12 @@ def submit_ranking(session: Session, user_id: int, task_id: int, ordering: Seque
         return Ranking(task_id=task_id, user_id=user_id, ordering=_check_ordering(task, ordering),
                        flags=_check_flags(flags), comment=comment or "", seconds=seconds, created_at=now)
 
-    return _submit_once(session, Ranking, "rank", task_id, user_id, now, build)
+    def fn_args() -> dict[str, Any]:
+        check_size("comment", comment, field="comment")
+        groups = _ordering_shape(ordering)  # that it places the task's responses is checked with the task
+        return {"ordering": groups, "flags": _check_flags(flags), "comment": comment or "", "seconds": seconds}
+
+    return _submit_once(session, Ranking, "rank", task_id, user_id, now, build, fn_args)
 
 
 def _check_rating(good: Any, likert: Any) -> tuple[bool, int | None]:
@@ -252,7 +339,13 @@ def submit_rating(session: Session, user_id: int, task_id: int, good: bool, *, l
         return Rating(task_id=task_id, user_id=user_id, response_id=task.response_ids[0], good=ok, likert=score,
                       flags=_check_flags(flags), comment=comment or "", seconds=seconds, created_at=now)
 
-    return _submit_once(session, Rating, "rate", task_id, user_id, now, build)
+    def fn_args() -> dict[str, Any]:
+        ok, score = _check_rating(good, likert)
+        check_size("comment", comment, field="comment")
+        return {"good": ok, "likert": score, "flags": _check_flags(flags), "comment": comment or "",
+                "seconds": seconds}
+
+    return _submit_once(session, Rating, "rate", task_id, user_id, now, build, fn_args)
 
 
 def _check_demonstration(project: Any, text: str) -> str:
@@ -290,7 +383,12 @@ def submit_demonstration(session: Session, user_id: int, task_id: int, text: str
         return Demonstration(prompt_id=task.prompt_id, task_id=task_id, user_id=user_id, text=clean,
                              content_hash=sha(clean), seconds=seconds, created_at=now)
 
-    return _submit_once(session, Demonstration, "demonstrate", task_id, user_id, now, build)
+    def fn_args() -> dict[str, Any]:
+        clean = (text or "").strip()  # its length against the project's minimum is checked with the task
+        check_size("demonstration", clean, field="text")
+        return {"text": clean, "hash": sha(clean), "seconds": seconds}
+
+    return _submit_once(session, Demonstration, "demonstrate", task_id, user_id, now, build, fn_args)
 
 
 def _check_revision_window(session: Session, task_id: int, created_at: dt.datetime,
