@@ -9,8 +9,8 @@ runs 32 of at once; on 2 cores the client's CPU per operation is what caps it).
 Each version runs on its own freshly seeded project (bench/annotators_load.py's mix: compare, rank, demonstrate;
 overlap 2); the versions take turns in rounds so load on the machine hits both alike. Per pair: statements sent
 (counted with SQLAlchemy's before_cursor_execute, BEGIN/SAVEPOINT included where the driver sends them as
-statements) and client CPU (time.process_time; on SQLite that includes SQLite itself). Prints figures; never
-pass/fail.
+statements, plus db.pg_functions.CALLS: PostgreSQL's one-statement calls go to the driver directly) and client
+CPU (time.process_time; on SQLite that includes SQLite itself). Prints figures; never pass/fail.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import event
 
 from bench.annotators_load import _pg_schema_url, seed
+from db import pg_functions
 from db.migrate import create_schema
 from db.services import assignment, labels
 from db.session import dispose_engines, get_engine, session_factory
@@ -88,14 +89,14 @@ class Version:
         for _ in range(n):
             uid = self.users[self.turn % len(self.users)]
             self.turn += 1
-            before, t0 = counter[0], time.process_time()
+            before, t0 = counter[0] + pg_functions.CALLS, time.process_time()
             view = self.asg.next_task(self.session, uid, self.project_id)
             if view is not None:
                 _submit(self.lab, self.session, uid, view, self.rng)
             self.cpu += time.process_time() - t0
             if view is None:
                 continue
-            self.statements += counter[0] - before
+            self.statements += counter[0] + pg_functions.CALLS - before
             self.pairs += 1
             done += 1
         return done

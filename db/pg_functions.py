@@ -486,7 +486,10 @@ def call(session: Any, sql: str, params: tuple[Any, ...]) -> list[Any] | None:
     if session.in_transaction():
         session.commit()  # read-only so far (usable() checked): nothing of the caller's is committed
     engine = session.get_bind()
-    pooled = engine.raw_connection()  # pre-pinged: a connection the server dropped is replaced first
+    try:
+        pooled = engine.raw_connection()  # pre-pinged: a connection the server dropped is replaced first
+    except psycopg.Error as e:  # the server is down: as SQLAlchemy reports it through a session
+        raise DBAPIError.instance(sql, params, e, psycopg.Error, connection_invalidated=True) from e
     conn = pooled.driver_connection
     try:
         conn.autocommit = True
@@ -500,11 +503,14 @@ def call(session: Any, sql: str, params: tuple[Any, ...]) -> list[Any] | None:
             return None
         if code.startswith("IL"):
             raise FunctionFailed(code, e.diag.message_primary or str(e), e.diag.column_name) from None
-        if isinstance(e, psycopg.OperationalError) or conn.closed:
+        lost = isinstance(e, psycopg.OperationalError) or conn.closed
+        if lost:
             pooled.invalidate()  # not handed out again
-        raise DBAPIError.instance(sql, params, e, psycopg.Error) from e
+        raise DBAPIError.instance(sql, params, e, psycopg.Error, connection_invalidated=lost) from e
     finally:
-        if not conn.closed:
+        try:
             conn.autocommit = False  # as the pool hands connections out
+        except psycopg.Error:
+            pooled.invalidate()  # never hand out a connection left in autocommit mode
         pooled.close()  # back to the pool
     return rows
