@@ -28,6 +28,7 @@ CREATES = {
     "0006": {"audit_log", "sign_in_failures"},
     "0007": {"label_days", "label_seconds", "agreement_counts"},
     "0008": {"project_counts"},
+    "0009": set(),  # PostgreSQL functions (tests/test_pg_functions.py checks they come and go)
 }
 
 

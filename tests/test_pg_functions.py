@@ -215,3 +215,27 @@ def test_errors_name_what_is_wrong(tmp_path):
         assignment.next_task(s, users[0], 999999)
     assert s.scalar(select(Ranking.id)) is None  # nothing half-written
     s.close()
+
+
+def test_the_migration_installs_and_removes_them(tmp_path):
+    from sqlalchemy import text
+
+    from db.migrate import downgrade, upgrade
+
+    url = fresh_url("postgresql", tmp_path, create=False)
+
+    def installed() -> set[str]:
+        with get_engine(url).connect() as c:
+            return {n for n in ("il_next_task", "il_submit", "il_add_agreement", "il_item_counts", "il_group_of")
+                    if c.execute(text("SELECT to_regproc(:n)"), {"n": n}).scalar() is not None}
+
+    upgrade(url)
+    assert installed() == {"il_next_task", "il_submit", "il_add_agreement", "il_item_counts", "il_group_of"}
+    assert downgrade(url, "0008") == "0008"
+    assert installed() == set()
+    upgrade(url)
+    pid, users = _seed(url)
+    with session_factory(url)() as s:
+        calls = pg_functions.CALLS
+        v = assignment.next_task(s, users[0], pid)
+        assert v is not None and pg_functions.CALLS == calls + 1
