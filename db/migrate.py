@@ -66,9 +66,8 @@ def downgrade(url: str | None = None, revision: str = "base") -> str | None:
 def create_schema(url: str | None = None) -> str | None:
     """The current schema in one step (metadata.create_all) stamped as head: what tests and benchmarks use
     for a fresh database. Same tables as the revisions (a test checks autogenerate finds no difference)."""
-    from db.models import Base
-
     from db import pg_functions
+    from db.models import Base
 
     url = url or database_url()
     engine = get_engine(url)

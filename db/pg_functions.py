@@ -469,6 +469,13 @@ def usable(session: Any) -> bool:
     return bind.dialect.name == "postgresql" and bind not in _MISSING and not _has_writes(session)
 
 
+def fits(value: Any) -> bool:
+    """Whether `value` can be passed as an integer id (else the services' Python path says what is wrong)."""
+    from db.services.errors import ID_RANGE
+
+    return isinstance(value, int) and not isinstance(value, bool) and ID_RANGE[0] <= value <= ID_RANGE[1]
+
+
 class FunctionFailed(Exception):
     """An IL-class error raised by a function: `code` (see ERRORS), the message, and the field (COLUMN)."""
 

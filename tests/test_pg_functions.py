@@ -137,8 +137,8 @@ _ROWS = {Task: ("id", "status", "n_submitted"),
 
 def _state(url: str) -> dict[str, list[tuple]]:
     with session_factory(url)() as s:
-        return {m.__tablename__: sorted((tuple(repr(getattr(r, c)) for c in cols) for r in s.scalars(select(m))
-                                         if getattr(r, "n", 1)))
+        return {m.__tablename__: sorted(tuple(repr(getattr(r, c)) for c in cols) for r in s.scalars(select(m))
+                                         if getattr(r, "n", 1))
                 for m, cols in _ROWS.items()}
 
 
@@ -200,7 +200,7 @@ def test_inside_a_callers_transaction_the_services_compose(tmp_path):
 
 def test_errors_name_what_is_wrong(tmp_path):
     url = fresh_url("postgresql", tmp_path)
-    pid, users = _seed(url)
+    _pid, users = _seed(url)
     s = session_factory(url)()
     rank = s.scalar(select(Task).where(Task.kind == "rank"))
     s.rollback()
@@ -213,6 +213,11 @@ def test_errors_name_what_is_wrong(tmp_path):
         labels.submit_preference(s, users[0], 999999, "a")
     with pytest.raises(ServiceError, match="no project with id 999999"):
         assignment.next_task(s, users[0], 999999)
+    # ids no integer column holds: the Python path's message, not a cast error from the server
+    with pytest.raises(ServiceError, match=f"no task {2**40}"):
+        labels.submit_preference(s, users[0], 2**40, "a")
+    with pytest.raises(ServiceError, match=f"no project with id {2**40}"):
+        assignment.next_task(s, users[0], 2**40)
     assert s.scalar(select(Ranking.id)) is None  # nothing half-written
     s.close()
 

@@ -87,7 +87,9 @@ def next_task(session: Session, user_id: int, project_id: int, *, kind: str | No
     clock = (lambda: now) if now is not None else utcnow
     lease = dt.timedelta(minutes=lease_minutes if lease_minutes is not None else settings.lease_minutes())
     by_kind = bool(kind)
-    if pg_functions.usable(session):
+    if not pg_functions.fits(project_id):  # from a link or a script: no row has it (not a cast error on PostgreSQL)
+        raise NotFound(f"no project with id {project_id}")
+    if pg_functions.usable(session) and pg_functions.fits(user_id):
         view = _next_task_fn(session, user_id, project_id, kind or None, now, lease)
         if view is not _NO_FUNCTION:
             return view

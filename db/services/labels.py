@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
+from db import pg_functions
 from db.models import (
     CHOICES,
     FLAGS,
@@ -28,7 +29,6 @@ from db.models import (
     Task,
     utcnow,
 )
-from db import pg_functions
 from db.services import audit, summary
 from db.services.assignment import live_slot, sync_loaded
 from db.services.content import check_size, sha
@@ -211,6 +211,8 @@ def _submit_fn(session: Session, model: Any, kind: str, task_id: int, user_id: i
     the input fails a check that needs no task (the Python path then returns a repeat submit's first label,
     or raises the same error), or the database lacks the function. The returned label is the row it wrote,
     attached to the session without reading it back."""
+    if not (pg_functions.fits(task_id) and pg_functions.fits(user_id)):
+        return None  # the Python path names the bad id
     try:
         args = {**_FN_DEFAULTS, **fn_args()}
     except InputError:
