@@ -25,7 +25,7 @@ from db.models import CHOICES
 from db.services.projects import DEFAULT_SETTINGS
 
 # SQLSTATE -> what the services raise (db.services.errors / labels.TaskReassigned).
-ERRORS = {"IL404": "NotFound", "IL400": "ServiceError", "IL410": "TaskReassigned", "IL422": "InputError",
+ERRORS = {"IL000": "(none: the service runs its Python path)", "IL404": "NotFound", "IL400": "ServiceError", "IL410": "TaskReassigned", "IL422": "InputError",
           "IL503": "ServiceError"}
 
 _LIVE = "(s.state = 'submitted' OR (s.state = 'assigned' AND s.expires_at > {at}))"
@@ -86,6 +86,10 @@ BEGIN
    ORDER BY a.assigned_at, a.id LIMIT 1;
   v_wait := false;
   WHILE v_aid IS NULL LOOP
+    IF clock_timestamp() > v_deadline THEN  -- here: the CONTINUEs below come back to this point too
+      RAISE EXCEPTION 'the task queue is very busy: no task could be taken for % s; try again in a moment',
+                      round(p_wait_s) USING ERRCODE = 'IL503';
+    END IF;
     v_tid := NULL;
     BEGIN  -- a subtransaction: raising IL409 inside rolls back to here, which drops the row lock of a full task
       v_now := coalesce(p_now, clock_timestamp());
@@ -123,10 +127,6 @@ BEGIN
           RETURN;  -- nothing for this user in the committed data, locked or not
         END IF;
         v_wait := true;  -- every candidate is held by someone right now: wait for the first one
-      END IF;
-      IF clock_timestamp() > v_deadline THEN
-        RAISE EXCEPTION 'the task queue is very busy: no task could be taken for % s; try again in a moment',
-                        round(p_wait_s) USING ERRCODE = 'IL503';
       END IF;
     END IF;
   END LOOP;
@@ -225,7 +225,7 @@ DECLARE
   v_n integer; v_status text; v_min integer; v_rid integer; v_dup record;
   v_system boolean; v_users integer[]; v_cats text[]; v_prior_users integer[]; v_prior_cats text[];
   v_ords text[]; v_rids integer[]; v_items il_item[]; v_iu integer[]; v_ic text[]; v_pu integer[]; v_pc text[];
-  v_rx integer; v_ry integer; v_c text; i integer; j integer; k integer;
+  v_rx integer; v_ry integer; v_c text; i integer; j integer; k integer; v_setting jsonb; v_sums_project integer;
 BEGIN
   -- the task row, locked: two annotators submitting at once must not both write n_submitted = old + 1
   SELECT tk.id, tk.kind, tk.project_id, tk.prompt_id, tk.response_ids, tk.status, tk.n_submitted,
@@ -255,9 +255,17 @@ BEGIN
             USING ERRCODE = 'IL422', COLUMN = 'ordering';
     END IF;
   ELSIF p_kind = 'demonstrate' THEN
-    v_min := CASE WHEN t.settings::jsonb ? 'min_demonstration_chars'
-                  THEN coalesce(nullif(trunc((t.settings ->> 'min_demonstration_chars')::numeric)::integer, 0), 1)
-                  ELSE {int(DEFAULT_SETTINGS["min_demonstration_chars"])} END;
+    -- int(setting or 1), as labels._check_demonstration reads it; a setting of another type: the Python path
+    v_setting := t.settings::jsonb -> 'min_demonstration_chars';
+    IF v_setting IS NULL THEN
+      v_min := {int(DEFAULT_SETTINGS["min_demonstration_chars"])};
+    ELSIF jsonb_typeof(v_setting) = 'null' OR (jsonb_typeof(v_setting) = 'number' AND v_setting::numeric = 0) THEN
+      v_min := 1;
+    ELSIF jsonb_typeof(v_setting) = 'number' THEN
+      v_min := least(trunc(v_setting::numeric), 2147483647)::integer;
+    ELSE
+      RAISE EXCEPTION 'min_demonstration_chars is not a number' USING ERRCODE = 'IL000';
+    END IF;
     IF char_length(p_text) < v_min THEN
       RAISE EXCEPTION 'the demonstration has % characters; write at least %', char_length(p_text), v_min
             USING ERRCODE = 'IL422', COLUMN = 'text';
@@ -315,14 +323,18 @@ BEGIN
                                 created_at)
     VALUES (t.prompt_id, p_task, p_user, p_text, p_hash, p_seconds, 'submitted', '', v_now) RETURNING id INTO v_lid;
   END IF;
-  -- the Dashboard sums (summary.labels_written): the day, the time taken
+  -- the Dashboard sums (summary.labels_written): the day, the time taken; a demonstration's project is its prompt's
+  v_sums_project := t.project_id;
+  IF p_kind = 'demonstrate' THEN
+    SELECT pr.project_id INTO v_sums_project FROM prompts pr WHERE pr.id = t.prompt_id;
+  END IF;
   INSERT INTO label_days AS d (project_id, user_id, kind, day, n, first_at, last_at)
-  VALUES (t.project_id, p_user, p_kind, to_char(v_now AT TIME ZONE 'UTC', 'YYYY-MM-DD'), 1, v_now, v_now)
+  VALUES (v_sums_project, p_user, p_kind, to_char(v_now AT TIME ZONE 'UTC', 'YYYY-MM-DD'), 1, v_now, v_now)
   ON CONFLICT (project_id, user_id, kind, day) DO UPDATE
      SET n = d.n + 1, first_at = least(d.first_at, excluded.first_at), last_at = greatest(d.last_at, excluded.last_at);
   IF p_seconds IS NOT NULL THEN
     INSERT INTO label_seconds AS s (project_id, user_id, kind, seconds, n)
-    VALUES (t.project_id, p_user, p_kind, p_seconds, 1)
+    VALUES (v_sums_project, p_user, p_kind, p_seconds, 1)
     ON CONFLICT (project_id, user_id, kind, seconds) DO UPDATE SET n = s.n + 1;
   END IF;
   -- the Agreement sums: what the task's items count with this label, less what they counted without it
@@ -520,13 +532,15 @@ def call(session: Any, sql: str, params: tuple[Any, ...]) -> list[Any] | None:
             return None
         if code.startswith("IL"):
             raise FunctionFailed(code, e.diag.message_primary or str(e), e.diag.column_name) from None
-        lost = isinstance(e, psycopg.OperationalError) or conn.closed
-        if lost:
-            pooled.invalidate()  # not handed out again
+        # a lost connection is not reused; a deadlock or a cancelled statement leaves a healthy one
+        lost = conn.broken or conn.closed
         raise DBAPIError.instance(sql, params, e, psycopg.Error, connection_invalidated=lost) from e
     finally:
         try:
-            conn.autocommit = False  # as the pool hands connections out
+            if conn.broken or conn.closed:
+                pooled.invalidate()
+            else:
+                conn.autocommit = False  # as the pool hands connections out
         except psycopg.Error:
             pooled.invalidate()  # never hand out a connection left in autocommit mode
         pooled.close()  # back to the pool

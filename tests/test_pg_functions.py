@@ -244,3 +244,32 @@ def test_the_migration_installs_and_removes_them(tmp_path):
         calls = pg_functions.CALLS
         v = assignment.next_task(s, users[0], pid)
         assert v is not None and pg_functions.CALLS == calls + 1
+
+
+@pytest.mark.parametrize("minimum", ["absent", None, 0, 0.5, 3, 5.7, "7"])
+def test_the_demonstration_minimum_reads_the_setting_as_the_python_path_does(tmp_path, minimum):
+    """`int(setting or 1)` (a number, a null, a float, text the function leaves to the Python path)."""
+    outcomes = []
+    for drop in (False, True):
+        url = fresh_url("postgresql", tmp_path)
+        if drop:
+            with get_engine(url).begin() as conn:
+                pg_functions.uninstall(conn)
+        with session_factory(url)() as s:
+            settings = {} if minimum == "absent" else {"min_demonstration_chars": minimum}
+            p = projects.create_project(s, "m", labels_per_task=8)
+            p.settings = settings  # as stored, without create_project's defaults
+            uids = [accounts.create_user(s, f"m{i}", None).id for i in range(8)]
+            pr, _ = content.add_prompt(s, p.id, text="write")
+            task, _ = tasks.create_task(s, p.id, "demonstrate", pr.id, [])
+            s.commit()
+            got = []
+            for uid, n in zip(uids, (0, 1, 2, 3, 5, 6, 7, 25), strict=True):
+                try:
+                    got.append(labels.submit_demonstration(s, uid, task.id, "x" * n)[1])
+                except ServiceError as e:
+                    got.append(str(e))
+                    s.rollback()
+            outcomes.append(got)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][-1] is True  # 25 characters pass every minimum here

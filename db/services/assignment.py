@@ -130,14 +130,15 @@ def _next_task_fn(session: Session, user_id: int, project_id: int, kind: str | N
     if not rows:
         return None
     r = rows[0]
-    sync_loaded(session, Assignment, r.assignment_id, state="assigned", assigned_at=r.assigned_at,
-                expires_at=r.expires_at, finished_at=None, skip_reason=None)
+    at, expires = r.assigned_at.astimezone(dt.UTC), r.expires_at.astimezone(dt.UTC)  # the server's TimeZone may differ
+    sync_loaded(session, Assignment, r.assignment_id, state="assigned", assigned_at=at, expires_at=expires,
+                finished_at=None, skip_reason=None)
     return TaskView(
         task_id=r.task_id, kind=r.kind, project_id=project_id, project_name=r.project_name, prompt_id=r.prompt_id,
         prompt_text=r.prompt_text,
         messages=list(r.messages) if r.messages else [{"role": "user", "content": r.prompt_text or ""}],
         responses=[{"id": x["id"], "text": x["text"]} for x in r.responses],
-        assignment_id=r.assignment_id, assigned_at=r.assigned_at, expires_at=r.expires_at)
+        assignment_id=r.assignment_id, assigned_at=at, expires_at=expires)
 
 
 # What a TaskView needs of the task row (the candidate and held-lease statements select these).

@@ -205,6 +205,10 @@ _FN_COLUMNS = {"compare": ("choice", "strength", "flags", "comment"), "rank": ("
                "rate": ("good", "likert", "flags", "comment"), "demonstrate": ("text",)}
 
 
+def _utc(ts: dt.datetime) -> dt.datetime:
+    return ts.astimezone(dt.UTC)  # the server's TimeZone may be another; the Python path hands back UTC
+
+
 def _submit_fn(session: Session, model: Any, kind: str, task_id: int, user_id: int, now: dt.datetime | None,
                fn_args: Callable[[], dict[str, Any]]) -> tuple[Any, bool] | None:
     """PostgreSQL's one-statement submit, or None where it does not apply and the Python path runs instead:
@@ -226,6 +230,8 @@ def _submit_fn(session: Session, model: Any, kind: str, task_id: int, user_id: i
             args["seconds"], None if args["ordering"] is None else json.dumps(args["ordering"]), args["good"],
             args["likert"], args["text"], args["hash"]))
     except pg_functions.FunctionFailed as e:
+        if e.code == "IL000":  # a case the function leaves to the Python path
+            return None
         error = {"IL404": NotFound, "IL410": TaskReassigned}.get(e.code)
         if error is not None:
             raise error(e.message) from None
@@ -239,7 +245,7 @@ def _submit_fn(session: Session, model: Any, kind: str, task_id: int, user_id: i
         return session.get(model, r.label_id), False
     sync_loaded(session, Task, task_id, n_submitted=r.n_submitted, status=r.status)
     if r.assignment_id is not None:
-        sync_loaded(session, Assignment, r.assignment_id, state="submitted", finished_at=r.created_at)
+        sync_loaded(session, Assignment, r.assignment_id, state="submitted", finished_at=_utc(r.created_at))
     values = {k: args[k] for k in _FN_COLUMNS[kind]}
     if kind == "compare" and values["choice"] not in ("a", "b"):
         values["strength"] = None
@@ -248,7 +254,7 @@ def _submit_fn(session: Session, model: Any, kind: str, task_id: int, user_id: i
     if kind == "demonstrate":
         values.update(prompt_id=r.prompt_id, content_hash=args["hash"], status="submitted", review_note="",
                       reviewed_by=None)
-    label = model(id=r.label_id, task_id=task_id, user_id=user_id, seconds=args["seconds"], created_at=r.created_at,
+    label = model(id=r.label_id, task_id=task_id, user_id=user_id, seconds=args["seconds"], created_at=_utc(r.created_at),
                   updated_at=None, **values)
     make_transient_to_detached(label)
     session.add(label)  # persistent, unchanged: nothing to flush
