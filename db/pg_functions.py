@@ -475,10 +475,13 @@ def usable(session: Any) -> bool:
     """Whether a service may run its one-statement function here: PostgreSQL, the functions installed, and the
     session holding no writes of its own (inside a caller's write transaction the Python path joins it as a
     SAVEPOINT instead, so services still compose)."""
+    from sqlalchemy.engine import Engine
+
     from db.session import _has_writes
 
-    bind = session.get_bind()
-    return bind.dialect.name == "postgresql" and bind not in _MISSING and not _has_writes(session)
+    bind = session.get_bind()  # a session bound to one Connection (a migration's) keeps the Python path
+    return (isinstance(bind, Engine) and bind.dialect.name == "postgresql" and bind not in _MISSING
+            and not _has_writes(session))
 
 
 def fits(value: Any) -> bool:
