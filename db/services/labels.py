@@ -166,21 +166,20 @@ class _Joined:
 
 
 def _submit_once(session: Session, model: Any, kind: str, task_id: int, user_id: int, now: dt.datetime | None,
-                 build: Callable[[Any, dt.datetime], Any], fn_args: Callable[[], dict[str, Any]] | None = None,
+                 build: Callable[[Any, dt.datetime], Any], values: Callable[[], dict[str, Any]],
                  ) -> tuple[Any, bool]:
     """The idempotent submit every label kind shares, in one write transaction (see write_transaction).
 
     A repeat submit by the same user (double click, retry) returns the first row before the new input is
     even validated: a retry must not fail because, say, the project's minimum length changed since. Only a
     first submit goes through `build(task, now)` (task: `_task`'s row), which validates and returns the new,
-    unsaved row. The clock is read once the task is locked: a time taken before waiting for the lock could be
+    unsaved row; `values()` is the part of it that needs no task (checked input as the label's column values). The clock is read once the task is locked: a time taken before waiting for the lock could be
     older than a lease another transaction just wrote, and count that lapsed lease as live.
 
-    PostgreSQL runs the same steps in one statement (il_submit, db/pg_functions.py) when `fn_args()` gives the
-    input checked as far as it can be without the task (see _submit_fn).
+    PostgreSQL runs the same steps in one statement (il_submit, db/pg_functions.py), see _submit_fn.
     """
-    if fn_args is not None and pg_functions.usable(session):
-        done = _submit_fn(session, model, kind, task_id, user_id, now, fn_args)
+    if pg_functions.usable(session):
+        done = _submit_fn(session, model, kind, task_id, user_id, now, values)
         if done is not None:
             return done
     with write_transaction(session):
@@ -198,19 +197,12 @@ def _submit_once(session: Session, model: Any, kind: str, task_id: int, user_id:
         return row, True
 
 
-_FN_DEFAULTS = {"choice": None, "strength": None, "flags": None, "comment": None, "seconds": None,
-                "ordering": None, "good": None, "likert": None, "text": None, "hash": None}
-# The columns each kind's new label holds beyond id, task, user, seconds and times (the ORM row returned).
-_FN_COLUMNS = {"compare": ("choice", "strength", "flags", "comment"), "rank": ("ordering", "flags", "comment"),
-               "rate": ("good", "likert", "flags", "comment"), "demonstrate": ("text",)}
-
-
 def _utc(ts: dt.datetime) -> dt.datetime:
     return ts.astimezone(dt.UTC)  # the server's TimeZone may be another; the Python path hands back UTC
 
 
 def _submit_fn(session: Session, model: Any, kind: str, task_id: int, user_id: int, now: dt.datetime | None,
-               fn_args: Callable[[], dict[str, Any]]) -> tuple[Any, bool] | None:
+               values: Callable[[], dict[str, Any]]) -> tuple[Any, bool] | None:
     """PostgreSQL's one-statement submit, or None where it does not apply and the Python path runs instead:
     the input fails a check that needs no task (the Python path then returns a repeat submit's first label,
     or raises the same error), or the database lacks the function. The returned label is the row it wrote,
@@ -218,17 +210,21 @@ def _submit_fn(session: Session, model: Any, kind: str, task_id: int, user_id: i
     if not (pg_functions.fits(task_id) and pg_functions.fits(user_id)):
         return None  # the Python path names the bad id
     try:
-        args = {**_FN_DEFAULTS, **fn_args()}
+        v = values()
     except InputError:
         return None
-    if any(_unstorable(v) for v in args.values()):
+    if any(_unstorable(x) for x in v.values()):
         return None  # the ORM path names the field
+    ordering = v.get("ordering")
+    if ordering is not None and (len(ordering) < 2 or not all(ordering)):
+        return None  # which message (every response once / everything ties) needs the task: the Python path
+    flags = v.get("flags")
     try:
         rows = pg_functions.call(session, pg_functions.SUBMIT_CALL, (
-            kind, task_id, user_id, now, args["choice"], args["strength"],
-            None if args["flags"] is None else json.dumps(args["flags"]), args["comment"],
-            args["seconds"], None if args["ordering"] is None else json.dumps(args["ordering"]), args["good"],
-            args["likert"], args["text"], args["hash"]))
+            kind, task_id, user_id, now, v.get("choice"), v.get("strength"),
+            None if flags is None else json.dumps(flags), v.get("comment"), v.get("seconds"),
+            None if ordering is None else json.dumps(ordering), v.get("good"), v.get("likert"), v.get("text"),
+            v.get("content_hash")))
     except pg_functions.FunctionFailed as e:
         if e.code == "IL000":  # a case the function leaves to the Python path
             return None
@@ -246,16 +242,11 @@ def _submit_fn(session: Session, model: Any, kind: str, task_id: int, user_id: i
     sync_loaded(session, Task, task_id, n_submitted=r.n_submitted, status=r.status)
     if r.assignment_id is not None:
         sync_loaded(session, Assignment, r.assignment_id, state="submitted", finished_at=_utc(r.created_at))
-    values = {k: args[k] for k in _FN_COLUMNS[kind]}
-    if kind == "compare" and values["choice"] not in ("a", "b"):
-        values["strength"] = None
     if kind == "rate":
-        values["response_id"] = r.response_id
+        v["response_id"] = r.response_id
     if kind == "demonstrate":
-        values.update(prompt_id=r.prompt_id, content_hash=args["hash"], status="submitted", review_note="",
-                      reviewed_by=None)
-    label = model(id=r.label_id, task_id=task_id, user_id=user_id, seconds=args["seconds"], created_at=_utc(r.created_at),
-                  updated_at=None, **values)
+        v.update(prompt_id=r.prompt_id, status="submitted", review_note="", reviewed_by=None)
+    label = model(id=r.label_id, task_id=task_id, user_id=user_id, created_at=_utc(r.created_at), updated_at=None, **v)
     make_transient_to_detached(label)
     session.add(label)  # persistent, unchanged: nothing to flush
     return label, True
@@ -266,38 +257,27 @@ def submit_preference(session: Session, user_id: int, task_id: int, choice: str,
                       seconds: float | None = None, now: dt.datetime | None = None
                       ) -> tuple[PreferenceLabel, bool]:
     """Record a pairwise judgement. Returns (label, created); created is False on a repeat submit."""
+    def values() -> dict[str, Any]:
+        _check_preference(choice, strength)
+        check_size("comment", comment, field="comment")
+        return {"choice": choice, "strength": strength if choice in ("a", "b") else None,
+                "flags": _check_flags(flags), "comment": comment or "", "seconds": seconds}
+
     def build(task: Any, now: dt.datetime) -> PreferenceLabel:
-        _check_preference(choice, strength)
-        check_size("comment", comment, field="comment")
-        return PreferenceLabel(task_id=task_id, user_id=user_id, choice=choice,
-                               strength=strength if choice in ("a", "b") else None, flags=_check_flags(flags),
-                               comment=comment or "", seconds=seconds, created_at=now)
+        return PreferenceLabel(task_id=task_id, user_id=user_id, created_at=now, **values())
 
-    def fn_args() -> dict[str, Any]:
-        _check_preference(choice, strength)
-        check_size("comment", comment, field="comment")
-        return {"choice": choice, "strength": strength, "flags": _check_flags(flags), "comment": comment or "",
-                "seconds": seconds}
-
-    return _submit_once(session, PreferenceLabel, "compare", task_id, user_id, now, build, fn_args)
+    return _submit_once(session, PreferenceLabel, "compare", task_id, user_id, now, build, values)
 
 
-def _ordering_shape(ordering: Sequence[Sequence[int]]) -> list[list[int]]:
-    """What an ordering must be whatever the task: two or more non-empty groups of response ids."""
+def _ordering_groups(ordering: Sequence[Sequence[int]]) -> list[list[int]]:
     try:
-        groups = [[int(x) for x in g] for g in ordering]
+        return [[int(x) for x in g] for g in ordering]
     except (TypeError, ValueError) as e:
         raise InputError("ordering must be a list of lists of response ids", field="ordering") from e
-    if any(not g for g in groups) or len(groups) < 2:
-        raise InputError("(checked with the task)", field="ordering")  # the Python path says which
-    return groups
 
 
 def _check_ordering(task: Task, ordering: Sequence[Sequence[int]]) -> list[list[int]]:
-    try:
-        groups = [[int(x) for x in g] for g in ordering]
-    except (TypeError, ValueError) as e:
-        raise InputError("ordering must be a list of lists of response ids", field="ordering") from e
+    groups = _ordering_groups(ordering)
     flat = [x for g in groups for x in g]
     if sorted(flat) != sorted(task.response_ids) or any(not g for g in groups):
         raise InputError("ordering must place every response of the task exactly once", field="ordering")
@@ -311,17 +291,17 @@ def submit_ranking(session: Session, user_id: int, task_id: int, ordering: Seque
                    flags: Sequence[str] | None = None, comment: str = "", seconds: float | None = None,
                    now: dt.datetime | None = None) -> tuple[Ranking, bool]:
     """Record an ordering, best first; responses in one inner list tie."""
+    def values() -> dict[str, Any]:  # the ordering against the task's responses: build / il_submit
+        check_size("comment", comment, field="comment")
+        return {"ordering": _ordering_groups(ordering), "flags": _check_flags(flags), "comment": comment or "",
+                "seconds": seconds}
+
     def build(task: Any, now: dt.datetime) -> Ranking:
-        check_size("comment", comment, field="comment")
-        return Ranking(task_id=task_id, user_id=user_id, ordering=_check_ordering(task, ordering),
-                       flags=_check_flags(flags), comment=comment or "", seconds=seconds, created_at=now)
+        v = values()
+        return Ranking(task_id=task_id, user_id=user_id, created_at=now,
+                       **{**v, "ordering": _check_ordering(task, v["ordering"])})
 
-    def fn_args() -> dict[str, Any]:
-        check_size("comment", comment, field="comment")
-        groups = _ordering_shape(ordering)  # that it places the task's responses is checked with the task
-        return {"ordering": groups, "flags": _check_flags(flags), "comment": comment or "", "seconds": seconds}
-
-    return _submit_once(session, Ranking, "rank", task_id, user_id, now, build, fn_args)
+    return _submit_once(session, Ranking, "rank", task_id, user_id, now, build, values)
 
 
 def _check_rating(good: Any, likert: Any) -> tuple[bool, int | None]:
@@ -341,19 +321,17 @@ def submit_rating(session: Session, user_id: int, task_id: int, good: bool, *, l
                   flags: Sequence[str] | None = None, comment: str = "", seconds: float | None = None,
                   now: dt.datetime | None = None) -> tuple[Rating, bool]:
     """Record a good/bad judgement of a rate task's one response (optionally a 1-7 Likert score)."""
-    def build(task: Any, now: dt.datetime) -> Rating:
-        ok, score = _check_rating(good, likert)
-        check_size("comment", comment, field="comment")
-        return Rating(task_id=task_id, user_id=user_id, response_id=task.response_ids[0], good=ok, likert=score,
-                      flags=_check_flags(flags), comment=comment or "", seconds=seconds, created_at=now)
-
-    def fn_args() -> dict[str, Any]:
+    def values() -> dict[str, Any]:
         ok, score = _check_rating(good, likert)
         check_size("comment", comment, field="comment")
         return {"good": ok, "likert": score, "flags": _check_flags(flags), "comment": comment or "",
                 "seconds": seconds}
 
-    return _submit_once(session, Rating, "rate", task_id, user_id, now, build, fn_args)
+    def build(task: Any, now: dt.datetime) -> Rating:
+        return Rating(task_id=task_id, user_id=user_id, response_id=task.response_ids[0], created_at=now,
+                      **values())
+
+    return _submit_once(session, Rating, "rate", task_id, user_id, now, build, values)
 
 
 def _check_demonstration(project: Any, text: str) -> str:
@@ -385,18 +363,18 @@ def submit_demonstration(session: Session, user_id: int, task_id: int, text: str
                          seconds: float | None = None, now: dt.datetime | None = None
                          ) -> tuple[Demonstration, bool]:
     """Record an ideal response written by the annotator (minimum length from project settings)."""
-    def build(task: Any, now: dt.datetime) -> Demonstration:
-        clean = _check_demonstration(task, text)  # the task row holds its project's settings
-        _check_not_written_before(session, task.prompt_id, user_id, clean)
-        return Demonstration(prompt_id=task.prompt_id, task_id=task_id, user_id=user_id, text=clean,
-                             content_hash=sha(clean), seconds=seconds, created_at=now)
-
-    def fn_args() -> dict[str, Any]:
-        clean = (text or "").strip()  # its length against the project's minimum is checked with the task
+    def values() -> dict[str, Any]:  # its length against the project's minimum: build / il_submit
+        clean = (text or "").strip()
         check_size("demonstration", clean, field="text")
-        return {"text": clean, "hash": sha(clean), "seconds": seconds}
+        return {"text": clean, "content_hash": sha(clean), "seconds": seconds}
 
-    return _submit_once(session, Demonstration, "demonstrate", task_id, user_id, now, build, fn_args)
+    def build(task: Any, now: dt.datetime) -> Demonstration:
+        v = values()
+        _check_demonstration(task, v["text"])  # the task row holds its project's settings
+        _check_not_written_before(session, task.prompt_id, user_id, v["text"])
+        return Demonstration(prompt_id=task.prompt_id, task_id=task_id, user_id=user_id, created_at=now, **v)
+
+    return _submit_once(session, Demonstration, "demonstrate", task_id, user_id, now, build, values)
 
 
 def _check_revision_window(session: Session, task_id: int, created_at: dt.datetime,
