@@ -1,17 +1,19 @@
 """PostgreSQL functions for the annotators' hot path: next_task and submit, each one statement (one round trip).
 
-Why: 32 annotators on a small machine were capped by the client, not the server. Through the ORM, one
-next_task + submit cost ~15 statements (BEGIN, locks, reads, writes, the summaries, COMMIT) and ~6.6 ms of Python
-CPU, about 1% of what `pgbench -N` gets from the same server. Here the whole transaction runs inside the server
-and the client sends one statement in autocommit mode.
+Why: through the ORM one next_task + submit cost ~15 statements (BEGIN, locks, reads, writes, the summaries,
+COMMIT) and ~15 ms of Python CPU; 32 annotators got about 2% of what `pgbench -N` gets from the same server. Here
+the whole transaction runs inside the server and the client sends one statement in autocommit mode (README gives
+the figures before and after).
 
 The functions do exactly what db.services.assignment.next_task and db.services.labels._submit_once do (their
 docstrings give the rules; SQLite keeps running those), and what db.services.summary.labels_written /
-count_change add to the Dashboard and Agreement sums. The test suite runs on both backends, and
-tests/test_pg_functions.py compares these functions' sums with summary.rebuild's.
+count_change add to the Dashboard and Agreement sums. tests/test_pg_functions.py runs one scripted day of
+annotation through these functions and through the Python path: every outcome and every row must be the same.
 
-Errors are raised with SQLSTATEs of class 'IL' (see ERRORS), which the services turn back into their
-ServiceError types; an error rolls the whole call back (nothing half-written).
+Errors are raised with SQLSTATEs of class 'IL', which the services turn back into their ServiceError types
+(IL404 NotFound, IL400 ServiceError, IL410 TaskReassigned, IL422 InputError with COLUMN as the field, IL503
+"busy, try again"; IL000: a case left to the Python path; IL409 stays inside il_next_task). An error rolls the
+whole call back (nothing half-written).
 
 Each change to the SQL goes with a migration that runs `install` again (CREATE OR REPLACE); `create_schema`
 (tests, benchmarks) installs it too.
@@ -23,10 +25,6 @@ from typing import Any
 
 from db.models import CHOICES
 from db.services.projects import DEFAULT_SETTINGS
-
-# SQLSTATE -> what the services raise (db.services.errors / labels.TaskReassigned).
-ERRORS = {"IL000": "(none: the service runs its Python path)", "IL404": "NotFound", "IL400": "ServiceError", "IL410": "TaskReassigned", "IL422": "InputError",
-          "IL503": "ServiceError"}
 
 _LIVE = "(s.state = 'submitted' OR (s.state = 'assigned' AND s.expires_at > {at}))"
 
@@ -492,7 +490,7 @@ def fits(value: Any) -> bool:
 
 
 class FunctionFailed(Exception):
-    """An IL-class error raised by a function: `code` (see ERRORS), the message, and the field (COLUMN)."""
+    """An IL-class error raised by a function: `code` (module docstring), the message, and the field (COLUMN)."""
 
     def __init__(self, code: str, message: str, field: str | None) -> None:
         super().__init__(message)
