@@ -66,7 +66,7 @@ DECLARE
   v_name text; v_overlap integer; v_now timestamptz;
   v_tid integer; v_kind text; v_pid integer; v_rids json;
   v_aid integer; v_at timestamptz; v_exp timestamptz;
-  v_full integer[] := '{{}}';
+  v_full integer[] := '{{}}'; v_ids integer[];
   v_wait boolean;
   v_deadline timestamptz := clock_timestamp() + make_interval(secs => p_wait_s);
 BEGIN
@@ -128,11 +128,14 @@ BEGIN
       END IF;
     END IF;
   END LOOP;
+  v_ids := ARRAY(SELECT e::integer FROM json_array_elements_text(v_rids) AS e);
   RETURN QUERY
     SELECT v_name::text, v_aid, v_at, v_exp, v_tid, v_kind::text, v_pid, v_rids, pr.text, pr.messages,
-           (SELECT coalesce(json_agg(json_build_object('id', r.id, 'text', r.text) ORDER BY e.ord), '[]'::json)
-              FROM json_array_elements_text(v_rids) WITH ORDINALITY AS e(rid, ord)
-              JOIN responses r ON r.id = e.rid::integer)
+           -- = ANY(array): an index lookup per id (a join against json_array_elements was planned as a
+           -- scan of every response, the plan not knowing the array holds 2-9 ids)
+           (SELECT coalesce(json_agg(json_build_object('id', r.id, 'text', r.text)
+                                     ORDER BY array_position(v_ids, r.id)), '[]'::json)
+              FROM responses r WHERE r.id = ANY (v_ids))
       FROM prompts pr WHERE pr.id = v_pid;
 END
 $fn$;
