@@ -18,7 +18,8 @@ from typing import Any
 
 import streamlit as st
 
-RENDERS = ("markdown", "plain")
+from db.services.projects import RENDERS  # ("markdown", "plain"): the settings check shares them
+
 DEFAULT_RENDER = "markdown"
 
 # A fence closes with at least as many of its characters (CommonMark): ``` ... ```` is one block.

@@ -76,6 +76,44 @@ def test_projects_and_registry(session):
     assert session.query(User).count() == 0
 
 
+@pytest.mark.parametrize("settings, field, says", [
+    ({"min_demonstration_chars": "abc"}, "min_demonstration_chars", "whole number"),
+    ({"min_demonstration_chars": 0}, "min_demonstration_chars", "from 1 to 50,000"),
+    ({"min_demonstration_chars": 2.5}, "min_demonstration_chars", "whole number"),
+    ({"min_demonstration_chars": float("inf")}, "min_demonstration_chars", "whole number"),
+    ({"min_demonstration_chars": True}, "min_demonstration_chars", "whole number"),
+    ({"min_demonstration_chars": 50_001}, "min_demonstration_chars", "size limit"),
+    ({"revision_window_hours": -1}, "revision_window_hours", ">= 0"),
+    ({"revision_window_hours": float("nan")}, "revision_window_hours", ">= 0"),
+    ({"revision_window_hours": "24"}, "revision_window_hours", ">= 0"),
+    ({"render": "html"}, "render", "markdown, plain"),
+    ({"min_demonstartion_chars": 5}, "min_demonstartion_chars", "unknown project setting"),
+])
+def test_bad_project_settings_are_refused_naming_the_setting(session, settings, field, says):
+    """A bad setting is refused when it is set (it used to fail later, at an annotator's submit), and a refused
+    update changes nothing of the project."""
+    with pytest.raises(InputError, match=says) as e:
+        projects.create_project(session, "bad", settings=settings)
+    assert e.value.field == field
+    p = projects.create_project(session, "good", guidelines="old", labels_per_task=2)
+    with pytest.raises(InputError, match=says):
+        projects.update_project(session, "good", guidelines="new", labels_per_task=3, settings=settings)
+    assert (p.guidelines, p.labels_per_task, p.settings) == ("old", 2, projects.DEFAULT_SETTINGS)
+
+
+def test_good_project_settings_and_overlap_checks(session):
+    p = projects.create_project(session, "ok", settings={"min_demonstration_chars": 5.0, "render": "plain",
+                                                        "revision_window_hours": 0.5})
+    assert p.settings == {"min_demonstration_chars": 5, "revision_window_hours": 0.5, "render": "plain"}
+    assert type(p.settings["min_demonstration_chars"]) is int
+    for bad in (0, "2", 1.5, True):
+        with pytest.raises(InputError, match="labels_per_task must be a whole number >= 1") as e:
+            projects.create_project(session, "lpt", labels_per_task=bad)
+        assert e.value.field == "labels_per_task"
+    with pytest.raises(InputError, match="settings must be a mapping"):
+        projects.update_project(session, "ok", settings=["render", "plain"])
+
+
 def test_oidc_never_takes_over_a_password_account(session):
     accounts.create_user(session, "boss@example.org", "password-1", role="admin")
     accounts.create_user(session, "sso@example.org", None)

@@ -5,6 +5,7 @@ import streamlit as st
 
 from db.services import projects, stats, tasks
 from db.services.errors import ServiceError
+from db.settings import size_limit
 from labeling_ui import auth
 from labeling_ui.common import db, human_columns, render_mode, show_error
 from labeling_ui.text import RENDERS
@@ -61,7 +62,9 @@ if plist:
         lpt = st.number_input("Labels per task", min_value=1, value=int(p["labels_per_task"]))
         c1, c2 = st.columns(2)
         min_chars = c1.number_input("Minimum demonstration length (characters)", min_value=1,
-                                    value=int(p["settings"].get("min_demonstration_chars", 20)))
+                                    max_value=size_limit("demonstration"),
+                                    value=min(int(p["settings"].get("min_demonstration_chars", 20)),
+                                              size_limit("demonstration")))
         window = c2.number_input("Revision window (hours)", min_value=0.0,
                                  value=float(p["settings"].get("revision_window_hours", 24)))
         render = st.radio("Show model text", RENDERS, index=RENDERS.index(render_mode(p)), horizontal=True,
