@@ -335,6 +335,14 @@ def _pg_schema_url(base: str) -> str:
     return f"{base}{sep}options=-csearch_path%3D{schema}"
 
 
+def _drop_schema(base: str, url: str) -> None:
+    schema = url.rsplit("search_path%3D", 1)[1]
+    eng = create_engine(base, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    eng.dispose()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -373,6 +381,8 @@ def main(argv: list[str] | None = None) -> None:
                 results, wall = run_annotators(url, pid, users, mode, timeout=3600)
                 figures.append(report(f"[{backend}, {mode}]", results, wall, check(url, pid, results)))
                 dispose_engines()
+                if backend == "postgresql":  # a server given by --pg-url is left as it was found
+                    _drop_schema(pg_base, url)
             if backend == "postgresql":
                 tps = pgbench_tps(pg_base, args.annotators, args.pgbench_seconds)
                 if tps:
