@@ -104,6 +104,9 @@ BEGIN
         ON CONFLICT (task_id, user_id) DO UPDATE
            SET state = excluded.state, assigned_at = excluded.assigned_at, expires_at = excluded.expires_at,
                finished_at = NULL, skip_reason = NULL
+         -- the user's own submit or skip (another tab) committed since the candidate's snapshot: theirs stands,
+         -- and the task is left out like a full one
+         WHERE a.state NOT IN ('submitted', 'skipped')
         RETURNING a.id INTO v_aid;
         IF v_aid IS NULL THEN
           RAISE EXCEPTION 'task % is full' , v_tid USING ERRCODE = 'IL409';

@@ -29,7 +29,7 @@ CREATES = {
     "0007": {"label_days", "label_seconds", "agreement_counts"},
     "0008": {"project_counts"},
     "0009": set(),  # PostgreSQL functions (tests/test_pg_functions.py checks they come and go)
-    "0010": set(),  # il_next_task replaced (same results)
+    "0010": set(),  # il_next_task replaced
 }
 
 

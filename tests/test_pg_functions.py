@@ -273,3 +273,64 @@ def test_the_demonstration_minimum_reads_the_setting_as_the_python_path_does(tmp
             outcomes.append(got)
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][-1] is True  # 25 characters pass every minimum here
+
+
+@pytest.mark.parametrize("path", ["function", "python"])
+def test_a_lease_never_turns_the_users_own_submit_back_into_a_lease(tmp_path, path):
+    """Two tabs of one annotator: next_task in one picks a task whose snapshot shows the user's lapsed lease,
+    while the other tab's late submit holds the task row and commits before the lease is written. The lease
+    upsert must leave the 'submitted' row alone (it turned it back into a lease, which freed the slot for a
+    label too many); the task is left out like a full one and, as it was the only one, nothing is handed out."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    url = fresh_url("postgresql", tmp_path)
+    if path == "python":
+        with get_engine(url).begin() as conn:
+            pg_functions.uninstall(conn)
+    with session_factory(url)() as s:
+        p = projects.create_project(s, "race", labels_per_task=2)
+        uid = accounts.create_user(s, "tabs", None).id
+        pr, _ = content.add_prompt(s, p.id, text="which is better?")
+        rids = [content.add_response(s, pr.id, f"answer {j}", sample_index=j)[0].id for j in range(2)]
+        task, _ = tasks.create_task(s, p.id, "compare", pr.id, rids)
+        s.commit()
+        pid, tid = p.id, task.id
+        assert assignment.next_task(s, uid, pid, lease_minutes=0).task_id == tid  # a lease that lapses at once
+        s.commit()
+    got: dict[str, object] = {}
+
+    def other_tab() -> None:
+        try:
+            with session_factory(url)() as s2:
+                got["view"] = assignment.next_task(s2, uid, pid)
+                s2.commit()
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            got["error"] = e
+
+    engine = get_engine(url)
+    with engine.connect() as submit, engine.connect() as watch:
+        me = submit.execute(text("SELECT pg_backend_pid()")).scalar()
+        submit.execute(text("SELECT id FROM tasks WHERE id = :t FOR UPDATE"), {"t": tid})  # the submit's row lock
+        th = threading.Thread(target=other_tab, daemon=True)
+        th.start()
+        deadline = time.monotonic() + 20
+        while not watch.execute(text("SELECT count(*) FROM pg_stat_activity WHERE :me = ANY(pg_blocking_pids(pid))"),
+                                {"me": me}).scalar():
+            assert time.monotonic() < deadline, f"next_task never waited for the task row: {got}"
+            watch.rollback()
+            time.sleep(0.02)
+        submit.execute(text("UPDATE assignments SET state = 'submitted', finished_at = now() "
+                            "WHERE task_id = :t AND user_id = :u"), {"t": tid, "u": uid})
+        submit.execute(text("UPDATE tasks SET n_submitted = 1 WHERE id = :t"), {"t": tid})
+        submit.commit()
+        th.join(30)
+    assert not th.is_alive()
+    if "error" in got:
+        raise got["error"]
+    assert got["view"] is None
+    with session_factory(url)() as s:
+        assert s.scalar(select(Assignment.state).where(Assignment.task_id == tid, Assignment.user_id == uid)) \
+            == "submitted"

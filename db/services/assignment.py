@@ -193,9 +193,12 @@ def _lease_statement(dialect: str, counted: bool) -> Any:
         rows = rows.where(true())  # SQLite: an INSERT ... SELECT upsert needs a WHERE (parsing ambiguity)
     ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(Assignment.__table__).from_select(
         ["task_id", "user_id", "state", "assigned_at", "expires_at"], rows)
+    # Never over the user's own label or skip: one committed (from another tab) after the candidate query's
+    # snapshot was taken would otherwise be turned back into a lease, freeing its slot for a label too many.
     ins = ins.on_conflict_do_update(index_elements=["task_id", "user_id"], set_={
         "state": ins.excluded.state, "assigned_at": ins.excluded.assigned_at, "expires_at": ins.excluded.expires_at,
-        "finished_at": None, "skip_reason": None})
+        "finished_at": None, "skip_reason": None},
+        where=Assignment.__table__.c.state.not_in(("submitted", "skipped")))
     return ins.returning(Assignment.__table__.c.id)
 
 
@@ -204,7 +207,8 @@ def _lease(session: Session, task_id: int, user_id: int, now: dt.datetime, lease
     """Write the user's lease on the task (a new assignment row, or their old one, expired or released, taken
     again) in one statement; returns its id. With `overlap` the row is written only while submitted labels plus
     live leases leave room (the count runs in this statement, so on PostgreSQL it sees everything committed
-    before the caller's row lock was granted); None when the task turned out full."""
+    before the caller's row lock was granted); None when the task turned out full, or the user's own label or
+    skip is there after all."""
     stmt = _lease_statement(session.get_bind().dialect.name, overlap is not None)
     aid = session.execute(stmt, {"task_id": task_id, "user_id": user_id, "now": now, "expires": now + lease,
                                  **({"overlap": overlap} if overlap is not None else {})}).scalar()
