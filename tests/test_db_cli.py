@@ -319,3 +319,21 @@ def test_import_help_says_what_imported_labels_are(capsys):
             main(["import", what, "--help"])
         text = " ".join(capsys.readouterr().out.split())
         assert "pseudo-user" in text and "agreement figures leave them out" in text
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`python -m db stats | head`: when the reader closes the pipe the command stops without a traceback."""
+    url = f"sqlite:///{tmp_path / 'pipe.sqlite3'}"
+    upgrade(url)
+    with session_factory(url)() as s:
+        from db.services import projects
+        for i in range(200):  # more output than a pipe buffer holds, so the write that fails is ours
+            projects.create_project(s, f"project-{i:03d}-" + "x" * 300)
+        s.commit()
+    p = subprocess.Popen([sys.executable, "-m", "db", "--url", url, "stats"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "Projects"
+    p.stdout.close()  # as `head -1` does once it has its line
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
