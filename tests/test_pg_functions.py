@@ -231,11 +231,13 @@ def test_the_migration_installs_and_removes_them(tmp_path):
 
     def installed() -> set[str]:
         with get_engine(url).connect() as c:
-            return {n for n in ("il_next_task", "il_submit", "il_add_agreement", "il_item_counts", "il_group_of")
+            return {n for n in ("il_next_task", "il_submit", "il_skip", "il_add_agreement", "il_item_counts",
+                                "il_group_of")
                     if c.execute(text("SELECT to_regproc(:n)"), {"n": n}).scalar() is not None}
 
     upgrade(url)
-    assert installed() == {"il_next_task", "il_submit", "il_add_agreement", "il_item_counts", "il_group_of"}
+    assert installed() == {"il_next_task", "il_submit", "il_skip", "il_add_agreement", "il_item_counts",
+                           "il_group_of"}
     assert downgrade(url, "0008") == "0008"
     assert installed() == set()
     upgrade(url)
@@ -334,3 +336,59 @@ def test_a_lease_never_turns_the_users_own_submit_back_into_a_lease(tmp_path, pa
     with session_factory(url)() as s:
         assert s.scalar(select(Assignment.state).where(Assignment.task_id == tid, Assignment.user_id == uid)) \
             == "submitted"
+
+
+def test_skip_gives_the_same_outcomes_on_both_paths(tmp_path):
+    """il_skip against skip_task's Python path: a repeat skip, a skip after the label, a task never leased, a task
+    that does not exist, a reason of spaces, text that cannot be stored; the returned assignment and the rows."""
+    outcomes = []
+    for drop in (False, True):
+        url = fresh_url("postgresql", tmp_path)
+        if drop:
+            with get_engine(url).begin() as conn:
+                pg_functions.uninstall(conn)
+        with session_factory(url)() as s:
+            p = projects.create_project(s, "skips", labels_per_task=2)
+            a, b = (accounts.create_user(s, n, None).id for n in ("ann-a", "ann-b"))
+            pr, _ = content.add_prompt(s, p.id, text="pick one")
+            rids = [content.add_response(s, pr.id, f"r{j}", sample_index=j)[0].id for j in range(2)]
+            t1, _ = tasks.create_task(s, p.id, "compare", pr.id, rids)
+            pr2, _ = content.add_prompt(s, p.id, text="pick another")
+            rids2 = [content.add_response(s, pr2.id, f"s{j}", sample_index=j)[0].id for j in range(2)]
+            t2, _ = tasks.create_task(s, p.id, "compare", pr2.id, rids2)
+            s.commit()
+            got = []
+
+            def step(name, fn):
+                try:
+                    r = fn()
+                    got.append((name, None if r is None else (r.task_id, r.user_id, r.state, r.assigned_at,
+                                                              r.expires_at, r.finished_at, r.skip_reason)))
+                except ServiceError as e:
+                    got.append((name, type(e).__name__, str(e), getattr(e, "field", None)))
+                    s.rollback()
+
+            step("lease a", lambda: assignment.next_task(s, a, p.id, now=T0) and None)
+            step("skip spaces", lambda: assignment.skip_task(s, a, t1.id, "   ", now=T0 + dt.timedelta(minutes=1)))
+            step("skip again", lambda: assignment.skip_task(s, a, t1.id, "other", now=T0 + dt.timedelta(minutes=2)))
+            step("never leased", lambda: assignment.skip_task(s, b, t2.id, "x", now=T0))
+            step("no such task", lambda: assignment.skip_task(s, a, 10**6, "x", now=T0))
+            step("lease b", lambda: assignment.next_task(s, b, p.id, now=T0) and None)
+            step("label b", lambda: labels.submit_preference(s, b, t1.id, "a", now=T0) and None)
+            step("skip labelled", lambda: assignment.skip_task(s, b, t1.id, "late", now=T0))
+            step("lease a t2", lambda: assignment.next_task(s, a, p.id, now=T0) and None)
+            step("unstorable", lambda: assignment.skip_task(s, a, t2.id, "nul\x00", now=T0))
+            step("skip t2", lambda: assignment.skip_task(s, a, t2.id, "  too long a prompt  ", now=T0))
+            s.commit()
+            rows = sorted(s.execute(select(Assignment.task_id, Assignment.user_id, Assignment.state,
+                                           Assignment.finished_at, Assignment.skip_reason)).all())
+            counts = sorted(s.execute(select(ProjectCount.kind, ProjectCount.status, ProjectCount.n)).all())
+            outcomes.append((got, rows, counts))
+    assert outcomes[0] == outcomes[1]
+    got, rows, counts = outcomes[0]
+    state, finished, reason = got[1][1][2], got[1][1][5], got[1][1][6]
+    assert (state, finished, reason) == ("skipped", T0 + dt.timedelta(minutes=1), "no reason given")
+    assert got[2][1] == got[1][1]  # a repeat changes nothing
+    assert [g[1] for g in got if g[0] in ("never leased", "no such task", "skip labelled")] == ["ServiceError"] * 3
+    assert [g[1:] for g in got if g[0] == "unstorable"][0][::2] == ("InputError", "skip_reason")
+    assert ("skipped", "", 2) in counts

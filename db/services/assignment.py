@@ -19,7 +19,7 @@ from sqlalchemy import Integer, and_, bindparam, exists, func, literal, or_, sel
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
@@ -28,7 +28,7 @@ from db.models import TS, Assignment, Project, Prompt, Response, Task, utcnow
 from db.services import summary
 from db.services.content import check_size, prompt_messages
 from db.services.errors import NotFound, ServiceError, check_id
-from db.session import write_transaction
+from db.session import _unstorable, write_transaction
 
 
 @dataclass
@@ -326,9 +326,14 @@ def holds(session: Session, user_id: int, task_id: int) -> bool:
 def skip_task(session: Session, user_id: int, task_id: int, reason: str = "",
               *, now: dt.datetime | None = None) -> Assignment:
     """Give the task back with a reason; the user is not offered it again."""
-    now = now or utcnow()
     check_id(task_id, "task")
     check_size("comment", reason or "", field="reason")  # skip reasons share the comment limit
+    reason = (reason or "").strip() or "no reason given"
+    if pg_functions.usable(session) and pg_functions.fits(user_id) and not _unstorable(reason):
+        a = _skip_fn(session, user_id, task_id, reason, now)
+        if a is not _NO_FUNCTION:
+            return a
+    now = now or utcnow()
     with write_transaction(session):
         # Lock the task row as submits do (PostgreSQL): a skip racing this user's own submit must not leave a
         # 'skipped' assignment beside a real label (the slot would be handed out again).
@@ -341,10 +346,35 @@ def skip_task(session: Session, user_id: int, task_id: int, reason: str = "",
         if a.state == "submitted":
             raise ServiceError(f"task {task_id} is already labelled; revise it from the history instead")
         if a.state != "skipped":
-            a.state, a.finished_at, a.skip_reason = "skipped", now, (reason or "").strip() or "no reason given"
+            a.state, a.finished_at, a.skip_reason = "skipped", now, reason
             summary.count_change(session, task.project_id, "skipped", None, "")  # the Dashboard's skip count
         session.flush()
         return a
+
+
+def _skip_fn(session: Session, user_id: int, task_id: int, reason: str, now: dt.datetime | None) -> Any:
+    """PostgreSQL: skip_task in one statement (il_skip); the user's assignment, attached to the session.
+    _NO_FUNCTION when the database lacks it."""
+    try:
+        rows = pg_functions.call(session, pg_functions.SKIP_CALL, (user_id, task_id, reason, now))
+    except pg_functions.FunctionFailed as e:
+        raise ServiceError(e.message) from None
+    if rows is None:
+        return _NO_FUNCTION
+    r = rows[0]
+    values = {"state": r.state, "assigned_at": r.assigned_at.astimezone(dt.UTC),
+              "expires_at": r.expires_at.astimezone(dt.UTC) if r.expires_at else None,
+              "finished_at": r.finished_at.astimezone(dt.UTC) if r.finished_at else None,
+              "skip_reason": r.skip_reason}
+    held = session.identity_map.get(identity_key(Assignment, r.assignment_id))
+    if held is not None:
+        for k, v in values.items():
+            set_committed_value(held, k, v)
+        return held
+    a = Assignment(id=r.assignment_id, task_id=task_id, user_id=user_id, **values)
+    make_transient_to_detached(a)
+    session.add(a)  # persistent, unchanged: nothing to flush
+    return a
 
 
 def release_task(session: Session, user_id: int, task_id: int) -> None:
