@@ -359,7 +359,7 @@ def test_skip_gives_the_same_outcomes_on_both_paths(tmp_path):
             s.commit()
             got = []
 
-            def step(name, fn):
+            def step(name, fn, got=got, s=s):  # this loop turn's list and session
                 try:
                     r = fn()
                     got.append((name, None if r is None else (r.task_id, r.user_id, r.state, r.assigned_at,
