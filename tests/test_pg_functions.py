@@ -36,6 +36,15 @@ pytestmark = pytest.mark.postgres
 T0 = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)
 
 
+def _db(tmp_path, *, functions: bool) -> str:
+    """A fresh PostgreSQL database, with the functions or without them (the services' Python path)."""
+    url = fresh_url("postgresql", tmp_path)
+    if not functions:
+        with get_engine(url).begin() as conn:
+            pg_functions.uninstall(conn)
+    return url
+
+
 def _seed(url: str) -> tuple[int, list[int]]:
     """A project (overlap 3) with compare, rank, rate and demonstrate tasks; two demonstrate tasks share a
     prompt (the same text twice is refused); 5 annotators and an import pseudo-user."""
@@ -143,9 +152,7 @@ def _state(url: str) -> dict[str, list[tuple]]:
 
 
 def test_the_functions_do_exactly_what_the_python_path_does(tmp_path):
-    with_fn, without = fresh_url("postgresql", tmp_path), fresh_url("postgresql", tmp_path)
-    with get_engine(without).begin() as conn:
-        pg_functions.uninstall(conn)
+    with_fn, without = _db(tmp_path, functions=True), _db(tmp_path, functions=False)
     runs = {}
     for url in (with_fn, without):
         pid, users = _seed(url)
@@ -252,11 +259,8 @@ def test_the_migration_installs_and_removes_them(tmp_path):
 def test_the_demonstration_minimum_reads_the_setting_as_the_python_path_does(tmp_path, minimum):
     """`int(setting or 1)` (a number, a null, a float, text the function leaves to the Python path)."""
     outcomes = []
-    for drop in (False, True):
-        url = fresh_url("postgresql", tmp_path)
-        if drop:
-            with get_engine(url).begin() as conn:
-                pg_functions.uninstall(conn)
+    for functions in (True, False):
+        url = _db(tmp_path, functions=functions)
         with session_factory(url)() as s:
             settings = {} if minimum == "absent" else {"min_demonstration_chars": minimum}
             p = projects.create_project(s, "m", labels_per_task=8)
@@ -288,10 +292,7 @@ def test_a_lease_never_turns_the_users_own_submit_back_into_a_lease(tmp_path, pa
 
     from sqlalchemy import text
 
-    url = fresh_url("postgresql", tmp_path)
-    if path == "python":
-        with get_engine(url).begin() as conn:
-            pg_functions.uninstall(conn)
+    url = _db(tmp_path, functions=path == "function")
     with session_factory(url)() as s:
         p = projects.create_project(s, "race", labels_per_task=2)
         uid = accounts.create_user(s, "tabs", None).id
@@ -384,11 +385,8 @@ def test_skip_gives_the_same_outcomes_on_both_paths(tmp_path):
     """il_skip against skip_task's Python path: a repeat skip, a skip after the label, a task never leased, a task
     that does not exist, a reason of spaces, text that cannot be stored; the returned assignment and the rows."""
     outcomes = []
-    for drop in (False, True):
-        url = fresh_url("postgresql", tmp_path)
-        if drop:
-            with get_engine(url).begin() as conn:
-                pg_functions.uninstall(conn)
+    for functions in (True, False):
+        url = _db(tmp_path, functions=functions)
         outcomes.append(_skip_script(url))
     assert outcomes[0] == outcomes[1]
     got, rows, counts = outcomes[0]

@@ -367,9 +367,8 @@ def _skip_fn(session: Session, user_id: int, task_id: int, reason: str, now: dt.
               "finished_at": r.finished_at.astimezone(dt.UTC) if r.finished_at else None,
               "skip_reason": r.skip_reason}
     held = session.identity_map.get(identity_key(Assignment, r.assignment_id))
-    if held is not None:
-        for k, v in values.items():
-            set_committed_value(held, k, v)
+    if held is not None:  # the page's copy of the row, brought up to date
+        sync_loaded(session, Assignment, r.assignment_id, **values)
         return held
     a = Assignment(id=r.assignment_id, task_id=task_id, user_id=user_id, **values)
     make_transient_to_detached(a)
